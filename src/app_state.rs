@@ -1,0 +1,54 @@
+//! `AppState`: what every worker shares — the live config, the authenticator, metrics, the clock, the sandbox.
+
+use std::sync::Arc;
+
+use actix_web::{HttpMessage, HttpRequest};
+use tracing_actix_web::RootSpan;
+
+use crate::auth::{Authenticator, Identity};
+use crate::clock::SharedClock;
+use crate::config::LiveConfig;
+use crate::error::GatewayError;
+use crate::metrics::{Metrics, ReasonLabels};
+use crate::request_context::RequestId;
+use crate::vidu::sandbox::Sandbox;
+
+pub struct AppState {
+    pub config: Arc<LiveConfig>,
+    pub auth: Authenticator,
+    pub metrics: Arc<Metrics>,
+    pub clock: SharedClock,
+    pub sandbox: Option<Arc<Sandbox>>,
+}
+
+impl AppState {
+    /// Verifies the caller; counts refusals by reason and puts user and team on the request's log line.
+    pub fn authenticate(&self, req: &HttpRequest) -> Result<Identity, GatewayError> {
+        match self.auth.authenticate(req) {
+            Ok(id) => {
+                if let Some(span) = req.extensions().get::<RootSpan>() {
+                    span.record("user", id.user.as_str());
+                    span.record("team", id.team.as_deref().unwrap_or(""));
+                }
+                Ok(id)
+            }
+            Err(failure) => {
+                self.metrics
+                    .auth_failures
+                    .get_or_create(&ReasonLabels {
+                        reason: failure.reason,
+                    })
+                    .inc();
+                Err(failure.into())
+            }
+        }
+    }
+}
+
+/// The request id the context middleware assigned.
+pub fn request_id(req: &HttpRequest) -> String {
+    req.extensions()
+        .get::<RequestId>()
+        .map(|r| r.as_str().to_owned())
+        .unwrap_or_default()
+}

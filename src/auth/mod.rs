@@ -1,0 +1,258 @@
+//! Authentication: `Authorization: Bearer <JWT>` → a verified `Identity {user, team, roles}`.
+
+pub mod claims;
+mod keys;
+pub mod mint;
+
+use actix_web::HttpRequest;
+use actix_web::http::header;
+use jsonwebtoken::{Algorithm, Validation, errors::ErrorKind};
+use serde_json::Value;
+
+use crate::clock::SharedClock;
+use crate::config::AuthSettings;
+use crate::error::GatewayError;
+pub use keys::{KeySet, parse_algorithm};
+
+/// Tokens longer than this are refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Who is calling, as the identity provider vouched for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    /// `None` only when `auth.require_team = false` and the token has no team.
+    pub team: Option<String>,
+    pub roles: Vec<String>,
+    pub is_admin: bool,
+}
+
+/// Why a token was refused: the metric label and the message the caller sees (never key material or the token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthFailure {
+    pub reason: &'static str,
+    pub message: String,
+    /// Whether a token was presented at all (decides `error="invalid_token"`).
+    pub token_sent: bool,
+}
+
+impl AuthFailure {
+    fn invalid(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+            token_sent: true,
+        }
+    }
+}
+
+impl From<AuthFailure> for GatewayError {
+    fn from(f: AuthFailure) -> Self {
+        GatewayError::Unauthorized {
+            message: f.message,
+            invalid_token: f.token_sent,
+        }
+    }
+}
+
+/// Verifies tokens against the configured keys and maps claims to an `Identity`.
+pub struct Authenticator {
+    settings: AuthSettings,
+    allowed: Vec<Algorithm>,
+    keys: KeySet,
+    clock: SharedClock,
+}
+
+impl Authenticator {
+    /// Parses every key once, at load.
+    pub fn new(settings: &AuthSettings, clock: SharedClock) -> anyhow::Result<Self> {
+        let allowed = settings
+            .algorithms
+            .iter()
+            .filter_map(|a| parse_algorithm(a))
+            .collect();
+        Ok(Self {
+            keys: KeySet::from_settings(settings)?,
+            settings: settings.clone(),
+            allowed,
+            clock,
+        })
+    }
+
+    /// The bearer token of a request, or why there is none.
+    pub fn bearer(req: &HttpRequest) -> Result<&str, AuthFailure> {
+        let missing = |message: &str| AuthFailure {
+            reason: "missing_token",
+            message: message.into(),
+            token_sent: false,
+        };
+        let value = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| missing("missing bearer token: send Authorization: Bearer <token>"))?;
+        let value = value.to_str().map_err(|_| {
+            AuthFailure::invalid("malformed", "the Authorization header is not valid ASCII")
+        })?;
+        let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(AuthFailure {
+                reason: "missing_token",
+                message: "the Authorization header must use the Bearer scheme: Authorization: Bearer <token> \
+                          (the gateway issues no Vidu `Token` keys)"
+                    .into(),
+                token_sent: false,
+            });
+        }
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(missing("empty bearer token: send Authorization: Bearer <token>"));
+        }
+        Ok(token)
+    }
+
+    /// Verifies the request's bearer token.
+    pub fn authenticate(&self, req: &HttpRequest) -> Result<Identity, AuthFailure> {
+        self.verify(Self::bearer(req)?)
+    }
+
+    /// Verifies one token: size, header, algorithm allow-list, key, signature, time claims, iss/aud, identity claims.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthFailure> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthFailure::invalid(
+                "too_large",
+                format!("token is larger than {MAX_TOKEN_BYTES} bytes"),
+            ));
+        }
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| AuthFailure::invalid("malformed", "token is not a well-formed JWT"))?;
+        if !self.allowed.contains(&header.alg) {
+            return Err(AuthFailure::invalid(
+                "algorithm_not_allowed",
+                format!(
+                    "token algorithm {:?} is not allowed (auth.algorithms: {})",
+                    header.alg,
+                    self.settings.algorithms.join(", ")
+                ),
+            ));
+        }
+        let candidates = self.keys.candidates(header.alg, header.kid.as_deref())?;
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = self.settings.leeway_secs;
+        validation.validate_exp = false; // checked below against the injectable clock
+        validation.validate_nbf = false;
+        validation.required_spec_claims.clear();
+        validation.validate_aud = false;
+        let mut last = ErrorKind::InvalidSignature;
+        for key in candidates {
+            match jsonwebtoken::decode::<Value>(token, key, &validation) {
+                Ok(data) => return self.identity(&data.claims),
+                Err(e) => last = e.into_kind(),
+            }
+        }
+        Err(match last {
+            ErrorKind::InvalidSignature => {
+                AuthFailure::invalid("bad_signature", "token signature is invalid")
+            }
+            ErrorKind::InvalidAlgorithm => AuthFailure::invalid(
+                "algorithm_not_allowed",
+                "token algorithm does not match the key it names",
+            ),
+            _ => AuthFailure::invalid("malformed", "token is not a well-formed JWT"),
+        })
+    }
+
+    /// Time claims, issuer, audience, then the identity claims.
+    fn identity(&self, claims: &Value) -> Result<Identity, AuthFailure> {
+        let now = self.clock.now().as_second();
+        let leeway = i64::try_from(self.settings.leeway_secs).unwrap_or(i64::MAX);
+        let time_claim = |name: &str| -> Result<Option<i64>, AuthFailure> {
+            match claims.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => v
+                    .as_i64()
+                    .or_else(|| v.as_f64().map(|f| f as i64))
+                    .map(Some)
+                    .ok_or_else(|| {
+                        AuthFailure::invalid("malformed", format!("claim `{name}` is not a number"))
+                    }),
+            }
+        };
+        let exp = time_claim("exp")?.ok_or_else(|| {
+            AuthFailure::invalid("missing_exp", "token has no `exp` claim; tokens must expire")
+        })?;
+        if now > exp.saturating_add(leeway) {
+            return Err(AuthFailure::invalid(
+                "expired",
+                format!("token expired at {}", fmt_ts(exp)),
+            ));
+        }
+        if let Some(nbf) = time_claim("nbf")?
+            && now < nbf.saturating_sub(leeway)
+        {
+            return Err(AuthFailure::invalid(
+                "not_yet_valid",
+                format!("token is not valid before {}", fmt_ts(nbf)),
+            ));
+        }
+        if let Some(iat) = time_claim("iat")?
+            && now < iat.saturating_sub(leeway)
+        {
+            return Err(AuthFailure::invalid(
+                "not_yet_valid",
+                format!("token was issued in the future ({})", fmt_ts(iat)),
+            ));
+        }
+        if !self.settings.issuer.is_empty()
+            && claims.get("iss").and_then(Value::as_str) != Some(self.settings.issuer.as_str())
+        {
+            return Err(AuthFailure::invalid(
+                "issuer_mismatch",
+                format!("token issuer is not {:?}", self.settings.issuer),
+            ));
+        }
+        if !self.settings.audience.is_empty() {
+            let aud = claims::strings(claims.get("aud"));
+            if !aud.iter().any(|a| a == &self.settings.audience) {
+                return Err(AuthFailure::invalid(
+                    "audience_mismatch",
+                    format!("token audience does not include {:?}", self.settings.audience),
+                ));
+            }
+        }
+        let user = claims::strings(claims::lookup(claims, &self.settings.user_claim))
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                AuthFailure::invalid(
+                    "missing_user",
+                    format!("token has no user claim `{}`", self.settings.user_claim),
+                )
+            })?;
+        let team = claims::strings(claims::lookup(claims, &self.settings.team_claim))
+            .into_iter()
+            .next();
+        if team.is_none() && self.settings.require_team {
+            return Err(AuthFailure::invalid(
+                "missing_team",
+                format!(
+                    "token has no team claim `{}` (auth.require_team = true)",
+                    self.settings.team_claim
+                ),
+            ));
+        }
+        let roles = claims::strings(claims::lookup(claims, &self.settings.roles_claim));
+        let is_admin = roles.iter().any(|r| r == &self.settings.admin_role);
+        Ok(Identity {
+            user,
+            team,
+            roles,
+            is_admin,
+        })
+    }
+}
+
+fn fmt_ts(secs: i64) -> String {
+    jiff::Timestamp::from_second(secs)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| secs.to_string())
+}

@@ -1,0 +1,132 @@
+//! The command line: `serve`, `check-config`, `token`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, LoadedConfig, UpstreamMode};
+use crate::startup::Application;
+
+#[derive(Debug, Parser)]
+#[command(name = "vidu-gateway", version, about = "The one company endpoint in front of Vidu's image-to-video API")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (without --config: the built-in sandbox configuration).
+    Serve {
+        /// TOML configuration file; replaces the built-in one.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration and print it, secrets redacted; exits 1 when it is invalid.
+    CheckConfig {
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+    /// Mint a token signed with the configured HS secret (development and tests).
+    Token {
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// The user (the `auth.user_claim` claim).
+        #[arg(long)]
+        sub: String,
+        /// The team (the `auth.team_claim` claim).
+        #[arg(long)]
+        team: Option<String>,
+        /// A role (the `auth.roles_claim` claim); repeat for several.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::CheckConfig { config } => check_config(config),
+        Command::Token {
+            config,
+            sub,
+            team,
+            roles,
+            ttl,
+        } => token(config, &sub, team.as_deref(), &roles, ttl),
+    }
+}
+
+fn load(path: Option<PathBuf>) -> Result<LoadedConfig, ExitCode> {
+    config::load(path.as_deref()).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(1)
+    })
+}
+
+fn check_config(path: Option<PathBuf>) -> ExitCode {
+    match load(path) {
+        Ok(c) => {
+            print!("{}", c.redacted_toml());
+            eprintln!("ok: {} is valid (version {})", c.origin, c.version);
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn token(path: Option<PathBuf>, sub: &str, team: Option<&str>, roles: &[String], ttl: u64) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match crate::auth::mint::mint(&config.settings.auth, sub, team, roles, ttl, jiff::Timestamp::now()) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve(path: Option<PathBuf>) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    crate::telemetry::init(&config.settings.telemetry);
+    if config.uses_dev_secret() {
+        eprintln!(
+            "\n  WARNING: tokens are verified with the DEVELOPMENT secret of the built-in configuration.\n  \
+             Anyone can mint them. Use --config with your identity provider's keys for anything but local use.\n"
+        );
+        tracing::warn!("auth uses the built-in development HS256 secret");
+    }
+    if config.settings.upstream.mode == UpstreamMode::Sandbox {
+        tracing::info!("upstream is the built-in sandbox: no Vidu calls, no cost");
+    }
+    let version = config.version.clone();
+    let origin = config.origin.to_string();
+    let result = actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(config)?;
+        tracing::info!(port = app.port(), config = %origin, config_version = %version, "vidu-gateway listening");
+        app.run_until_stopped().await?;
+        tracing::info!("vidu-gateway stopped");
+        anyhow::Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            tracing::error!(error = %format!("{e:#}"), "cannot serve");
+            ExitCode::from(1)
+        }
+    }
+}

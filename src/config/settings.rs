@@ -1,0 +1,364 @@
+//! The typed configuration (DESIGN §5): every key, its code default, and nothing else (unknown keys are errors).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::secret::Secret;
+use crate::vidu::pricing::Decimal;
+
+/// The whole configuration file. Each section falls back to its code default when absent.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub upstream: UpstreamSettings,
+    pub auth: AuthSettings,
+    pub validation: ValidationSettings,
+    /// The model catalog; empty here means "the seed's four models" (filled in by `Settings::finish`).
+    pub models: BTreeMap<String, ModelSpec>,
+    pub pricing: PricingSettings,
+    pub policy: PolicySettings,
+    pub state: StateSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Address the API listens on.
+    pub listen: String,
+    /// Request bodies above this are refused with 413 while reading.
+    pub max_body_bytes: usize,
+    /// On SIGTERM/SIGINT, in-flight requests get this long to finish.
+    pub shutdown_timeout_secs: u64,
+    /// When set, `/metrics` is served here and not on `listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
+    /// Worker threads; 0 = one per CPU core.
+    pub workers: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 20 * 1024 * 1024,
+            shutdown_timeout_secs: 30,
+            metrics_listen: None,
+            workers: 0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamMode {
+    /// The built-in Vidu simulator: no key, no network, no cost.
+    #[default]
+    Sandbox,
+    /// The real Vidu API at `upstream.base_url`.
+    Vidu,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamSettings {
+    pub mode: UpstreamMode,
+    pub base_url: String,
+    pub api_key: Secret,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_file: Option<PathBuf>,
+    pub connect_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    pub sandbox_complete_after_secs: u64,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        Self {
+            mode: UpstreamMode::Sandbox,
+            base_url: "https://api.vidu.cn".into(),
+            api_key: Secret::default(),
+            api_key_file: None,
+            connect_timeout_ms: 3000,
+            request_timeout_ms: 30000,
+            sandbox_complete_after_secs: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    pub algorithms: Vec<String>,
+    pub hs256_secret: Secret,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hs256_secret_file: Option<PathBuf>,
+    pub public_key_files: Vec<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    pub issuer: String,
+    pub audience: String,
+    pub leeway_secs: u64,
+    pub jwks_refresh_secs: u64,
+    pub require_team: bool,
+    pub user_claim: String,
+    pub team_claim: String,
+    pub roles_claim: String,
+    pub admin_role: String,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            algorithms: vec!["RS256".into(), "ES256".into()],
+            hs256_secret: Secret::default(),
+            hs256_secret_file: None,
+            public_key_files: Vec::new(),
+            jwks_file: None,
+            jwks_url: None,
+            issuer: String::new(),
+            audience: String::new(),
+            leeway_secs: 60,
+            jwks_refresh_secs: 300,
+            require_team: true,
+            user_claim: "sub".into(),
+            team_claim: "team".into(),
+            roles_claim: "roles".into(),
+            admin_role: "vidu-gateway-admin".into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownFields {
+    /// 400 `FieldUnwanted` naming the fields.
+    #[default]
+    Reject,
+    /// Removed from the body before it is forwarded.
+    Strip,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationSettings {
+    pub unknown_fields: UnknownFields,
+}
+
+/// One catalog entry: what a model accepts and what it costs.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub durations: DurationRange,
+    pub resolutions: Vec<String>,
+    pub default_resolution: String,
+    #[serde(default = "default_prompt_max_chars")]
+    pub prompt_max_chars: usize,
+    #[serde(default)]
+    pub audio_default: bool,
+    #[serde(default)]
+    pub off_peak_with_audio: bool,
+    pub credits: CreditTable,
+}
+
+fn default_prompt_max_chars() -> usize {
+    2000
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DurationRange {
+    pub min: u32,
+    pub max: u32,
+    pub default: u32,
+}
+
+/// Per resolution: `estimate = base[res] + per_second[res] × duration`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreditTable {
+    pub base: BTreeMap<String, Decimal>,
+    pub per_second: BTreeMap<String, Decimal>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PricingSettings {
+    pub off_peak_factor: Decimal,
+    pub recommended_prompt_credits: u32,
+}
+
+impl Default for PricingSettings {
+    fn default() -> Self {
+        Self {
+            off_peak_factor: Decimal::parse("0.5").unwrap_or(Decimal::ONE),
+            recommended_prompt_credits: 10,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OffPeakMode {
+    /// The caller's `off_peak` passes unchanged.
+    #[default]
+    Allow,
+    /// `off_peak: true` on every request.
+    Force,
+    /// `off_peak: true` is refused (403).
+    Forbid,
+    /// Immediate while the immediate budget lasts and inside `immediate_hours`, else off-peak.
+    Fallback,
+}
+
+/// Declares a policy struct: the per-user keys of `[policy.defaults]`, plus `extra` keys.
+macro_rules! policy_struct {
+    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $extra:ident : $ety:ty,)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            $($(#[$fmeta])* #[serde(default, skip_serializing_if = "Option::is_none")] pub $extra: Option<$ety>,)*
+            #[serde(default, skip_serializing_if = "Option::is_none")] pub requests_per_minute: Option<u32>,
+            #[serde(default, skip_serializing_if = "Option::is_none")] pub burst: Option<u32>,
+            #[serde(default, skip_serializing_if = "Option::is_none")] pub max_in_flight: Option<u32>,
+            #[serde(default, skip_serializing_if = "Option::is_none")] pub daily_credits: Option<u64>,
+            #[serde(default, skip_serializing_if = "Option::is_none")] pub monthly_credits: Option<u64>,
+            #[serde(default, skip_serializing_if = "Option::is_none")] pub models: Option<Vec<String>>,
+            #[serde(default, skip_serializing_if = "Option::is_none")] pub max_duration: Option<u32>,
+            #[serde(default, skip_serializing_if = "Option::is_none")] pub max_resolution: Option<String>,
+            #[serde(default, skip_serializing_if = "Option::is_none")] pub allow_recommended_prompt: Option<bool>,
+            #[serde(default, skip_serializing_if = "Option::is_none")] pub off_peak: Option<OffPeakMode>,
+            #[serde(default, skip_serializing_if = "Option::is_none")] pub immediate_daily_credits: Option<u64>,
+            #[serde(default, skip_serializing_if = "Option::is_none")] pub immediate_hours: Option<Vec<String>>,
+        }
+    };
+}
+
+policy_struct!(
+    /// `[policy.defaults]` and `[policy.users."<user>"]`: rules for each user individually.
+    UserPolicy {}
+);
+
+policy_struct!(
+    /// `[policy.teams.<team>]`: team-wide aggregate limits, plus any per-user key for the team's members.
+    TeamPolicy {
+        team_requests_per_minute: u32,
+        team_burst: u32,
+        team_max_in_flight: u32,
+        team_daily_credits: u64,
+        team_monthly_credits: u64,
+    }
+);
+
+/// `[policy.global]`: the enterprise key as a whole.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_credits: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_credits: Option<u64>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySettings {
+    pub timezone: String,
+    pub team_can_read_tasks: bool,
+    pub defaults: UserPolicy,
+    pub teams: BTreeMap<String, TeamPolicy>,
+    pub users: BTreeMap<String, UserPolicy>,
+    pub global: GlobalPolicy,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        Self {
+            timezone: "Asia/Shanghai".into(),
+            team_can_read_tasks: true,
+            defaults: UserPolicy {
+                off_peak: Some(OffPeakMode::Allow),
+                ..UserPolicy::default()
+            },
+            teams: BTreeMap::new(),
+            users: BTreeMap::new(),
+            global: GlobalPolicy::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateBackend {
+    #[default]
+    Memory,
+    Redis,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnavailable {
+    /// Refuse with 503 when the state backend cannot be reached.
+    #[default]
+    FailClosed,
+    /// Admit without budget checks (logged and counted) when the state backend cannot be reached.
+    FailOpen,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateSettings {
+    pub backend: StateBackend,
+    pub ledger_path: PathBuf,
+    pub redis_url: Secret,
+    pub key_prefix: String,
+    pub on_unavailable: OnUnavailable,
+}
+
+impl Default for StateSettings {
+    fn default() -> Self {
+        Self {
+            backend: StateBackend::Memory,
+            ledger_path: "data/ledger.sqlite3".into(),
+            redis_url: Secret::new("redis://127.0.0.1:6379/0"),
+            key_prefix: "vidu-gw".into(),
+            on_unavailable: OnUnavailable::FailClosed,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Pretty,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySettings {
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Json,
+            log_level: "info".into(),
+        }
+    }
+}

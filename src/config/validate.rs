@@ -1,0 +1,297 @@
+//! `validate()`: refuses a configuration that cannot work, naming the key and what to change.
+
+use std::net::SocketAddr;
+
+use super::settings::*;
+use crate::vidu::catalog::{resolution_rank, valid_model_name};
+
+/// JWT algorithms the gateway can verify.
+pub const KNOWN_ALGORITHMS: &[&str] = &[
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
+    "EdDSA",
+];
+
+/// RFC 7518 §3.2: an HMAC key at least as long as the hash output.
+const MIN_HS_SECRET_BYTES: usize = 32;
+
+pub fn validate(s: &Settings, problems: &mut Vec<String>) {
+    server(&s.server, problems);
+    upstream(&s.upstream, problems);
+    auth(&s.auth, problems);
+    catalog(s, problems);
+    policy(s, problems);
+    state(&s.state, problems);
+    telemetry(&s.telemetry, problems);
+}
+
+fn server(s: &ServerSettings, p: &mut Vec<String>) {
+    if s.listen.parse::<SocketAddr>().is_err() {
+        p.push(format!(
+            "server.listen = {:?} is not an address:port (e.g. \"127.0.0.1:8080\")",
+            s.listen
+        ));
+    }
+    if let Some(m) = &s.metrics_listen
+        && m.parse::<SocketAddr>().is_err()
+    {
+        p.push(format!(
+            "server.metrics_listen = {m:?} is not an address:port (e.g. \"127.0.0.1:9090\")"
+        ));
+    }
+    if s.max_body_bytes == 0 {
+        p.push("server.max_body_bytes must be at least 1".into());
+    }
+}
+
+fn upstream(u: &UpstreamSettings, p: &mut Vec<String>) {
+    match u.base_url.parse::<awc::http::Uri>() {
+        Ok(uri)
+            if matches!(uri.scheme_str(), Some("http" | "https"))
+                && uri.host().is_some()
+                && uri.query().is_none() => {}
+        _ => p.push(format!(
+            "upstream.base_url = {:?} is not an http(s) URL such as \"https://api.vidu.cn\"",
+            u.base_url
+        )),
+    }
+    if u.mode == UpstreamMode::Vidu && !u.api_key.is_set() {
+        p.push(
+            "upstream.api_key is required when upstream.mode = \"vidu\" (set upstream.api_key_file, \
+             or the VIDU_GW__UPSTREAM__API_KEY environment variable)"
+                .into(),
+        );
+    }
+    if u.connect_timeout_ms == 0 {
+        p.push("upstream.connect_timeout_ms must be at least 1".into());
+    }
+    if u.request_timeout_ms == 0 {
+        p.push("upstream.request_timeout_ms must be at least 1".into());
+    }
+}
+
+fn auth(a: &AuthSettings, p: &mut Vec<String>) {
+    if a.algorithms.is_empty() {
+        p.push("auth.algorithms is empty: list the algorithms your identity provider signs with".into());
+    }
+    for alg in &a.algorithms {
+        if alg.eq_ignore_ascii_case("none") {
+            p.push("auth.algorithms: \"none\" is never accepted (unsigned tokens)".into());
+        } else if !KNOWN_ALGORITHMS.contains(&alg.as_str()) {
+            p.push(format!(
+                "auth.algorithms: unknown algorithm {alg:?} (known: {})",
+                KNOWN_ALGORITHMS.join(", ")
+            ));
+        }
+    }
+    let hs_allowed = a.algorithms.iter().any(|x| x.starts_with("HS"));
+    let asym_allowed = a.algorithms.iter().any(|x| !x.starts_with("HS"));
+    if a.hs256_secret.is_set() {
+        if !hs_allowed {
+            p.push(
+                "auth.hs256_secret is set but auth.algorithms allows no HS algorithm: add \"HS256\" \
+                 to auth.algorithms or remove the secret"
+                    .into(),
+            );
+        }
+        if a.hs256_secret.expose().len() < MIN_HS_SECRET_BYTES {
+            p.push(format!(
+                "auth.hs256_secret must be at least {MIN_HS_SECRET_BYTES} bytes (RFC 7518 §3.2)"
+            ));
+        }
+    }
+    let has_public = !a.public_key_files.is_empty() || a.jwks_file.is_some() || a.jwks_url.is_some();
+    if !a.hs256_secret.is_set() && !has_public {
+        p.push(
+            "auth: no key source is configured: set auth.hs256_secret(_file), auth.public_key_files, \
+             auth.jwks_file or auth.jwks_url"
+                .into(),
+        );
+    }
+    if has_public && !asym_allowed {
+        p.push(
+            "auth: public keys are configured but auth.algorithms allows only HS algorithms: add e.g. \
+             \"RS256\" or \"ES256\""
+                .into(),
+        );
+    }
+    if let Some(url) = &a.jwks_url
+        && !matches!(url.parse::<awc::http::Uri>().ok().as_ref().and_then(|u| u.scheme_str()), Some("http" | "https"))
+    {
+        p.push(format!("auth.jwks_url = {url:?} is not an http(s) URL"));
+    }
+    if a.jwks_refresh_secs == 0 {
+        p.push("auth.jwks_refresh_secs must be at least 1".into());
+    }
+    for (key, value) in [
+        ("auth.user_claim", &a.user_claim),
+        ("auth.team_claim", &a.team_claim),
+        ("auth.roles_claim", &a.roles_claim),
+        ("auth.admin_role", &a.admin_role),
+    ] {
+        if value.trim().is_empty() {
+            p.push(format!("{key} must not be empty"));
+        }
+    }
+}
+
+fn catalog(s: &Settings, p: &mut Vec<String>) {
+    for (name, m) in &s.models {
+        let key = format!("models.{name}");
+        if !valid_model_name(name) {
+            p.push(format!(
+                "{key}: a model name is 1-64 characters of letters, digits, '-', '_' and '.'"
+            ));
+        }
+        let d = m.durations;
+        if d.min == 0 || d.min > d.max {
+            p.push(format!(
+                "{key}.durations: min must be at least 1 and at most max (got min = {}, max = {})",
+                d.min, d.max
+            ));
+        } else if !(d.min..=d.max).contains(&d.default) {
+            p.push(format!(
+                "{key}.durations.default = {} is outside {}..={}",
+                d.default, d.min, d.max
+            ));
+        }
+        if m.resolutions.is_empty() {
+            p.push(format!("{key}.resolutions is empty: list at least one, e.g. [\"720p\"]"));
+        }
+        for (i, r) in m.resolutions.iter().enumerate() {
+            if resolution_rank(r).is_none() {
+                p.push(format!("{key}.resolutions: {r:?} is not a resolution such as \"720p\""));
+            }
+            if m.resolutions[..i].contains(r) {
+                p.push(format!("{key}.resolutions lists {r:?} twice"));
+            }
+        }
+        if !m.resolutions.contains(&m.default_resolution) {
+            p.push(format!(
+                "{key}.default_resolution = {:?} is not in {key}.resolutions",
+                m.default_resolution
+            ));
+        }
+        if m.prompt_max_chars == 0 {
+            p.push(format!("{key}.prompt_max_chars must be at least 1"));
+        }
+        for (table, prices) in [("base", &m.credits.base), ("per_second", &m.credits.per_second)] {
+            for r in &m.resolutions {
+                if !prices.contains_key(r) {
+                    p.push(format!("{key}.credits.{table} has no price for {r:?}"));
+                }
+            }
+            for r in prices.keys() {
+                if !m.resolutions.contains(r) {
+                    p.push(format!(
+                        "{key}.credits.{table} prices {r:?}, which is not in {key}.resolutions"
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn policy(s: &Settings, p: &mut Vec<String>) {
+    let pol = &s.policy;
+    if jiff::tz::TimeZone::get(&pol.timezone).is_err() {
+        p.push(format!(
+            "policy.timezone = {:?} is not an IANA time zone such as \"Asia/Shanghai\"",
+            pol.timezone
+        ));
+    }
+    user_rules("policy.defaults", &pol.defaults, s, p);
+    for (team, t) in &pol.teams {
+        let key = format!("policy.teams.{team}");
+        user_rules(&key, &t.as_user_policy(), s, p);
+        for (k, v) in [
+            ("team_requests_per_minute", t.team_requests_per_minute),
+            ("team_burst", t.team_burst),
+        ] {
+            if v == Some(0) {
+                p.push(format!("{key}.{k} must be at least 1 (leave it out for no limit)"));
+            }
+        }
+    }
+    for (user, u) in &pol.users {
+        user_rules(&format!("policy.users.{user:?}"), u, s, p);
+    }
+    for (k, v) in [
+        ("requests_per_minute", pol.global.requests_per_minute),
+        ("burst", pol.global.burst),
+    ] {
+        if v == Some(0) {
+            p.push(format!("policy.global.{k} must be at least 1 (leave it out for no limit)"));
+        }
+    }
+}
+
+fn user_rules(key: &str, r: &UserPolicy, s: &Settings, p: &mut Vec<String>) {
+    for (k, v) in [("requests_per_minute", r.requests_per_minute), ("burst", r.burst)] {
+        if v == Some(0) {
+            p.push(format!("{key}.{k} must be at least 1 (leave it out for no limit)"));
+        }
+    }
+    if let Some(models) = &r.models {
+        for m in models {
+            if !s.models.contains_key(m) {
+                p.push(format!(
+                    "{key}.models: {m:?} is not in the model catalog (known: {})",
+                    s.models.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+    }
+    if let Some(res) = &r.max_resolution
+        && resolution_rank(res).is_none()
+    {
+        p.push(format!("{key}.max_resolution = {res:?} is not a resolution such as \"1080p\""));
+    }
+    if let Some(hours) = &r.immediate_hours {
+        for h in hours {
+            if let Err(e) = crate::policy::hours::HourWindow::parse(h) {
+                p.push(format!("{key}.immediate_hours: {e}"));
+            }
+        }
+    }
+}
+
+impl TeamPolicy {
+    /// The per-user keys of a team's table, as a `UserPolicy`.
+    pub fn as_user_policy(&self) -> UserPolicy {
+        UserPolicy {
+            requests_per_minute: self.requests_per_minute,
+            burst: self.burst,
+            max_in_flight: self.max_in_flight,
+            daily_credits: self.daily_credits,
+            monthly_credits: self.monthly_credits,
+            models: self.models.clone(),
+            max_duration: self.max_duration,
+            max_resolution: self.max_resolution.clone(),
+            allow_recommended_prompt: self.allow_recommended_prompt,
+            off_peak: self.off_peak,
+            immediate_daily_credits: self.immediate_daily_credits,
+            immediate_hours: self.immediate_hours.clone(),
+        }
+    }
+}
+
+fn state(st: &StateSettings, p: &mut Vec<String>) {
+    if st.key_prefix.trim().is_empty() {
+        p.push("state.key_prefix must not be empty".into());
+    }
+    if st.backend == StateBackend::Redis && !st.redis_url.is_set() {
+        p.push("state.redis_url is required when state.backend = \"redis\"".into());
+    }
+    if st.backend == StateBackend::Memory && st.ledger_path.as_os_str().is_empty() {
+        p.push("state.ledger_path must not be empty when state.backend = \"memory\"".into());
+    }
+}
+
+fn telemetry(t: &TelemetrySettings, p: &mut Vec<String>) {
+    if tracing_subscriber::EnvFilter::try_new(&t.log_level).is_err() {
+        p.push(format!(
+            "telemetry.log_level = {:?} is not a level or filter such as \"info\" or \"vidu_gateway=debug\"",
+            t.log_level
+        ));
+    }
+}

@@ -1,0 +1,303 @@
+//! `GatewayError`: every error the gateway itself produces, rendered in Vidu's envelope (DESIGN §4).
+//!
+//! A handler returns `GatewayError`; `error_response` builds the status and headers and stores the envelope in
+//! the response's extensions; the request-context middleware writes it with `metadata.trace_id` (the request id),
+//! and turns actix's own error responses (404, 405, payload errors) into the same envelope.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+/// One validation problem: `{"field": "duration", "reason": "OutOfRange", "message": "..."}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FieldViolation {
+    pub field: String,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Rate-limit style 429 reasons (all carry `Retry-After`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitReason {
+    TooManyRequests,
+    ConcurrencyLimited,
+    CreditBudgetExhausted,
+    OffPeakRequired,
+}
+
+impl LimitReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitReason::TooManyRequests => "TooManyRequests",
+            LimitReason::ConcurrencyLimited => "ConcurrencyLimited",
+            LimitReason::CreditBudgetExhausted => "CreditBudgetExhausted",
+            LimitReason::OffPeakRequired => "OffPeakRequired",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{message}")]
+    Validation {
+        reason: &'static str,
+        message: String,
+        fields: Vec<FieldViolation>,
+    },
+    #[error("{message}")]
+    Unauthorized {
+        message: String,
+        /// A token was sent but is invalid (adds `error="invalid_token"` to `WWW-Authenticate`).
+        invalid_token: bool,
+    },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("task not found")]
+    TaskNotFound,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("request body is larger than the {limit} bytes this gateway accepts (server.max_body_bytes)")]
+    PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    PolicyConflict(String),
+    #[error("{message}")]
+    Limited {
+        reason: LimitReason,
+        message: String,
+        retry_after_secs: u64,
+    },
+    #[error("{0}")]
+    UpstreamUnavailable(String),
+    #[error("{message}")]
+    ServiceUnavailable {
+        message: String,
+        retry_after_secs: u64,
+    },
+    #[error("Vidu did not answer within {timeout_ms} ms (upstream.request_timeout_ms)")]
+    UpstreamTimeout { timeout_ms: u64 },
+    /// A bug or an unexpected failure: the caller sees an opaque message, the cause goes to the log.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl GatewayError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            GatewayError::BadRequest(_) => "BadRequest",
+            GatewayError::Validation { reason, .. } => reason,
+            GatewayError::Unauthorized { .. } => "Unauthorized",
+            GatewayError::Forbidden(_) => "Forbidden",
+            GatewayError::TaskNotFound => "TaskNotFound",
+            GatewayError::NotFound(_) => "NotFound",
+            GatewayError::MethodNotAllowed(_) => "MethodNotAllowed",
+            GatewayError::PayloadTooLarge { .. } => "PayloadTooLarge",
+            GatewayError::UnsupportedMediaType(_) => "UnsupportedMediaType",
+            GatewayError::PolicyConflict(_) => "PolicyConflict",
+            GatewayError::Limited { reason, .. } => reason.as_str(),
+            GatewayError::UpstreamUnavailable(_) => "UpstreamUnavailable",
+            GatewayError::ServiceUnavailable { .. } => "ServiceUnavailable",
+            GatewayError::UpstreamTimeout { .. } => "UpstreamTimeout",
+            GatewayError::Internal(_) => "InternalServiceFailure",
+        }
+    }
+
+    /// The message the caller sees (never a cause chain for internal errors).
+    fn public_message(&self) -> String {
+        match self {
+            GatewayError::Internal(_) => {
+                "internal error in the gateway; quote metadata.trace_id when reporting it".into()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+/// The envelope waiting in a response's extensions for its `trace_id`.
+#[derive(Clone, Debug)]
+pub struct PendingEnvelope {
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+    pub fields: Vec<FieldViolation>,
+}
+
+/// Marks a response whose body is Vidu's own (passed through unchanged, even when it is an error).
+#[derive(Clone, Copy, Debug)]
+pub struct UpstreamBody;
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    code: u16,
+    reason: &'a str,
+    message: &'a str,
+    metadata: Metadata<'a>,
+}
+
+#[derive(Serialize)]
+struct Metadata<'a> {
+    trace_id: &'a str,
+    source: &'static str,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    fields: &'a [FieldViolation],
+}
+
+impl PendingEnvelope {
+    /// The JSON body, with the request id as `metadata.trace_id`.
+    pub fn render(&self, trace_id: &str) -> Vec<u8> {
+        serde_json::to_vec(&Envelope {
+            code: self.code,
+            reason: self.reason,
+            message: &self.message,
+            metadata: Metadata {
+                trace_id,
+                source: "gateway",
+                fields: &self.fields,
+            },
+        })
+        .unwrap_or_default()
+    }
+
+    /// The envelope for an error response that actix (or a library) produced without one.
+    pub fn for_status(status: StatusCode) -> Self {
+        let (reason, message) = match status.as_u16() {
+            400 => ("BadRequest", "the request could not be read: send a JSON object body"),
+            401 => ("Unauthorized", "send Authorization: Bearer <token>"),
+            403 => ("Forbidden", "not allowed"),
+            404 => ("NotFound", "no such path on this gateway"),
+            405 => ("MethodNotAllowed", "this path does not accept that method"),
+            413 => ("PayloadTooLarge", "request body too large"),
+            415 => ("UnsupportedMediaType", "send Content-Type: application/json"),
+            408 => ("BadRequest", "the request was not received in time"),
+            503 => ("ServiceUnavailable", "the gateway is not ready"),
+            _ if status.is_client_error() => ("BadRequest", "the request could not be processed"),
+            _ => (
+                "InternalServiceFailure",
+                "internal error in the gateway; quote metadata.trace_id when reporting it",
+            ),
+        };
+        Self {
+            code: status.as_u16(),
+            reason,
+            message: message.into(),
+            fields: Vec::new(),
+        }
+    }
+}
+
+impl ResponseError for GatewayError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            GatewayError::BadRequest(_) | GatewayError::Validation { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
+            GatewayError::TaskNotFound | GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
+            GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            GatewayError::PolicyConflict(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            GatewayError::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::ServiceUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        let mut res = HttpResponse::build(status);
+        match self {
+            GatewayError::Unauthorized {
+                message,
+                invalid_token,
+            } => {
+                let value = if *invalid_token {
+                    format!(
+                        "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                        message.replace(['"', '\\'], "'")
+                    )
+                } else {
+                    "Bearer".to_owned()
+                };
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    res.insert_header((header::WWW_AUTHENTICATE, v));
+                }
+            }
+            GatewayError::Limited {
+                retry_after_secs, ..
+            }
+            | GatewayError::ServiceUnavailable {
+                retry_after_secs, ..
+            } => {
+                res.insert_header((header::RETRY_AFTER, retry_after_secs.max(&1).to_string()));
+            }
+            GatewayError::Internal(cause) => {
+                tracing::error!(error = ?cause, "internal error");
+            }
+            _ => {}
+        }
+        let fields = match self {
+            GatewayError::Validation { fields, .. } => fields.clone(),
+            _ => Vec::new(),
+        };
+        let mut res = res.finish();
+        res.extensions_mut().insert(PendingEnvelope {
+            code: status.as_u16(),
+            reason: self.reason(),
+            message: self.public_message(),
+            fields,
+        });
+        res
+    }
+}
+
+impl From<anyhow::Error> for GatewayError {
+    fn from(e: anyhow::Error) -> Self {
+        GatewayError::Internal(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_knows_its_status_and_vidu_reason() {
+        let e = GatewayError::Limited {
+            reason: LimitReason::CreditBudgetExhausted,
+            message: "x".into(),
+            retry_after_secs: 5,
+        };
+        assert_eq!(e.status_code(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.reason(), "CreditBudgetExhausted");
+        let res = e.error_response();
+        assert_eq!(res.headers().get(header::RETRY_AFTER).unwrap(), "5");
+    }
+
+    #[test]
+    fn internal_errors_never_show_their_cause() {
+        let e = GatewayError::Internal(anyhow::anyhow!("db password is hunter2"));
+        let res = e.error_response();
+        let env = res.extensions().get::<PendingEnvelope>().cloned().unwrap();
+        assert!(!env.message.contains("hunter2"));
+        assert_eq!(env.reason, "InternalServiceFailure");
+    }
+
+    #[test]
+    fn the_envelope_carries_trace_id_and_source() {
+        let env = PendingEnvelope::for_status(StatusCode::METHOD_NOT_ALLOWED);
+        let v: serde_json::Value = serde_json::from_slice(&env.render("abc")).unwrap();
+        assert_eq!(v["code"], 405);
+        assert_eq!(v["reason"], "MethodNotAllowed");
+        assert_eq!(v["metadata"]["trace_id"], "abc");
+        assert_eq!(v["metadata"]["source"], "gateway");
+        assert!(v["metadata"].get("fields").is_none());
+    }
+}

@@ -1,0 +1,16 @@
+//! vidu-gateway: the one company endpoint in front of Vidu's image-to-video API.
+
+pub mod app_state;
+pub mod auth;
+pub mod body;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod policy;
+pub mod request_context;
+pub mod routes;
+pub mod startup;
+pub mod telemetry;
+pub mod vidu;

@@ -1,0 +1,3 @@
+//! Access policy and admission: who may do what, how often, and at what cost.
+
+pub mod hours;

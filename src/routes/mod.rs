@@ -1,0 +1,82 @@
+//! HTTP routes: thin handlers that authenticate, call the domain, and map the result.
+
+pub mod gateway;
+pub mod img2video;
+pub mod ops;
+pub mod tasks;
+
+use actix_web::http::Method;
+use actix_web::{HttpRequest, HttpResponse, web};
+use bytes::Bytes;
+
+use crate::app_state::{AppState, request_id};
+use crate::error::{GatewayError, UpstreamBody};
+use crate::vidu::upstream::{Endpoint, Upstream, UpstreamError, UpstreamRequest};
+
+/// Every route of the main listener.
+pub fn configure(cfg: &mut web::ServiceConfig, metrics_here: bool) {
+    cfg.service(web::resource("/ent/v2/img2video").route(web::post().to(img2video::create)))
+        .service(
+            web::resource("/ent/v2/tasks/{id}/creations").route(web::get().to(tasks::creations)),
+        )
+        .service(web::resource("/ent/v2/tasks/{id}/cancel").route(web::post().to(tasks::cancel)))
+        .service(web::resource("/gateway/v1/config").route(web::get().to(gateway::config)))
+        .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
+        .service(web::resource("/readyz").route(web::get().to(ops::readyz)));
+    if metrics_here {
+        cfg.service(web::resource("/metrics").route(web::get().to(ops::metrics)));
+    }
+}
+
+/// Unknown path: 404 `NotFound` in the envelope.
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, GatewayError> {
+    Err(GatewayError::NotFound(format!(
+        "no route for {} {}: the gateway serves /ent/v2/img2video, /ent/v2/tasks/{{id}}/creations, \
+         /ent/v2/tasks/{{id}}/cancel and /gateway/v1/*",
+        req.method(),
+        req.path()
+    )))
+}
+
+/// Sends one call to Vidu and turns its answer into the response: status, content type and body unchanged.
+pub async fn forward(
+    state: &AppState,
+    upstream: &Upstream,
+    req: &HttpRequest,
+    endpoint: Endpoint,
+    method: Method,
+    path: String,
+    body: Bytes,
+) -> Result<HttpResponse, GatewayError> {
+    let call = UpstreamRequest {
+        endpoint,
+        method,
+        path,
+        body,
+        request_id: request_id(req),
+    };
+    let timeout_ms = state.config.current().settings.upstream.request_timeout_ms;
+    let answer = upstream
+        .send(call, &state.metrics)
+        .await
+        .map_err(|e| match e {
+            UpstreamError::Timeout => GatewayError::UpstreamTimeout { timeout_ms },
+            UpstreamError::Connect(_) => GatewayError::UpstreamUnavailable(
+                "Vidu is unreachable (connection failed before the request was sent); nothing was created — \
+                 retry later"
+                    .into(),
+            ),
+            UpstreamError::Broken(_) => GatewayError::UpstreamUnavailable(
+                "the connection to Vidu broke after the request was sent; the task may have been created — \
+                 check before retrying"
+                    .into(),
+            ),
+        })?;
+    let mut res = HttpResponse::build(answer.status);
+    if let Some(ct) = answer.content_type {
+        res.insert_header((actix_web::http::header::CONTENT_TYPE, ct));
+    }
+    let mut res = res.body(answer.body);
+    res.extensions_mut().insert(UpstreamBody);
+    Ok(res)
+}

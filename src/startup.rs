@@ -1,0 +1,174 @@
+//! `Application`: binds the listeners (port 0 in tests), builds the shared state and the App (middleware order,
+//! routes), and runs until SIGTERM/SIGINT, finishing in-flight requests within `server.shutdown_timeout_secs`.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use anyhow::Context;
+use tracing_actix_web::TracingLogger;
+
+use crate::app_state::AppState;
+use crate::auth::Authenticator;
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::{LiveConfig, LoadedConfig, UpstreamMode};
+use crate::metrics::Metrics;
+use crate::request_context::request_context;
+use crate::routes;
+use crate::telemetry::GatewayRootSpan;
+use crate::vidu::client::ViduClient;
+use crate::vidu::sandbox::Sandbox;
+use crate::vidu::upstream::Upstream;
+
+/// What tests (and embedders) may replace.
+#[derive(Clone)]
+pub struct Options {
+    pub clock: SharedClock,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+pub struct Application {
+    server: Server,
+    metrics_server: Option<Server>,
+    port: u16,
+    metrics_port: Option<u16>,
+    state: web::Data<AppState>,
+}
+
+impl Application {
+    pub fn build(config: LoadedConfig) -> anyhow::Result<Self> {
+        Self::build_with(config, Options::default())
+    }
+
+    pub fn build_with(config: LoadedConfig, options: Options) -> anyhow::Result<Self> {
+        let settings = config.settings.clone();
+        let listener = TcpListener::bind(&settings.server.listen)
+            .with_context(|| format!("cannot listen on server.listen = {}", settings.server.listen))?;
+        let port = listener.local_addr()?.port();
+        let metrics_listener = settings
+            .server
+            .metrics_listen
+            .as_ref()
+            .map(|addr| {
+                TcpListener::bind(addr)
+                    .with_context(|| format!("cannot listen on server.metrics_listen = {addr}"))
+            })
+            .transpose()?;
+        let metrics_port = metrics_listener
+            .as_ref()
+            .map(|l| l.local_addr().map(|a| a.port()))
+            .transpose()?;
+
+        let live = Arc::new(LiveConfig::new(config));
+        let metrics = Arc::new(Metrics::new());
+        let sandbox = (settings.upstream.mode == UpstreamMode::Sandbox)
+            .then(|| Arc::new(Sandbox::new(live.clone(), options.clock.clone())));
+        if settings.upstream.mode == UpstreamMode::Vidu {
+            // Fail at start, not in a worker, when the client cannot be built.
+            ViduClient::new(&settings.upstream)?;
+        }
+        let state = web::Data::new(AppState {
+            config: live,
+            auth: Authenticator::new(&settings.auth, options.clock.clone())?,
+            metrics: metrics.clone(),
+            clock: options.clock,
+            sandbox,
+        });
+
+        let metrics_on_main = metrics_listener.is_none();
+        let factory_state = state.clone();
+        let factory_metrics = metrics.clone();
+        let upstream_settings = settings.upstream.clone();
+        let mut server = HttpServer::new(move || {
+            let upstream = match &factory_state.sandbox {
+                Some(s) => Upstream::Sandbox(s.clone()),
+                None => match ViduClient::new(&upstream_settings) {
+                    Ok(c) => Upstream::Vidu(c),
+                    // Checked before the server started; unreachable in practice.
+                    Err(e) => panic!("cannot build the Vidu client: {e}"),
+                },
+            };
+            App::new()
+                .app_data(factory_state.clone())
+                .app_data(web::Data::new(factory_metrics.clone()))
+                .app_data(web::Data::new(upstream))
+                .wrap(TracingLogger::<GatewayRootSpan>::new())
+                .wrap(from_fn(request_context))
+                .configure(|cfg| routes::configure(cfg, metrics_on_main))
+                .default_service(web::to(routes::not_found))
+        })
+        .shutdown_timeout(settings.server.shutdown_timeout_secs)
+        .listen(listener)?;
+        if settings.server.workers > 0 {
+            server = server.workers(settings.server.workers);
+        }
+        let server = server.run();
+
+        let metrics_server = match metrics_listener {
+            None => None,
+            Some(l) => {
+                let m = metrics.clone();
+                Some(
+                    HttpServer::new(move || {
+                        App::new()
+                            .app_data(web::Data::new(m.clone()))
+                            .wrap(from_fn(request_context))
+                            .service(web::resource("/metrics").route(web::get().to(routes::ops::metrics)))
+                            .default_service(web::to(routes::not_found))
+                    })
+                    .workers(1)
+                    .shutdown_timeout(1)
+                    .listen(l)?
+                    .run(),
+                )
+            }
+        };
+        Ok(Self {
+            server,
+            metrics_server,
+            port,
+            metrics_port,
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_port
+    }
+
+    /// A handle to stop the server gracefully (what SIGTERM does).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        match self.metrics_server {
+            None => self.server.await,
+            Some(metrics) => {
+                let metrics_handle = metrics.handle();
+                let metrics_task = actix_web::rt::spawn(metrics);
+                let result = self.server.await;
+                metrics_handle.stop(true).await;
+                let _ = metrics_task.await;
+                result
+            }
+        }
+    }
+}

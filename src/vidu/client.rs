@@ -1,0 +1,82 @@
+//! The HTTP client for the real Vidu API: awc over rustls, pooled per worker, with connect and request timeouts.
+//! Sends only the gateway's own headers (`Authorization: Token <key>`, content type, request id): nothing of the
+//! caller's headers reaches Vidu. Never retries.
+
+use std::time::{Duration, Instant};
+
+use actix_web::http::header::{self, HeaderValue};
+use awc::error::SendRequestError;
+
+use super::upstream::{UpstreamError, UpstreamRequest, UpstreamResponse};
+use crate::config::UpstreamSettings;
+
+/// Largest answer read from Vidu (task queries echo the payload, up to 1 MiB, plus creations).
+const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+
+pub struct ViduClient {
+    client: awc::Client,
+    base_url: String,
+    authorization: HeaderValue,
+    request_timeout: Duration,
+}
+
+impl ViduClient {
+    /// Built inside each worker (awc's client is not `Send`).
+    pub fn new(settings: &UpstreamSettings) -> anyhow::Result<Self> {
+        let request_timeout = Duration::from_millis(settings.request_timeout_ms);
+        let connector = awc::Connector::new()
+            .timeout(Duration::from_millis(settings.connect_timeout_ms))
+            .limit(256);
+        let client = awc::Client::builder()
+            .connector(connector)
+            .timeout(request_timeout)
+            .disable_redirects()
+            .no_default_headers()
+            .finish();
+        let mut authorization =
+            HeaderValue::from_str(&format!("Token {}", settings.api_key.expose()))
+                .map_err(|_| anyhow::anyhow!("upstream.api_key contains characters not allowed in a header"))?;
+        authorization.set_sensitive(true);
+        Ok(Self {
+            client,
+            base_url: settings.base_url.trim_end_matches('/').to_owned(),
+            authorization,
+            request_timeout,
+        })
+    }
+
+    pub async fn send(&self, req: UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
+        let started = Instant::now();
+        let url = format!("{}{}", self.base_url, req.path);
+        let mut builder = self
+            .client
+            .request(req.method, url)
+            .insert_header((header::AUTHORIZATION, self.authorization.clone()))
+            .insert_header((header::ACCEPT, "application/json"))
+            .insert_header(("x-request-id", req.request_id));
+        if !req.body.is_empty() {
+            builder = builder.insert_header((header::CONTENT_TYPE, "application/json"));
+        }
+        let mut res = builder.send_body(req.body).await.map_err(|e| match e {
+            SendRequestError::Timeout => UpstreamError::Timeout,
+            SendRequestError::Connect(c) => UpstreamError::Connect(c.to_string()),
+            other => UpstreamError::Broken(other.to_string()),
+        })?;
+        let status = res.status();
+        let content_type = res
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let remaining = self.request_timeout.saturating_sub(started.elapsed());
+        let body = actix_web::rt::time::timeout(remaining, res.body().limit(MAX_RESPONSE_BYTES))
+            .await
+            .map_err(|_| UpstreamError::Timeout)?
+            .map_err(|e| UpstreamError::Broken(e.to_string()))?;
+        Ok(UpstreamResponse {
+            status,
+            content_type,
+            body,
+        })
+    }
+}

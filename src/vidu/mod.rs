@@ -1,0 +1,7 @@
+//! The Vidu domain: the catalog, pricing, and the upstream (the real API, or the built-in sandbox).
+
+pub mod catalog;
+pub mod client;
+pub mod pricing;
+pub mod sandbox;
+pub mod upstream;
