@@ -10,7 +10,10 @@ use futures_util::StreamExt;
 use crate::error::GatewayError;
 
 /// 413 at once when the declared `Content-Length` is over the limit (nothing is read).
-pub fn check_declared_length(req: &HttpRequest, limit: usize) -> Result<Option<usize>, GatewayError> {
+pub fn check_declared_length(
+    req: &HttpRequest,
+    limit: usize,
+) -> Result<Option<usize>, GatewayError> {
     let Some(value) = req.headers().get(header::CONTENT_LENGTH) else {
         return Ok(None);
     };
@@ -56,7 +59,9 @@ pub async fn read(
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| match e {
             actix_web::error::PayloadError::Overflow => GatewayError::PayloadTooLarge { limit },
-            other => GatewayError::BadRequest(format!("the request body could not be read: {other}")),
+            other => {
+                GatewayError::BadRequest(format!("the request body could not be read: {other}"))
+            }
         })?;
         if buf.len() + chunk.len() > limit {
             return Err(GatewayError::PayloadTooLarge { limit });
@@ -73,6 +78,12 @@ pub fn require_json_object(body: &[u8]) -> Result<(), GatewayError> {
         return Err(GatewayError::BadRequest(
             "the body must be a JSON object, e.g. {\"model\": \"viduq2\", \"images\": [\"https://...\"]}".into(),
         ));
+    }
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(GatewayError::BadRequest(format!(
+            "the body is not UTF-8 (invalid byte at offset {}): send JSON encoded as UTF-8",
+            e.valid_up_to()
+        )));
     }
     serde_json::from_slice::<serde::de::IgnoredAny>(body)
         .map(|_| ())

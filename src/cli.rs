@@ -9,7 +9,11 @@ use crate::config::{self, LoadedConfig, UpstreamMode};
 use crate::startup::Application;
 
 #[derive(Debug, Parser)]
-#[command(name = "vidu-gateway", version, about = "The one company endpoint in front of Vidu's image-to-video API")]
+#[command(
+    name = "vidu-gateway",
+    version,
+    about = "The one company endpoint in front of Vidu's image-to-video API"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -79,12 +83,25 @@ fn check_config(path: Option<PathBuf>) -> ExitCode {
     }
 }
 
-fn token(path: Option<PathBuf>, sub: &str, team: Option<&str>, roles: &[String], ttl: u64) -> ExitCode {
+fn token(
+    path: Option<PathBuf>,
+    sub: &str,
+    team: Option<&str>,
+    roles: &[String],
+    ttl: u64,
+) -> ExitCode {
     let config = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match crate::auth::mint::mint(&config.settings.auth, sub, team, roles, ttl, jiff::Timestamp::now()) {
+    match crate::auth::mint::mint(
+        &config.settings.auth,
+        sub,
+        team,
+        roles,
+        ttl,
+        jiff::Timestamp::now(),
+    ) {
         Ok(t) => {
             println!("{t}");
             ExitCode::SUCCESS

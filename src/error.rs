@@ -61,7 +61,9 @@ pub enum GatewayError {
     NotFound(String),
     #[error("{0}")]
     MethodNotAllowed(String),
-    #[error("request body is larger than the {limit} bytes this gateway accepts (server.max_body_bytes)")]
+    #[error(
+        "request body is larger than the {limit} bytes this gateway accepts (server.max_body_bytes)"
+    )]
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -167,13 +169,19 @@ impl PendingEnvelope {
     /// The envelope for an error response that actix (or a library) produced without one.
     pub fn for_status(status: StatusCode) -> Self {
         let (reason, message) = match status.as_u16() {
-            400 => ("BadRequest", "the request could not be read: send a JSON object body"),
+            400 => (
+                "BadRequest",
+                "the request could not be read: send a JSON object body",
+            ),
             401 => ("Unauthorized", "send Authorization: Bearer <token>"),
             403 => ("Forbidden", "not allowed"),
             404 => ("NotFound", "no such path on this gateway"),
             405 => ("MethodNotAllowed", "this path does not accept that method"),
             413 => ("PayloadTooLarge", "request body too large"),
-            415 => ("UnsupportedMediaType", "send Content-Type: application/json"),
+            415 => (
+                "UnsupportedMediaType",
+                "send Content-Type: application/json",
+            ),
             408 => ("BadRequest", "the request was not received in time"),
             503 => ("ServiceUnavailable", "the gateway is not ready"),
             _ if status.is_client_error() => ("BadRequest", "the request could not be processed"),
@@ -194,7 +202,9 @@ impl PendingEnvelope {
 impl ResponseError for GatewayError {
     fn status_code(&self) -> StatusCode {
         match self {
-            GatewayError::BadRequest(_) | GatewayError::Validation { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::BadRequest(_) | GatewayError::Validation { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::TaskNotFound | GatewayError::NotFound(_) => StatusCode::NOT_FOUND,

@@ -64,7 +64,8 @@ impl Metrics {
             "HTTP requests answered, by route pattern, method and status",
             http_requests.clone(),
         );
-        let http_duration: HistogramFamily<RouteLabels> = Family::new_with_constructor(latency_histogram);
+        let http_duration: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(latency_histogram);
         registry.register(
             "http_request_duration_seconds",
             "Time from request received to response headers, by route pattern",

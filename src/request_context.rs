@@ -83,7 +83,11 @@ pub async fn request_context(
 /// Writes the envelope of a gateway error, or of an actix error response that has none; Vidu's own bodies pass.
 fn render_envelope(res: ServiceResponse<BoxBody>, trace_id: &str) -> ServiceResponse<BoxBody> {
     let status = res.status();
-    let pending = res.response().extensions().get::<PendingEnvelope>().cloned();
+    let pending = res
+        .response()
+        .extensions()
+        .get::<PendingEnvelope>()
+        .cloned();
     let envelope = match pending {
         Some(p) => p,
         None if status.as_u16() >= 400

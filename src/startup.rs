@@ -51,8 +51,12 @@ impl Application {
 
     pub fn build_with(config: LoadedConfig, options: Options) -> anyhow::Result<Self> {
         let settings = config.settings.clone();
-        let listener = TcpListener::bind(&settings.server.listen)
-            .with_context(|| format!("cannot listen on server.listen = {}", settings.server.listen))?;
+        let listener = TcpListener::bind(&settings.server.listen).with_context(|| {
+            format!(
+                "cannot listen on server.listen = {}",
+                settings.server.listen
+            )
+        })?;
         let port = listener.local_addr()?.port();
         let metrics_listener = settings
             .server
@@ -122,7 +126,10 @@ impl Application {
                         App::new()
                             .app_data(web::Data::new(m.clone()))
                             .wrap(from_fn(request_context))
-                            .service(web::resource("/metrics").route(web::get().to(routes::ops::metrics)))
+                            .service(
+                                web::resource("/metrics")
+                                    .route(web::get().to(routes::ops::metrics)),
+                            )
                             .default_service(web::to(routes::not_found))
                     })
                     .workers(1)

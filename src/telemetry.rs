@@ -1,9 +1,9 @@
 //! Logging: the tracing subscriber (JSON or pretty) and the per-request root span (request id, route, user, team).
 //! Bodies, prompts, images and secrets are never recorded.
 
-use actix_web::{Error, HttpMessage};
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::{Error, HttpMessage};
 use tracing::Span;
 use tracing_actix_web::{DefaultRootSpanBuilder, RootSpanBuilder};
 use tracing_subscriber::EnvFilter;

@@ -72,12 +72,19 @@ impl KeySet {
                 .filter(|k| k.kid.as_deref() == Some(kid))
                 .map(|k| &k.key)
                 .collect(),
-            Some(_) => of_family.filter(|k| k.kid.is_none()).map(|k| &k.key).collect(),
+            Some(_) => of_family
+                .filter(|k| k.kid.is_none())
+                .map(|k| &k.key)
+                .collect(),
             None => of_family.map(|k| &k.key).collect(),
         };
         if found.is_empty() {
             return Err(AuthFailure::invalid(
-                if kid.is_some() { "unknown_kid" } else { "no_key" },
+                if kid.is_some() {
+                    "unknown_kid"
+                } else {
+                    "no_key"
+                },
                 match kid {
                     Some(kid) => format!("no key with id {kid:?} for algorithm {alg:?}"),
                     None => format!("no key is configured for algorithm {alg:?}"),

@@ -105,7 +105,9 @@ impl Authenticator {
         }
         let token = token.trim();
         if token.is_empty() {
-            return Err(missing("empty bearer token: send Authorization: Bearer <token>"));
+            return Err(missing(
+                "empty bearer token: send Authorization: Bearer <token>",
+            ));
         }
         Ok(token)
     }
@@ -178,7 +180,10 @@ impl Authenticator {
             }
         };
         let exp = time_claim("exp")?.ok_or_else(|| {
-            AuthFailure::invalid("missing_exp", "token has no `exp` claim; tokens must expire")
+            AuthFailure::invalid(
+                "missing_exp",
+                "token has no `exp` claim; tokens must expire",
+            )
         })?;
         if now > exp.saturating_add(leeway) {
             return Err(AuthFailure::invalid(
@@ -215,7 +220,10 @@ impl Authenticator {
             if !aud.iter().any(|a| a == &self.settings.audience) {
                 return Err(AuthFailure::invalid(
                     "audience_mismatch",
-                    format!("token audience does not include {:?}", self.settings.audience),
+                    format!(
+                        "token audience does not include {:?}",
+                        self.settings.audience
+                    ),
                 ));
             }
         }

@@ -7,14 +7,24 @@ use crate::vidu::catalog::{resolution_rank, valid_model_name};
 
 /// JWT algorithms the gateway can verify.
 pub const KNOWN_ALGORITHMS: &[&str] = &[
-    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
-    "EdDSA",
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
+    "ES384", "EdDSA",
 ];
 
 /// RFC 7518 §3.2: an HMAC key at least as long as the hash output.
 const MIN_HS_SECRET_BYTES: usize = 32;
 
 pub fn validate(s: &Settings, problems: &mut Vec<String>) {
+    if s.upstream.mode == UpstreamMode::Vidu
+        && s.auth.hs256_secret.expose() == super::DEV_HS256_SECRET
+    {
+        problems.push(
+            "auth.hs256_secret is the built-in development secret, which anyone can use to mint tokens: it is \
+             refused when upstream.mode = \"vidu\" — configure your identity provider's keys (auth.jwks_url, \
+             auth.public_key_files) or your own secret"
+                .into(),
+        );
+    }
     server(&s.server, problems);
     upstream(&s.upstream, problems);
     auth(&s.auth, problems);
@@ -71,7 +81,10 @@ fn upstream(u: &UpstreamSettings, p: &mut Vec<String>) {
 
 fn auth(a: &AuthSettings, p: &mut Vec<String>) {
     if a.algorithms.is_empty() {
-        p.push("auth.algorithms is empty: list the algorithms your identity provider signs with".into());
+        p.push(
+            "auth.algorithms is empty: list the algorithms your identity provider signs with"
+                .into(),
+        );
     }
     for alg in &a.algorithms {
         if alg.eq_ignore_ascii_case("none") {
@@ -99,7 +112,8 @@ fn auth(a: &AuthSettings, p: &mut Vec<String>) {
             ));
         }
     }
-    let has_public = !a.public_key_files.is_empty() || a.jwks_file.is_some() || a.jwks_url.is_some();
+    let has_public =
+        !a.public_key_files.is_empty() || a.jwks_file.is_some() || a.jwks_url.is_some();
     if !a.hs256_secret.is_set() && !has_public {
         p.push(
             "auth: no key source is configured: set auth.hs256_secret(_file), auth.public_key_files, \
@@ -115,7 +129,13 @@ fn auth(a: &AuthSettings, p: &mut Vec<String>) {
         );
     }
     if let Some(url) = &a.jwks_url
-        && !matches!(url.parse::<awc::http::Uri>().ok().as_ref().and_then(|u| u.scheme_str()), Some("http" | "https"))
+        && !matches!(
+            url.parse::<awc::http::Uri>()
+                .ok()
+                .as_ref()
+                .and_then(|u| u.scheme_str()),
+            Some("http" | "https")
+        )
     {
         p.push(format!("auth.jwks_url = {url:?} is not an http(s) URL"));
     }
@@ -155,11 +175,15 @@ fn catalog(s: &Settings, p: &mut Vec<String>) {
             ));
         }
         if m.resolutions.is_empty() {
-            p.push(format!("{key}.resolutions is empty: list at least one, e.g. [\"720p\"]"));
+            p.push(format!(
+                "{key}.resolutions is empty: list at least one, e.g. [\"720p\"]"
+            ));
         }
         for (i, r) in m.resolutions.iter().enumerate() {
             if resolution_rank(r).is_none() {
-                p.push(format!("{key}.resolutions: {r:?} is not a resolution such as \"720p\""));
+                p.push(format!(
+                    "{key}.resolutions: {r:?} is not a resolution such as \"720p\""
+                ));
             }
             if m.resolutions[..i].contains(r) {
                 p.push(format!("{key}.resolutions lists {r:?} twice"));
@@ -174,7 +198,10 @@ fn catalog(s: &Settings, p: &mut Vec<String>) {
         if m.prompt_max_chars == 0 {
             p.push(format!("{key}.prompt_max_chars must be at least 1"));
         }
-        for (table, prices) in [("base", &m.credits.base), ("per_second", &m.credits.per_second)] {
+        for (table, prices) in [
+            ("base", &m.credits.base),
+            ("per_second", &m.credits.per_second),
+        ] {
             for r in &m.resolutions {
                 if !prices.contains_key(r) {
                     p.push(format!("{key}.credits.{table} has no price for {r:?}"));
@@ -208,7 +235,9 @@ fn policy(s: &Settings, p: &mut Vec<String>) {
             ("team_burst", t.team_burst),
         ] {
             if v == Some(0) {
-                p.push(format!("{key}.{k} must be at least 1 (leave it out for no limit)"));
+                p.push(format!(
+                    "{key}.{k} must be at least 1 (leave it out for no limit)"
+                ));
             }
         }
     }
@@ -220,15 +249,22 @@ fn policy(s: &Settings, p: &mut Vec<String>) {
         ("burst", pol.global.burst),
     ] {
         if v == Some(0) {
-            p.push(format!("policy.global.{k} must be at least 1 (leave it out for no limit)"));
+            p.push(format!(
+                "policy.global.{k} must be at least 1 (leave it out for no limit)"
+            ));
         }
     }
 }
 
 fn user_rules(key: &str, r: &UserPolicy, s: &Settings, p: &mut Vec<String>) {
-    for (k, v) in [("requests_per_minute", r.requests_per_minute), ("burst", r.burst)] {
+    for (k, v) in [
+        ("requests_per_minute", r.requests_per_minute),
+        ("burst", r.burst),
+    ] {
         if v == Some(0) {
-            p.push(format!("{key}.{k} must be at least 1 (leave it out for no limit)"));
+            p.push(format!(
+                "{key}.{k} must be at least 1 (leave it out for no limit)"
+            ));
         }
     }
     if let Some(models) = &r.models {
@@ -244,7 +280,9 @@ fn user_rules(key: &str, r: &UserPolicy, s: &Settings, p: &mut Vec<String>) {
     if let Some(res) = &r.max_resolution
         && resolution_rank(res).is_none()
     {
-        p.push(format!("{key}.max_resolution = {res:?} is not a resolution such as \"1080p\""));
+        p.push(format!(
+            "{key}.max_resolution = {res:?} is not a resolution such as \"1080p\""
+        ));
     }
     if let Some(hours) = &r.immediate_hours {
         for h in hours {

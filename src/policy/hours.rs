@@ -75,9 +75,19 @@ mod tests {
 
     #[test]
     fn bad_windows_are_refused() {
-        for bad in ["9-17", "09:00", "25:00-26:00", "09:00-09:00", "09:60-10:00", "x"] {
+        for bad in [
+            "9-17",
+            "09:00",
+            "25:00-26:00",
+            "09:00-09:00",
+            "09:60-10:00",
+            "x",
+        ] {
             assert!(HourWindow::parse(bad).is_err(), "{bad}");
         }
-        assert_eq!(HourWindow::parse("18:00-24:00").unwrap().to_string(), "18:00-24:00");
+        assert_eq!(
+            HourWindow::parse("18:00-24:00").unwrap().to_string(),
+            "18:00-24:00"
+        );
     }
 }

@@ -7,7 +7,10 @@ use crate::app_state::AppState;
 use crate::error::GatewayError;
 
 /// `GET /gateway/v1/config` (admins): the effective configuration, secrets redacted, with its version.
-pub async fn config(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, GatewayError> {
+pub async fn config(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, GatewayError> {
     let identity = state.authenticate(&req)?;
     if !identity.is_admin {
         return Err(GatewayError::Forbidden(

@@ -18,7 +18,11 @@ fn task_id(raw: &str) -> Result<&str, GatewayError> {
         && raw
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok { Ok(raw) } else { Err(GatewayError::TaskNotFound) }
+    if ok {
+        Ok(raw)
+    } else {
+        Err(GatewayError::TaskNotFound)
+    }
 }
 
 pub async fn creations(

@@ -34,8 +34,9 @@ impl ViduClient {
             .no_default_headers()
             .finish();
         let mut authorization =
-            HeaderValue::from_str(&format!("Token {}", settings.api_key.expose()))
-                .map_err(|_| anyhow::anyhow!("upstream.api_key contains characters not allowed in a header"))?;
+            HeaderValue::from_str(&format!("Token {}", settings.api_key.expose())).map_err(
+                |_| anyhow::anyhow!("upstream.api_key contains characters not allowed in a header"),
+            )?;
         authorization.set_sensitive(true);
         Ok(Self {
             client,

@@ -33,7 +33,9 @@ impl Decimal {
         let frac_units: i64 = if frac.is_empty() {
             0
         } else {
-            format!("{frac:0<6}").parse().map_err(|_| format!("`{text}` is not a number"))?
+            format!("{frac:0<6}")
+                .parse()
+                .map_err(|_| format!("`{text}` is not a number"))?
         };
         int.checked_mul(SCALE as i64)
             .and_then(|v| v.checked_add(frac_units))

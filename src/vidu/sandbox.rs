@@ -78,7 +78,12 @@ impl Sandbox {
             (&Method::POST, "/ent/v2/img2video", _) => self.create(&req.body, &req.request_id),
             (&Method::GET, _, Some((id, "creations"))) => self.query(id, &req.request_id),
             (&Method::POST, _, Some((id, "cancel"))) => self.cancel(id, &req.request_id),
-            _ => vidu_error(StatusCode::NOT_FOUND, "NotFound", "not found", &req.request_id),
+            _ => vidu_error(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "not found",
+                &req.request_id,
+            ),
         }
     }
 
@@ -87,7 +92,14 @@ impl Sandbox {
         let settings = &config.settings;
         let b: CreateBody = match serde_json::from_slice(body) {
             Ok(b) => b,
-            Err(_) => return vidu_error(StatusCode::BAD_REQUEST, "BadRequest", "invalid request body", request_id),
+            Err(_) => {
+                return vidu_error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "invalid request body",
+                    request_id,
+                );
+            }
         };
         let invalid = |field: &str| {
             vidu_error(
@@ -98,13 +110,25 @@ impl Sandbox {
             )
         };
         let Some(model_name) = b.model else {
-            return vidu_error(StatusCode::BAD_REQUEST, "FieldLacking", "field lacking: model", request_id);
+            return vidu_error(
+                StatusCode::BAD_REQUEST,
+                "FieldLacking",
+                "field lacking: model",
+                request_id,
+            );
         };
         let Some(model) = settings.models.get(&model_name) else {
             return invalid("model");
         };
         let images = match b.images {
-            None => return vidu_error(StatusCode::BAD_REQUEST, "FieldLacking", "field lacking: images", request_id),
+            None => {
+                return vidu_error(
+                    StatusCode::BAD_REQUEST,
+                    "FieldLacking",
+                    "field lacking: images",
+                    request_id,
+                );
+            }
             Some(i) if i.len() != 1 => {
                 return vidu_error(
                     StatusCode::BAD_REQUEST,
@@ -119,7 +143,9 @@ impl Sandbox {
         if !(model.durations.min..=model.durations.max).contains(&duration) {
             return invalid("duration");
         }
-        let resolution = b.resolution.unwrap_or_else(|| model.default_resolution.clone());
+        let resolution = b
+            .resolution
+            .unwrap_or_else(|| model.default_resolution.clone());
         if !model.resolutions.contains(&resolution) {
             return invalid("resolution");
         }
@@ -128,7 +154,14 @@ impl Sandbox {
         if off_peak && audio && !model.off_peak_with_audio {
             return invalid("off_peak");
         }
-        let credits = sandbox_estimate(settings, &model_name, &resolution, duration, off_peak, b.is_rec == Some(true));
+        let credits = sandbox_estimate(
+            settings,
+            &model_name,
+            &resolution,
+            duration,
+            off_peak,
+            b.is_rec == Some(true),
+        );
         let seed = match b.seed {
             Some(s) if s != 0 => s,
             _ => self.next_id.load(Ordering::Relaxed) % 2_147_483_647,
@@ -238,8 +271,17 @@ impl Sandbox {
     }
 }
 
-fn sandbox_estimate(s: &Settings, model: &str, res: &str, duration: u32, off_peak: bool, is_rec: bool) -> u64 {
-    let Some(m) = s.models.get(model) else { return 0 };
+fn sandbox_estimate(
+    s: &Settings,
+    model: &str,
+    res: &str,
+    duration: u32,
+    off_peak: bool,
+    is_rec: bool,
+) -> u64 {
+    let Some(m) = s.models.get(model) else {
+        return 0;
+    };
     estimate(&EstimateInput {
         base: m.credits.base.get(res).copied().unwrap_or_default(),
         per_second: m.credits.per_second.get(res).copied().unwrap_or_default(),
@@ -260,7 +302,12 @@ fn json_response(status: StatusCode, body: &Value) -> UpstreamResponse {
 }
 
 /// Vidu's own error envelope (no `source`: this stands for Vidu's answer).
-fn vidu_error(status: StatusCode, reason: &str, message: &str, request_id: &str) -> UpstreamResponse {
+fn vidu_error(
+    status: StatusCode,
+    reason: &str,
+    message: &str,
+    request_id: &str,
+) -> UpstreamResponse {
     json_response(
         status,
         &json!({"code": status.as_u16(), "reason": reason, "message": message, "metadata": {"trace_id": request_id}}),
@@ -268,5 +315,10 @@ fn vidu_error(status: StatusCode, reason: &str, message: &str, request_id: &str)
 }
 
 fn task_not_found(request_id: &str) -> UpstreamResponse {
-    vidu_error(StatusCode::NOT_FOUND, "TaskNotFound", "task not found", request_id)
+    vidu_error(
+        StatusCode::NOT_FOUND,
+        "TaskNotFound",
+        "task not found",
+        request_id,
+    )
 }

@@ -1,0 +1,141 @@
+//! The real binary: what it logs (no secrets, no prompts) and how it stops (gracefully).
+
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[actix_web::test]
+async fn served_requests_log_no_secret_no_token_and_no_prompt() {
+    let mock = MockVidu::start().await;
+    let cfg = base_config(&mock.url).replace("log_level = \"warn\"", "log_level = \"debug\"");
+    let bin = Binary::start(&cfg, &[]);
+    let client = awc::Client::default();
+    let token = mint(json!({"sub": "alice", "team": "marketing"}));
+    let prompt = "a very private prompt about project nightingale";
+    let body = json!({"model": "viduq2", "images": ["https://example.com/private-image.png"], "prompt": prompt});
+    let mut res = client
+        .post(format!("{}/ent/v2/img2video", bin.url()))
+        .insert_header(("authorization", format!("Bearer {token}")))
+        .insert_header(("content-type", "application/json"))
+        .insert_header(("x-request-id", "log-check-1"))
+        .send_body(body.to_string())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let _ = res.body().await;
+    // A refused one too (its token is invalid).
+    let _ = client
+        .post(format!("{}/ent/v2/img2video", bin.url()))
+        .insert_header((
+            "authorization",
+            "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl",
+        ))
+        .send_body(body.to_string())
+        .await
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let logs = bin.logs();
+    assert!(
+        logs.contains("log-check-1"),
+        "the request is logged with its id: {logs}"
+    );
+    assert!(
+        logs.contains("alice") && logs.contains("marketing"),
+        "user and team are on the line: {logs}"
+    );
+    for secret in [
+        VIDU_KEY,
+        HS_SECRET,
+        token.as_str(),
+        prompt,
+        "private-image",
+        "c2lnbmF0dXJl",
+    ] {
+        assert!(
+            !logs.contains(secret),
+            "{secret:?} appears in the logs:\n{logs}"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn sigterm_finishes_the_in_flight_request_then_exits_zero() {
+    let mock = MockVidu::start().await;
+    mock.respond(|_| Reply::json(200, created_task("42", 5)).delayed(Duration::from_millis(1200)));
+    let mut bin = Binary::start(&base_config(&mock.url), &[]);
+    let url = bin.url();
+    let token = mint(json!({"sub": "alice", "team": "marketing"}));
+    let in_flight = actix_web::rt::spawn(async move {
+        let mut res = awc::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .finish()
+            .post(format!("{url}/ent/v2/img2video"))
+            .insert_header(("authorization", format!("Bearer {token}")))
+            .insert_header(("content-type", "application/json"))
+            .send_body(small_request().to_string())
+            .await
+            .unwrap();
+        let status = res.status();
+        let body = res.body().await.unwrap();
+        (status, body)
+    });
+    actix_web::rt::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(mock.received().len(), 1, "the request is in flight");
+    bin.signal("TERM");
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["task_id"], "42");
+    assert_eq!(
+        bin.wait(Duration::from_secs(10)),
+        Some(0),
+        "exit code 0 after a graceful stop"
+    );
+    // And it no longer accepts connections.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", bin.port)).is_err());
+}
+
+#[actix_web::test]
+async fn the_built_in_config_serves_the_sandbox_with_a_minted_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vidu-gateway"))
+        .arg("serve")
+        .env("VIDU_GW__SERVER__LISTEN", "127.0.0.1:0")
+        .env("VIDU_GW__STATE__LEDGER_PATH", dir.path().join("l.sqlite3"))
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut port = 0;
+    let mut warned = false;
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok);
+    for line in lines.by_ref() {
+        warned |= line.contains("DEVELOPMENT secret");
+        if line.contains("vidu-gateway listening") {
+            port = serde_json::from_str::<serde_json::Value>(&line).unwrap()["port"]
+                .as_u64()
+                .unwrap();
+            break;
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop)); // keep draining stderr
+    assert!(warned, "a loud warning about the development secret");
+    let (_, token, _) = run_cli(&["token", "--sub", "newcomer", "--team", "demo"], &[]);
+    let mut res = awc::Client::default()
+        .post(format!("http://127.0.0.1:{port}/ent/v2/img2video"))
+        .insert_header(("authorization", format!("Bearer {}", token.trim())))
+        .insert_header(("content-type", "application/json"))
+        .send_body(small_request().to_string())
+        .await
+        .unwrap();
+    let (status, _, body) = read(&mut res).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "created");
+}

@@ -1,0 +1,10 @@
+//! Black-box tests: the gateway on port 0 (in process or the real binary) against a mock Vidu that records
+//! what it received.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod binary;
+mod cli;
+mod docs;
+mod helpers;
+mod proxy;
+mod sandbox;
