@@ -23,8 +23,8 @@ pub struct AppState {
 
 impl AppState {
     /// Verifies the caller; counts refusals by reason and puts user and team on the request's log line.
-    pub fn authenticate(&self, req: &HttpRequest) -> Result<Identity, GatewayError> {
-        match self.auth.authenticate(req) {
+    pub async fn authenticate(&self, req: &HttpRequest) -> Result<Identity, GatewayError> {
+        match self.auth.authenticate(req).await {
             Ok(id) => {
                 if let Some(span) = req.extensions().get::<RootSpan>() {
                     span.record("user", id.user.as_str());

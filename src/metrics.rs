@@ -33,6 +33,11 @@ pub struct EndpointLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
 }
@@ -51,7 +56,9 @@ pub struct Metrics {
     pub upstream_requests: Family<UpstreamLabels, Counter>,
     pub upstream_duration: HistogramFamily<EndpointLabels>,
     pub auth_failures: Family<ReasonLabels, Counter>,
-    pub config_reloads: Family<ReasonLabels, Counter>,
+    pub config_reloads: Family<OutcomeLabels, Counter>,
+    pub jwks_fetches: Family<OutcomeLabels, Counter>,
+    pub jwks_keys: Gauge,
     pub ready: Gauge,
 }
 
@@ -90,12 +97,20 @@ impl Metrics {
             "Requests refused with 401, by reason",
             auth_failures.clone(),
         );
-        let config_reloads = Family::<ReasonLabels, Counter>::default();
+        let config_reloads = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "config_reloads",
             "Configuration reload attempts, by outcome",
             config_reloads.clone(),
         );
+        let jwks_fetches = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "jwks_fetches",
+            "JWKS fetches from auth.jwks_url, by outcome (ok, http_status, timeout, connect_error, too_large, invalid)",
+            jwks_fetches.clone(),
+        );
+        let jwks_keys = Gauge::default();
+        registry.register("jwks_keys", "Keys in the JWKS in force", jwks_keys.clone());
         let ready = Gauge::default();
         registry.register("ready", "1 when /readyz answers 200", ready.clone());
         Self {
@@ -106,6 +121,8 @@ impl Metrics {
             upstream_duration,
             auth_failures,
             config_reloads,
+            jwks_fetches,
+            jwks_keys,
             ready,
         }
     }

@@ -80,9 +80,13 @@ impl Application {
             // Fail at start, not in a worker, when the client cannot be built.
             ViduClient::new(&settings.upstream)?;
         }
+        let auth = Authenticator::new(&settings.auth, options.clock.clone(), &metrics)?;
+        if let Some(jwks) = auth.jwks() {
+            actix_web::rt::spawn(jwks.clone().run());
+        }
         let state = web::Data::new(AppState {
             config: live,
-            auth: Authenticator::new(&settings.auth, options.clock.clone())?,
+            auth,
             metrics: metrics.clone(),
             clock: options.clock,
             sandbox,

@@ -1,8 +1,12 @@
 //! Authentication: `Authorization: Bearer <JWT>` → a verified `Identity {user, team, roles}`.
 
 pub mod claims;
+pub mod jwks;
 mod keys;
 pub mod mint;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::HttpRequest;
 use actix_web::http::header;
@@ -12,6 +16,8 @@ use serde_json::Value;
 use crate::clock::SharedClock;
 use crate::config::AuthSettings;
 use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use jwks::Jwks;
 pub use keys::{KeySet, parse_algorithm};
 
 /// Tokens longer than this are refused before any parsing.
@@ -64,19 +70,37 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    /// Parses every key once, at load.
-    pub fn new(settings: &AuthSettings, clock: SharedClock) -> anyhow::Result<Self> {
+    /// Parses every key once, at load. With `auth.jwks_url`, the JWKS starts empty: spawn `jwks().run()` on the
+    /// server's runtime to fetch it.
+    pub fn new(
+        settings: &AuthSettings,
+        clock: SharedClock,
+        metrics: &Metrics,
+    ) -> anyhow::Result<Self> {
         let allowed = settings
             .algorithms
             .iter()
             .filter_map(|a| parse_algorithm(a))
             .collect();
+        let jwks = settings.jwks_url.as_ref().map(|url| {
+            Jwks::new(
+                url.clone(),
+                Duration::from_secs(settings.jwks_refresh_secs),
+                metrics.jwks_fetches.clone(),
+                metrics.jwks_keys.clone(),
+            )
+        });
         Ok(Self {
-            keys: KeySet::from_settings(settings)?,
+            keys: KeySet::from_settings(settings, jwks)?,
             settings: settings.clone(),
             allowed,
             clock,
         })
+    }
+
+    /// The fetched JWKS, when `auth.jwks_url` is set.
+    pub fn jwks(&self) -> Option<&Arc<Jwks>> {
+        self.keys.jwks()
     }
 
     /// The bearer token of a request, or why there is none.
@@ -113,12 +137,13 @@ impl Authenticator {
     }
 
     /// Verifies the request's bearer token.
-    pub fn authenticate(&self, req: &HttpRequest) -> Result<Identity, AuthFailure> {
-        self.verify(Self::bearer(req)?)
+    pub async fn authenticate(&self, req: &HttpRequest) -> Result<Identity, AuthFailure> {
+        self.verify(Self::bearer(req)?).await
     }
 
-    /// Verifies one token: size, header, algorithm allow-list, key, signature, time claims, iss/aud, identity claims.
-    pub fn verify(&self, token: &str) -> Result<Identity, AuthFailure> {
+    /// Verifies one token: size, header, algorithm allow-list, key (refetching the JWKS once for an unknown
+    /// `kid`), signature, time claims, iss/aud, identity claims.
+    pub async fn verify(&self, token: &str) -> Result<Identity, AuthFailure> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthFailure::invalid(
                 "too_large",
@@ -137,7 +162,17 @@ impl Authenticator {
                 ),
             ));
         }
-        let candidates = self.keys.candidates(header.alg, header.kid.as_deref())?;
+        if let (Some(kid), Some(jwks)) = (header.kid.as_deref(), self.keys.jwks())
+            && !self.keys.knows_kid(kid)
+        {
+            // Perhaps the IdP rotated its keys: look again (rate-limited), then decide.
+            jwks.refresh_for_unknown_kid().await;
+            if !self.keys.knows_kid(kid)
+                && let Some(why) = jwks.not_ready()
+            {
+                return Err(AuthFailure::invalid("keys_unavailable", why));
+            }
+        }
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.settings.leeway_secs;
         validation.validate_exp = false; // checked below against the injectable clock
@@ -145,11 +180,25 @@ impl Authenticator {
         validation.required_spec_claims.clear();
         validation.validate_aud = false;
         let mut last = ErrorKind::InvalidSignature;
-        for key in candidates {
-            match jsonwebtoken::decode::<Value>(token, key, &validation) {
-                Ok(data) => return self.identity(&data.claims),
-                Err(e) => last = e.into_kind(),
-            }
+        let verified = self
+            .keys
+            .with_candidates(
+                header.alg,
+                header.kid.as_deref(),
+                |key| match jsonwebtoken::decode::<Value>(token, key, &validation) {
+                    Ok(data) => Some(data.claims),
+                    Err(e) => {
+                        last = e.into_kind();
+                        None
+                    }
+                },
+            )
+            .map_err(|f| match self.keys.jwks().and_then(|j| j.not_ready()) {
+                Some(why) => AuthFailure::invalid("keys_unavailable", why),
+                None => f,
+            })?;
+        if let Some(claims) = verified {
+            return self.identity(&claims);
         }
         Err(match last {
             ErrorKind::InvalidSignature => {

@@ -11,7 +11,7 @@ pub async fn config(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
-    let identity = state.authenticate(&req)?;
+    let identity = state.authenticate(&req).await?;
     if !identity.is_admin {
         return Err(GatewayError::Forbidden(
             "GET /gateway/v1/config is for admins: the token needs the auth.admin_role role".into(),

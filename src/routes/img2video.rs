@@ -17,7 +17,7 @@ pub async fn create(
 ) -> Result<HttpResponse, GatewayError> {
     let limit = state.config.current().settings.server.max_body_bytes;
     let declared = body::check_declared_length(&req, limit)?;
-    let _identity = state.authenticate(&req)?;
+    let _identity = state.authenticate(&req).await?;
     body::require_json_content_type(&req)?;
     let bytes = body::read(payload, declared, limit).await?;
     body::require_json_object(&bytes)?;

@@ -6,6 +6,7 @@ use actix_web::{HttpResponse, web};
 use serde_json::json;
 
 use crate::app_state::AppState;
+use crate::error::GatewayError;
 use crate::metrics::Metrics;
 
 /// The process is alive and answering.
@@ -14,14 +15,21 @@ pub async fn healthz() -> HttpResponse {
 }
 
 /// Configuration loaded and every dependency the gateway must consult reachable.
-pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, GatewayError> {
     let config = state.config.current();
+    if let Some(why) = state.auth.jwks().and_then(|j| j.not_ready()) {
+        state.metrics.ready.set(0);
+        return Err(GatewayError::ServiceUnavailable {
+            message: why,
+            retry_after_secs: 1,
+        });
+    }
     state.metrics.ready.set(1);
-    HttpResponse::Ok().json(json!({
+    Ok(HttpResponse::Ok().json(json!({
         "status": "ready",
         "config_version": config.version,
         "upstream": config.settings.upstream.mode,
-    }))
+    })))
 }
 
 pub async fn metrics(metrics: web::Data<Arc<Metrics>>) -> HttpResponse {

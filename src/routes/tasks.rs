@@ -31,7 +31,7 @@ pub async fn creations(
     state: web::Data<AppState>,
     upstream: web::Data<Upstream>,
 ) -> Result<HttpResponse, GatewayError> {
-    let _identity = state.authenticate(&req)?;
+    let _identity = state.authenticate(&req).await?;
     let id = task_id(&path)?;
     forward(
         &state,
@@ -53,7 +53,7 @@ pub async fn cancel(
     upstream: web::Data<Upstream>,
 ) -> Result<HttpResponse, GatewayError> {
     let declared = body::check_declared_length(&req, MAX_CANCEL_BODY)?;
-    let _identity = state.authenticate(&req)?;
+    let _identity = state.authenticate(&req).await?;
     let id = task_id(&path)?;
     let bytes = body::read(payload, declared, MAX_CANCEL_BODY).await?;
     if !bytes.is_empty() {

@@ -2,6 +2,7 @@
 //! what it received.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod auth;
 mod binary;
 mod cli;
 mod docs;

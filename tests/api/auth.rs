@@ -1,0 +1,681 @@
+//! Identity: every algorithm, key source, time and claim check, the classic attacks, and JWKS rotation.
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{App, HttpResponse, HttpServer, web};
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys");
+
+fn pem(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{FIX}/{name}")).unwrap()
+}
+
+fn private_key(alg: Algorithm, name: &str) -> EncodingKey {
+    let p = || pem(&format!("{name}.key.pem"));
+    match alg {
+        Algorithm::RS256
+        | Algorithm::RS384
+        | Algorithm::RS512
+        | Algorithm::PS256
+        | Algorithm::PS384
+        | Algorithm::PS512 => EncodingKey::from_rsa_pem(&p()).unwrap(),
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&p()).unwrap(),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(&p()).unwrap(),
+        _ => EncodingKey::from_secret(HS_SECRET.as_bytes()),
+    }
+}
+
+fn now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+fn claims() -> Value {
+    json!({"sub": "alice", "team": "marketing", "exp": now() + 600})
+}
+
+fn sign(alg: Algorithm, key: &str, kid: Option<&str>, claims: &Value) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, &private_key(alg, key)).unwrap()
+}
+
+fn auth_config(mock: &MockVidu, auth: &str) -> String {
+    let base = base_config(&mock.url);
+    let start = base.find("[auth]").unwrap();
+    let end = base.find("[state]").unwrap();
+    format!(
+        "{}[auth]\nadmin_role = \"gw-admin\"\n{auth}\n{}",
+        &base[..start],
+        &base[end..]
+    )
+}
+
+fn pem_keys_config(mock: &MockVidu, extra: &str) -> String {
+    auth_config(
+        mock,
+        &format!(
+            r#"algorithms = ["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]
+hs256_secret = "{HS_SECRET}"
+public_key_files = ["{FIX}/rsa1.pub.pem", "{FIX}/ec256.pub.pem", "{FIX}/ec384.pub.pem", "{FIX}/ed25519.pub.pem"]
+{extra}"#
+        ),
+    )
+}
+
+async fn status_of(app: &TestApp, token: &str) -> (StatusCode, Value, Vec<(String, String)>) {
+    let (s, h, b) = app
+        .post("/ent/v2/img2video", token, small_request().to_string())
+        .await;
+    (s, b, h)
+}
+
+async fn assert_refused(app: &TestApp, token: &str, needle: &str) {
+    let (status, body, headers) = status_of(app, token).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{needle}: {body}");
+    let msg = body["message"].as_str().unwrap();
+    assert!(msg.contains(needle), "expected {needle:?} in {msg:?}");
+    let www = header(&headers, "www-authenticate").unwrap();
+    assert!(www.contains("error=\"invalid_token\""), "{www}");
+    assert!(www.contains("error_description="), "{www}");
+    assert!(!msg.contains(token) && !www.contains(token));
+}
+
+#[actix_web::test]
+async fn every_supported_algorithm_is_accepted_with_its_key() {
+    let mock = MockVidu::start().await;
+    let app = TestApp::spawn(&pem_keys_config(&mock, "")).await;
+    let cases = [
+        (Algorithm::HS256, "hs"),
+        (Algorithm::HS384, "hs"),
+        (Algorithm::HS512, "hs"),
+        (Algorithm::RS256, "rsa1"),
+        (Algorithm::RS384, "rsa1"),
+        (Algorithm::RS512, "rsa1"),
+        (Algorithm::PS256, "rsa1"),
+        (Algorithm::ES256, "ec256"),
+        (Algorithm::ES384, "ec384"),
+        (Algorithm::EdDSA, "ed25519"),
+    ];
+    for (alg, key) in cases {
+        let (status, body, _) = status_of(&app, &sign(alg, key, None, &claims())).await;
+        assert_eq!(status, StatusCode::OK, "{alg:?}: {body}");
+    }
+    assert_eq!(mock.received().len(), cases.len());
+}
+
+#[actix_web::test]
+async fn a_token_signed_with_another_key_is_refused() {
+    let mock = MockVidu::start().await;
+    let app = TestApp::spawn(&pem_keys_config(&mock, "")).await;
+    assert_refused(
+        &app,
+        &sign(Algorithm::RS256, "rsa2", None, &claims()),
+        "signature is invalid",
+    )
+    .await;
+    // An algorithm outside the allow-list.
+    let app2 = TestApp::spawn(&auth_config(
+        &mock,
+        &format!("algorithms = [\"ES256\"]\npublic_key_files = [\"{FIX}/ec256.pub.pem\"]"),
+    ))
+    .await;
+    assert_refused(
+        &app2,
+        &sign(Algorithm::RS256, "rsa1", None, &claims()),
+        "not allowed",
+    )
+    .await;
+    assert!(mock.received().is_empty());
+}
+
+#[actix_web::test]
+async fn time_claims_are_checked_with_the_configured_leeway() {
+    let mock = MockVidu::start().await;
+    let app = TestApp::spawn(&pem_keys_config(&mock, "leeway_secs = 60")).await;
+    let t = now();
+    let with = |extra: Value| {
+        let mut c = json!({"sub": "alice", "team": "marketing", "exp": t + 600});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        sign(Algorithm::ES256, "ec256", None, &c)
+    };
+    assert_refused(&app, &with(json!({"exp": t - 120})), "expired at").await;
+    assert_eq!(
+        status_of(&app, &with(json!({"exp": t - 30}))).await.0,
+        StatusCode::OK,
+        "within leeway"
+    );
+    assert_refused(&app, &with(json!({"nbf": t + 120})), "not valid before").await;
+    assert_eq!(
+        status_of(&app, &with(json!({"nbf": t + 30}))).await.0,
+        StatusCode::OK
+    );
+    assert_refused(&app, &with(json!({"iat": t + 120})), "issued in the future").await;
+    assert_eq!(
+        status_of(&app, &with(json!({"iat": t + 30}))).await.0,
+        StatusCode::OK
+    );
+    let no_exp = sign(
+        Algorithm::ES256,
+        "ec256",
+        None,
+        &json!({"sub": "a", "team": "t"}),
+    );
+    assert_refused(&app, &no_exp, "no `exp` claim").await;
+
+    let strict = TestApp::spawn(&pem_keys_config(&mock, "leeway_secs = 0")).await;
+    assert_refused(&strict, &with(json!({"exp": t - 30})), "expired at").await;
+    assert_refused(&strict, &with(json!({"nbf": t + 30})), "not valid before").await;
+}
+
+#[actix_web::test]
+async fn issuer_and_audience_are_checked_when_configured() {
+    let mock = MockVidu::start().await;
+    let app = TestApp::spawn(&pem_keys_config(
+        &mock,
+        "issuer = \"https://idp.example.com\"\naudience = \"vidu-gateway\"",
+    ))
+    .await;
+    let t = now() + 600;
+    let tok = |c: Value| sign(Algorithm::RS256, "rsa1", None, &c);
+    let good = json!({"sub": "a", "team": "t", "exp": t, "iss": "https://idp.example.com", "aud": "vidu-gateway"});
+    assert_eq!(status_of(&app, &tok(good.clone())).await.0, StatusCode::OK);
+    let mut arr = good.clone();
+    arr["aud"] = json!(["other", "vidu-gateway"]);
+    assert_eq!(
+        status_of(&app, &tok(arr)).await.0,
+        StatusCode::OK,
+        "aud array containing the audience"
+    );
+    let mut wrong_iss = good.clone();
+    wrong_iss["iss"] = json!("https://evil.example.com");
+    assert_refused(&app, &tok(wrong_iss), "issuer").await;
+    let mut wrong_aud = good.clone();
+    wrong_aud["aud"] = json!(["other"]);
+    assert_refused(&app, &tok(wrong_aud), "audience").await;
+    let mut no_aud = good;
+    no_aud.as_object_mut().unwrap().remove("aud");
+    assert_refused(&app, &tok(no_aud), "audience").await;
+}
+
+fn b64(v: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
+}
+
+#[actix_web::test]
+async fn alg_none_and_the_hs_rs_confusion_attack_are_refused() {
+    let mock = MockVidu::start().await;
+    let rs_only = auth_config(
+        &mock,
+        &format!("algorithms = [\"RS256\"]\npublic_key_files = [\"{FIX}/rsa1.pub.pem\"]"),
+    );
+    let app = TestApp::spawn(&rs_only).await;
+    let payload = b64(claims().to_string().as_bytes());
+    for header in [
+        r#"{"alg":"none","typ":"JWT"}"#,
+        r#"{"alg":"None"}"#,
+        r#"{"alg":"NONE"}"#,
+    ] {
+        let token = format!("{}.{payload}.", b64(header.as_bytes()));
+        let (status, _, _) = status_of(&app, &token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{header}");
+    }
+    // HS256 signed with the RSA public key's PEM bytes as the HMAC secret.
+    let forged = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims(),
+        &EncodingKey::from_secret(&pem("rsa1.pub.pem")),
+    )
+    .unwrap();
+    assert_refused(&app, &forged, "not allowed").await;
+    // Even when HS256 is allowed, the RSA key is never used as an HMAC secret.
+    let both = auth_config(
+        &mock,
+        &format!(
+            "algorithms = [\"HS256\", \"RS256\"]\npublic_key_files = [\"{FIX}/rsa1.pub.pem\"]"
+        ),
+    );
+    let app = TestApp::spawn(&both).await;
+    assert_refused(&app, &forged, "no configured key verifies HS256").await;
+    assert!(mock.received().is_empty());
+}
+
+#[actix_web::test]
+async fn an_unknown_kid_falls_back_to_keys_without_a_kid_only() {
+    let mock = MockVidu::start().await;
+    let app = TestApp::spawn(&pem_keys_config(&mock, "")).await;
+    let ok = sign(Algorithm::RS256, "rsa1", Some("some-kid"), &claims());
+    assert_eq!(
+        status_of(&app, &ok).await.0,
+        StatusCode::OK,
+        "PEM keys have no kid: tried for any kid"
+    );
+    let wrong = sign(Algorithm::RS256, "rsa2", Some("some-kid"), &claims());
+    assert_refused(&app, &wrong, "signature").await;
+}
+
+#[actix_web::test]
+async fn nested_claim_paths_and_array_teams_map_to_the_identity() {
+    let mock = MockVidu::start().await;
+    let cfg = pem_keys_config(
+        &mock,
+        "user_claim = \"preferred_username\"\nteam_claim = \"org.teams\"\nroles_claim = \"realm_access.roles\"",
+    );
+    let app = TestApp::spawn(&cfg).await;
+    let c = json!({"preferred_username": "bob", "org": {"teams": ["design", "ops"]},
+                   "realm_access": {"roles": ["user", "gw-admin"]}, "exp": now() + 600});
+    let token = sign(Algorithm::ES256, "ec256", None, &c);
+    let (status, _, body) = app.get("/gateway/v1/config", &token).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "admin through realm_access.roles: {body}"
+    );
+    let mut not_admin = c.clone();
+    not_admin["realm_access"]["roles"] = json!(["user"]);
+    let (status, _, _) = app
+        .get(
+            "/gateway/v1/config",
+            &sign(Algorithm::ES256, "ec256", None, &not_admin),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[actix_web::test]
+async fn a_token_without_a_team_is_refused_naming_the_claim_unless_teams_are_optional() {
+    let mock = MockVidu::start().await;
+    let app = TestApp::spawn(&pem_keys_config(&mock, "team_claim = \"grp\"")).await;
+    let c = json!({"sub": "a", "exp": now() + 600});
+    assert_refused(
+        &app,
+        &sign(Algorithm::RS256, "rsa1", None, &c),
+        "no team claim `grp`",
+    )
+    .await;
+    let empty = json!({"sub": "a", "grp": "", "exp": now() + 600});
+    assert_refused(
+        &app,
+        &sign(Algorithm::RS256, "rsa1", None, &empty),
+        "no team claim",
+    )
+    .await;
+    let app = TestApp::spawn(&pem_keys_config(&mock, "require_team = false")).await;
+    assert_eq!(
+        status_of(&app, &sign(Algorithm::RS256, "rsa1", None, &c))
+            .await
+            .0,
+        StatusCode::OK
+    );
+}
+
+#[actix_web::test]
+async fn an_oversized_token_is_refused_before_parsing() {
+    let mock = MockVidu::start().await;
+    let app = TestApp::spawn(&pem_keys_config(&mock, "")).await;
+    let mut c = claims();
+    c["pad"] = json!("x".repeat(9000));
+    assert_refused(
+        &app,
+        &sign(Algorithm::HS256, "hs", None, &c),
+        "larger than 8192 bytes",
+    )
+    .await;
+}
+
+#[actix_web::test]
+async fn auth_failures_are_counted_by_reason() {
+    let mock = MockVidu::start().await;
+    let app = TestApp::spawn(&pem_keys_config(&mock, "")).await;
+    let expired = sign(
+        Algorithm::RS256,
+        "rsa1",
+        None,
+        &json!({"sub": "a", "team": "t", "exp": now() - 3600}),
+    );
+    status_of(&app, &expired).await;
+    status_of(&app, &sign(Algorithm::RS256, "rsa2", None, &claims())).await;
+    let mut res = app
+        .client
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .unwrap();
+    let text = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    assert!(
+        text.contains(r#"vidu_gateway_auth_failures_total{reason="expired"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"vidu_gateway_auth_failures_total{reason="bad_signature"} 1"#),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_token_command_refuses_when_only_public_keys_are_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.toml");
+    std::fs::write(
+        &path,
+        format!("[auth]\nalgorithms = [\"RS256\"]\npublic_key_files = [\"{FIX}/rsa1.pub.pem\"]\n"),
+    )
+    .unwrap();
+    let (code, out, err) = run_cli(
+        &[
+            "token",
+            "--config",
+            path.to_str().unwrap(),
+            "--sub",
+            "a",
+            "--team",
+            "t",
+        ],
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert!(err.contains("no HS secret is configured"), "{err}");
+}
+
+#[test]
+fn a_broken_public_key_file_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.toml");
+    std::fs::write(
+        &path,
+        format!("[auth]\nalgorithms = [\"RS256\"]\npublic_key_files = [\"{FIX}/README.md\"]\n"),
+    )
+    .unwrap();
+    let (code, _, err) = run_cli(
+        &["serve", "--config", path.to_str().unwrap()],
+        &[("VIDU_GW__SERVER__LISTEN", "127.0.0.1:0")],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("auth.public_key_files") && err.contains("not a PEM public key"),
+        "{err}"
+    );
+}
+
+// ---- JWKS over HTTP ----
+
+/// A loopback IdP serving a JWKS that the test can rotate, break and count.
+struct Idp {
+    url: String,
+    jwks: Arc<Mutex<Option<Value>>>,
+    fetches: Arc<AtomicUsize>,
+}
+
+fn jwk(alg: Algorithm, key: &str, kid: &str) -> Jwk {
+    let mut j = Jwk::from_encoding_key(&private_key(alg, key), alg).unwrap();
+    j.common.key_id = Some(kid.to_owned());
+    j
+}
+
+fn set(keys: Vec<Jwk>) -> Value {
+    serde_json::to_value(JwkSet { keys }).unwrap()
+}
+
+impl Idp {
+    async fn start(initial: Option<Value>) -> Self {
+        let jwks = Arc::new(Mutex::new(initial));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        let (j, f) = (jwks.clone(), fetches.clone());
+        let server = HttpServer::new(move || {
+            let (j, f) = (j.clone(), f.clone());
+            App::new().route(
+                "/jwks.json",
+                web::get().to(move || {
+                    let (j, f) = (j.clone(), f.clone());
+                    async move {
+                        f.fetch_add(1, Ordering::SeqCst);
+                        match j.lock().unwrap().clone() {
+                            Some(v) => HttpResponse::Ok().json(v),
+                            None => HttpResponse::ServiceUnavailable().finish(),
+                        }
+                    }
+                }),
+            )
+        })
+        .workers(1)
+        .listen(listener)
+        .unwrap()
+        .run();
+        actix_web::rt::spawn(server);
+        Self { url, jwks, fetches }
+    }
+
+    fn serve(&self, v: Option<Value>) {
+        *self.jwks.lock().unwrap() = v;
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+}
+
+async fn wait_ready(app: &TestApp) {
+    for _ in 0..100 {
+        let res = app
+            .client
+            .get(format!("{}/readyz", app.url))
+            .send()
+            .await
+            .unwrap();
+        if res.status() == StatusCode::OK {
+            return;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never ready");
+}
+
+fn jwks_config(mock: &MockVidu, idp: &Idp) -> String {
+    auth_config(
+        mock,
+        &format!(
+            "algorithms = [\"RS256\", \"ES256\"]\njwks_url = \"{}\"\njwks_refresh_secs = 3600",
+            idp.url
+        ),
+    )
+}
+
+#[actix_web::test]
+async fn a_rotated_key_is_accepted_on_first_sight_and_forged_kids_do_not_hammer_the_idp() {
+    let mock = MockVidu::start().await;
+    let idp = Idp::start(Some(set(vec![jwk(Algorithm::RS256, "rsa1", "k1")]))).await;
+    let app = TestApp::spawn(&jwks_config(&mock, &idp)).await;
+    wait_ready(&app).await;
+    assert_eq!(idp.fetches(), 1);
+    assert_eq!(
+        status_of(&app, &sign(Algorithm::RS256, "rsa1", Some("k1"), &claims()))
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    // The IdP rotates: k2 (an EC key) replaces k1. The first token with k2 triggers one refetch and passes.
+    idp.serve(Some(set(vec![jwk(Algorithm::ES256, "ec256", "k2")])));
+    actix_web::rt::time::sleep(Duration::from_millis(1100)).await; // past the refetch cooldown
+    let (status, body, _) = status_of(
+        &app,
+        &sign(Algorithm::ES256, "ec256", Some("k2"), &claims()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(idp.fetches(), 2);
+
+    // A burst of forged kids: at most one more fetch within the cooldown.
+    let before = idp.fetches();
+    let forged: Vec<_> = (0..40)
+        .map(|i| {
+            let token = sign(
+                Algorithm::ES256,
+                "ec256",
+                Some(&format!("forged-{i}")),
+                &claims(),
+            );
+            let app = &app;
+            async move { status_of(app, &token).await.0 }
+        })
+        .collect();
+    let statuses = futures_util::future::join_all(forged).await;
+    assert!(statuses.iter().all(|s| *s == StatusCode::UNAUTHORIZED));
+    assert!(
+        idp.fetches() - before <= 1,
+        "{} fetches for 40 forged kids",
+        idp.fetches() - before
+    );
+    let (_, body, _) = status_of(
+        &app,
+        &sign(Algorithm::ES256, "ec256", Some("forged-x"), &claims()),
+    )
+    .await;
+    assert!(
+        body["message"].as_str().unwrap().contains("unknown key id"),
+        "{body}"
+    );
+}
+
+#[actix_web::test]
+async fn an_idp_outage_keeps_the_last_good_keys_working() {
+    let mock = MockVidu::start().await;
+    let idp = Idp::start(Some(set(vec![jwk(Algorithm::RS256, "rsa1", "k1")]))).await;
+    let app = TestApp::spawn(&jwks_config(&mock, &idp)).await;
+    wait_ready(&app).await;
+    idp.serve(None); // the IdP now answers 503
+    actix_web::rt::time::sleep(Duration::from_millis(1100)).await;
+    // An unknown kid triggers a refetch, which fails (the token is refused: no key has kid k9)…
+    let before = idp.fetches();
+    assert_refused(
+        &app,
+        &sign(Algorithm::RS256, "rsa1", Some("k9"), &claims()),
+        "unknown key id",
+    )
+    .await;
+    assert_eq!(idp.fetches(), before + 1);
+    // …and the last good key still verifies.
+    assert_eq!(
+        status_of(&app, &sign(Algorithm::RS256, "rsa1", Some("k1"), &claims()))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let res = app
+        .client
+        .get(format!("{}/readyz", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "still ready with the last good keys"
+    );
+    let mut res = app
+        .client
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .unwrap();
+    let text = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    assert!(
+        text.contains(r#"vidu_gateway_jwks_fetches_total{outcome="ok"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"vidu_gateway_jwks_fetches_total{outcome="http_status"} 1"#),
+        "{text}"
+    );
+}
+
+#[actix_web::test]
+async fn start_up_with_the_idp_down_serves_401s_and_recovers_when_it_returns() {
+    let mock = MockVidu::start().await;
+    let idp = Idp::start(None).await;
+    let app = TestApp::spawn(&jwks_config(&mock, &idp)).await;
+    actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    let mut res = app
+        .client
+        .get(format!("{}/readyz", app.url))
+        .send()
+        .await
+        .unwrap();
+    let (status, headers, body) = read(&mut res).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_envelope(status, &headers, &body, "ServiceUnavailable");
+    assert!(
+        body["message"].as_str().unwrap().contains("not loaded yet"),
+        "{body}"
+    );
+    assert_refused(
+        &app,
+        &sign(Algorithm::RS256, "rsa1", Some("k1"), &claims()),
+        "not loaded yet",
+    )
+    .await;
+
+    idp.serve(Some(set(vec![jwk(Algorithm::RS256, "rsa1", "k1")])));
+    wait_ready(&app).await;
+    assert_eq!(
+        status_of(&app, &sign(Algorithm::RS256, "rsa1", Some("k1"), &claims()))
+            .await
+            .0,
+        StatusCode::OK
+    );
+}
+
+#[actix_web::test]
+async fn a_jwks_file_is_a_key_source_too() {
+    let mock = MockVidu::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    std::fs::write(
+        &path,
+        set(vec![jwk(Algorithm::EdDSA, "ed25519", "file-k")]).to_string(),
+    )
+    .unwrap();
+    let app = TestApp::spawn(&auth_config(
+        &mock,
+        &format!(
+            "algorithms = [\"EdDSA\"]\njwks_file = \"{}\"",
+            path.display()
+        ),
+    ))
+    .await;
+    assert_eq!(
+        status_of(
+            &app,
+            &sign(Algorithm::EdDSA, "ed25519", Some("file-k"), &claims())
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status_of(&app, &sign(Algorithm::EdDSA, "ed25519", None, &claims()))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_refused(
+        &app,
+        &sign(Algorithm::EdDSA, "ed25519", Some("other"), &claims()),
+        "unknown key id",
+    )
+    .await;
+}
