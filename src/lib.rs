@@ -12,5 +12,6 @@ pub mod policy;
 pub mod request_context;
 pub mod routes;
 pub mod startup;
+pub mod state;
 pub mod telemetry;
 pub mod vidu;

@@ -1,3 +1,7 @@
 //! Access policy and admission: who may do what, how often, and at what cost.
 
+pub mod access;
+pub mod admission;
 pub mod hours;
+pub mod periods;
+pub mod resolve;

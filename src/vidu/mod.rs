@@ -2,6 +2,8 @@
 
 pub mod catalog;
 pub mod client;
+pub mod image;
 pub mod pricing;
+pub mod request;
 pub mod sandbox;
 pub mod upstream;

@@ -70,7 +70,7 @@ fn default_toml_keys() -> BTreeSet<String> {
     }
     // Per-team and per-user tables accept any [policy.defaults] key; README documents that as one row each.
     keys.retain(|k| {
-        !(k.starts_with("policy.teams.<team>.") && !k.starts_with("policy.teams.<team>.team_"))
+        (!k.starts_with("policy.teams.<team>.") || k.starts_with("policy.teams.<team>.team_"))
             && !k.starts_with("policy.users.<user>.")
     });
     keys.insert("policy.teams.<team>.<policy.defaults key>".into());

@@ -1,0 +1,252 @@
+//! The `memory` backend (one process): rate limits and in-flight slots in process, budgets counted in memory
+//! and persisted row by row to the SQLite ledger, which seeds the counters after a restart. One lock makes
+//! every admission decision atomic across all its buckets.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use super::ledger::Ledger;
+use super::rate::{Checked, RateLimits};
+use super::*;
+use crate::clock::SharedClock;
+
+struct Outstanding {
+    keys: Vec<BudgetKey>,
+    estimate: u64,
+}
+
+struct Inner {
+    ledger: Ledger,
+    budgets: HashMap<BudgetKey, u64>,
+    slots: HashMap<(Scope, String), u32>,
+    rates: RateLimits,
+    outstanding: HashMap<i64, Outstanding>,
+    /// Days/months seen; counters of earlier periods are dropped when a new one starts.
+    current_day: String,
+}
+
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    pub fn open(ledger_path: &Path, clock: SharedClock) -> anyhow::Result<Self> {
+        let ledger = Ledger::open(ledger_path)
+            .map_err(|e| anyhow::anyhow!("state.ledger_path = {}: {e}", ledger_path.display()))?;
+        Ok(Self {
+            inner: Mutex::new(Inner {
+                ledger,
+                budgets: HashMap::new(),
+                slots: HashMap::new(),
+                rates: RateLimits::new(clock),
+                outstanding: HashMap::new(),
+                current_day: String::new(),
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Inner {
+    fn used(&mut self, key: &BudgetKey) -> Result<u64, String> {
+        if let Some(v) = self.budgets.get(key) {
+            return Ok(*v);
+        }
+        let v = self.ledger.used(key).map_err(|e| format!("ledger: {e}"))?;
+        self.budgets.insert(key.clone(), v);
+        Ok(v)
+    }
+
+    fn roll_periods(&mut self, day: &str) {
+        if self.current_day != day {
+            // Keys carry their date: an old day's counter is never read again, so it can go.
+            let today = day.to_owned();
+            let month = day.get(..7).unwrap_or("").to_owned();
+            self.budgets
+                .retain(|k, _| k.period_key == today || k.period_key == month);
+            self.current_day = today;
+        }
+    }
+}
+
+impl AdmissionStore for MemoryStore {
+    fn admit(&self, req: &AdmissionRequest, dry_run: bool) -> Result<Grant, Refusal> {
+        let mut inner = self.lock();
+        inner.roll_periods(&req.entry.day);
+
+        for s in &req.slots {
+            let held = inner
+                .slots
+                .get(&(s.scope, s.subject.clone()))
+                .copied()
+                .unwrap_or(0);
+            if held >= s.max {
+                return Err(Refusal::Concurrency {
+                    scope: s.scope,
+                    max: s.max,
+                    source: s.source.clone(),
+                });
+            }
+        }
+
+        let mut remaining: Option<u64> = None;
+        for b in &req.budgets {
+            let used = inner.used(&b.key).map_err(Refusal::Unavailable)?;
+            if used.saturating_add(req.estimate) > b.limit {
+                return Err(Refusal::Budget {
+                    key: b.key.clone(),
+                    limit: b.limit,
+                    used,
+                    retry_after_secs: b.secs_to_reset,
+                    source: b.source.clone(),
+                });
+            }
+            let left = b.limit - used - req.estimate;
+            remaining = Some(remaining.map_or(left, |r| r.min(left)));
+        }
+
+        let mut undo = Vec::new();
+        let mut tightest: Option<RateStatus> = None;
+        for r in &req.rates {
+            let key = format!("{}:{}", r.scope.as_str(), r.subject);
+            match inner.rates.check(&key, r.per_minute, r.burst) {
+                Checked::Allowed { remaining, undo: u } => {
+                    undo.push(u);
+                    if tightest.as_ref().is_none_or(|t| remaining < t.remaining) {
+                        tightest = Some(RateStatus {
+                            scope: r.scope,
+                            per_minute: r.per_minute,
+                            burst: r.burst,
+                            remaining,
+                            reset_secs: if remaining > 0 {
+                                0
+                            } else {
+                                60u64.div_ceil(u64::from(r.per_minute.max(1)))
+                            },
+                        });
+                    }
+                }
+                Checked::Limited { retry_after_secs } => {
+                    undo.into_iter().rev().for_each(|u| u.undo());
+                    return Err(Refusal::Rate {
+                        scope: r.scope,
+                        per_minute: r.per_minute,
+                        retry_after_secs: retry_after_secs.max(1),
+                        source: r.source.clone(),
+                    });
+                }
+            }
+        }
+
+        if dry_run {
+            undo.into_iter().rev().for_each(|u| u.undo());
+            return Ok(Grant {
+                reservation: None,
+                remaining_credits: remaining,
+                rate: tightest,
+            });
+        }
+
+        let id = match inner.ledger.reserve(&req.entry, req.estimate) {
+            Ok(id) => id,
+            Err(e) => {
+                undo.into_iter().rev().for_each(|u| u.undo());
+                return Err(Refusal::Unavailable(format!(
+                    "the ledger cannot record the reservation: {e}"
+                )));
+            }
+        };
+        for s in &req.slots {
+            *inner.slots.entry((s.scope, s.subject.clone())).or_default() += 1;
+        }
+        let keys: Vec<BudgetKey> = req.budgets.iter().map(|b| b.key.clone()).collect();
+        for k in &keys {
+            *inner.budgets.entry(k.clone()).or_default() += req.estimate;
+        }
+        inner.outstanding.insert(
+            id,
+            Outstanding {
+                keys,
+                estimate: req.estimate,
+            },
+        );
+        Ok(Grant {
+            reservation: Some(id),
+            remaining_credits: remaining,
+            rate: tightest,
+        })
+    }
+
+    fn release_slots(&self, slots: &[SlotSpec]) {
+        let mut inner = self.lock();
+        for s in slots {
+            let k = (s.scope, s.subject.clone());
+            if let Some(n) = inner.slots.get_mut(&k) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    inner.slots.remove(&k);
+                }
+            }
+        }
+    }
+
+    fn settle(&self, reservation: i64, settlement: Settlement) {
+        let mut inner = self.lock();
+        let Some(out) = inner.outstanding.remove(&reservation) else {
+            return;
+        };
+        let (status, new_amount, credits, task_id) = match &settlement {
+            Settlement::Charged { credits, task_id } => {
+                ("settled", *credits, Some(*credits), task_id.as_deref())
+            }
+            Settlement::Released => ("released", 0, None, None),
+            Settlement::Unknown => ("unknown", out.estimate, None, None),
+        };
+        for k in &out.keys {
+            if let Some(v) = inner.budgets.get_mut(k) {
+                *v = v.saturating_sub(out.estimate).saturating_add(new_amount);
+            }
+        }
+        if let Err(e) = inner.ledger.settle(reservation, status, credits, task_id) {
+            tracing::error!(reservation, error = %e, "ledger: cannot record the settlement");
+        }
+        if let (Some(task), Some(c)) = (task_id, credits)
+            && let Err(e) = inner.ledger.record_task(reservation, task, c)
+        {
+            tracing::error!(reservation, error = %e, "ledger: cannot record task ownership");
+        }
+    }
+
+    fn used(&self, key: &BudgetKey) -> Result<u64, String> {
+        self.lock().used(key)
+    }
+
+    fn record_rejection(&self, entry: &LedgerEntry, reason: &str) {
+        if let Err(e) = self.lock().ledger.record_rejection(entry, reason) {
+            tracing::warn!(error = %e, "ledger: cannot record a rejection");
+        }
+    }
+
+    fn task(&self, task_id: &str) -> Option<TaskRecord> {
+        self.lock().ledger.task(task_id).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "ledger: cannot read task ownership");
+            None
+        })
+    }
+
+    fn usage(&self, filter: &UsageFilter) -> Result<Vec<UsageRow>, String> {
+        self.lock().ledger.usage(filter).map_err(|e| e.to_string())
+    }
+
+    fn in_flight(&self) -> Vec<(Scope, String, u32)> {
+        self.lock()
+            .slots
+            .iter()
+            .map(|((s, k), n)| (*s, k.clone(), *n))
+            .collect()
+    }
+}

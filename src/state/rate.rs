@@ -1,0 +1,202 @@
+//! Rate limits with governor's GCRA, one keyed limiter per quota, over a state store that can be rolled back:
+//! admission checks the user, team and global limits and keeps the tokens only when the whole request is
+//! admitted (a request refused anywhere consumes no rate token).
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+
+use governor::clock::Clock as GovernorClock;
+use governor::middleware::{NoOpMiddleware, StateInformationMiddleware};
+use governor::nanos::Nanos;
+use governor::state::StateStore;
+use governor::{Quota, RateLimiter};
+
+use crate::clock::SharedClock;
+
+type Tat = Arc<Mutex<HashMap<String, Nanos>>>;
+
+/// governor's state, readable and restorable by the admission store.
+#[derive(Clone, Default)]
+struct SnapshotStore(Tat);
+
+impl StateStore for SnapshotStore {
+    type Key = String;
+
+    fn measure_and_replace<T, F, E>(&self, key: &String, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (out, new) = f(map.get(key).copied())?;
+        map.insert(key.clone(), new);
+        Ok(out)
+    }
+}
+
+/// The gateway's clock, as governor sees it (nanoseconds since the Unix epoch).
+struct GovClock(SharedClock);
+
+impl GovernorClock for GovClock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        Nanos::from(u64::try_from(self.0.now().as_nanosecond()).unwrap_or(0))
+    }
+}
+
+type Limiter = RateLimiter<String, SnapshotStore, GovClock, StateInformationMiddleware>;
+
+struct Entry {
+    limiter: Limiter,
+    state: Tat,
+    /// governor measures state relative to the limiter's creation.
+    start: u64,
+}
+
+/// What a check left behind, to undo it.
+pub struct Undo {
+    state: Tat,
+    key: String,
+    previous: Option<Nanos>,
+}
+
+pub enum Checked {
+    Allowed { remaining: u32, undo: Undo },
+    Limited { retry_after_secs: u64 },
+}
+
+pub struct RateLimits {
+    clock: SharedClock,
+    limiters: HashMap<(u32, u32), Entry>,
+    checks: u64,
+}
+
+impl RateLimits {
+    pub fn new(clock: SharedClock) -> Self {
+        Self {
+            clock,
+            limiters: HashMap::new(),
+            checks: 0,
+        }
+    }
+
+    /// One GCRA check of `key` under `per_minute`/`burst`. On success the token is taken; `undo` gives it back.
+    pub fn check(&mut self, key: &str, per_minute: u32, burst: u32) -> Checked {
+        self.checks += 1;
+        if self.checks.is_multiple_of(4096) {
+            self.prune();
+        }
+        let (Some(rate), Some(burst_nz)) =
+            (NonZeroU32::new(per_minute), NonZeroU32::new(burst.max(1)))
+        else {
+            return Checked::Limited {
+                retry_after_secs: 60,
+            };
+        };
+        let clock = self.clock.clone();
+        let entry = self.limiters.entry((per_minute, burst)).or_insert_with(|| {
+            let state = Tat::default();
+            let limiter =
+                RateLimiter::<String, SnapshotStore, GovClock, NoOpMiddleware<Nanos>>::new(
+                    Quota::per_minute(rate).allow_burst(burst_nz),
+                    SnapshotStore(state.clone()),
+                    GovClock(clock.clone()),
+                )
+                .with_middleware::<StateInformationMiddleware>();
+            let start = GovClock(clock.clone()).now().as_u64();
+            Entry {
+                limiter,
+                state,
+                start,
+            }
+        });
+        let key = key.to_owned();
+        let previous = entry
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .copied();
+        match entry.limiter.check_key(&key) {
+            Ok(snapshot) => Checked::Allowed {
+                remaining: snapshot.remaining_burst_capacity(),
+                undo: Undo {
+                    state: entry.state.clone(),
+                    key,
+                    previous,
+                },
+            },
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(GovClock(clock).now());
+                Checked::Limited {
+                    retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+                }
+            }
+        }
+    }
+
+    /// Forgets keys whose bucket is full again (what governor's `retain_recent` does for its own stores).
+    fn prune(&mut self) {
+        let now = GovClock(self.clock.clone()).now().as_u64();
+        self.limiters.retain(|_, e| {
+            let elapsed = now.saturating_sub(e.start);
+            let mut map = e.state.lock().unwrap_or_else(|p| p.into_inner());
+            // A theoretical arrival time already passed means a full bucket: same as no entry.
+            map.retain(|_, tat| tat.as_u64() > elapsed);
+            !map.is_empty()
+        });
+    }
+}
+
+impl Undo {
+    pub fn undo(self) {
+        let mut map = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match self.previous {
+            Some(p) => map.insert(self.key, p),
+            None => map.remove(&self.key),
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use jiff::{SignedDuration, Timestamp};
+
+    fn limits() -> (RateLimits, Arc<ManualClock>) {
+        let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).unwrap());
+        (RateLimits::new(clock.clone()), clock)
+    }
+
+    #[test]
+    fn a_burst_then_the_steady_rate() {
+        let (mut r, clock) = limits();
+        for _ in 0..3 {
+            assert!(matches!(r.check("u", 60, 3), Checked::Allowed { .. }));
+        }
+        match r.check("u", 60, 3) {
+            Checked::Limited { retry_after_secs } => assert_eq!(retry_after_secs, 1),
+            Checked::Allowed { .. } => panic!("over the burst"),
+        }
+        assert!(
+            matches!(r.check("other", 60, 3), Checked::Allowed { .. }),
+            "keys are independent"
+        );
+        clock.advance(SignedDuration::from_secs(1));
+        assert!(matches!(r.check("u", 60, 3), Checked::Allowed { .. }));
+    }
+
+    #[test]
+    fn undo_gives_the_token_back() {
+        let (mut r, _) = limits();
+        let Checked::Allowed { undo, remaining } = r.check("u", 1, 1) else {
+            panic!()
+        };
+        assert_eq!(remaining, 0);
+        undo.undo();
+        assert!(matches!(r.check("u", 1, 1), Checked::Allowed { .. }));
+        assert!(matches!(r.check("u", 1, 1), Checked::Limited { .. }));
+    }
+}
