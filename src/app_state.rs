@@ -11,6 +11,7 @@ use crate::config::LiveConfig;
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::request_context::RequestId;
+use crate::state::AdmissionStore;
 use crate::vidu::sandbox::Sandbox;
 
 pub struct AppState {
@@ -19,6 +20,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub clock: SharedClock,
     pub sandbox: Option<Arc<Sandbox>>,
+    pub store: Arc<dyn AdmissionStore>,
 }
 
 impl AppState {

@@ -33,6 +33,25 @@ pub struct EndpointLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    pub outcome: &'static str,
+    pub reason: &'static str,
+    pub team: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CreditLabels {
+    /// reserved | settled | released | unknown
+    pub kind: &'static str,
+    pub team: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TeamLabels {
+    pub team: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
@@ -60,6 +79,10 @@ pub struct Metrics {
     pub jwks_fetches: Family<OutcomeLabels, Counter>,
     pub jwks_keys: Gauge,
     pub ready: Gauge,
+    pub admissions: Family<AdmissionLabels, Counter>,
+    pub credits: Family<CreditLabels, Counter>,
+    pub in_flight: Family<TeamLabels, Gauge>,
+    pub budget_remaining: Family<TeamLabels, Gauge>,
 }
 
 impl Metrics {
@@ -113,6 +136,30 @@ impl Metrics {
         registry.register("jwks_keys", "Keys in the JWKS in force", jwks_keys.clone());
         let ready = Gauge::default();
         registry.register("ready", "1 when /readyz answers 200", ready.clone());
+        let admissions = Family::<AdmissionLabels, Counter>::default();
+        registry.register(
+            "admissions",
+            "Create requests by outcome (admitted, rejected), reason and team",
+            admissions.clone(),
+        );
+        let credits = Family::<CreditLabels, Counter>::default();
+        registry.register(
+            "credits",
+            "Credits reserved, settled (Vidu's figure), released and unknown, by team",
+            credits.clone(),
+        );
+        let in_flight = Family::<TeamLabels, Gauge>::default();
+        registry.register(
+            "in_flight",
+            "Upstream create calls in flight, by team",
+            in_flight.clone(),
+        );
+        let budget_remaining = Family::<TeamLabels, Gauge>::default();
+        registry.register(
+            "budget_remaining_credits",
+            "Tightest remaining credit budget seen at the team's last admission",
+            budget_remaining.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -124,6 +171,10 @@ impl Metrics {
             jwks_fetches,
             jwks_keys,
             ready,
+            admissions,
+            credits,
+            in_flight,
+            budget_remaining,
         }
     }
 

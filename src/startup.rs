@@ -13,10 +13,12 @@ use tracing_actix_web::TracingLogger;
 use crate::app_state::AppState;
 use crate::auth::Authenticator;
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::{LiveConfig, LoadedConfig, UpstreamMode};
+use crate::config::{LiveConfig, LoadedConfig, StateBackend, UpstreamMode};
 use crate::metrics::Metrics;
 use crate::request_context::request_context;
 use crate::routes;
+use crate::state::AdmissionStore;
+use crate::state::memory::MemoryStore;
 use crate::telemetry::GatewayRootSpan;
 use crate::vidu::client::ViduClient;
 use crate::vidu::sandbox::Sandbox;
@@ -84,9 +86,19 @@ impl Application {
         if let Some(jwks) = auth.jwks() {
             actix_web::rt::spawn(jwks.clone().run());
         }
+        let store: Arc<dyn AdmissionStore> = match settings.state.backend {
+            StateBackend::Memory => Arc::new(MemoryStore::open(
+                &settings.state.ledger_path,
+                options.clock.clone(),
+            )?),
+            StateBackend::Redis => anyhow::bail!(
+                "state.backend = \"redis\" is not available in this build yet: use \"memory\" (one replica)"
+            ),
+        };
         let state = web::Data::new(AppState {
             config: live,
             auth,
+            store,
             metrics: metrics.clone(),
             clock: options.clock,
             sandbox,

@@ -24,3 +24,56 @@ pub async fn config(
         "config": config.settings,
     })))
 }
+
+#[derive(serde::Deserialize)]
+pub struct UsageQuery {
+    user: Option<String>,
+    team: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// `GET /gateway/v1/usage`: the caller's own user and team (admins: any, by `?user=` / `?team=`); current
+/// budgets and per-day usage from the ledger.
+pub async fn usage(
+    req: HttpRequest,
+    query: web::Query<UsageQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, GatewayError> {
+    let identity = state.authenticate(&req).await?;
+    let q = query.into_inner();
+    for (what, asked, own) in [
+        ("user", &q.user, Some(&identity.user)),
+        ("team", &q.team, identity.team.as_ref()),
+    ] {
+        if let Some(asked) = asked
+            && Some(asked) != own
+            && !identity.is_admin
+        {
+            return Err(GatewayError::Forbidden(format!(
+                "only admins (auth.admin_role) may read another {what}'s usage; drop ?{what}= to see your own"
+            )));
+        }
+    }
+    for d in [&q.from, &q.to].into_iter().flatten() {
+        if d.parse::<jiff::civil::Date>().is_err() {
+            return Err(GatewayError::BadRequest(format!(
+                "{d:?} is not a date: use YYYY-MM-DD"
+            )));
+        }
+    }
+    let config = state.config.current();
+    let report = crate::usage::report(
+        &config.settings,
+        state.store.as_ref(),
+        state.clock.now(),
+        &crate::usage::Subject::resolve(&identity, q.user, q.team),
+        q.from,
+        q.to,
+    )
+    .map_err(|e| GatewayError::ServiceUnavailable {
+        message: format!("the usage ledger cannot be read ({e}); retry shortly"),
+        retry_after_secs: 5,
+    })?;
+    Ok(HttpResponse::Ok().json(report))
+}

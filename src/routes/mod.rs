@@ -10,7 +10,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 
 use crate::app_state::{AppState, request_id};
-use crate::error::{GatewayError, UpstreamBody};
+use crate::error::GatewayError;
 use crate::vidu::upstream::{Endpoint, Upstream, UpstreamError, UpstreamRequest};
 
 /// Every route of the main listener.
@@ -20,6 +20,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, metrics_here: bool) {
             web::resource("/ent/v2/tasks/{id}/creations").route(web::get().to(tasks::creations)),
         )
         .service(web::resource("/ent/v2/tasks/{id}/cancel").route(web::post().to(tasks::cancel)))
+        .service(
+            web::resource("/gateway/v1/img2video/quote").route(web::post().to(img2video::quote)),
+        )
+        .service(web::resource("/gateway/v1/usage").route(web::get().to(gateway::usage)))
         .service(web::resource("/gateway/v1/config").route(web::get().to(gateway::config)))
         .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
         .service(web::resource("/readyz").route(web::get().to(ops::readyz)));
@@ -59,7 +63,13 @@ pub async fn forward(
     let answer = upstream
         .send(call, &state.metrics)
         .await
-        .map_err(|e| match e {
+        .map_err(|e| upstream_error(e, timeout_ms))?;
+    Ok(crate::create::upstream_response(answer))
+}
+
+/// The caller-facing error of a failed upstream call.
+pub fn upstream_error(e: UpstreamError, timeout_ms: u64) -> GatewayError {
+    match e {
             UpstreamError::Timeout => GatewayError::UpstreamTimeout { timeout_ms },
             UpstreamError::Connect(_) => GatewayError::UpstreamUnavailable(
                 "Vidu is unreachable (connection failed before the request was sent); nothing was created — \
@@ -71,12 +81,5 @@ pub async fn forward(
                  check before retrying"
                     .into(),
             ),
-        })?;
-    let mut res = HttpResponse::build(answer.status);
-    if let Some(ct) = answer.content_type {
-        res.insert_header((actix_web::http::header::CONTENT_TYPE, ct));
     }
-    let mut res = res.body(answer.body);
-    res.extensions_mut().insert(UpstreamBody);
-    Ok(res)
 }

@@ -5,6 +5,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::forward;
 use crate::app_state::AppState;
+use crate::auth::Identity;
 use crate::body;
 use crate::error::GatewayError;
 use crate::vidu::upstream::{Endpoint, Upstream};
@@ -25,14 +26,41 @@ fn task_id(raw: &str) -> Result<&str, GatewayError> {
     }
 }
 
+/// Who may see a task (DESIGN §3, §9): its creator; team members for queries when `policy.team_can_read_tasks`;
+/// admins. Everyone else — and any id the gateway did not create — gets the answer an unknown id gets, and Vidu
+/// is not asked. Admins may ask about any id.
+fn may_access(
+    state: &AppState,
+    identity: &Identity,
+    id: &str,
+    query: bool,
+) -> Result<(), GatewayError> {
+    if identity.is_admin {
+        return Ok(());
+    }
+    let Some(task) = state.store.task(id) else {
+        return Err(GatewayError::TaskNotFound);
+    };
+    let team_reads = query
+        && state.config.current().settings.policy.team_can_read_tasks
+        && identity.team.as_deref() == Some(task.team.as_str())
+        && !task.team.is_empty();
+    if task.user == identity.user || team_reads {
+        Ok(())
+    } else {
+        Err(GatewayError::TaskNotFound)
+    }
+}
+
 pub async fn creations(
     req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
     upstream: web::Data<Upstream>,
 ) -> Result<HttpResponse, GatewayError> {
-    let _identity = state.authenticate(&req).await?;
+    let identity = state.authenticate(&req).await?;
     let id = task_id(&path)?;
+    may_access(&state, &identity, id, true)?;
     forward(
         &state,
         &upstream,
@@ -53,8 +81,9 @@ pub async fn cancel(
     upstream: web::Data<Upstream>,
 ) -> Result<HttpResponse, GatewayError> {
     let declared = body::check_declared_length(&req, MAX_CANCEL_BODY)?;
-    let _identity = state.authenticate(&req).await?;
+    let identity = state.authenticate(&req).await?;
     let id = task_id(&path)?;
+    may_access(&state, &identity, id, false)?;
     let bytes = body::read(payload, declared, MAX_CANCEL_BODY).await?;
     if !bytes.is_empty() {
         body::require_json_content_type(&req)?;

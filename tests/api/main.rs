@@ -9,3 +9,4 @@ mod docs;
 mod helpers;
 mod proxy;
 mod sandbox;
+mod validation;

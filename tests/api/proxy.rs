@@ -360,10 +360,16 @@ async fn task_query_and_cancel_are_forwarded_to_their_vidu_paths() {
                 200,
                 json!({"id": "123", "state": "success", "credits": 25, "creations": []}),
             )
-        } else {
+        } else if r.path.ends_with("/cancel") {
             Reply::json(200, json!({}))
+        } else {
+            Reply::json(200, created_task("123", 25))
         }
     });
+    let (status, _, _) = app
+        .post("/ent/v2/img2video", &token, small_request().to_string())
+        .await;
+    assert_eq!(status, StatusCode::OK);
     let (status, _, body) = app.get("/ent/v2/tasks/123/creations", &token).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["state"], "success");
@@ -374,16 +380,16 @@ async fn task_query_and_cancel_are_forwarded_to_their_vidu_paths() {
     assert_eq!(body, json!({}));
     let got = mock.received();
     assert_eq!(
-        (got[0].method.as_str(), got[0].path.as_str()),
+        (got[1].method.as_str(), got[1].path.as_str()),
         ("GET", "/ent/v2/tasks/123/creations")
     );
     assert_eq!(
-        (got[1].method.as_str(), got[1].path.as_str()),
+        (got[2].method.as_str(), got[2].path.as_str()),
         ("POST", "/ent/v2/tasks/123/cancel")
     );
-    assert_eq!(got[1].body, Bytes::from_static(b"{\"id\":\"123\"}"));
+    assert_eq!(got[2].body, Bytes::from_static(b"{\"id\":\"123\"}"));
     assert_eq!(
-        got[0].header("authorization"),
+        got[1].header("authorization"),
         Some(format!("Token {VIDU_KEY}").as_str())
     );
 
@@ -393,7 +399,7 @@ async fn task_query_and_cancel_are_forwarded_to_their_vidu_paths() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_envelope(status, &headers, &body, "TaskNotFound");
-    assert_eq!(mock.received().len(), 2);
+    assert_eq!(mock.received().len(), 3);
 }
 
 #[actix_web::test]
