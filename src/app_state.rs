@@ -1,6 +1,6 @@
 //! `AppState`: what every worker shares — the live config, the authenticator, metrics, the clock, the sandbox.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use actix_web::{HttpMessage, HttpRequest};
 use tracing_actix_web::RootSpan;
@@ -16,7 +16,8 @@ use crate::vidu::sandbox::Sandbox;
 
 pub struct AppState {
     pub config: Arc<LiveConfig>,
-    pub auth: Authenticator,
+    /// Swapped on a reload that changes `[auth]`.
+    pub auth: RwLock<Arc<Authenticator>>,
     pub metrics: Arc<Metrics>,
     pub clock: SharedClock,
     pub sandbox: Option<Arc<Sandbox>>,
@@ -25,8 +26,14 @@ pub struct AppState {
 
 impl AppState {
     /// Verifies the caller; counts refusals by reason and puts user and team on the request's log line.
+    /// The authenticator in force.
+    pub fn auth(&self) -> Arc<Authenticator> {
+        self.auth.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub async fn authenticate(&self, req: &HttpRequest) -> Result<Identity, GatewayError> {
-        match self.auth.authenticate(req).await {
+        let auth = self.auth();
+        match auth.authenticate(req).await {
             Ok(id) => {
                 if let Some(span) = req.extensions().get::<RootSpan>() {
                     span.record("user", id.user.as_str());

@@ -19,6 +19,13 @@ pub struct Cli {
     pub command: Command,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway (without --config: the built-in sandbox configuration).
@@ -31,6 +38,25 @@ pub enum Command {
     CheckConfig {
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
+    },
+    /// Usage from the ledger (state.ledger_path): budgets, admitted and rejected requests, credits, per day.
+    Usage {
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Only this team.
+        #[arg(long)]
+        team: Option<String>,
+        /// Only this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// First day (YYYY-MM-DD), inclusive.
+        #[arg(long)]
+        from: Option<String>,
+        /// Last day (YYYY-MM-DD), inclusive.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
     /// Mint a token signed with the configured HS secret (development and tests).
     Token {
@@ -55,6 +81,14 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { config } => check_config(config),
+        Command::Usage {
+            config,
+            team,
+            user,
+            from,
+            to,
+            format,
+        } => usage(config, team, user, from, to, format),
         Command::Token {
             config,
             sub,
@@ -70,6 +104,65 @@ fn load(path: Option<PathBuf>) -> Result<LoadedConfig, ExitCode> {
         eprintln!("error: {e}");
         ExitCode::from(1)
     })
+}
+
+fn usage(
+    path: Option<PathBuf>,
+    team: Option<String>,
+    user: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    format: Format,
+) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    for d in [&from, &to].into_iter().flatten() {
+        if d.parse::<jiff::civil::Date>().is_err() {
+            eprintln!("error: {d:?} is not a date: use YYYY-MM-DD");
+            return ExitCode::from(2);
+        }
+    }
+    let ledger_path = &config.settings.state.ledger_path;
+    if !ledger_path.exists() {
+        eprintln!(
+            "error: no ledger at {} (state.ledger_path): the gateway has not served a request with this configuration",
+            ledger_path.display()
+        );
+        return ExitCode::from(1);
+    }
+    let ledger = match crate::state::ledger::Ledger::open_read_only(ledger_path) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    let subject = crate::usage::Subject { user, team };
+    match crate::usage::report(
+        &config.settings,
+        &ledger,
+        jiff::Timestamp::now(),
+        &subject,
+        from,
+        to,
+    ) {
+        Ok(r) => {
+            match format {
+                Format::Table => print!("{}", crate::usage::to_table(&r)),
+                Format::Csv => print!("{}", crate::usage::to_csv(&r)),
+                Format::Json => {
+                    println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default())
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: cannot read the ledger: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn check_config(path: Option<PathBuf>) -> ExitCode {
@@ -133,6 +226,8 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     let origin = config.origin.to_string();
     let result = actix_web::rt::System::new().block_on(async move {
         let app = Application::build(config)?;
+        #[cfg(unix)]
+        actix_web::rt::spawn(crate::reload::on_sighup(app.state()));
         tracing::info!(port = app.port(), config = %origin, config_version = %version, "vidu-gateway listening");
         app.run_until_stopped().await?;
         tracing::info!("vidu-gateway stopped");

@@ -10,6 +10,7 @@ pub mod create;
 pub mod error;
 pub mod metrics;
 pub mod policy;
+pub mod reload;
 pub mod request_context;
 pub mod routes;
 pub mod startup;

@@ -75,12 +75,13 @@ impl Application {
             .transpose()?;
 
         let live = Arc::new(LiveConfig::new(config));
+        let live_for_workers = live.clone();
         let metrics = Arc::new(Metrics::new());
         let sandbox = (settings.upstream.mode == UpstreamMode::Sandbox)
             .then(|| Arc::new(Sandbox::new(live.clone(), options.clock.clone())));
         if settings.upstream.mode == UpstreamMode::Vidu {
             // Fail at start, not in a worker, when the client cannot be built.
-            ViduClient::new(&settings.upstream)?;
+            ViduClient::new(live.clone())?;
         }
         let auth = Authenticator::new(&settings.auth, options.clock.clone(), &metrics)?;
         if let Some(jwks) = auth.jwks() {
@@ -97,21 +98,24 @@ impl Application {
         };
         let state = web::Data::new(AppState {
             config: live,
-            auth,
+            auth: std::sync::RwLock::new(Arc::new(auth)),
             store,
             metrics: metrics.clone(),
             clock: options.clock,
             sandbox,
         });
 
+        if let crate::config::Origin::File(path) = &state.config.current().origin {
+            actix_web::rt::spawn(crate::reload::watch_file(state.clone(), path.clone()));
+        }
         let metrics_on_main = metrics_listener.is_none();
         let factory_state = state.clone();
         let factory_metrics = metrics.clone();
-        let upstream_settings = settings.upstream.clone();
+        let upstream_config = live_for_workers.clone();
         let mut server = HttpServer::new(move || {
             let upstream = match &factory_state.sandbox {
                 Some(s) => Upstream::Sandbox(s.clone()),
-                None => match ViduClient::new(&upstream_settings) {
+                None => match ViduClient::new(upstream_config.clone()) {
                     Ok(c) => Upstream::Vidu(c),
                     // Checked before the server started; unreachable in practice.
                     Err(e) => panic!("cannot build the Vidu client: {e}"),

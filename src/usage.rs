@@ -8,7 +8,32 @@ use crate::auth::Identity;
 use crate::config::Settings;
 use crate::policy::periods::{periods, timezone};
 use crate::policy::resolve::{team_limits, user_rules};
+use crate::state::ledger::Ledger;
 use crate::state::{AdmissionStore, BudgetKey, Period, Scope, UsageFilter, UsageRow};
+
+/// Where usage is read from: the running store (API) or the ledger file (CLI).
+pub trait UsageSource {
+    fn used(&self, key: &BudgetKey) -> Result<u64, String>;
+    fn usage(&self, filter: &UsageFilter) -> Result<Vec<UsageRow>, String>;
+}
+
+impl UsageSource for dyn AdmissionStore {
+    fn used(&self, key: &BudgetKey) -> Result<u64, String> {
+        AdmissionStore::used(self, key)
+    }
+    fn usage(&self, filter: &UsageFilter) -> Result<Vec<UsageRow>, String> {
+        AdmissionStore::usage(self, filter)
+    }
+}
+
+impl UsageSource for Ledger {
+    fn used(&self, key: &BudgetKey) -> Result<u64, String> {
+        Ledger::used(self, key).map_err(|e| e.to_string())
+    }
+    fn usage(&self, filter: &UsageFilter) -> Result<Vec<UsageRow>, String> {
+        Ledger::usage(self, filter).map_err(|e| e.to_string())
+    }
+}
 
 /// Whose usage: a user, a team, or both (a caller's own view).
 #[derive(Clone, Debug, Default)]
@@ -68,6 +93,9 @@ pub struct Report {
     pub user: Option<Section>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub team: Option<Section>,
+    /// Everyone (the enterprise key as a whole): when neither a user nor a team is named (CLI).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub all: Option<Section>,
 }
 
 pub fn totals(days: &[UsageRow]) -> Totals {
@@ -88,7 +116,7 @@ pub fn totals(days: &[UsageRow]) -> Totals {
 }
 
 fn budget(
-    store: &dyn AdmissionStore,
+    store: &(impl UsageSource + ?Sized),
     scope: Scope,
     subject: &str,
     period: Period,
@@ -117,13 +145,14 @@ fn budget(
 
 pub fn report(
     settings: &Settings,
-    store: &dyn AdmissionStore,
+    store: &(impl UsageSource + ?Sized),
     now: Timestamp,
     subject: &Subject,
     from: Option<String>,
     to: Option<String>,
 ) -> Result<Report, String> {
     let p = periods(now, &timezone(&settings.policy.timezone));
+    let (from_all, to_all) = (from.clone(), to.clone());
     let user = match &subject.user {
         None => None,
         Some(u) => {
@@ -204,5 +233,140 @@ pub fn report(
             })
         }
     };
-    Ok(Report { user, team })
+    let all = if subject.user.is_none() && subject.team.is_none() {
+        let g = &settings.policy.global;
+        let mut budgets = Vec::new();
+        budgets.extend(budget(
+            store,
+            Scope::Global,
+            "",
+            Period::Day,
+            &p.day,
+            g.daily_credits,
+            "policy.global.daily_credits".into(),
+        )?);
+        budgets.extend(budget(
+            store,
+            Scope::Global,
+            "",
+            Period::Month,
+            &p.month,
+            g.monthly_credits,
+            "policy.global.monthly_credits".into(),
+        )?);
+        let days = store.usage(&UsageFilter {
+            user: None,
+            team: None,
+            from: from_all,
+            to: to_all,
+        })?;
+        Some(Section {
+            name: "all".into(),
+            budgets,
+            totals: totals(&days),
+            days,
+        })
+    } else {
+        None
+    };
+    Ok(Report { user, team, all })
+}
+
+/// The report as CSV: one line per section and day.
+pub fn to_csv(report: &Report) -> String {
+    let mut out = String::from(
+        "scope,name,day,admitted,rejected,credits_reserved,credits_settled,credits_released,credits_unknown,off_peak_requests,rejected_by_reason\n",
+    );
+    for (scope, section) in [
+        ("user", &report.user),
+        ("team", &report.team),
+        ("all", &report.all),
+    ] {
+        let Some(s) = section else { continue };
+        for d in &s.days {
+            let reasons: Vec<String> = d
+                .rejected_by_reason
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            out.push_str(&format!(
+                "{scope},{},{},{},{},{},{},{},{},{},{}\n",
+                csv_field(&s.name),
+                d.day,
+                d.admitted,
+                d.rejected,
+                d.credits_reserved,
+                d.credits_settled,
+                d.credits_released,
+                d.credits_unknown,
+                d.off_peak_requests,
+                csv_field(&reasons.join(";"))
+            ));
+        }
+    }
+    out
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// The report as an aligned text table.
+pub fn to_table(report: &Report) -> String {
+    let mut out = String::new();
+    for (scope, section) in [
+        ("user", &report.user),
+        ("team", &report.team),
+        ("all", &report.all),
+    ] {
+        let Some(s) = section else { continue };
+        out.push_str(&format!("{scope} {}\n", s.name));
+        for b in &s.budgets {
+            out.push_str(&format!(
+                "  budget {} {} ({}): {} of {} used, {} left  [{}]\n",
+                b.period, b.scope, b.period_key, b.used, b.limit, b.remaining, b.source
+            ));
+        }
+        out.push_str(&format!(
+            "  {:<10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8}  rejected by reason\n",
+            "day", "admitted", "rejected", "reserved", "settled", "released", "unknown", "offpeak"
+        ));
+        for d in &s.days {
+            let reasons: Vec<String> = d
+                .rejected_by_reason
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            out.push_str(&format!(
+                "  {:<10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8}  {}\n",
+                d.day,
+                d.admitted,
+                d.rejected,
+                d.credits_reserved,
+                d.credits_settled,
+                d.credits_released,
+                d.credits_unknown,
+                d.off_peak_requests,
+                reasons.join(" ")
+            ));
+        }
+        let t = &s.totals;
+        out.push_str(&format!(
+            "  {:<10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8}  off-peak share {:.0}%\n",
+            "total",
+            t.admitted,
+            t.rejected,
+            t.credits_reserved,
+            t.credits_settled,
+            t.credits_released,
+            t.credits_unknown,
+            t.off_peak_requests,
+            t.off_peak_share * 100.0
+        ));
+    }
+    out
 }

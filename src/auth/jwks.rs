@@ -3,6 +3,7 @@
 //! kids cannot make the gateway hammer the IdP), the last good key set kept when a fetch fails. Every fetch
 //! outcome is counted in `vidu_gateway_jwks_fetches_total{outcome}`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,7 @@ pub struct Jwks {
     generation: watch::Sender<u64>,
     fetches: Family<OutcomeLabels, Counter>,
     key_count: Gauge,
+    stopped: AtomicBool,
 }
 
 impl Jwks {
@@ -59,6 +61,7 @@ impl Jwks {
             generation: watch::Sender::new(0),
             fetches,
             key_count,
+            stopped: AtomicBool::new(false),
         })
     }
 
@@ -106,12 +109,23 @@ impl Jwks {
         )
     }
 
-    /// The fetch loop: runs for the life of the server (spawned on its runtime).
+    /// Ends the fetch loop (a reload replaced this JWKS source).
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    /// Whether this source fetches `url` every `ttl`.
+    pub fn same_source(&self, url: &str, ttl: Duration) -> bool {
+        self.url == url && self.ttl == ttl
+    }
+
+    /// The fetch loop: runs for the life of the server (spawned on its runtime), or until `stop`.
     pub async fn run(self: Arc<Self>) {
         let client = awc::Client::builder().timeout(FETCH_TIMEOUT).finish();
         let mut backoff = REFETCH_COOLDOWN;
         let mut last_start: Option<Instant> = None;
-        loop {
+        while !self.stopped.load(Ordering::Relaxed) {
             if let Some(t) = last_start {
                 let since = t.elapsed();
                 if since < REFETCH_COOLDOWN {

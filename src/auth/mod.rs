@@ -77,18 +77,30 @@ impl Authenticator {
         clock: SharedClock,
         metrics: &Metrics,
     ) -> anyhow::Result<Self> {
+        Self::with_jwks(settings, clock, metrics, None)
+    }
+
+    /// Like `new`, reusing `previous` (keys and fetch loop) when it fetches the same URL at the same interval.
+    pub fn with_jwks(
+        settings: &AuthSettings,
+        clock: SharedClock,
+        metrics: &Metrics,
+        previous: Option<&Arc<Jwks>>,
+    ) -> anyhow::Result<Self> {
         let allowed = settings
             .algorithms
             .iter()
             .filter_map(|a| parse_algorithm(a))
             .collect();
-        let jwks = settings.jwks_url.as_ref().map(|url| {
-            Jwks::new(
+        let ttl = Duration::from_secs(settings.jwks_refresh_secs);
+        let jwks = settings.jwks_url.as_ref().map(|url| match previous {
+            Some(p) if p.same_source(url, ttl) => p.clone(),
+            _ => Jwks::new(
                 url.clone(),
-                Duration::from_secs(settings.jwks_refresh_secs),
+                ttl,
                 metrics.jwks_fetches.clone(),
                 metrics.jwks_keys.clone(),
-            )
+            ),
         });
         Ok(Self {
             keys: KeySet::from_settings(settings, jwks)?,

@@ -167,8 +167,20 @@ pub fn load_from_str(
     })
 }
 
+/// A short hash of the effective configuration. Secrets are part of the digest (a rotated key is a new version)
+/// but cannot be recovered from 48 bits of a SHA-256.
 fn version_of(settings: &Settings) -> String {
-    let digest = Sha256::digest(settings.redacted_toml().as_bytes());
+    let mut h = Sha256::new();
+    h.update(settings.redacted_toml().as_bytes());
+    for secret in [
+        &settings.upstream.api_key,
+        &settings.auth.hs256_secret,
+        &settings.state.redis_url,
+    ] {
+        h.update([0u8]);
+        h.update(secret.expose().as_bytes());
+    }
+    let digest = h.finalize();
     digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 

@@ -17,7 +17,7 @@ pub async fn healthz() -> HttpResponse {
 /// Configuration loaded and every dependency the gateway must consult reachable.
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, GatewayError> {
     let config = state.config.current();
-    if let Some(why) = state.auth.jwks().and_then(|j| j.not_ready()) {
+    if let Some(why) = state.auth().jwks().and_then(|j| j.not_ready()) {
         state.metrics.ready.set(0);
         return Err(GatewayError::ServiceUnavailable {
             message: why,

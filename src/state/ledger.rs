@@ -112,6 +112,14 @@ impl Ledger {
         Ok(Self { conn })
     }
 
+    /// Opens an existing ledger for reading only (the `usage` command, beside a running gateway).
+    pub fn open_read_only(path: &Path) -> anyhow::Result<Self> {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| anyhow::anyhow!("cannot open the ledger {}: {e}", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Self { conn })
+    }
+
     pub fn reserve(&self, e: &LedgerEntry, estimate: u64) -> rusqlite::Result<i64> {
         self.conn
             .prepare_cached(

@@ -8,21 +8,27 @@ use actix_web::http::header::{self, HeaderValue};
 use awc::error::SendRequestError;
 
 use super::upstream::{UpstreamError, UpstreamRequest, UpstreamResponse};
-use crate::config::UpstreamSettings;
+use std::sync::Arc;
+
+use crate::config::{LiveConfig, UpstreamSettings};
 
 /// Largest answer read from Vidu (task queries echo the payload, up to 1 MiB, plus creations).
 const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 
 pub struct ViduClient {
     client: awc::Client,
-    base_url: String,
-    authorization: HeaderValue,
+    /// `upstream.base_url` and `upstream.api_key` are read per call, so a reload that rotates the key applies at
+    /// once; timeouts are fixed when the worker starts.
+    config: Arc<LiveConfig>,
     request_timeout: Duration,
 }
 
 impl ViduClient {
     /// Built inside each worker (awc's client is not `Send`).
-    pub fn new(settings: &UpstreamSettings) -> anyhow::Result<Self> {
+    pub fn new(config: Arc<LiveConfig>) -> anyhow::Result<Self> {
+        let snapshot = config.current();
+        let settings = &snapshot.settings.upstream;
+        authorization(settings)?;
         let request_timeout = Duration::from_millis(settings.request_timeout_ms);
         let connector = awc::Connector::new()
             .timeout(Duration::from_millis(settings.connect_timeout_ms))
@@ -33,26 +39,25 @@ impl ViduClient {
             .disable_redirects()
             .no_default_headers()
             .finish();
-        let mut authorization =
-            HeaderValue::from_str(&format!("Token {}", settings.api_key.expose())).map_err(
-                |_| anyhow::anyhow!("upstream.api_key contains characters not allowed in a header"),
-            )?;
-        authorization.set_sensitive(true);
+        drop(snapshot);
         Ok(Self {
             client,
-            base_url: settings.base_url.trim_end_matches('/').to_owned(),
-            authorization,
+            config,
             request_timeout,
         })
     }
 
     pub async fn send(&self, req: UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
         let started = Instant::now();
-        let url = format!("{}{}", self.base_url, req.path);
+        let config = self.config.current();
+        let upstream = &config.settings.upstream;
+        let url = format!("{}{}", upstream.base_url.trim_end_matches('/'), req.path);
+        let auth = authorization(upstream).map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        drop(config);
         let mut builder = self
             .client
             .request(req.method, url)
-            .insert_header((header::AUTHORIZATION, self.authorization.clone()))
+            .insert_header((header::AUTHORIZATION, auth))
             .insert_header((header::ACCEPT, "application/json"))
             .insert_header(("x-request-id", req.request_id));
         if !req.body.is_empty() {
@@ -80,4 +85,14 @@ impl ViduClient {
             body,
         })
     }
+}
+
+/// `Token <api_key>`, marked sensitive (never printed by the HTTP stack).
+fn authorization(settings: &UpstreamSettings) -> anyhow::Result<HeaderValue> {
+    let mut v =
+        HeaderValue::from_str(&format!("Token {}", settings.api_key.expose())).map_err(|_| {
+            anyhow::anyhow!("upstream.api_key contains characters not allowed in a header")
+        })?;
+    v.set_sensitive(true);
+    Ok(v)
 }

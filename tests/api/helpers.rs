@@ -208,12 +208,15 @@ impl TestApp {
         }
     }
 
+    /// Valid for 60 days, so tests may move the clock ahead by days.
     pub fn token(&self, sub: &str, team: &str) -> String {
-        mint(json!({"sub": sub, "team": team}))
+        let exp = jiff::Timestamp::now().as_second() + 60 * 86_400;
+        mint(json!({"sub": sub, "team": team, "exp": exp}))
     }
 
     pub fn admin_token(&self) -> String {
-        mint(json!({"sub": "root", "team": "ops", "roles": ["gw-admin"]}))
+        let exp = jiff::Timestamp::now().as_second() + 60 * 86_400;
+        mint(json!({"sub": "root", "team": "ops", "roles": ["gw-admin"], "exp": exp}))
     }
 
     pub async fn post(
@@ -310,7 +313,7 @@ pub struct Binary {
     pub child: Child,
     pub port: u16,
     pub log: Arc<Mutex<Vec<String>>>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Binary {
@@ -351,8 +354,13 @@ impl Binary {
             child,
             port,
             log,
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// The config file the binary was started with (tests rewrite it to reload).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("gateway.toml")
     }
 
     pub fn url(&self) -> String {

@@ -2,11 +2,13 @@
 //! what it received.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admission;
 mod auth;
 mod binary;
 mod cli;
 mod docs;
 mod helpers;
+mod live;
 mod proxy;
 mod sandbox;
 mod validation;

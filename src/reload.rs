@@ -1,0 +1,183 @@
+//! Live tuning: the configuration is reloaded on SIGHUP and when its file changes (polled, debounced). The new
+//! file is validated first and swapped in atomically; an invalid one keeps the old configuration running, is
+//! logged with the key at fault and counted in `vidu_gateway_config_reloads_total{outcome}`. Counters and
+//! budgets live in the state store, so a reload never resets them, and a changed limit applies at once.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::web;
+
+use crate::app_state::AppState;
+use crate::auth::Authenticator;
+use crate::config::{self, LoadedConfig, Origin, Settings};
+use crate::metrics::OutcomeLabels;
+
+/// How often the config file is checked for changes.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Applied { version: String },
+    Unchanged,
+    Invalid(String),
+}
+
+/// Keys read once at start: a reload that changes them is refused (they need a restart).
+fn restart_only(old: &Settings, new: &Settings) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    let mut check = |key: &'static str, changed: bool| {
+        if changed {
+            keys.push(key);
+        }
+    };
+    check("server.listen", old.server.listen != new.server.listen);
+    check(
+        "server.metrics_listen",
+        old.server.metrics_listen != new.server.metrics_listen,
+    );
+    check("server.workers", old.server.workers != new.server.workers);
+    check("upstream.mode", old.upstream.mode != new.upstream.mode);
+    check(
+        "upstream.connect_timeout_ms",
+        old.upstream.connect_timeout_ms != new.upstream.connect_timeout_ms,
+    );
+    check(
+        "upstream.request_timeout_ms",
+        old.upstream.request_timeout_ms != new.upstream.request_timeout_ms,
+    );
+    check("state.backend", old.state.backend != new.state.backend);
+    check(
+        "state.ledger_path",
+        old.state.ledger_path != new.state.ledger_path,
+    );
+    check(
+        "state.redis_url",
+        old.state.redis_url != new.state.redis_url,
+    );
+    check(
+        "telemetry.log_format",
+        old.telemetry.log_format != new.telemetry.log_format,
+    );
+    keys
+}
+
+/// Reloads from where the running configuration came from (its file, or the built-in one).
+pub fn reload(state: &AppState) -> Outcome {
+    let current = state.config.current();
+    let path = match &current.origin {
+        Origin::File(p) => Some(p.clone()),
+        Origin::Builtin => None,
+    };
+    let outcome = match config::load(path.as_deref()) {
+        Err(e) => Outcome::Invalid(e.to_string()),
+        Ok(new) => apply(state, &current, new),
+    };
+    let label = match &outcome {
+        Outcome::Applied { .. } => "applied",
+        Outcome::Unchanged => "unchanged",
+        Outcome::Invalid(_) => "invalid",
+    };
+    state
+        .metrics
+        .config_reloads
+        .get_or_create(&OutcomeLabels { outcome: label })
+        .inc();
+    match &outcome {
+        Outcome::Applied { version } => {
+            tracing::info!(config = %current.origin, version = %version, previous = %current.version, "configuration reloaded")
+        }
+        Outcome::Unchanged => tracing::debug!("configuration unchanged"),
+        Outcome::Invalid(why) => tracing::error!(
+            config = %current.origin,
+            version_in_force = %current.version,
+            error = %why,
+            "configuration reload refused; the previous configuration stays in force"
+        ),
+    }
+    outcome
+}
+
+fn apply(state: &AppState, current: &LoadedConfig, new: LoadedConfig) -> Outcome {
+    if new.version == current.version {
+        return Outcome::Unchanged;
+    }
+    let restart = restart_only(&current.settings, &new.settings);
+    if !restart.is_empty() {
+        return Outcome::Invalid(format!(
+            "{} changed: these keys are read at start; restart the gateway to change them",
+            restart.join(", ")
+        ));
+    }
+    let auth_changed = toml::to_string(&current.settings.auth).ok()
+        != toml::to_string(&new.settings.auth).ok()
+        || current.settings.auth.hs256_secret != new.settings.auth.hs256_secret;
+    if auth_changed {
+        let old = state.auth();
+        match Authenticator::with_jwks(
+            &new.settings.auth,
+            state.clock.clone(),
+            &state.metrics,
+            old.jwks(),
+        ) {
+            Err(e) => return Outcome::Invalid(format!("{e:#}")),
+            Ok(fresh) => {
+                let fresh = Arc::new(fresh);
+                if let Some(j) = fresh.jwks()
+                    && old.jwks().is_none_or(|o| !Arc::ptr_eq(o, j))
+                {
+                    actix_web::rt::spawn(j.clone().run());
+                }
+                if let Some(o) = old.jwks()
+                    && fresh.jwks().is_none_or(|j| !Arc::ptr_eq(o, j))
+                {
+                    o.stop();
+                }
+                *state.auth.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+            }
+        }
+    }
+    let version = new.version.clone();
+    state.config.replace(new);
+    Outcome::Applied { version }
+}
+
+/// Reloads on every SIGHUP (the binary's `serve` runs this).
+#[cfg(unix)]
+pub async fn on_sighup(state: web::Data<AppState>) {
+    use actix_web::rt::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: reload by editing the config file instead");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the configuration");
+        reload(&state);
+    }
+}
+
+/// Watches the config file by content (robust to editors that replace the file and to symlink swaps such as
+/// Kubernetes ConfigMaps) and reloads once it has been stable for one poll interval.
+pub async fn watch_file(state: web::Data<AppState>, path: PathBuf) {
+    let read = |p: &PathBuf| std::fs::read(p).ok();
+    let mut applied = read(&path);
+    let mut pending: Option<Vec<u8>> = None;
+    loop {
+        actix_web::rt::time::sleep(POLL_INTERVAL).await;
+        let now = read(&path);
+        if now == applied {
+            pending = None;
+            continue;
+        }
+        match (&pending, &now) {
+            (Some(p), Some(n)) if p == n => {
+                tracing::info!(config = %path.display(), "config file changed: reloading");
+                reload(&state);
+                applied = now;
+                pending = None;
+            }
+            _ => pending = now,
+        }
+    }
+}

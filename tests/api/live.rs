@@ -1,0 +1,197 @@
+//! The real binary over time: spend survives a restart, config reloads (SIGHUP, file change) apply at once
+//! without resetting counters, an invalid reload keeps the old config serving, and `usage` reads the ledger.
+
+use std::path::Path;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+fn config(mock: &MockVidu, ledger: &Path, daily: u64) -> String {
+    let base = base_config(&mock.url);
+    let start = base.find("[state]").unwrap();
+    let end = base.find("[telemetry]").unwrap();
+    format!(
+        "{}[state]\nledger_path = \"{}\"\n\n{}\n[policy.defaults]\ndaily_credits = {daily}\n",
+        &base[..start],
+        ledger.display(),
+        &base[end..]
+    )
+}
+
+async fn create(bin_url: &str, token: &str) -> (StatusCode, Value) {
+    let mut res = awc::Client::default()
+        .post(format!("{bin_url}/ent/v2/img2video"))
+        .insert_header(("authorization", format!("Bearer {token}")))
+        .insert_header(("content-type", "application/json"))
+        .send_body(json!({"model": "viduq2", "images": ["https://e.com/a.png"]}).to_string())
+        .await
+        .unwrap();
+    let (status, _, body) = read(&mut res).await;
+    (status, body)
+}
+
+async fn config_version(bin_url: &str) -> String {
+    let admin = mint(json!({"sub": "root", "team": "ops", "roles": ["gw-admin"]}));
+    let mut res = awc::Client::default()
+        .get(format!("{bin_url}/gateway/v1/config"))
+        .insert_header(("authorization", format!("Bearer {admin}")))
+        .send()
+        .await
+        .unwrap();
+    let (_, _, body) = read(&mut res).await;
+    body["version"].as_str().unwrap().to_owned()
+}
+
+async fn wait_for_version_change(bin_url: &str, old: &str) -> String {
+    for _ in 0..100 {
+        let v = config_version(bin_url).await;
+        if v != old {
+            return v;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the configuration was not reloaded");
+}
+
+#[actix_web::test]
+async fn spend_survives_a_restart_on_the_same_ledger() {
+    let mock = MockVidu::start().await;
+    mock.respond(|_| Reply::json(200, created_task("1", 55)));
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.sqlite3");
+    let cfg = config(&mock, &ledger, 100);
+    let token = mint(json!({"sub": "alice", "team": "mkt"}));
+    let mut bin = Binary::start(&cfg, &[]);
+    assert_eq!(create(&bin.url(), &token).await.0, StatusCode::OK);
+    bin.signal("TERM");
+    assert_eq!(bin.wait(Duration::from_secs(10)), Some(0));
+    drop(bin);
+
+    let bin = Binary::start(&cfg, &[]);
+    let (status, body) = create(&bin.url(), &token).await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "55 + 55 > 100 after the restart: {body}"
+    );
+    assert_eq!(body["reason"], "CreditBudgetExhausted");
+    assert_eq!(mock.received().len(), 1);
+}
+
+#[actix_web::test]
+async fn a_reload_that_lowers_a_budget_applies_at_once_without_resetting_spend() {
+    let mock = MockVidu::start().await;
+    mock.respond(|_| Reply::json(200, created_task("1", 55)));
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.sqlite3");
+    let bin = Binary::start(&config(&mock, &ledger, 1000), &[]);
+    let token = mint(json!({"sub": "alice", "team": "mkt"}));
+    assert_eq!(create(&bin.url(), &token).await.0, StatusCode::OK);
+    let v1 = config_version(&bin.url()).await;
+
+    // SIGHUP after rewriting the file: 55 used, the new limit is 100 → the next 55 does not fit.
+    std::fs::write(bin.config_path(), config(&mock, &ledger, 100)).unwrap();
+    bin.signal("HUP");
+    let v2 = wait_for_version_change(&bin.url(), &v1).await;
+    let (status, body) = create(&bin.url(), &token).await;
+    assert_eq!(
+        (status, body["reason"].clone()),
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            json!("CreditBudgetExhausted")
+        )
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("55 of 100"),
+        "{body}"
+    );
+
+    // An invalid file is refused: the running config (v2) keeps serving.
+    std::fs::write(bin.config_path(), "[server]\nlisten_port = 1\n").unwrap();
+    bin.signal("HUP");
+    actix_web::rt::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(config_version(&bin.url()).await, v2);
+    let mut res = awc::Client::default()
+        .get(format!("{}/metrics", bin.url()))
+        .send()
+        .await
+        .unwrap();
+    let text = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    assert!(
+        text.contains(r#"vidu_gateway_config_reloads_total{outcome="invalid"}"#),
+        "{text}"
+    );
+    assert!(
+        bin.logs().contains("listen_port"),
+        "the log names the key at fault"
+    );
+
+    // Editing the file is enough (no signal): raising the limit admits the request again.
+    std::fs::write(bin.config_path(), config(&mock, &ledger, 200)).unwrap();
+    wait_for_version_change(&bin.url(), &v2).await;
+    assert_eq!(create(&bin.url(), &token).await.0, StatusCode::OK);
+}
+
+#[actix_web::test]
+async fn the_usage_command_reports_what_was_spent() {
+    let mock = MockVidu::start().await;
+    mock.respond(|_| Reply::json(200, created_task("1", 40)));
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.sqlite3");
+    let cfg = config(&mock, &ledger, 100);
+    let cfg_path = dir.path().join("gw.toml");
+    std::fs::write(&cfg_path, &cfg).unwrap();
+    let bin = Binary::start(&cfg, &[]);
+    let alice = mint(json!({"sub": "alice", "team": "mkt"}));
+    let bob = mint(json!({"sub": "bob", "team": "sales"}));
+    assert_eq!(create(&bin.url(), &alice).await.0, StatusCode::OK);
+    assert_eq!(create(&bin.url(), &alice).await.0, StatusCode::OK); // 40 + 55 ≤ 100
+    assert_eq!(
+        create(&bin.url(), &alice).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    ); // 80 + 55 > 100
+    assert_eq!(create(&bin.url(), &bob).await.0, StatusCode::OK);
+
+    let cfg_arg = cfg_path.to_str().unwrap();
+    let (code, out, err) = run_cli(
+        &[
+            "usage", "--config", cfg_arg, "--team", "mkt", "--format", "json",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let t = &v["team"]["totals"];
+    assert_eq!(
+        (t["admitted"].clone(), t["rejected"].clone()),
+        (json!(2), json!(1))
+    );
+    assert_eq!(t["credits_settled"], 80);
+    assert_eq!(
+        v["team"]["days"][0]["rejected_by_reason"]["CreditBudgetExhausted"],
+        1
+    );
+
+    let (code, out, _) = run_cli(&["usage", "--config", cfg_arg, "--format", "csv"], &[]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("scope,name,day,admitted"));
+    assert!(
+        lines[1].starts_with("all,all,") && lines[1].contains(",3,1,0,120,"),
+        "{out}"
+    );
+
+    let (code, out, _) = run_cli(&["usage", "--config", cfg_arg, "--user", "bob"], &[]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("user bob") && out.contains("40 of 100 used"),
+        "{out}"
+    );
+
+    let (code, _, err) = run_cli(&["usage", "--config", cfg_arg, "--from", "yesterday"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("YYYY-MM-DD"));
+}
