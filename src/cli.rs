@@ -74,6 +74,13 @@ pub enum Command {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
+        /// Sign with this PEM private key (RSA → RS256, EC P-256 → ES256, P-384 → ES384, Ed25519 → EdDSA)
+        /// instead of the HS secret: tokens for a gateway configured with public keys (tests, benchmarks).
+        #[arg(long, value_name = "PEM")]
+        private_key: Option<PathBuf>,
+        /// `kid` header to put in the token (with --private-key).
+        #[arg(long)]
+        kid: Option<String>,
     },
 }
 
@@ -95,7 +102,9 @@ pub fn run(cli: Cli) -> ExitCode {
             team,
             roles,
             ttl,
-        } => token(config, &sub, team.as_deref(), &roles, ttl),
+            private_key,
+            kid,
+        } => token(config, &sub, team.as_deref(), &roles, ttl, private_key, kid),
     }
 }
 
@@ -182,25 +191,33 @@ fn token(
     team: Option<&str>,
     roles: &[String],
     ttl: u64,
+    private_key: Option<PathBuf>,
+    kid: Option<String>,
 ) -> ExitCode {
     let config = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match crate::auth::mint::mint(
-        &config.settings.auth,
+    let claims = crate::auth::mint::Claims {
         sub,
         team,
         roles,
-        ttl,
-        jiff::Timestamp::now(),
-    ) {
+        ttl_secs: ttl,
+        now: jiff::Timestamp::now(),
+    };
+    let minted = match private_key {
+        Some(pem) => {
+            crate::auth::mint::mint_with_key(&config.settings.auth, &claims, &pem, kid.as_deref())
+        }
+        None => crate::auth::mint::mint(&config.settings.auth, &claims),
+    };
+    match minted {
         Ok(t) => {
             println!("{t}");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
     }

@@ -1,24 +1,31 @@
-//! Minting tokens with the configured HS secret (`vidu-gateway token`; development and tests).
+//! Minting tokens (`vidu-gateway token`; development, tests and benchmarks): with the configured HS secret, or
+//! with a PEM private key for gateways that verify public keys.
 
-use jsonwebtoken::{EncodingKey, Header};
+use std::path::Path;
+
+use anyhow::Context;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Map, Value};
 
 use super::parse_algorithm;
 use crate::config::AuthSettings;
 
-/// Builds the claims at the configured claim paths (dotted paths become nested objects) and signs them.
-pub fn mint(
-    auth: &AuthSettings,
-    sub: &str,
-    team: Option<&str>,
-    roles: &[String],
-    ttl_secs: u64,
-    now: jiff::Timestamp,
-) -> anyhow::Result<String> {
+/// What goes into a minted token.
+pub struct Claims<'a> {
+    pub sub: &'a str,
+    pub team: Option<&'a str>,
+    pub roles: &'a [String],
+    pub ttl_secs: u64,
+    pub now: jiff::Timestamp,
+}
+
+/// Signs with the configured HS secret.
+pub fn mint(auth: &AuthSettings, claims: &Claims<'_>) -> anyhow::Result<String> {
     if !auth.hs256_secret.is_set() {
         anyhow::bail!(
             "no HS secret is configured (auth.hs256_secret or auth.hs256_secret_file): the gateway only verifies \
-             tokens from your identity provider's public keys, so get a token from the identity provider"
+             tokens from your identity provider's public keys, so get a token from the identity provider \
+             (or pass --private-key with a key whose public half the gateway trusts)"
         );
     }
     let alg = auth
@@ -27,20 +34,92 @@ pub fn mint(
         .filter(|a| a.starts_with("HS"))
         .find_map(|a| parse_algorithm(a))
         .ok_or_else(|| anyhow::anyhow!("auth.algorithms allows no HS algorithm to sign with"))?;
-    let iat = now.as_second();
+    let key = EncodingKey::from_secret(auth.hs256_secret.expose().as_bytes());
+    Ok(jsonwebtoken::encode(
+        &Header::new(alg),
+        &claims_value(auth, claims),
+        &key,
+    )?)
+}
+
+/// Signs with a PEM private key; the algorithm follows the key type.
+pub fn mint_with_key(
+    auth: &AuthSettings,
+    claims: &Claims<'_>,
+    pem: &Path,
+    kid: Option<&str>,
+) -> anyhow::Result<String> {
+    let bytes = std::fs::read(pem).with_context(|| format!("cannot read {}", pem.display()))?;
+    let alg = private_key_algorithm(&bytes).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} is not a PKCS#8 PEM private key (RSA, EC P-256/P-384 or Ed25519)",
+            pem.display()
+        )
+    })?;
+    let key = match alg {
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(&bytes)?,
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(&bytes)?,
+        _ => EncodingKey::from_ec_pem(&bytes)?,
+    };
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    Ok(jsonwebtoken::encode(
+        &header,
+        &claims_value(auth, claims),
+        &key,
+    )?)
+}
+
+/// The signing algorithm of a PEM private key, from the algorithm identifiers in its DER.
+fn private_key_algorithm(pem: &[u8]) -> Option<Algorithm> {
+    use base64::Engine;
+    let text = std::str::from_utf8(pem).ok()?;
+    if text.contains("-----BEGIN RSA PRIVATE KEY-----") {
+        return Some(Algorithm::RS256);
+    }
+    let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .ok()?;
+    let has = |oid: &[u8]| der.windows(oid.len()).any(|w| w == oid);
+    const RSA: &[u8] = &[
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+    ];
+    const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    const P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+    const ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
+    if has(RSA) {
+        Some(Algorithm::RS256)
+    } else if has(P256) {
+        Some(Algorithm::ES256)
+    } else if has(P384) {
+        Some(Algorithm::ES384)
+    } else if has(ED25519) {
+        Some(Algorithm::EdDSA)
+    } else {
+        None
+    }
+}
+
+fn claims_value(auth: &AuthSettings, c: &Claims<'_>) -> Value {
+    let iat = c.now.as_second();
     let mut claims = Value::Object(Map::new());
-    set_path(&mut claims, &auth.user_claim, Value::from(sub));
-    if let Some(team) = team {
+    set_path(&mut claims, &auth.user_claim, Value::from(c.sub));
+    if let Some(team) = c.team {
         set_path(&mut claims, &auth.team_claim, Value::from(team));
     }
-    if !roles.is_empty() {
-        set_path(&mut claims, &auth.roles_claim, Value::from(roles.to_vec()));
+    if !c.roles.is_empty() {
+        set_path(
+            &mut claims,
+            &auth.roles_claim,
+            Value::from(c.roles.to_vec()),
+        );
     }
     set_path(&mut claims, "iat", Value::from(iat));
     set_path(
         &mut claims,
         "exp",
-        Value::from(iat.saturating_add(i64::try_from(ttl_secs).unwrap_or(i64::MAX / 2))),
+        Value::from(iat.saturating_add(i64::try_from(c.ttl_secs).unwrap_or(i64::MAX / 2))),
     );
     if !auth.issuer.is_empty() {
         set_path(&mut claims, "iss", Value::from(auth.issuer.as_str()));
@@ -48,8 +127,7 @@ pub fn mint(
     if !auth.audience.is_empty() {
         set_path(&mut claims, "aud", Value::from(auth.audience.as_str()));
     }
-    let key = EncodingKey::from_secret(auth.hs256_secret.expose().as_bytes());
-    Ok(jsonwebtoken::encode(&Header::new(alg), &claims, &key)?)
+    claims
 }
 
 fn set_path(claims: &mut Value, path: &str, value: Value) {

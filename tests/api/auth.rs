@@ -679,3 +679,38 @@ async fn a_jwks_file_is_a_key_source_too() {
     )
     .await;
 }
+
+#[actix_web::test]
+async fn the_token_command_signs_with_a_private_key_for_public_key_gateways() {
+    let mock = MockVidu::start().await;
+    let app = TestApp::spawn(&pem_keys_config(&mock, "")).await;
+    for key in ["rsa1", "ec256", "ec384", "ed25519"] {
+        let pem = format!("{FIX}/{key}.key.pem");
+        let (code, out, err) = run_cli(
+            &[
+                "token",
+                "--sub",
+                "bench",
+                "--team",
+                "perf",
+                "--private-key",
+                &pem,
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(status_of(&app, out.trim()).await.0, StatusCode::OK, "{key}");
+    }
+    let (code, _, err) = run_cli(
+        &[
+            "token",
+            "--sub",
+            "a",
+            "--private-key",
+            &format!("{FIX}/rsa1.pub.pem"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("not a PKCS#8 PEM private key"), "{err}");
+}
