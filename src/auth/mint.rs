@@ -74,6 +74,9 @@ pub fn mint_with_key(
 fn private_key_algorithm(pem: &[u8]) -> Option<Algorithm> {
     use base64::Engine;
     let text = std::str::from_utf8(pem).ok()?;
+    if !text.contains("PRIVATE KEY-----") {
+        return None;
+    }
     if text.contains("-----BEGIN RSA PRIVATE KEY-----") {
         return Some(Algorithm::RS256);
     }
