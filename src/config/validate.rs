@@ -317,6 +317,13 @@ fn state(st: &StateSettings, p: &mut Vec<String>) {
     if st.key_prefix.trim().is_empty() {
         p.push("state.key_prefix must not be empty".into());
     }
+    if st.backend == StateBackend::Redis {
+        p.push(
+            "state.backend = \"redis\" is not available in this version yet: use \"memory\" (one replica, \
+             ledger in state.ledger_path)"
+                .into(),
+        );
+    }
     if st.backend == StateBackend::Redis && !st.redis_url.is_set() {
         p.push("state.redis_url is required when state.backend = \"redis\"".into());
     }
