@@ -24,6 +24,13 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, GatewayE
             retry_after_secs: 1,
         });
     }
+    if let Err(why) = state.store.health() {
+        state.metrics.ready.set(0);
+        return Err(GatewayError::ServiceUnavailable {
+            message: format!("the state backend is unavailable: {why}"),
+            retry_after_secs: 5,
+        });
+    }
     state.metrics.ready.set(1);
     Ok(HttpResponse::Ok().json(json!({
         "status": "ready",

@@ -120,6 +120,12 @@ impl Ledger {
         Ok(Self { conn })
     }
 
+    /// A read that touches the database file.
+    pub fn health(&self) -> rusqlite::Result<()> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM tasks WHERE 0", [], |_| Ok(()))
+    }
+
     pub fn reserve(&self, e: &LedgerEntry, estimate: u64) -> rusqlite::Result<i64> {
         self.conn
             .prepare_cached(

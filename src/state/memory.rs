@@ -242,11 +242,10 @@ impl AdmissionStore for MemoryStore {
         self.lock().ledger.usage(filter).map_err(|e| e.to_string())
     }
 
-    fn in_flight(&self) -> Vec<(Scope, String, u32)> {
+    fn health(&self) -> Result<(), String> {
         self.lock()
-            .slots
-            .iter()
-            .map(|((s, k), n)| (*s, k.clone(), *n))
-            .collect()
+            .ledger
+            .health()
+            .map_err(|e| format!("ledger: {e}"))
     }
 }

@@ -193,5 +193,6 @@ pub trait AdmissionStore: Send + Sync {
     fn record_rejection(&self, entry: &LedgerEntry, reason: &str);
     fn task(&self, task_id: &str) -> Option<TaskRecord>;
     fn usage(&self, filter: &UsageFilter) -> Result<Vec<UsageRow>, String>;
-    fn in_flight(&self) -> Vec<(Scope, String, u32)>;
+    /// Whether the backend answers (for `/readyz`).
+    fn health(&self) -> Result<(), String>;
 }
