@@ -164,6 +164,7 @@ fn admit_inner(
         ctx.store.as_ref(),
         ctx.request_id,
     )?;
+    let mut prepared = prepared;
     let grant = match ctx.store.admit(&prepared.request, false) {
         Ok(g) => g,
         Err(refusal) => {
@@ -171,6 +172,8 @@ fn admit_inner(
                 && ctx.settings.state.on_unavailable == crate::config::OnUnavailable::FailOpen
             {
                 tracing::error!(error = %why, "state backend unavailable: admitting without limits (fail_open)");
+                // Nothing was taken, so there is nothing to give back.
+                prepared.request.slots.clear();
                 Grant {
                     reservation: None,
                     remaining_credits: None,
