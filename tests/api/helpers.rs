@@ -85,29 +85,31 @@ impl MockVidu {
         let (rec, resp) = (received.clone(), responder.clone());
         let server = HttpServer::new(move || {
             let (rec, resp) = (rec.clone(), resp.clone());
-            App::new().default_service(web::to(move |req: HttpRequest, body: Bytes| {
-                let (rec, resp) = (rec.clone(), resp.clone());
-                async move {
-                    let r = Recorded {
-                        method: req.method().to_string(),
-                        path: req.uri().to_string(),
-                        headers: req
-                            .headers()
-                            .iter()
-                            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
-                            .collect(),
-                        body,
-                    };
-                    let reply = (resp.lock().unwrap().clone())(&r);
-                    rec.lock().unwrap().push(r);
-                    if !reply.delay.is_zero() {
-                        actix_web::rt::time::sleep(reply.delay).await;
+            App::new()
+                .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
+                .default_service(web::to(move |req: HttpRequest, body: Bytes| {
+                    let (rec, resp) = (rec.clone(), resp.clone());
+                    async move {
+                        let r = Recorded {
+                            method: req.method().to_string(),
+                            path: req.uri().to_string(),
+                            headers: req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                                .collect(),
+                            body,
+                        };
+                        let reply = (resp.lock().unwrap().clone())(&r);
+                        rec.lock().unwrap().push(r);
+                        if !reply.delay.is_zero() {
+                            actix_web::rt::time::sleep(reply.delay).await;
+                        }
+                        HttpResponse::build(StatusCode::from_u16(reply.status).unwrap())
+                            .content_type("application/json")
+                            .body(reply.body)
                     }
-                    HttpResponse::build(StatusCode::from_u16(reply.status).unwrap())
-                        .content_type("application/json")
-                        .body(reply.body)
-                }
-            }))
+                }))
         })
         .workers(1)
         .listen(listener)

@@ -1,1 +1,1557 @@
-//! Issue 4 through HTTP (being written).
+//! Issue 4 through HTTP: every img2video rule of the model catalog at its boundary. The last valid value passes and
+//! is forwarded byte-for-byte; the first invalid one is a 400 whose `metadata.fields` names the field, the fine
+//! reason and what to change, and nothing reaches the mock Vidu. Also: real hand-built PNG/JPEG/WebP data URIs,
+//! both `validation.unknown_fields` modes, a catalog edited in config, the credit estimate and the quote.
+
+use actix_web::http::StatusCode;
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const IMG: &str = "https://example.com/first-frame.png";
+const CREATE: &str = "/ent/v2/img2video";
+const QUOTE: &str = "/gateway/v1/img2video/quote";
+
+/// The seed catalog (config/default.toml): model, duration range, resolutions.
+const SEED_MODELS: &[(&str, i64, i64, &[&str])] = &[
+    ("viduq2", 1, 10, &["540p", "720p", "1080p"]),
+    ("viduq1", 5, 5, &["1080p"]),
+    ("viduq3-turbo", 1, 16, &["540p", "720p", "1080p"]),
+    ("viduq3-pro", 1, 16, &["540p", "720p", "1080p"]),
+];
+
+type Headers = Vec<(String, String)>;
+
+/// One violation as the caller sees it: (field, reason, message).
+type Violation = (String, String, String);
+
+/// A gateway (base config + `extra`) in front of its own recording mock Vidu, and a user's token.
+struct Gw {
+    mock: MockVidu,
+    app: TestApp,
+    token: String,
+}
+
+impl Gw {
+    async fn start() -> Self {
+        Self::with_config("").await
+    }
+
+    async fn with_config(extra: &str) -> Self {
+        let mock = MockVidu::start().await;
+        let app = TestApp::spawn(&format!("{}\n{extra}", base_config(&mock.url))).await;
+        let token = app.token("vera", "video");
+        Self { mock, app, token }
+    }
+
+    /// The bodies Vidu received, in order.
+    fn bodies(&self) -> Vec<Bytes> {
+        self.mock.received().into_iter().map(|r| r.body).collect()
+    }
+
+    async fn create(&self, body: &str) -> (StatusCode, Headers, Value) {
+        self.app.post(CREATE, &self.token, body.to_owned()).await
+    }
+
+    async fn quote(&self, body: &str) -> (StatusCode, Headers, Value) {
+        self.app.post(QUOTE, &self.token, body.to_owned()).await
+    }
+
+    fn forwarded(&self) -> usize {
+        self.bodies().len()
+    }
+
+    /// 200, forwarded once: what Vidu received, and the gateway's response headers.
+    async fn expect_forwarded(&self, body: &str) -> (Bytes, Headers) {
+        let before = self.forwarded();
+        let (status, headers, answer) = self.create(body).await;
+        assert_eq!(status, StatusCode::OK, "{} -> {answer}", short(body));
+        let got = self.bodies();
+        assert_eq!(got.len(), before + 1, "forwarded once: {}", short(body));
+        (got[before].clone(), headers)
+    }
+
+    /// 200, and Vidu received exactly the caller's bytes.
+    async fn expect_ok(&self, body: impl ToString) -> Headers {
+        let body = body.to_string();
+        let (received, headers) = self.expect_forwarded(&body).await;
+        assert!(
+            received == body.as_bytes(),
+            "not forwarded byte-for-byte: {}",
+            short(&body)
+        );
+        headers
+    }
+
+    /// 400 with `top` as the envelope's reason and a (`field`, `reason`) entry in `metadata.fields`, nothing
+    /// forwarded. Returns that entry's message.
+    async fn expect_refused(
+        &self,
+        body: impl ToString,
+        top: &str,
+        field: &str,
+        reason: &str,
+    ) -> String {
+        let body = body.to_string();
+        let (got_top, fields) = self.refusal(&body).await;
+        assert_eq!(got_top, top, "{fields:?} for {}", short(&body));
+        fields
+            .iter()
+            .find(|(f, r, _)| f == field && r == reason)
+            .map(|(_, _, m)| m.clone())
+            .unwrap_or_else(|| panic!("no {field}/{reason} in {fields:?} for {}", short(&body)))
+    }
+
+    /// A 400 validation refusal in the envelope: its top-level reason and every violation. Asserts that nothing
+    /// was forwarded and that the top-level message names every field at fault.
+    async fn refusal(&self, body: &str) -> (String, Vec<Violation>) {
+        let before = self.forwarded();
+        let (status, headers, answer) = self.create(body).await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{} -> {answer}",
+            short(body)
+        );
+        let top = answer["reason"].as_str().unwrap().to_owned();
+        assert_envelope(status, &headers, &answer, &top);
+        assert_eq!(
+            self.forwarded(),
+            before,
+            "refused, yet forwarded: {}",
+            short(body)
+        );
+        let fields = violations(&answer["metadata"]["fields"]);
+        assert!(!fields.is_empty(), "{answer}");
+        let message = answer["message"].as_str().unwrap();
+        for (field, _, m) in &fields {
+            assert!(!m.is_empty(), "{answer}");
+            assert!(message.contains(field.as_str()), "{message} names {field}");
+        }
+        (top, fields)
+    }
+}
+
+fn violations(fields: &Value) -> Vec<Violation> {
+    let s = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    fields
+        .as_array()
+        .unwrap_or_else(|| panic!("no fields array: {fields}"))
+        .iter()
+        .map(|f| (s(f, "field"), s(f, "reason"), s(f, "message")))
+        .collect()
+}
+
+/// At most 160 characters of a body, for assertion messages (some bodies are megabytes).
+fn short(body: &str) -> String {
+    let mut s: String = body.chars().take(160).collect();
+    if s.len() < body.len() {
+        s.push('…');
+    }
+    s
+}
+
+fn assert_says(message: &str, fragments: &[&str]) {
+    for f in fragments {
+        assert!(message.contains(f), "{message:?} should say {f:?}");
+    }
+}
+
+/// `{"model": model, "images": [IMG]}` plus the members of `extra` (which may override both).
+fn req(model: &str, extra: Value) -> Value {
+    let mut v = json!({"model": model, "images": [IMG]});
+    for (k, val) in extra.as_object().unwrap() {
+        v[k] = val.clone();
+    }
+    v
+}
+
+/// A viduq2 body whose `field` holds the raw JSON text `raw` (replacing `model` or `images` when named).
+fn with_raw(field: &str, raw: &str) -> String {
+    match field {
+        "model" => format!(r#"{{"images":["{IMG}"],"model":{raw}}}"#),
+        "images" => format!(r#"{{"model":"viduq2","images":{raw}}}"#),
+        _ => format!(r#"{{"model":"viduq2","images":["{IMG}"],"{field}":{raw}}}"#),
+    }
+}
+
+fn credits_header(headers: &[(String, String)]) -> u64 {
+    header(headers, "x-credits-estimated")
+        .expect("X-Credits-Estimated on a create")
+        .parse()
+        .unwrap()
+}
+
+/// Top-level members as (decoded key, raw value text), in body order.
+fn members(body: &[u8]) -> Vec<(String, String)> {
+    struct Members(Vec<(String, String)>);
+    impl<'de> Deserialize<'de> for Members {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Members;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some(k) = map.next_key::<String>()? {
+                        let v: Box<RawValue> = map.next_value()?;
+                        out.push((k, v.get().to_owned()));
+                    }
+                    Ok(Members(out))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    serde_json::from_slice::<Members>(body).unwrap().0
+}
+
+// -------------------------------------------------------------------------------------------------------------
+// Hand-built images: just the header bytes `imagesize` and the magic-byte checks read.
+
+fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    out.extend_from_slice(&u32::try_from(data.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(kind);
+    out.extend_from_slice(data);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(kind);
+    crc.update(data);
+    out.extend_from_slice(&crc.finalize().to_be_bytes());
+}
+
+/// PNG signature, IHDR (8-bit RGB) with a correct CRC, `idat` bytes of IDAT, IEND.
+fn png_with(width: u32, height: u32, idat: &[u8]) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = width.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    png_chunk(&mut out, b"IHDR", &ihdr);
+    if !idat.is_empty() {
+        png_chunk(&mut out, b"IDAT", idat);
+    }
+    png_chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+fn png(width: u32, height: u32) -> Vec<u8> {
+    png_with(width, height, &[])
+}
+
+/// SOI, `filler` bytes of APP1 (EXIF-like) segments, SOF0 (baseline, 3 components) with the dimensions, EOI.
+fn jpeg_with_metadata(width: u32, height: u32, filler: usize) -> Vec<u8> {
+    let (w, h) = (
+        u16::try_from(width).unwrap(),
+        u16::try_from(height).unwrap(),
+    );
+    let mut out = vec![0xFF, 0xD8];
+    let mut left = filler;
+    while left > 0 {
+        let n = left.min(60_000);
+        out.extend_from_slice(&[0xFF, 0xE1]);
+        out.extend_from_slice(&u16::try_from(n + 2).unwrap().to_be_bytes());
+        out.extend(std::iter::repeat_n(b' ', n));
+        left -= n;
+    }
+    out.extend_from_slice(&[0xFF, 0xC0, 0x00, 0x11, 0x08]);
+    out.extend_from_slice(&h.to_be_bytes());
+    out.extend_from_slice(&w.to_be_bytes());
+    out.extend_from_slice(&[3, 1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1]);
+    out.extend_from_slice(&[0xFF, 0xD9]);
+    out
+}
+
+fn jpeg(width: u32, height: u32) -> Vec<u8> {
+    jpeg_with_metadata(width, height, 0)
+}
+
+/// RIFF/WEBP with a VP8X chunk: 24-bit little-endian width − 1 and height − 1.
+fn webp(width: u32, height: u32) -> Vec<u8> {
+    let mut body = b"WEBPVP8X".to_vec();
+    body.extend_from_slice(&10u32.to_le_bytes());
+    body.extend_from_slice(&[0, 0, 0, 0]);
+    body.extend_from_slice(&(width - 1).to_le_bytes()[..3]);
+    body.extend_from_slice(&(height - 1).to_le_bytes()[..3]);
+    let mut out = b"RIFF".to_vec();
+    out.extend_from_slice(&u32::try_from(body.len()).unwrap().to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn data_uri(media: &str, bytes: &[u8]) -> String {
+    format!("data:{media};base64,{}", b64(bytes))
+}
+
+fn image_req(image: &str) -> Value {
+    json!({"model": "viduq2", "images": [image]})
+}
+
+type Builder = fn(u32, u32) -> Vec<u8>;
+
+const FORMATS: &[(&str, &str, Builder)] = &[
+    ("PNG", "image/png", png),
+    ("JPEG", "image/jpeg", jpeg),
+    ("WebP", "image/webp", webp),
+];
+
+// -------------------------------------------------------------------------------------------------------------
+// Per-model boundaries.
+
+#[actix_web::test]
+async fn a_prompt_of_2000_characters_passes_on_every_model_and_2001_is_refused_counting_characters_not_bytes()
+ {
+    let gw = Gw::start().await;
+    for &(model, ..) in SEED_MODELS {
+        for ch in ["x", "字", "🐱"] {
+            gw.expect_ok(req(model, json!({"prompt": ch.repeat(2000)})))
+                .await;
+            let msg = gw
+                .expect_refused(
+                    req(model, json!({"prompt": ch.repeat(2001)})),
+                    "FieldInvalid",
+                    "prompt",
+                    "TooLong",
+                )
+                .await;
+            assert_says(
+                &msg,
+                &[
+                    &format!("{model} allows at most 2000 characters"),
+                    "got 2001",
+                    "shorten",
+                ],
+            );
+        }
+    }
+}
+
+#[actix_web::test]
+async fn json_escaped_prompt_characters_count_once_decoded() {
+    let gw = Gw::start().await;
+    // 字 as \u5b57 (6 bytes of JSON), 🐱 as a surrogate pair (12 bytes), a newline as \n.
+    for unit in [r"\u5b57", r"\ud83d\udc31", r"\n"] {
+        let body = |n: usize| {
+            format!(
+                r#"{{"model":"viduq2","images":["{IMG}"],"prompt":"{}"}}"#,
+                unit.repeat(n)
+            )
+        };
+        gw.expect_ok(body(2000)).await;
+        gw.expect_refused(body(2001), "FieldInvalid", "prompt", "TooLong")
+            .await;
+    }
+}
+
+#[actix_web::test]
+async fn a_payload_of_1_048_576_characters_passes_and_one_more_is_refused() {
+    let gw = Gw::start().await;
+    for ch in ["x", "é"] {
+        gw.expect_ok(req("viduq2", json!({"payload": ch.repeat(1_048_576)})))
+            .await;
+        let msg = gw
+            .expect_refused(
+                req("viduq2", json!({"payload": ch.repeat(1_048_577)})),
+                "FieldInvalid",
+                "payload",
+                "TooLong",
+            )
+            .await;
+        assert_says(&msg, &["at most 1048576 characters", "got 1048577"]);
+    }
+}
+
+#[actix_web::test]
+async fn duration_passes_at_each_models_min_and_max_and_is_refused_one_past() {
+    let gw = Gw::start().await;
+    for &(model, min, max, _) in SEED_MODELS {
+        for d in [min, max] {
+            gw.expect_ok(req(model, json!({"duration": d}))).await;
+        }
+        let allowed = if min == max {
+            format!("{model} allows only {min} seconds")
+        } else {
+            format!("{model} allows {min}..={max} seconds")
+        };
+        let mut refused = vec![0, -1, max + 1];
+        if min > 1 {
+            refused.push(min - 1);
+        }
+        for d in refused {
+            let msg = gw
+                .expect_refused(
+                    req(model, json!({"duration": d})),
+                    "FieldInvalid",
+                    "duration",
+                    "OutOfRange",
+                )
+                .await;
+            assert_eq!(msg, format!("{allowed}, got {d}"));
+        }
+    }
+}
+
+#[actix_web::test]
+async fn viduq1_runs_only_5_second_1080p_tasks() {
+    let gw = Gw::start().await;
+    gw.expect_ok(req("viduq1", json!({"duration": 5, "resolution": "1080p"})))
+        .await;
+    gw.expect_ok(req("viduq1", json!({}))).await;
+    for d in [4, 6] {
+        let msg = gw
+            .expect_refused(
+                req("viduq1", json!({"duration": d, "resolution": "1080p"})),
+                "FieldInvalid",
+                "duration",
+                "OutOfRange",
+            )
+            .await;
+        assert_eq!(msg, format!("viduq1 allows only 5 seconds, got {d}"));
+    }
+    let msg = gw
+        .expect_refused(
+            req("viduq1", json!({"duration": 5, "resolution": "720p"})),
+            "FieldInvalid",
+            "resolution",
+            "NotAllowed",
+        )
+        .await;
+    assert_eq!(msg, "viduq1 allows resolution 1080p, got \"720p\"");
+    let (_, fields) = gw
+        .refusal(&req("viduq1", json!({"duration": 10, "resolution": "540p"})).to_string())
+        .await;
+    assert_eq!(fields.len(), 2, "both problems at once: {fields:?}");
+}
+
+#[actix_web::test]
+async fn each_offered_resolution_passes_per_model_and_any_other_is_refused_listing_the_offer() {
+    let gw = Gw::start().await;
+    for &(model, _, _, resolutions) in SEED_MODELS {
+        for r in resolutions {
+            gw.expect_ok(req(model, json!({"resolution": r}))).await;
+        }
+        for r in ["540p", "720p", "1080p", "4k", "360p", ""] {
+            if resolutions.contains(&r) {
+                continue;
+            }
+            let msg = gw
+                .expect_refused(
+                    req(model, json!({"resolution": r})),
+                    "FieldInvalid",
+                    "resolution",
+                    "NotAllowed",
+                )
+                .await;
+            assert_eq!(
+                msg,
+                format!(
+                    "{model} allows resolution {}, got \"{r}\"",
+                    resolutions.join(", ")
+                )
+            );
+        }
+    }
+}
+
+#[actix_web::test]
+async fn wm_position_accepts_1_to_4_on_every_model() {
+    let gw = Gw::start().await;
+    for &(model, ..) in SEED_MODELS {
+        for p in 1..=4 {
+            gw.expect_ok(req(model, json!({"watermark": true, "wm_position": p})))
+                .await;
+        }
+        for p in [0, 5, -1] {
+            let msg = gw
+                .expect_refused(
+                    req(model, json!({"wm_position": p})),
+                    "FieldInvalid",
+                    "wm_position",
+                    "OutOfRange",
+                )
+                .await;
+            assert_says(
+                &msg,
+                &["1 (top-left)", "4 (bottom-left)", &format!("got {p}")],
+            );
+        }
+    }
+}
+
+#[actix_web::test]
+async fn seed_accepts_0_to_2147483647_on_every_model() {
+    let gw = Gw::start().await;
+    for &(model, ..) in SEED_MODELS {
+        for s in [0, 1, 2_147_483_647] {
+            gw.expect_ok(req(model, json!({"seed": s}))).await;
+        }
+        for raw in [
+            "-1",
+            "2147483648",
+            "99999999999999999999999",
+            "-99999999999999999999999",
+        ] {
+            let body = format!(r#"{{"model":"{model}","images":["{IMG}"],"seed":{raw}}}"#);
+            let msg = gw
+                .expect_refused(body, "FieldInvalid", "seed", "OutOfRange")
+                .await;
+            assert_says(&msg, &["0..=2147483647"]);
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------------------------------
+// Types, enums, strings.
+
+#[actix_web::test]
+async fn json_types_are_strict_and_the_message_names_the_expected_type() {
+    let gw = Gw::start().await;
+    let cases: &[(&str, &str, &str, &[&str])] = &[
+        (
+            "duration",
+            r#""5""#,
+            "duration",
+            &["expected an integer", "send 5 without quotes"],
+        ),
+        (
+            "duration",
+            "5.0",
+            "duration",
+            &["expected an integer", "whole number"],
+        ),
+        ("duration", "5e0", "duration", &["expected an integer"]),
+        ("duration", "true", "duration", &["expected an integer"]),
+        ("duration", "[5]", "duration", &["expected an integer"]),
+        (
+            "seed",
+            r#""42""#,
+            "seed",
+            &["expected an integer", "send 42 without quotes"],
+        ),
+        ("seed", "1.5", "seed", &["expected an integer"]),
+        (
+            "wm_position",
+            r#""2""#,
+            "wm_position",
+            &["expected an integer"],
+        ),
+        (
+            "wm_position",
+            "2.0",
+            "wm_position",
+            &["expected an integer"],
+        ),
+        (
+            "off_peak",
+            r#""true""#,
+            "off_peak",
+            &["expected a boolean", "send true without quotes"],
+        ),
+        ("watermark", "1", "watermark", &["expected a boolean"]),
+        (
+            "audio",
+            r#""false""#,
+            "audio",
+            &["expected a boolean", "send false without quotes"],
+        ),
+        ("is_rec", r#""yes""#, "is_rec", &["expected a boolean"]),
+        ("bgm", "0", "bgm", &["expected a boolean"]),
+        ("prompt", "5", "prompt", &["expected a string"]),
+        ("payload", r#"{"ref":1}"#, "payload", &["expected a string"]),
+        ("resolution", "720", "resolution", &["expected a string"]),
+        (
+            "movement_amplitude",
+            "true",
+            "movement_amplitude",
+            &["expected a string"],
+        ),
+        ("voice_id", "1", "voice_id", &["expected a string"]),
+        ("audio_type", "[]", "audio_type", &["expected a string"]),
+        ("wm_url", "5", "wm_url", &["expected a string"]),
+        (
+            "callback_url",
+            "false",
+            "callback_url",
+            &["expected a string"],
+        ),
+        ("model", "2", "model", &["expected a string"]),
+        (
+            "meta_data",
+            r#"{"Label":"x"}"#,
+            "meta_data",
+            &[
+                "a string holding a JSON object",
+                "serialised as a JSON string",
+            ],
+        ),
+        (
+            "images",
+            &format!("\"{IMG}\""),
+            "images",
+            &["expected an array", "wrap it"],
+        ),
+        (
+            "images",
+            r#"{"0":"https://example.com/a.png"}"#,
+            "images",
+            &["expected an array"],
+        ),
+        ("images", "[5]", "images[0]", &["expected a string"]),
+        ("images", "[null]", "images[0]", &["expected a string"]),
+    ];
+    for (field, raw, path, fragments) in cases {
+        let msg = gw
+            .expect_refused(with_raw(field, raw), "FieldInvalid", path, "WrongType")
+            .await;
+        assert_says(&msg, fragments);
+    }
+}
+
+#[actix_web::test]
+async fn movement_amplitude_and_audio_type_take_only_their_documented_values() {
+    let gw = Gw::start().await;
+    for v in ["auto", "small", "medium", "large"] {
+        gw.expect_ok(req("viduq3-pro", json!({"movement_amplitude": v})))
+            .await;
+    }
+    for v in ["huge", "Auto", ""] {
+        let msg = gw
+            .expect_refused(
+                req("viduq3-pro", json!({"movement_amplitude": v})),
+                "FieldInvalid",
+                "movement_amplitude",
+                "NotAllowed",
+            )
+            .await;
+        assert_says(
+            &msg,
+            &["auto, small, medium, large", &format!("got \"{v}\"")],
+        );
+    }
+    for v in ["all", "speech_only", "sound_effect_only"] {
+        gw.expect_ok(req(
+            "viduq3-pro",
+            json!({"audio_type": v, "bgm": true, "voice_id": "v1"}),
+        ))
+        .await;
+    }
+    for v in ["music", "ALL", ""] {
+        let msg = gw
+            .expect_refused(
+                req("viduq3-pro", json!({"audio_type": v})),
+                "FieldInvalid",
+                "audio_type",
+                "NotAllowed",
+            )
+            .await;
+        assert_says(&msg, &["all, speech_only, sound_effect_only"]);
+    }
+}
+
+#[actix_web::test]
+async fn meta_data_must_be_a_string_holding_a_json_object() {
+    let gw = Gw::start().await;
+    for v in [
+        r#"{"Label":"your_label","ContentProducer":"team","ProduceID":"1"}"#,
+        "{}",
+        "",
+    ] {
+        gw.expect_ok(req("viduq2", json!({"meta_data": v}))).await;
+    }
+    for v in [
+        "{",
+        "[1,2]",
+        "\"Label\"",
+        "null",
+        "42",
+        "{\"a\":1} trailing",
+    ] {
+        let msg = gw
+            .expect_refused(
+                req("viduq2", json!({"meta_data": v})),
+                "FieldInvalid",
+                "meta_data",
+                "InvalidJson",
+            )
+            .await;
+        assert_says(&msg, &["meta_data must be a string holding a JSON object"]);
+    }
+    let msg = gw
+        .expect_refused(
+            req("viduq2", json!({"meta_data": {"Label": "x"}})),
+            "FieldInvalid",
+            "meta_data",
+            "WrongType",
+        )
+        .await;
+    assert_says(&msg, &["got an object", "serialised as a JSON string"]);
+}
+
+#[actix_web::test]
+async fn wm_url_and_callback_url_must_be_absolute_http_urls() {
+    let gw = Gw::start().await;
+    for field in ["wm_url", "callback_url"] {
+        for v in [
+            "https://example.com/wm.png",
+            "http://127.0.0.1:8080/vidu/callback?name=james&age=36",
+            "",
+        ] {
+            // callback_url may be relayed by the gateway (REFERENCE.md): only require that it is forwarded.
+            gw.expect_forwarded(&req("viduq2", json!({field: v})).to_string())
+                .await;
+        }
+        for v in [
+            "ftp://example.com/wm.png",
+            "file:///etc/passwd",
+            "javascript:alert(1)",
+            "/relative/path.png",
+            "example.com/wm.png",
+            "http://",
+            "https://exa mple.com/wm.png",
+            "mailto:ops@example.com",
+        ] {
+            let msg = gw
+                .expect_refused(
+                    req("viduq2", json!({field: v})),
+                    "FieldInvalid",
+                    field,
+                    "InvalidUrl",
+                )
+                .await;
+            assert_says(&msg, &["absolute http(s) URL"]);
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------------------------------
+// model and images.
+
+#[actix_web::test]
+async fn model_and_images_are_required_and_an_unknown_model_is_answered_with_the_catalog() {
+    let gw = Gw::start().await;
+    let msg = gw
+        .expect_refused(json!({"images": [IMG]}), "FieldLacking", "model", "Missing")
+        .await;
+    assert_says(&msg, &["viduq1", "viduq2", "viduq3-turbo", "viduq3-pro"]);
+    let msg = gw
+        .expect_refused(
+            json!({"model": "viduq2"}),
+            "FieldLacking",
+            "images",
+            "Missing",
+        )
+        .await;
+    assert_says(&msg, &["images is required", "http(s) URL", "data:image/"]);
+    let (top, fields) = gw.refusal("{}").await;
+    assert_eq!(top, "FieldLacking");
+    let got: Vec<_> = fields
+        .iter()
+        .map(|(f, r, _)| (f.as_str(), r.as_str()))
+        .collect();
+    assert_eq!(got, [("model", "Missing"), ("images", "Missing")]);
+
+    for unknown in ["viduq9", "VIDUQ2", "viduq3-pro-fast", ""] {
+        let msg = gw
+            .expect_refused(
+                req(unknown, json!({})),
+                "FieldInvalid",
+                "model",
+                "NotInCatalog",
+            )
+            .await;
+        assert_says(
+            &msg,
+            &[
+                &format!("unknown model \"{unknown}\""),
+                "viduq1",
+                "viduq2",
+                "viduq3-pro",
+                "viduq3-turbo",
+            ],
+        );
+    }
+}
+
+#[actix_web::test]
+async fn images_must_hold_exactly_one_entry() {
+    let gw = Gw::start().await;
+    for images in [json!([]), json!([IMG, IMG]), json!([IMG, null, IMG])] {
+        let n = images.as_array().unwrap().len();
+        let msg = gw
+            .expect_refused(
+                json!({"model": "viduq2", "images": images}),
+                "FieldItemCountOutOfRange",
+                "images",
+                "CountOutOfRange",
+            )
+            .await;
+        assert_eq!(msg, format!("images must hold exactly 1 image, got {n}"));
+    }
+}
+
+#[actix_web::test]
+async fn an_image_is_an_http_url_or_a_base64_image_data_uri() {
+    let gw = Gw::start().await;
+    for ok in [
+        IMG,
+        "http://cdn.example.com/a.jpg?sig=abc&x=1",
+        "HTTPS://EXAMPLE.COM/A.PNG",
+    ] {
+        gw.expect_ok(image_req(ok)).await;
+    }
+    let png_b64 = b64(&png(100, 100));
+    let cases: Vec<(String, &str)> = vec![
+        (
+            "ftp://example.com/a.png".into(),
+            "\"ftp:\" URL is not accepted",
+        ),
+        ("file:///tmp/a.png".into(), "\"file:\" URL is not accepted"),
+        (
+            "javascript:alert(1)".into(),
+            "\"javascript:\" URL is not accepted",
+        ),
+        ("mailto:a@example.com".into(), "not accepted"),
+        ("example.com/a.png".into(), "http(s) URL"),
+        ("//example.com/a.png".into(), "http(s) URL"),
+        ("".into(), "empty string"),
+        ("http://".into(), "http(s) URL"),
+        ("https://example.com/a b.png".into(), "percent-encode"),
+        (png_b64.clone(), "prefix it with \"data:image/png;base64,\""),
+        ("data:text/plain;base64,aGVsbG8=".into(), "not an image"),
+        (
+            "data:image/gif;base64,R0lGODlhAQABAAAAACw=".into(),
+            "image/gif is not accepted",
+        ),
+        ("data:image/svg+xml;base64,PHN2Zz4=".into(), "not accepted"),
+        (format!("data:image/png,{png_b64}"), "\";base64\""),
+        (
+            format!("data:image/png;charset=utf-8;base64,{png_b64}"),
+            "parameters",
+        ),
+        (format!("data:,{png_b64}"), "not an image"),
+        ("data:image/png;base64,".into(), "no base64 data"),
+    ];
+    for (image, fragment) in &cases {
+        let msg = gw
+            .expect_refused(
+                image_req(image),
+                "ImageFormatInvalid",
+                "images[0]",
+                "ImageInvalid",
+            )
+            .await;
+        assert_says(&msg, &[fragment]);
+    }
+}
+
+// -------------------------------------------------------------------------------------------------------------
+// Real images.
+
+#[actix_web::test]
+async fn png_jpeg_and_webp_pass_up_to_4_to_1_either_way_and_are_refused_just_beyond() {
+    let gw = Gw::start().await;
+    for &(_, media, build) in FORMATS {
+        for (w, h) in [(400, 100), (100, 400), (4000, 1000), (1, 1), (1024, 576)] {
+            gw.expect_ok(image_req(&data_uri(media, &build(w, h))))
+                .await;
+        }
+        for (w, h) in [(401, 100), (100, 401), (4001, 1000), (1000, 4001)] {
+            let msg = gw
+                .expect_refused(
+                    image_req(&data_uri(media, &build(w, h))),
+                    "ImageFormatInvalid",
+                    "images[0]",
+                    "ImageInvalid",
+                )
+                .await;
+            assert_says(&msg, &[&format!("{w}x{h}"), "1:4 to 4:1"]);
+        }
+    }
+}
+
+#[actix_web::test]
+async fn a_jpeg_whose_dimensions_follow_150_kb_of_metadata_is_still_measured() {
+    let gw = Gw::start().await;
+    gw.expect_ok(image_req(&data_uri(
+        "image/jpeg",
+        &jpeg_with_metadata(400, 100, 150_000),
+    )))
+    .await;
+    let msg = gw
+        .expect_refused(
+            image_req(&data_uri(
+                "image/jpeg",
+                &jpeg_with_metadata(401, 100, 150_000),
+            )),
+            "ImageFormatInvalid",
+            "images[0]",
+            "ImageInvalid",
+        )
+        .await;
+    assert_says(&msg, &["401x100"]);
+}
+
+#[actix_web::test]
+async fn the_declared_media_type_must_match_the_real_format() {
+    let gw = Gw::start().await;
+    gw.expect_ok(image_req(&data_uri("image/jpg", &jpeg(640, 480))))
+        .await;
+    gw.expect_ok(image_req(&data_uri("IMAGE/PNG", &png(640, 480))))
+        .await;
+    for &(real, real_media, build) in FORMATS {
+        for &(_, declared, _) in FORMATS {
+            if declared == real_media {
+                continue;
+            }
+            let msg = gw
+                .expect_refused(
+                    image_req(&data_uri(declared, &build(640, 480))),
+                    "ImageFormatInvalid",
+                    "images[0]",
+                    "ImageInvalid",
+                )
+                .await;
+            assert_says(
+                &msg,
+                &[
+                    &format!("declared {declared}"),
+                    &format!("a {real} image"),
+                    &format!("data:{real_media};base64,"),
+                ],
+            );
+        }
+    }
+}
+
+#[actix_web::test]
+async fn corrupted_base64_and_non_images_are_refused_with_the_problem_named() {
+    let gw = Gw::start().await;
+    let good = b64(&png(200, 100));
+    assert!(good.len() > 40 && good.len().is_multiple_of(4));
+    let replace = |i: usize, c: &str| format!("{}{c}{}", &good[..i], &good[i + 1..]);
+    let gif = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff\x00\x00\x00";
+    let cases: Vec<(String, &str)> = vec![
+        (replace(20, "!"), "invalid character '!' at position 20"),
+        (replace(20, "-"), "URL-safe"),
+        (replace(20, "_"), "URL-safe"),
+        (replace(20, "\n"), "line break"),
+        (replace(20, " "), "line break or space"),
+        (good[..good.len() - 1].to_owned(), "not a multiple of 4"),
+        (format!("{}{}", b64(b"ab"), good), "'=' at position"),
+        (format!("{good}===="), "padding"),
+        (b64(&[0u8; 30]), "not a PNG, JPEG or WebP"),
+        (b64(gif), "GIF"),
+        (b64(&png(200, 100)[..20]), "PNG"),
+        (b64(&[0xFF, 0xD8, 0xFF, 0xC0, 0x00]), "JPEG"),
+    ];
+    for (data, fragment) in &cases {
+        let msg = gw
+            .expect_refused(
+                image_req(&format!("data:image/png;base64,{data}")),
+                "ImageFormatInvalid",
+                "images[0]",
+                "ImageInvalid",
+            )
+            .await;
+        assert_says(&msg, &[fragment]);
+    }
+    // A zero dimension is no image either.
+    let msg = gw
+        .expect_refused(
+            image_req(&data_uri("image/png", &png(0, 100))),
+            "ImageFormatInvalid",
+            "images[0]",
+            "ImageInvalid",
+        )
+        .await;
+    assert_says(&msg, &["non-zero"]);
+}
+
+#[actix_web::test]
+async fn a_valid_data_uri_request_is_forwarded_byte_for_byte() {
+    let gw = Gw::start().await;
+    // 300 KB of 0xFF image data: its base64 is full of '/', sent once plain and once JSON-escaped as "\/".
+    let image = data_uri("image/png", &png_with(1280, 720, &[0xFF; 300_000]));
+    assert!(image.contains('/'));
+    let plain = format!(
+        concat!(
+            "{{ \"prompt\":\"caf\\u00e9 \u{1F431}\",\n  \"images\" : [\"{image}\"],\"model\":\"viduq3-pro\" , ",
+            "\"duration\":16,\"resolution\":\"1080p\",\"audio\":false,\"off_peak\":true}}\n"
+        ),
+        image = image
+    );
+    let headers = gw.expect_ok(&plain).await;
+    assert_eq!(credits_header(&headers), 192, "ceil(24 × 16 × 0.5)");
+    let escaped = plain.replace(&image, &image.replace('/', "\\/"));
+    assert_ne!(escaped, plain);
+    gw.expect_ok(&escaped).await;
+    let (_, _, quote) = gw.quote(&escaped).await;
+    assert_eq!(
+        quote["image"],
+        json!({"kind": "data_uri", "format": "png", "width": 1280, "height": 720,
+               "decoded_bytes": png_with(1280, 720, &[0xFF; 300_000]).len()}),
+        "{quote}"
+    );
+}
+
+// -------------------------------------------------------------------------------------------------------------
+// Cross-field rule, nulls, unknown fields, several problems.
+
+#[actix_web::test]
+async fn off_peak_with_audio_is_refused_where_the_model_cannot_do_both_and_the_message_says_send_audio_false()
+ {
+    let gw = Gw::start().await;
+    let refused: &[(&str, Value, &str)] = &[
+        (
+            "viduq3-pro",
+            json!({"off_peak": true}),
+            "audio is on by default",
+        ),
+        (
+            "viduq3-pro",
+            json!({"off_peak": true, "audio": null}),
+            "audio is on by default",
+        ),
+        (
+            "viduq3-pro",
+            json!({"off_peak": true, "audio": true}),
+            "you sent \"audio\": true",
+        ),
+        (
+            "viduq3-turbo",
+            json!({"off_peak": true}),
+            "audio is on by default",
+        ),
+        (
+            "viduq2",
+            json!({"off_peak": true, "audio": true}),
+            "you sent \"audio\": true",
+        ),
+        (
+            "viduq1",
+            json!({"off_peak": true, "audio": true}),
+            "you sent \"audio\": true",
+        ),
+    ];
+    for (model, extra, why) in refused {
+        let msg = gw
+            .expect_refused(
+                req(model, extra.clone()),
+                "FieldInvalid",
+                "off_peak",
+                "Conflict",
+            )
+            .await;
+        assert_says(&msg, &["send \"audio\": false", *model, *why]);
+    }
+    for (model, extra) in [
+        ("viduq3-pro", json!({"off_peak": true, "audio": false})),
+        ("viduq3-pro", json!({"off_peak": false})),
+        ("viduq3-pro", json!({"audio": true})),
+        ("viduq3-turbo", json!({"off_peak": true, "audio": false})),
+        ("viduq2", json!({"off_peak": true})),
+        ("viduq1", json!({"off_peak": true})),
+    ] {
+        gw.expect_ok(req(model, extra)).await;
+    }
+    // An ill-typed audio is reported as such, without a cascade into the cross-field rule.
+    let (top, fields) = gw
+        .refusal(&req("viduq3-pro", json!({"off_peak": true, "audio": "false"})).to_string())
+        .await;
+    assert_eq!(top, "FieldInvalid");
+    let got: Vec<_> = fields
+        .iter()
+        .map(|(f, r, _)| (f.as_str(), r.as_str()))
+        .collect();
+    assert_eq!(got, [("audio", "WrongType")]);
+}
+
+#[actix_web::test]
+async fn json_null_counts_as_absent_and_is_forwarded_unchanged() {
+    let gw = Gw::start().await;
+    let mut body = format!(r#"{{"model":"viduq3-turbo","images":["{IMG}"]"#);
+    for field in [
+        "prompt",
+        "duration",
+        "seed",
+        "resolution",
+        "movement_amplitude",
+        "payload",
+        "off_peak",
+        "watermark",
+        "wm_position",
+        "wm_url",
+        "meta_data",
+        "callback_url",
+        "audio",
+        "voice_id",
+        "is_rec",
+        "bgm",
+        "audio_type",
+    ] {
+        body.push_str(&format!(r#","{field}":null"#));
+    }
+    body.push('}');
+    let headers = gw.expect_ok(&body).await;
+    assert_eq!(
+        credits_header(&headers),
+        60,
+        "viduq3-turbo defaults: 720p, 5 s × 12"
+    );
+    let (_, _, quote) = gw.quote(&body).await;
+    let e = &quote["effective"];
+    assert_eq!(
+        (
+            e["duration"].clone(),
+            e["resolution"].clone(),
+            e["audio"].clone()
+        ),
+        (json!(5), json!("720p"), json!(true)),
+        "{quote}"
+    );
+    gw.expect_ok(req("viduq2", json!({"duration": null}))).await;
+    gw.expect_refused(
+        json!({"model": null, "images": [IMG]}),
+        "FieldLacking",
+        "model",
+        "Missing",
+    )
+    .await;
+    gw.expect_refused(
+        json!({"model": "viduq2", "images": null}),
+        "FieldLacking",
+        "images",
+        "Missing",
+    )
+    .await;
+    // An unknown field is unknown whatever its value.
+    gw.expect_refused(
+        req("viduq2", json!({"colour": null})),
+        "FieldUnwanted",
+        "colour",
+        "Unknown",
+    )
+    .await;
+}
+
+#[actix_web::test]
+async fn an_unknown_field_is_refused_by_default_naming_it() {
+    let gw = Gw::start().await;
+    for (field, raw) in [
+        ("colour", r#""red""#),
+        ("Model", r#""viduq2""#),
+        ("callbackUrl", r#""https://example.com/cb""#),
+        ("extra", "null"),
+        ("nested", r#"{"a":[1,2]}"#),
+    ] {
+        let msg = gw
+            .expect_refused(with_raw(field, raw), "FieldUnwanted", field, "Unknown")
+            .await;
+        assert_says(
+            &msg,
+            &[
+                &format!("unknown field \"{field}\""),
+                "remove it",
+                "callback_url",
+            ],
+        );
+    }
+}
+
+#[actix_web::test]
+async fn with_unknown_fields_strip_the_field_is_removed_and_everything_else_forwarded_byte_for_byte()
+ {
+    let gw = Gw::with_config("[validation]\nunknown_fields = \"strip\"\n").await;
+    let i = format!("[\"{IMG}\"]");
+    let cases = [
+        (
+            format!(
+                r#"{{"model":"viduq2","colour":"red","images":{i},"prompt":"a \u00e9 cat","duration":5}}"#
+            ),
+            format!(r#"{{"model":"viduq2","images":{i},"prompt":"a \u00e9 cat","duration":5}}"#),
+        ),
+        (
+            format!(r#"{{"x-trace":{{"a":[1,2]}},"model":"viduq2","images":{i}}}"#),
+            format!(r#"{{"model":"viduq2","images":{i}}}"#),
+        ),
+        (
+            format!(r#"{{"model":"viduq2","images":{i},"extra":null}}"#),
+            format!(r#"{{"model":"viduq2","images":{i}}}"#),
+        ),
+        (
+            format!(r#"{{"a":1,"model":"viduq2","b":"2","images":{i},"a":3,"seed":7}}"#),
+            format!(r#"{{"model":"viduq2","images":{i},"seed":7}}"#),
+        ),
+    ];
+    for (sent, expected) in &cases {
+        let (received, _) = gw.expect_forwarded(sent).await;
+        assert_eq!(
+            std::str::from_utf8(&received).unwrap(),
+            expected,
+            "sent {sent}"
+        );
+    }
+    // Odd whitespace: every remaining member keeps its bytes and its place.
+    let sent = format!(
+        concat!(
+            "{{ \"model\" : \"viduq3-pro\",\n  \"colour\": \"red\",\n",
+            "  \"images\": {i},\t\"prompt\":\"a \\u00e9 cat\" , \"z\":[1, 2] }}"
+        ),
+        i = i
+    );
+    let (received, _) = gw.expect_forwarded(&sent).await;
+    let mut kept = members(sent.as_bytes());
+    kept.retain(|(k, _)| k != "colour" && k != "z");
+    assert_eq!(members(&received), kept);
+    let (_, _, quote) = gw.quote(&sent).await;
+    assert_eq!(quote["valid"], true, "{quote}");
+    assert_eq!(quote["stripped_fields"], json!(["colour", "z"]));
+    // Known fields are still checked.
+    gw.expect_refused(
+        req("viduq2", json!({"colour": "red", "duration": 11})),
+        "FieldInvalid",
+        "duration",
+        "OutOfRange",
+    )
+    .await;
+}
+
+#[actix_web::test]
+async fn escaped_keys_are_the_fields_they_spell_in_both_unknown_field_modes() {
+    let gw = Gw::start().await;
+    let msg = gw
+        .expect_refused(
+            format!(r#"{{"model":"viduq2","images":["{IMG}"],"dur\u0061tion":11}}"#),
+            "FieldInvalid",
+            "duration",
+            "OutOfRange",
+        )
+        .await;
+    assert_eq!(msg, "viduq2 allows 1..=10 seconds, got 11");
+    gw.expect_refused(
+        format!(r#"{{"model":"viduq2","images":["{IMG}"],"duration":5,"dur\u0061tion":6}}"#),
+        "FieldInvalid",
+        "duration",
+        "Duplicate",
+    )
+    .await;
+    gw.expect_refused(
+        format!(r#"{{"model":"viduq2","images":["{IMG}"],"colo\u0072":1}}"#),
+        "FieldUnwanted",
+        "color",
+        "Unknown",
+    )
+    .await;
+    // JSON escapes inside values are what they spell too.
+    gw.expect_ok(format!(
+        r#"{{"model":"vidu\u00712","images":["{}"],"resolution":"1080\u0070"}}"#,
+        IMG.replace('/', "\\/")
+    ))
+    .await;
+    gw.expect_ok(image_req(
+        &data_uri("image/png", &png(64, 64)).replacen("data:", "DATA:", 1),
+    ))
+    .await;
+
+    let gw = Gw::with_config("[validation]\nunknown_fields = \"strip\"\n").await;
+    let (received, _) = gw
+        .expect_forwarded(&format!(
+            r#"{{"model":"viduq2","colo\u0072":"red","images":["{IMG}"]}}"#
+        ))
+        .await;
+    assert_eq!(
+        std::str::from_utf8(&received).unwrap(),
+        format!(r#"{{"model":"viduq2","images":["{IMG}"]}}"#)
+    );
+}
+
+#[actix_web::test]
+async fn a_request_with_several_problems_gets_all_of_them_and_the_top_reason_by_precedence() {
+    let gw = Gw::start().await;
+    let png_ok = data_uri("image/png", &png(100, 100));
+    let cases: &[(Value, &str)] = &[
+        (
+            json!({"images": [], "colour": 1, "duration": "5", "seed": -1}),
+            "FieldLacking",
+        ),
+        (
+            json!({"model": "viduq2", "images": [], "colour": 1, "duration": "5"}),
+            "FieldItemCountOutOfRange",
+        ),
+        (
+            json!({"model": "viduq2", "images": ["ftp://x/a.png"], "colour": 1, "duration": "5"}),
+            "FieldUnwanted",
+        ),
+        (
+            json!({"model": "viduq2", "images": ["ftp://x/a.png"], "duration": "5"}),
+            "ImageFormatInvalid",
+        ),
+        (
+            json!({"model": "viduq2", "images": [png_ok], "duration": "5", "seed": -1}),
+            "FieldInvalid",
+        ),
+    ];
+    for (body, top) in cases {
+        let (got, fields) = gw.refusal(&body.to_string()).await;
+        assert_eq!(&got, top, "{body}: {fields:?}");
+        assert!(fields.len() >= 2, "{fields:?}");
+    }
+
+    let body = json!({"model": "viduq2", "images": [IMG], "prompt": "x".repeat(2001), "duration": 12,
+                      "resolution": "4k", "seed": -1, "wm_position": 9, "movement_amplitude": "huge",
+                      "payload": 3, "off_peak": "yes", "wm_url": "ftp://x", "meta_data": "{",
+                      "callback_url": "x", "audio_type": "loud", "extra": true});
+    let (top, fields) = gw.refusal(&body.to_string()).await;
+    assert_eq!(top, "FieldUnwanted");
+    let got: Vec<_> = fields
+        .iter()
+        .map(|(f, r, _)| (f.as_str(), r.as_str()))
+        .collect();
+    let expected = [
+        ("prompt", "TooLong"),
+        ("duration", "OutOfRange"),
+        ("resolution", "NotAllowed"),
+        ("seed", "OutOfRange"),
+        ("wm_position", "OutOfRange"),
+        ("movement_amplitude", "NotAllowed"),
+        ("payload", "WrongType"),
+        ("off_peak", "WrongType"),
+        ("wm_url", "InvalidUrl"),
+        ("meta_data", "InvalidJson"),
+        ("callback_url", "InvalidUrl"),
+        ("audio_type", "NotAllowed"),
+        ("extra", "Unknown"),
+    ];
+    for e in expected {
+        assert!(got.contains(&e), "{e:?} missing from {got:?}");
+    }
+    assert_eq!(got.len(), expected.len(), "{got:?}");
+
+    // The envelope of DESIGN §4, exactly.
+    let (status, _, answer) = gw
+        .create(&req("viduq2", json!({"duration": 12})).to_string())
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer["message"], "invalid field: duration");
+    assert_eq!(
+        answer["metadata"]["fields"],
+        json!([{"field": "duration", "reason": "OutOfRange", "message": "viduq2 allows 1..=10 seconds, got 12"}])
+    );
+    // A known field sent twice: which one would Vidu use?
+    let msg = gw
+        .expect_refused(
+            format!(r#"{{"model":"viduq2","images":["{IMG}"],"duration":5,"duration":6}}"#),
+            "FieldInvalid",
+            "duration",
+            "Duplicate",
+        )
+        .await;
+    assert_says(&msg, &["send it once"]);
+    assert!(gw.bodies().is_empty());
+}
+
+// -------------------------------------------------------------------------------------------------------------
+// Catalog in config, pricing, quote.
+
+const FAST_MODEL: &str = r#"
+[models.viduq3-pro-fast]
+durations = { min = 1, max = 8, default = 4 }
+resolutions = ["720p", "1080p"]
+default_resolution = "1080p"
+prompt_max_chars = 5000
+audio_default = true
+off_peak_with_audio = true
+credits = { base = { "720p" = 2, "1080p" = 3 }, per_second = { "720p" = 10.5, "1080p" = 12 } }
+"#;
+
+#[actix_web::test]
+async fn a_model_added_in_config_is_valid_with_no_code_change_and_replaces_the_seed_catalog() {
+    let gw = Gw::with_config(FAST_MODEL).await;
+    let m = "viduq3-pro-fast";
+    let headers = gw.expect_ok(req(m, json!({}))).await;
+    assert_eq!(credits_header(&headers), 51, "1080p 4 s: 3 + 12 × 4");
+    gw.expect_ok(req(
+        m,
+        json!({"duration": 8, "resolution": "720p", "prompt": "p".repeat(5000)}),
+    ))
+    .await;
+    let headers = gw
+        .expect_ok(req(
+            m,
+            json!({"duration": 3, "resolution": "720p", "off_peak": true}),
+        ))
+        .await;
+    assert_eq!(
+        credits_header(&headers),
+        17,
+        "ceil((2 + 10.5 × 3) × 0.5) = ceil(16.75)"
+    );
+    let msg = gw
+        .expect_refused(
+            req(m, json!({"duration": 9})),
+            "FieldInvalid",
+            "duration",
+            "OutOfRange",
+        )
+        .await;
+    assert_eq!(msg, "viduq3-pro-fast allows 1..=8 seconds, got 9");
+    gw.expect_refused(
+        req(m, json!({"resolution": "540p"})),
+        "FieldInvalid",
+        "resolution",
+        "NotAllowed",
+    )
+    .await;
+    gw.expect_refused(
+        req(m, json!({"prompt": "p".repeat(5001)})),
+        "FieldInvalid",
+        "prompt",
+        "TooLong",
+    )
+    .await;
+    let msg = gw
+        .expect_refused(
+            req("viduq2", json!({})),
+            "FieldInvalid",
+            "model",
+            "NotInCatalog",
+        )
+        .await;
+    assert_eq!(
+        msg,
+        "unknown model \"viduq2\": this gateway's catalog has viduq3-pro-fast"
+    );
+    let (_, _, quote) = gw.quote(&req(m, json!({})).to_string()).await;
+    let e = &quote["effective"];
+    assert_eq!(
+        (
+            e["duration"].clone(),
+            e["resolution"].clone(),
+            e["audio"].clone()
+        ),
+        (json!(4), json!("1080p"), json!(true)),
+        "{quote}"
+    );
+}
+
+#[actix_web::test]
+async fn x_credits_estimated_on_a_create_is_the_catalog_estimate() {
+    let gw = Gw::start().await;
+    let cases: &[(&str, Value, u64)] = &[
+        (
+            "viduq3-pro",
+            json!({"resolution": "1080p", "duration": 8}),
+            192,
+        ),
+        (
+            "viduq3-pro",
+            json!({"resolution": "540p", "duration": 1}),
+            9,
+        ),
+        (
+            "viduq3-pro",
+            json!({"resolution": "1080p", "duration": 16, "off_peak": true, "audio": false}),
+            192,
+        ),
+        (
+            "viduq3-turbo",
+            json!({"resolution": "1080p", "duration": 16}),
+            208,
+        ),
+        (
+            "viduq3-turbo",
+            json!({"duration": 3, "off_peak": true, "audio": false, "is_rec": true}),
+            28,
+        ),
+        ("viduq2", json!({}), 55),
+        ("viduq2", json!({"off_peak": true}), 28),
+        ("viduq2", json!({"off_peak": true, "is_rec": true}), 38),
+        ("viduq2", json!({"is_rec": true}), 65),
+        ("viduq2", json!({"is_rec": false}), 55),
+        ("viduq2", json!({"resolution": "540p", "duration": 1}), 5),
+        (
+            "viduq2",
+            json!({"resolution": "1080p", "duration": 10}),
+            190,
+        ),
+        ("viduq1", json!({}), 80),
+        ("viduq1", json!({"off_peak": true}), 40),
+    ];
+    for (model, extra, credits) in cases {
+        let body = req(model, extra.clone());
+        let headers = gw.expect_ok(&body).await;
+        assert_eq!(credits_header(&headers), *credits, "{body}");
+    }
+}
+
+#[actix_web::test]
+async fn the_quote_reports_effective_parameters_estimates_and_policy_without_reaching_vidu() {
+    let gw = Gw::start().await;
+    let (status, _, q) = gw.quote(&req("viduq1", json!({})).to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{q}");
+    assert_eq!(q["valid"], true);
+    let e = &q["effective"];
+    assert_eq!(e["model"], "viduq1");
+    assert_eq!(e["duration"], 5);
+    assert_eq!(e["resolution"], "1080p");
+    assert_eq!(e["audio"], false);
+    assert_eq!(e["off_peak"], false);
+    let defaulted = e["defaulted"].as_array().unwrap();
+    assert!(
+        defaulted.contains(&json!("duration")) && defaulted.contains(&json!("resolution")),
+        "{q}"
+    );
+    assert_eq!(
+        q["estimated_credits"],
+        json!({"now": 80, "immediate": 80, "off_peak": 40})
+    );
+    assert_eq!(q["policy"]["admitted"], true, "{q}");
+    assert_eq!(q["image"]["kind"], "url");
+
+    let body = req(
+        "viduq3-pro",
+        json!({"resolution": "1080p", "duration": 8, "off_peak": true, "audio": false}),
+    );
+    let (_, _, q) = gw.quote(&body.to_string()).await;
+    assert_eq!(
+        q["estimated_credits"],
+        json!({"now": 96, "immediate": 192, "off_peak": 96}),
+        "{q}"
+    );
+    assert_eq!(q["policy"]["estimated_credits"], 96);
+    assert_eq!(q["effective"]["off_peak"], true);
+
+    // An invalid body: 200 with the verdict, in the shape a create's refusal has.
+    let bad = req(
+        "viduq3-pro",
+        json!({"duration": 17, "off_peak": true, "colour": "red"}),
+    )
+    .to_string();
+    let (status, _, q) = gw.quote(&bad).await;
+    assert_eq!(status, StatusCode::OK, "{q}");
+    assert_eq!(q["valid"], false);
+    assert_eq!(q["reason"], "FieldUnwanted");
+    let fields = violations(&q["fields"]);
+    assert_eq!(fields.len(), 3, "{fields:?}");
+    let (status, _, refusal) = gw.create(&bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(q["reason"], refusal["reason"]);
+    assert_eq!(q["fields"], refusal["metadata"]["fields"]);
+
+    // A body that is not a JSON object is a bad request, as on a create.
+    for not_object in ["[1,2]", "\"text\"", "null", "not json", "", "{\"model\": "] {
+        let (status, headers, body) = gw.quote(not_object).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{not_object:?}: {body}");
+        assert_envelope(status, &headers, &body, "BadRequest");
+        assert!(body["metadata"].get("fields").is_none(), "{body}");
+    }
+    assert!(gw.bodies().is_empty(), "a quote is never forwarded");
+}
