@@ -185,7 +185,15 @@ impl Application {
         self.state.clone()
     }
 
+    /// Serves until stopped, then makes the ledger durable.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let state = self.state.clone();
+        let result = self.serve().await;
+        state.store.flush();
+        result
+    }
+
+    async fn serve(self) -> std::io::Result<()> {
         match self.metrics_server {
             None => self.server.await,
             Some(metrics) => {

@@ -43,6 +43,8 @@ pub struct Jwks {
     fetches: Family<OutcomeLabels, Counter>,
     key_count: Gauge,
     stopped: AtomicBool,
+    /// Bumped on every successful fetch (cached verifications are redone under a new key set).
+    version: std::sync::atomic::AtomicU64,
 }
 
 impl Jwks {
@@ -62,7 +64,13 @@ impl Jwks {
             fetches,
             key_count,
             stopped: AtomicBool::new(false),
+            version: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// The key set's version: changes with every successful fetch.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Relaxed)
     }
 
     pub fn url(&self) -> &str {
@@ -185,6 +193,7 @@ impl Jwks {
                     .set(i64::try_from(keys.len()).unwrap_or(i64::MAX));
                 *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
                 status.loaded = true;
+                self.version.fetch_add(1, Ordering::Relaxed);
                 status.last_error = None;
                 true
             }

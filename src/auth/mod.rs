@@ -1,5 +1,6 @@
 //! Authentication: `Authorization: Bearer <JWT>` → a verified `Identity {user, team, roles}`.
 
+mod cache;
 pub mod claims;
 pub mod jwks;
 mod keys;
@@ -67,6 +68,15 @@ pub struct Authenticator {
     allowed: Vec<Algorithm>,
     keys: KeySet,
     clock: SharedClock,
+    cache: cache::VerifiedTokens,
+}
+
+/// The time claims of a verified token, re-checked on every use of a cached verification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeClaims {
+    pub exp: i64,
+    pub nbf: Option<i64>,
+    pub iat: Option<i64>,
 }
 
 impl Authenticator {
@@ -107,6 +117,7 @@ impl Authenticator {
             settings: settings.clone(),
             allowed,
             clock,
+            cache: cache::VerifiedTokens::default(),
         })
     }
 
@@ -162,6 +173,18 @@ impl Authenticator {
                 format!("token is larger than {MAX_TOKEN_BYTES} bytes"),
             ));
         }
+        let key_version = self.keys.jwks().map_or(0, |j| j.version());
+        if let Some((identity, times)) = self.cache.get(token, key_version) {
+            self.check_times(&times)?;
+            return Ok(identity);
+        }
+        let (identity, times) = self.verify_uncached(token).await?;
+        self.cache.insert(token, key_version, &identity, times);
+        Ok(identity)
+    }
+
+    /// The full check: signature and every claim.
+    async fn verify_uncached(&self, token: &str) -> Result<(Identity, TimeClaims), AuthFailure> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthFailure::invalid("malformed", "token is not a well-formed JWT"))?;
         if !self.allowed.contains(&header.alg) {
@@ -224,10 +247,37 @@ impl Authenticator {
         })
     }
 
-    /// Time claims, issuer, audience, then the identity claims.
-    fn identity(&self, claims: &Value) -> Result<Identity, AuthFailure> {
+    /// `exp` (required), `nbf` and `iat` against the clock, with `leeway_secs`.
+    fn check_times(&self, t: &TimeClaims) -> Result<(), AuthFailure> {
         let now = self.clock.now().as_second();
         let leeway = i64::try_from(self.settings.leeway_secs).unwrap_or(i64::MAX);
+        if now > t.exp.saturating_add(leeway) {
+            return Err(AuthFailure::invalid(
+                "expired",
+                format!("token expired at {}", fmt_ts(t.exp)),
+            ));
+        }
+        if let Some(nbf) = t.nbf
+            && now < nbf.saturating_sub(leeway)
+        {
+            return Err(AuthFailure::invalid(
+                "not_yet_valid",
+                format!("token is not valid before {}", fmt_ts(nbf)),
+            ));
+        }
+        if let Some(iat) = t.iat
+            && now < iat.saturating_sub(leeway)
+        {
+            return Err(AuthFailure::invalid(
+                "not_yet_valid",
+                format!("token was issued in the future ({})", fmt_ts(iat)),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Time claims, issuer, audience, then the identity claims.
+    fn identity(&self, claims: &Value) -> Result<(Identity, TimeClaims), AuthFailure> {
         let time_claim = |name: &str| -> Result<Option<i64>, AuthFailure> {
             match claims.get(name) {
                 None | Some(Value::Null) => Ok(None),
@@ -246,28 +296,12 @@ impl Authenticator {
                 "token has no `exp` claim; tokens must expire",
             )
         })?;
-        if now > exp.saturating_add(leeway) {
-            return Err(AuthFailure::invalid(
-                "expired",
-                format!("token expired at {}", fmt_ts(exp)),
-            ));
-        }
-        if let Some(nbf) = time_claim("nbf")?
-            && now < nbf.saturating_sub(leeway)
-        {
-            return Err(AuthFailure::invalid(
-                "not_yet_valid",
-                format!("token is not valid before {}", fmt_ts(nbf)),
-            ));
-        }
-        if let Some(iat) = time_claim("iat")?
-            && now < iat.saturating_sub(leeway)
-        {
-            return Err(AuthFailure::invalid(
-                "not_yet_valid",
-                format!("token was issued in the future ({})", fmt_ts(iat)),
-            ));
-        }
+        let times = TimeClaims {
+            exp,
+            nbf: time_claim("nbf")?,
+            iat: time_claim("iat")?,
+        };
+        self.check_times(&times)?;
         if !self.settings.issuer.is_empty()
             && claims.get("iss").and_then(Value::as_str) != Some(self.settings.issuer.as_str())
         {
@@ -311,12 +345,15 @@ impl Authenticator {
         }
         let roles = claims::strings(claims::lookup(claims, &self.settings.roles_claim));
         let is_admin = roles.iter().any(|r| r == &self.settings.admin_role);
-        Ok(Identity {
-            user,
-            team,
-            roles,
-            is_admin,
-        })
+        Ok((
+            Identity {
+                user,
+                team,
+                roles,
+                is_admin,
+            },
+            times,
+        ))
     }
 }
 

@@ -17,9 +17,19 @@ pub struct Periods {
     pub minute_of_day: u16,
 }
 
+/// The zone of that name, looked up once per name (the lookup reads the tz database; this runs per request).
 pub fn timezone(name: &str) -> TimeZone {
+    static LAST: std::sync::Mutex<Option<(String, TimeZone)>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((n, tz)) = last.as_ref()
+        && n == name
+    {
+        return tz.clone();
+    }
     // Validated at config load; UTC only if the tz database changed under a running process.
-    TimeZone::get(name).unwrap_or(TimeZone::UTC)
+    let tz = TimeZone::get(name).unwrap_or(TimeZone::UTC);
+    *last = Some((name.to_owned(), tz.clone()));
+    tz
 }
 
 fn start_of(date: Date, tz: &TimeZone) -> Option<Timestamp> {

@@ -94,6 +94,26 @@ pub struct Ledger {
     conn: Connection,
 }
 
+/// One change to the ledger, applied by the writer thread in batches.
+#[derive(Debug)]
+pub enum Write {
+    Reserve {
+        id: i64,
+        entry: LedgerEntry,
+        estimate: u64,
+    },
+    Settle {
+        id: i64,
+        status: &'static str,
+        credits: Option<u64>,
+        task_id: Option<String>,
+    },
+    Rejection {
+        entry: LedgerEntry,
+        reason: String,
+    },
+}
+
 impl Ledger {
     /// Opens (creating it and its folder on first start) the ledger file. Reservations still open from a previous
     /// run (the process stopped mid-request) become `unknown`: the task may exist, so they stay counted.
@@ -126,45 +146,77 @@ impl Ledger {
             .query_row("SELECT COUNT(*) FROM tasks WHERE 0", [], |_| Ok(()))
     }
 
-    pub fn reserve(&self, e: &LedgerEntry, estimate: u64) -> rusqlite::Result<i64> {
+    /// The highest reservation id so far (ids are assigned in memory, then written).
+    pub fn max_id(&self) -> rusqlite::Result<i64> {
         self.conn
-            .prepare_cached(
-                "INSERT INTO reservations (request_id, user, team, day, month, model, off_peak, estimate, status) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'reserved')",
-            )?
-            .execute(params![e.request_id, e.user, e.team, e.day, e.month, e.model, e.off_peak, estimate as i64])?;
-        Ok(self.conn.last_insert_rowid())
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM reservations", [], |r| {
+                r.get(0)
+            })
     }
 
-    pub fn settle(
-        &self,
+    /// Applies writes in one transaction (one commit for a whole batch).
+    pub fn apply(&mut self, writes: &[Write]) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        for w in writes {
+            match w {
+                Write::Reserve {
+                    id,
+                    entry,
+                    estimate,
+                } => Self::reserve(&tx, *id, entry, *estimate)?,
+                Write::Settle {
+                    id,
+                    status,
+                    credits,
+                    task_id,
+                } => {
+                    Self::settle(&tx, *id, status, *credits, task_id.as_deref())?;
+                    if let (Some(task), Some(c)) = (task_id, credits) {
+                        Self::record_task(&tx, *id, task, *c)?;
+                    }
+                }
+                Write::Rejection { entry, reason } => Self::record_rejection(&tx, entry, reason)?,
+            }
+        }
+        tx.commit()
+    }
+
+    fn reserve(conn: &Connection, id: i64, e: &LedgerEntry, estimate: u64) -> rusqlite::Result<()> {
+        conn.prepare_cached(
+            "INSERT INTO reservations (id, request_id, user, team, day, month, model, off_peak, estimate, status) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'reserved')",
+        )?
+        .execute(params![id, e.request_id, e.user, e.team, e.day, e.month, e.model, e.off_peak, estimate as i64])?;
+        Ok(())
+    }
+
+    fn settle(
+        conn: &Connection,
         id: i64,
         status: &str,
         credits: Option<u64>,
         task_id: Option<&str>,
     ) -> rusqlite::Result<()> {
-        self.conn
-            .prepare_cached(
-                "UPDATE reservations SET status = ?2, credits = ?3, task_id = ?4, \
+        conn.prepare_cached(
+            "UPDATE reservations SET status = ?2, credits = ?3, task_id = ?4, \
                  updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
-            )?
-            .execute(params![id, status, credits.map(|c| c as i64), task_id])?;
+        )?
+        .execute(params![id, status, credits.map(|c| c as i64), task_id])?;
         Ok(())
     }
 
     /// Records task ownership from the reservation it settled.
-    pub fn record_task(
-        &self,
+    fn record_task(
+        conn: &Connection,
         reservation: i64,
         task_id: &str,
         credits: u64,
     ) -> rusqlite::Result<()> {
-        self.conn
-            .prepare_cached(
-                "INSERT OR REPLACE INTO tasks (task_id, user, team, credits, off_peak, model) \
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO tasks (task_id, user, team, credits, off_peak, model) \
                  SELECT ?2, user, team, ?3, off_peak, model FROM reservations WHERE id = ?1",
-            )?
-            .execute(params![reservation, task_id, credits as i64])?;
+        )?
+        .execute(params![reservation, task_id, credits as i64])?;
         Ok(())
     }
 
@@ -187,13 +239,12 @@ impl Ledger {
             .optional()
     }
 
-    pub fn record_rejection(&self, e: &LedgerEntry, reason: &str) -> rusqlite::Result<()> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO rejections (day, user, team, reason, count) VALUES (?1, ?2, ?3, ?4, 1) \
+    fn record_rejection(conn: &Connection, e: &LedgerEntry, reason: &str) -> rusqlite::Result<()> {
+        conn.prepare_cached(
+            "INSERT INTO rejections (day, user, team, reason, count) VALUES (?1, ?2, ?3, ?4, 1) \
                  ON CONFLICT (day, user, team, reason) DO UPDATE SET count = count + 1",
-            )?
-            .execute(params![e.day, e.user, e.team, reason])?;
+        )?
+        .execute(params![e.day, e.user, e.team, reason])?;
         Ok(())
     }
 

@@ -1,13 +1,15 @@
 //! The `memory` backend (one process): rate limits and in-flight slots in process, budgets counted in memory
-//! and persisted row by row to the SQLite ledger, which seeds the counters after a restart. One lock makes
-//! every admission decision atomic across all its buckets.
+//! and every reservation, settlement and rejection persisted to the SQLite ledger (by the batching writer
+//! thread), which seeds the counters after a restart. One lock makes every admission decision atomic across
+//! all its buckets.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use super::ledger::Ledger;
+use super::ledger::{Ledger, Write};
 use super::rate::{Checked, RateLimits};
+use super::writer::Writer;
 use super::*;
 use crate::clock::SharedClock;
 
@@ -17,7 +19,9 @@ struct Outstanding {
 }
 
 struct Inner {
+    /// Reads (lazy budget loads, tasks, usage); writes go through `writer`.
     ledger: Ledger,
+    next_id: i64,
     budgets: HashMap<BudgetKey, u64>,
     slots: HashMap<(Scope, String), u32>,
     rates: RateLimits,
@@ -28,15 +32,22 @@ struct Inner {
 
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    writer: Writer,
 }
 
 impl MemoryStore {
     pub fn open(ledger_path: &Path, clock: SharedClock) -> anyhow::Result<Self> {
-        let ledger = Ledger::open(ledger_path)
-            .map_err(|e| anyhow::anyhow!("state.ledger_path = {}: {e}", ledger_path.display()))?;
+        let context = |e: anyhow::Error| {
+            anyhow::anyhow!("state.ledger_path = {}: {e:#}", ledger_path.display())
+        };
+        let writer = Writer::start(ledger_path).map_err(context)?;
+        let ledger = Ledger::open_read_only(ledger_path).map_err(context)?;
+        let next_id = ledger.max_id().map_err(|e| context(e.into()))? + 1;
         Ok(Self {
+            writer,
             inner: Mutex::new(Inner {
                 ledger,
+                next_id,
                 budgets: HashMap::new(),
                 slots: HashMap::new(),
                 rates: RateLimits::new(clock),
@@ -49,13 +60,21 @@ impl MemoryStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Reads must see every write queued before them.
+    fn lock_flushed(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.writer.flush();
+        self.lock()
+    }
 }
 
 impl Inner {
-    fn used(&mut self, key: &BudgetKey) -> Result<u64, String> {
+    fn used(&mut self, key: &BudgetKey, writer: &Writer) -> Result<u64, String> {
         if let Some(v) = self.budgets.get(key) {
             return Ok(*v);
         }
+        // First use of this budget in this process: count what the ledger holds (all of it written).
+        writer.flush();
         let v = self.ledger.used(key).map_err(|e| format!("ledger: {e}"))?;
         self.budgets.insert(key.clone(), v);
         Ok(v)
@@ -75,6 +94,9 @@ impl Inner {
 
 impl AdmissionStore for MemoryStore {
     fn admit(&self, req: &AdmissionRequest, dry_run: bool) -> Result<Grant, Refusal> {
+        if !dry_run {
+            self.writer.health().map_err(Refusal::Unavailable)?;
+        }
         let mut inner = self.lock();
         inner.roll_periods(&req.entry.day);
 
@@ -95,7 +117,9 @@ impl AdmissionStore for MemoryStore {
 
         let mut remaining: Option<u64> = None;
         for b in &req.budgets {
-            let used = inner.used(&b.key).map_err(Refusal::Unavailable)?;
+            let used = inner
+                .used(&b.key, &self.writer)
+                .map_err(Refusal::Unavailable)?;
             if used.saturating_add(req.estimate) > b.limit {
                 return Err(Refusal::Budget {
                     key: b.key.clone(),
@@ -151,15 +175,14 @@ impl AdmissionStore for MemoryStore {
             });
         }
 
-        let id = match inner.ledger.reserve(&req.entry, req.estimate) {
-            Ok(id) => id,
-            Err(e) => {
-                undo.into_iter().rev().for_each(|u| u.undo());
-                return Err(Refusal::Unavailable(format!(
-                    "the ledger cannot record the reservation: {e}"
-                )));
-            }
-        };
+        let id = inner.next_id;
+        inner.next_id += 1;
+        self.writer.send(Write::Reserve {
+            id,
+            entry: req.entry.clone(),
+            estimate: req.estimate,
+        });
+        drop(undo);
         for s in &req.slots {
             *inner.slots.entry((s.scope, s.subject.clone())).or_default() += 1;
         }
@@ -211,41 +234,52 @@ impl AdmissionStore for MemoryStore {
                 *v = v.saturating_sub(out.estimate).saturating_add(new_amount);
             }
         }
-        if let Err(e) = inner.ledger.settle(reservation, status, credits, task_id) {
-            tracing::error!(reservation, error = %e, "ledger: cannot record the settlement");
-        }
-        if let (Some(task), Some(c)) = (task_id, credits)
-            && let Err(e) = inner.ledger.record_task(reservation, task, c)
-        {
-            tracing::error!(reservation, error = %e, "ledger: cannot record task ownership");
-        }
+        drop(inner);
+        self.writer.send(Write::Settle {
+            id: reservation,
+            status,
+            credits,
+            task_id: task_id.map(str::to_owned),
+        });
     }
 
     fn used(&self, key: &BudgetKey) -> Result<u64, String> {
-        self.lock().used(key)
+        self.lock().used(key, &self.writer)
     }
 
     fn record_rejection(&self, entry: &LedgerEntry, reason: &str) {
-        if let Err(e) = self.lock().ledger.record_rejection(entry, reason) {
-            tracing::warn!(error = %e, "ledger: cannot record a rejection");
-        }
+        self.writer.send(Write::Rejection {
+            entry: entry.clone(),
+            reason: reason.to_owned(),
+        });
     }
 
     fn task(&self, task_id: &str) -> Option<TaskRecord> {
-        self.lock().ledger.task(task_id).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "ledger: cannot read task ownership");
-            None
-        })
+        self.lock_flushed()
+            .ledger
+            .task(task_id)
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "ledger: cannot read task ownership");
+                None
+            })
     }
 
     fn usage(&self, filter: &UsageFilter) -> Result<Vec<UsageRow>, String> {
-        self.lock().ledger.usage(filter).map_err(|e| e.to_string())
+        self.lock_flushed()
+            .ledger
+            .usage(filter)
+            .map_err(|e| e.to_string())
     }
 
     fn health(&self) -> Result<(), String> {
+        self.writer.health()?;
         self.lock()
             .ledger
             .health()
             .map_err(|e| format!("ledger: {e}"))
+    }
+
+    fn flush(&self) {
+        self.writer.flush();
     }
 }

@@ -5,6 +5,7 @@
 pub mod ledger;
 pub mod memory;
 pub mod rate;
+pub mod writer;
 
 use std::fmt;
 
@@ -195,4 +196,6 @@ pub trait AdmissionStore: Send + Sync {
     fn usage(&self, filter: &UsageFilter) -> Result<Vec<UsageRow>, String>;
     /// Whether the backend answers (for `/readyz`).
     fn health(&self) -> Result<(), String>;
+    /// Makes everything recorded so far durable (called at shutdown).
+    fn flush(&self);
 }

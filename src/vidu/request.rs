@@ -1043,6 +1043,10 @@ fn rewrite_plan(
     set: &[(&str, serde_json::Value)],
     remove: &[&str],
 ) -> Option<Vec<u8>> {
+    if set.is_empty() && remove.is_empty() {
+        // Nothing to change: no need to scan (a 15 MB image) again.
+        return None;
+    }
     let (inner_start, inner_end, spans) = object_spans(body)?;
     let set_text: Vec<String> = set
         .iter()

@@ -714,3 +714,47 @@ async fn the_token_command_signs_with_a_private_key_for_public_key_gateways() {
     assert_eq!(code, 1);
     assert!(err.contains("not a PKCS#8 PEM private key"), "{err}");
 }
+
+#[actix_web::test]
+async fn a_remembered_verification_still_expires_on_time() {
+    let mock = MockVidu::start().await;
+    let app = TestApp::spawn(&pem_keys_config(&mock, "leeway_secs = 0")).await;
+    let token = sign(
+        Algorithm::ES256,
+        "ec256",
+        None,
+        &json!({"sub": "a", "team": "t", "exp": now() + 60}),
+    );
+    assert_eq!(status_of(&app, &token).await.0, StatusCode::OK);
+    assert_eq!(
+        status_of(&app, &token).await.0,
+        StatusCode::OK,
+        "verified once, remembered"
+    );
+    app.clock.advance(jiff::SignedDuration::from_secs(61));
+    assert_refused(&app, &token, "expired at").await;
+}
+
+#[actix_web::test]
+async fn a_remembered_verification_is_redone_after_the_jwks_changes() {
+    let mock = MockVidu::start().await;
+    let idp = Idp::start(Some(set(vec![jwk(Algorithm::RS256, "rsa1", "k1")]))).await;
+    let app = TestApp::spawn(&jwks_config(&mock, &idp)).await;
+    wait_ready(&app).await;
+    let token = sign(Algorithm::RS256, "rsa1", Some("k1"), &claims());
+    assert_eq!(status_of(&app, &token).await.0, StatusCode::OK);
+    // The IdP withdraws k1; the next fetch (triggered by an unknown kid) drops it, and the cached
+    // verification of the k1 token no longer counts.
+    idp.serve(Some(set(vec![jwk(Algorithm::ES256, "ec256", "k2")])));
+    actix_web::rt::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        status_of(
+            &app,
+            &sign(Algorithm::ES256, "ec256", Some("k2"), &claims())
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_refused(&app, &token, "unknown key id").await;
+}

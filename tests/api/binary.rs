@@ -101,16 +101,18 @@ async fn sigterm_finishes_the_in_flight_request_then_exits_zero() {
 #[actix_web::test]
 async fn the_built_in_config_serves_the_sandbox_with_a_minted_token() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vidu-gateway"))
-        .arg("serve")
-        .env("VIDU_GW__SERVER__LISTEN", "127.0.0.1:0")
-        .env("VIDU_GW__STATE__LEDGER_PATH", dir.path().join("l.sqlite3"))
-        .env_remove("RUST_LOG")
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
+    let mut child = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_vidu-gateway"))
+            .arg("serve")
+            .env("VIDU_GW__SERVER__LISTEN", "127.0.0.1:0")
+            .env("VIDU_GW__STATE__LEDGER_PATH", dir.path().join("l.sqlite3"))
+            .env_remove("RUST_LOG")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
     let mut port = 0;
     let mut warned = false;
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok);
@@ -134,8 +136,7 @@ async fn the_built_in_config_serves_the_sandbox_with_a_minted_token() {
         .await
         .unwrap();
     let (status, _, body) = read(&mut res).await;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["state"], "created");
 }
