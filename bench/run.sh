@@ -83,6 +83,8 @@ HARNESS="$(cd "$(dirname "$HARNESS")" && pwd)/$(basename "$HARNESS")"
 [[ -z "$(ss -ltnH "sport = :$GW_PORT")" ]] || die "port $GW_PORT already in use; stop that process first"
 
 # ------------------------------------------------------------------ 2. build
+# The source the binary is built from (read before the build: another checkout may change meanwhile).
+GIT_DESC="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo '+local changes')"
 if [[ "$SKIP_BUILD" != 1 ]]; then
   log "building the release binary into $TARGET_DIR (cargo build --release)"
   cargo build --release --quiet
@@ -234,7 +236,7 @@ python3 "$ROOT/bench/start_ready.py" --bin "$BIN" --config "$CFG" --url "$GW_URL
 
 # ------------------------------------------------------------------ 7. the table
 {
-  echo "vidu-gateway benchmark  $(date -u +%Y-%m-%dT%H:%M:%SZ)  commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo '+local changes')"
+  echo "vidu-gateway benchmark  $(date -u +%Y-%m-%dT%H:%M:%SZ)  commit $GIT_DESC$( [[ "$SKIP_BUILD" == 1 ]] && echo ' (SKIP_BUILD: existing binary)')"
   echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -h | awk '/^Mem:/{print $2}') RAM, $(uname -sr)"
   echo "$(nginx -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'); PIN=$PIN (load generator on CPU ${LOADGEN_CPU:-0}, every server on CPU $SERVER_CPU), gateway workers=$GW_WORKERS"
   echo "DURATION=$DURATION REPEATS=$REPEATS (mem16: $MEM16_REPEATS) QUOTE_CONNS=$QUOTE_CONNS half load: $HALF_CONNS conns, ${DELAY_MS} ms mean think time"

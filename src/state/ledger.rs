@@ -33,6 +33,8 @@ CREATE INDEX IF NOT EXISTS reservations_team_day ON reservations (team, day);
 CREATE INDEX IF NOT EXISTS reservations_team_month ON reservations (team, month);
 CREATE INDEX IF NOT EXISTS reservations_day ON reservations (day);
 CREATE INDEX IF NOT EXISTS reservations_month ON reservations (month);
+-- Open reservations are few; this keeps the start-up reconciliation from scanning the whole ledger.
+CREATE INDEX IF NOT EXISTS reservations_open ON reservations (id) WHERE status = 'reserved';
 CREATE TABLE IF NOT EXISTS tasks (
     task_id TEXT PRIMARY KEY,
     user TEXT NOT NULL,

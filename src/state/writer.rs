@@ -13,6 +13,9 @@ use super::ledger::{Ledger, Write};
 
 /// Most writes in one transaction.
 const MAX_BATCH: usize = 512;
+/// After the first write of a batch, how long more writes may gather before the commit (a flush commits at
+/// once). Bounds what a crash can lose and lets one commit serve many requests.
+const GATHER: Duration = Duration::from_millis(2);
 
 enum Msg {
     Write(Write),
@@ -92,15 +95,22 @@ fn run(
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut waiters = Vec::new();
     while let Ok(first) = rx.recv() {
+        let deadline = std::time::Instant::now() + GATHER;
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
                 Msg::Write(w) => batch.push(w),
                 Msg::Flush(done) => waiters.push(done),
             }
-            if batch.len() < MAX_BATCH {
-                next = rx.try_recv().ok();
+            if batch.len() >= MAX_BATCH {
+                break;
             }
+            next = if waiters.is_empty() {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                rx.recv_timeout(left).ok()
+            } else {
+                rx.try_recv().ok()
+            };
         }
         if !batch.is_empty() {
             match ledger.apply(&batch) {
