@@ -646,13 +646,7 @@ async fn metrics_count_admissions_and_credits_by_team_without_user_ids() {
     let alice = app.token("alice-secret-user", "mkt");
     create(&app, &alice, &q2()).await;
     create(&app, &alice, &q2()).await;
-    let mut res = app
-        .client
-        .get(format!("{}/metrics", app.url))
-        .send()
-        .await
-        .unwrap();
-    let text = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    let text = app.metrics_text().await;
     assert!(
         text.contains(
             r#"vidu_gateway_admissions_total{outcome="admitted",reason="Admitted",team="mkt"} 1"#

@@ -346,13 +346,7 @@ async fn auth_failures_are_counted_by_reason() {
     );
     status_of(&app, &expired).await;
     status_of(&app, &sign(Algorithm::RS256, "rsa2", None, &claims())).await;
-    let mut res = app
-        .client
-        .get(format!("{}/metrics", app.url))
-        .send()
-        .await
-        .unwrap();
-    let text = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    let text = app.metrics_text().await;
     assert!(
         text.contains(r#"vidu_gateway_auth_failures_total{reason="expired"} 1"#),
         "{text}"
@@ -586,13 +580,7 @@ async fn an_idp_outage_keeps_the_last_good_keys_working() {
         StatusCode::OK,
         "still ready with the last good keys"
     );
-    let mut res = app
-        .client
-        .get(format!("{}/metrics", app.url))
-        .send()
-        .await
-        .unwrap();
-    let text = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    let text = app.metrics_text().await;
     assert!(
         text.contains(r#"vidu_gateway_jwks_fetches_total{outcome="ok"} 1"#),
         "{text}"

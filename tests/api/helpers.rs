@@ -238,6 +238,18 @@ impl TestApp {
         read(&mut res).await
     }
 
+    /// `/metrics` on the main listener (asserting 200), as text.
+    pub async fn metrics_text(&self) -> String {
+        let mut res = self
+            .client
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        String::from_utf8(res.body().await.unwrap().to_vec()).unwrap()
+    }
+
     pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Vec<(String, String)>, Value) {
         let mut res = self
             .client

@@ -414,14 +414,7 @@ async fn metrics_count_requests_and_upstream_outcomes() {
     .await;
     app.post("/ent/v2/img2video", "bad", small_request().to_string())
         .await;
-    let mut res = app
-        .client
-        .get(format!("{}/metrics", app.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    let text = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    let text = app.metrics_text().await;
     assert!(text.contains(r#"vidu_gateway_http_requests_total{route="/ent/v2/img2video",method="POST",status="200"} 1"#), "{text}");
     assert!(
         text.contains(
