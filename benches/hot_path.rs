@@ -289,7 +289,7 @@ fn bench_policy_and_admission(c: &mut Criterion) {
                 &store,
                 "0f6c3b2ae9d54b1c8e0f7a6b5c4d3e2f",
             )
-            .map(|p| p.estimate)
+            .map(|p| p.estimate())
             .unwrap_or_else(|e| panic!("prepare: {e:?}"))
         })
     });

@@ -118,7 +118,7 @@ pub fn admit(
                     kind: "reserved",
                     team: team_label.clone(),
                 })
-                .inc_by(a.prepared.estimate);
+                .inc_by(a.prepared.estimate());
             if let Some(left) = a.grant.remaining_credits {
                 ctx.metrics
                     .budget_remaining
@@ -181,8 +181,8 @@ fn admit_inner(
                 }
             } else {
                 return Err(Refused {
-                    error: refusal_error(&refusal, prepared.estimate),
-                    estimate: Some(prepared.estimate),
+                    error: refusal_error(&refusal, prepared.estimate()),
+                    estimate: Some(prepared.estimate()),
                 });
             }
         }
@@ -237,16 +237,16 @@ pub fn quote(
                 reason: None,
                 message: None,
                 retry_after_secs: None,
-                off_peak: prepared.off_peak,
+                off_peak: prepared.off_peak(),
                 off_peak_applied: prepared.off_peak_applied.clone(),
-                estimated_credits: prepared.estimate,
+                estimated_credits: prepared.estimate(),
                 remaining_credits: grant.remaining_credits,
             },
             Err(refusal) => {
                 let mut v = Verdict::refused(
-                    &refusal_error(&refusal, prepared.estimate),
-                    prepared.off_peak,
-                    prepared.estimate,
+                    &refusal_error(&refusal, prepared.estimate()),
+                    prepared.off_peak(),
+                    prepared.estimate(),
                 );
                 v.off_peak_applied = prepared.off_peak_applied.clone();
                 v
@@ -392,11 +392,11 @@ pub async fn forward_admitted(
     let reservation = ReservationGuard {
         store,
         reservation: admitted.grant.reservation,
-        estimate: admitted.prepared.estimate,
+        estimate: admitted.prepared.estimate(),
         metrics: metrics.clone(),
         team,
     };
-    let estimate = admitted.prepared.estimate;
+    let estimate = admitted.prepared.estimate();
     let call = UpstreamRequest {
         endpoint: Endpoint::Img2Video,
         method: Method::POST,
@@ -417,15 +417,15 @@ pub async fn forward_admitted(
     })
 }
 
-/// The headers of an admission-checked answer.
-pub fn admission_headers(res: &mut HttpResponse, prepared: &Prepared, grant: &Grant) {
-    let h = res.headers_mut();
+/// The headers of an admission-checked answer (computed before forwarding, set on whatever comes back).
+pub fn admission_headers(prepared: &Prepared, grant: &Grant) -> Vec<(HeaderName, HeaderValue)> {
+    let mut h = Vec::with_capacity(5);
     let mut put = |name: &HeaderName, value: String| {
         if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert(name.clone(), v);
+            h.push((name.clone(), v));
         }
     };
-    put(&X_CREDITS_ESTIMATED, prepared.estimate.to_string());
+    put(&X_CREDITS_ESTIMATED, prepared.estimate().to_string());
     if let Some(left) = grant.remaining_credits {
         put(&X_CREDITS_REMAINING, left.to_string());
     }
@@ -453,6 +453,7 @@ pub fn admission_headers(res: &mut HttpResponse, prepared: &Prepared, grant: &Gr
             format!("\"{}\";r={};t={}", r.scope, r.remaining, r.reset_secs),
         );
     }
+    h
 }
 
 /// Vidu's answer as the caller's response.

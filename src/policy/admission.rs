@@ -20,9 +20,18 @@ pub struct Prepared {
     pub request: AdmissionRequest,
     /// Why policy turned `off_peak` on (`X-Off-Peak-Applied`), if it did.
     pub off_peak_applied: Option<String>,
+}
+
+impl Prepared {
+    /// The credits reserved for this request.
+    pub fn estimate(&self) -> u64 {
+        self.request.estimate
+    }
+
     /// `off_peak` as it will be sent.
-    pub off_peak: bool,
-    pub estimate: u64,
+    pub fn off_peak(&self) -> bool {
+        self.request.entry.off_peak
+    }
 }
 
 /// Access rules, off-peak policy and the estimate; builds every bucket that applies.
@@ -116,8 +125,6 @@ pub fn prepare(
     Ok(Prepared {
         request,
         off_peak_applied,
-        off_peak,
-        estimate,
     })
 }
 

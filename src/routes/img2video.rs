@@ -50,7 +50,7 @@ pub async fn create(
         Err(refused) => return Ok(refused.into_response()),
     };
     drop(bytes);
-    let (prepared, grant) = (admitted.prepared.clone(), admitted.grant.clone());
+    let headers = create::admission_headers(&admitted.prepared, &admitted.grant);
     let timeout_ms = config.settings.upstream.request_timeout_ms;
     let answer = create::forward_admitted(
         upstream,
@@ -65,7 +65,9 @@ pub async fn create(
         Ok(a) => create::upstream_response(a),
         Err(e) => actix_web::ResponseError::error_response(&super::upstream_error(e, timeout_ms)),
     };
-    create::admission_headers(&mut res, &prepared, &grant);
+    for (name, value) in headers {
+        res.headers_mut().insert(name, value);
+    }
     Ok(res)
 }
 
