@@ -272,17 +272,25 @@ pub fn report(
     Ok(Report { user, team, all })
 }
 
+impl Report {
+    /// The sections present, each with its scope name, in report order.
+    pub fn sections(&self) -> impl Iterator<Item = (&'static str, &Section)> {
+        [
+            ("user", &self.user),
+            ("team", &self.team),
+            ("all", &self.all),
+        ]
+        .into_iter()
+        .filter_map(|(scope, s)| s.as_ref().map(|s| (scope, s)))
+    }
+}
+
 /// The report as CSV: one line per section and day.
 pub fn to_csv(report: &Report) -> String {
     let mut out = String::from(
         "scope,name,day,admitted,rejected,credits_reserved,credits_settled,credits_released,credits_unknown,off_peak_requests,rejected_by_reason\n",
     );
-    for (scope, section) in [
-        ("user", &report.user),
-        ("team", &report.team),
-        ("all", &report.all),
-    ] {
-        let Some(s) = section else { continue };
+    for (scope, s) in report.sections() {
         for d in &s.days {
             let reasons: Vec<String> = d
                 .rejected_by_reason
@@ -318,12 +326,7 @@ fn csv_field(s: &str) -> String {
 /// The report as an aligned text table.
 pub fn to_table(report: &Report) -> String {
     let mut out = String::new();
-    for (scope, section) in [
-        ("user", &report.user),
-        ("team", &report.team),
-        ("all", &report.all),
-    ] {
-        let Some(s) = section else { continue };
+    for (scope, s) in report.sections() {
         out.push_str(&format!("{scope} {}\n", s.name));
         for b in &s.budgets {
             out.push_str(&format!(

@@ -224,5 +224,17 @@ fn read_secret_file(
     }
 }
 
+/// Settings for unit tests: an HS256 secret, then `extra` TOML; everything else at its code default.
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+pub fn test_settings(extra: &str) -> Settings {
+    let text = format!(
+        "[auth]\nalgorithms = [\"HS256\"]\nhs256_secret = \"0123456789abcdef0123456789abcdef\"\n{extra}"
+    );
+    load_from_str(&text, Origin::Builtin, HashMap::new())
+        .expect("test settings are valid")
+        .settings
+}
+
 #[cfg(test)]
 mod tests;

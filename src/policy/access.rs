@@ -182,17 +182,8 @@ fn secs_until_window(windows: &[HourWindow], minute: u16) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Origin, Settings, load_from_str};
+    use crate::config::{Settings, test_settings as settings};
     use crate::policy::resolve::user_rules;
-
-    fn settings(extra: &str) -> Settings {
-        let text = format!(
-            "[auth]\nalgorithms = [\"HS256\"]\nhs256_secret = \"0123456789abcdef0123456789abcdef\"\n{extra}"
-        );
-        load_from_str(&text, Origin::Builtin, Default::default())
-            .unwrap()
-            .settings
-    }
 
     fn facts<'a>(s: &'a Settings, model: &'a str, audio: bool, off_peak: bool) -> RequestFacts<'a> {
         RequestFacts {

@@ -130,16 +130,7 @@ pub fn team_limits(settings: &Settings, team: Option<&str>) -> TeamLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Origin, load_from_str};
-
-    fn settings(extra: &str) -> Settings {
-        let text = format!(
-            "[auth]\nalgorithms = [\"HS256\"]\nhs256_secret = \"0123456789abcdef0123456789abcdef\"\n{extra}"
-        );
-        load_from_str(&text, Origin::Builtin, Default::default())
-            .unwrap()
-            .settings
-    }
+    use crate::config::test_settings as settings;
 
     #[test]
     fn user_over_team_over_defaults_key_by_key() {
