@@ -322,3 +322,64 @@ fn task_not_found(request_id: &str) -> UpstreamResponse {
         request_id,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::config::{BUILTIN_CONFIG, Origin, load_from_str};
+
+    fn sandbox() -> Sandbox {
+        let config = load_from_str(BUILTIN_CONFIG, Origin::Builtin, Default::default()).unwrap();
+        let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).unwrap());
+        Sandbox::new(Arc::new(LiveConfig::new(config)), clock)
+    }
+
+    fn create(s: &Sandbox, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let res = s.handle(&UpstreamRequest {
+            endpoint: super::super::upstream::Endpoint::Img2Video,
+            method: Method::POST,
+            path: "/ent/v2/img2video".into(),
+            body: Bytes::from(body.to_string()),
+            request_id: "t".into(),
+        });
+        (
+            res.status.as_u16(),
+            serde_json::from_slice(&res.body).unwrap(),
+        )
+    }
+
+    /// What Vidu itself refuses, the simulator refuses in Vidu's envelope (without the gateway's `source`).
+    #[test]
+    fn the_simulator_refuses_what_vidu_would_refuse() {
+        let s = sandbox();
+        let img = json!(["https://e.com/a.png"]);
+        for (body, reason) in [
+            (json!({"images": img}), "FieldLacking"),
+            (json!({"model": "viduq2"}), "FieldLacking"),
+            (json!({"model": "viduq9", "images": img}), "FieldInvalid"),
+            (
+                json!({"model": "viduq2", "images": [], }),
+                "FieldItemCountOutOfRange",
+            ),
+            (
+                json!({"model": "viduq2", "images": img, "duration": 12}),
+                "FieldInvalid",
+            ),
+            (
+                json!({"model": "viduq1", "images": img, "resolution": "720p"}),
+                "FieldInvalid",
+            ),
+            (
+                json!({"model": "viduq3-pro", "images": img, "off_peak": true}),
+                "FieldInvalid",
+            ),
+        ] {
+            let (status, answer) = create(&s, body.clone());
+            assert_eq!(status, 400, "{body}");
+            assert_eq!(answer["reason"], reason, "{body}");
+            assert!(answer["metadata"].get("source").is_none());
+        }
+        assert_eq!(create(&s, json!({"model": "viduq2", "images": img})).0, 200);
+    }
+}

@@ -135,7 +135,7 @@ async fn unknown_sandbox_tasks_get_vidus_404_task_not_found() {
 }
 
 #[actix_web::test]
-async fn the_sandbox_refuses_what_vidu_would_refuse() {
+async fn a_request_vidu_would_refuse_is_refused_before_it_reaches_the_sandbox() {
     let app = TestApp::spawn(&sandbox_config(10)).await;
     let token = app.token("alice", "marketing");
     let (status, _, body) = app
@@ -151,5 +151,9 @@ async fn the_sandbox_refuses_what_vidu_would_refuse() {
     assert!(
         body["reason"].as_str().unwrap().starts_with("Field"),
         "{body}"
+    );
+    assert_eq!(
+        body["metadata"]["source"], "gateway",
+        "the gateway's validation answered"
     );
 }
