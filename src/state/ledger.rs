@@ -1,6 +1,7 @@
 //! The SQLite ledger (`state.ledger_path`, WAL): every reservation with its settlement, task ownership, and
 //! rejections by reason — so a restart forgets no spend, and `usage` reports who spent what.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -27,12 +28,14 @@ CREATE TABLE IF NOT EXISTS reservations (
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
+-- Monthly sums range over `day` (see `used`): one index per scope serves days and months, and every
+-- admitted request updates three indexes fewer than with separate month indexes (dropped from older ledgers).
 CREATE INDEX IF NOT EXISTS reservations_user_day ON reservations (user, day);
-CREATE INDEX IF NOT EXISTS reservations_user_month ON reservations (user, month);
 CREATE INDEX IF NOT EXISTS reservations_team_day ON reservations (team, day);
-CREATE INDEX IF NOT EXISTS reservations_team_month ON reservations (team, month);
 CREATE INDEX IF NOT EXISTS reservations_day ON reservations (day);
-CREATE INDEX IF NOT EXISTS reservations_month ON reservations (month);
+DROP INDEX IF EXISTS reservations_user_month;
+DROP INDEX IF EXISTS reservations_team_month;
+DROP INDEX IF EXISTS reservations_month;
 -- Open reservations are few; this keeps the start-up reconciliation from scanning the whole ledger.
 CREATE INDEX IF NOT EXISTS reservations_open ON reservations (id) WHERE status = 'reserved';
 CREATE TABLE IF NOT EXISTS tasks (
@@ -96,6 +99,14 @@ pub struct Ledger {
     conn: Connection,
 }
 
+/// How a reservation ends, when it ends in the batch that made it.
+#[derive(Clone, Copy)]
+struct Settled<'a> {
+    status: &'a str,
+    credits: Option<u64>,
+    task_id: Option<&'a str>,
+}
+
 /// One change to the ledger, applied by the writer thread in batches.
 #[derive(Debug)]
 pub enum Write {
@@ -156,8 +167,36 @@ impl Ledger {
             })
     }
 
-    /// Applies writes in one transaction (one commit for a whole batch).
-    pub fn apply(&mut self, writes: &[Write]) -> rusqlite::Result<()> {
+    /// Applies writes in one transaction (one commit for a whole batch). `now` stamps every row written (one
+    /// clock read per batch). A reservation settled in the same batch as it was made is written once, already
+    /// settled: the common case under load, and half the row writes.
+    pub fn apply(&mut self, writes: &[Write], now: &str) -> rusqlite::Result<()> {
+        let reserved: HashSet<i64> = writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Reserve { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect();
+        let settled_here: HashMap<i64, Settled<'_>> = writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Settle {
+                    id,
+                    status,
+                    credits,
+                    task_id,
+                } if reserved.contains(id) => Some((
+                    *id,
+                    Settled {
+                        status,
+                        credits: *credits,
+                        task_id: task_id.as_deref(),
+                    },
+                )),
+                _ => None,
+            })
+            .collect();
         let tx = self.conn.transaction()?;
         for w in writes {
             match w {
@@ -165,16 +204,27 @@ impl Ledger {
                     id,
                     entry,
                     estimate,
-                } => Self::reserve(&tx, *id, entry, *estimate)?,
+                } => {
+                    let settled = settled_here.get(id).copied().unwrap_or(Settled {
+                        status: "reserved",
+                        credits: None,
+                        task_id: None,
+                    });
+                    Self::reserve(&tx, *id, entry, *estimate, settled, now)?;
+                    if let (Some(task), Some(c)) = (settled.task_id, settled.credits) {
+                        Self::record_task(&tx, task, entry, c, now)?;
+                    }
+                }
+                Write::Settle { id, .. } if settled_here.contains_key(id) => {}
                 Write::Settle {
                     id,
                     status,
                     credits,
                     task_id,
                 } => {
-                    Self::settle(&tx, *id, status, *credits, task_id.as_deref())?;
+                    Self::settle(&tx, *id, status, *credits, task_id.as_deref(), now)?;
                     if let (Some(task), Some(c)) = (task_id, credits) {
-                        Self::record_task(&tx, *id, task, *c)?;
+                        Self::record_task_of(&tx, *id, task, *c, now)?;
                     }
                 }
                 Write::Rejection { entry, reason } => Self::record_rejection(&tx, entry, reason)?,
@@ -183,12 +233,34 @@ impl Ledger {
         tx.commit()
     }
 
-    fn reserve(conn: &Connection, id: i64, e: &LedgerEntry, estimate: u64) -> rusqlite::Result<()> {
+    fn reserve(
+        conn: &Connection,
+        id: i64,
+        e: &LedgerEntry,
+        estimate: u64,
+        s: Settled<'_>,
+        now: &str,
+    ) -> rusqlite::Result<()> {
         conn.prepare_cached(
-            "INSERT INTO reservations (id, request_id, user, team, day, month, model, off_peak, estimate, status) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'reserved')",
+            "INSERT INTO reservations (id, request_id, user, team, day, month, model, off_peak, estimate, status, \
+             credits, task_id, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)",
         )?
-        .execute(params![id, e.request_id, e.user, e.team, e.day, e.month, e.model, e.off_peak, estimate as i64])?;
+        .execute(params![
+            id,
+            e.request_id,
+            e.user,
+            e.team,
+            e.day,
+            e.month,
+            e.model,
+            e.off_peak,
+            estimate as i64,
+            s.status,
+            s.credits.map(|c| c as i64),
+            s.task_id,
+            now
+        ])?;
         Ok(())
     }
 
@@ -198,27 +270,44 @@ impl Ledger {
         status: &str,
         credits: Option<u64>,
         task_id: Option<&str>,
+        now: &str,
     ) -> rusqlite::Result<()> {
         conn.prepare_cached(
-            "UPDATE reservations SET status = ?2, credits = ?3, task_id = ?4, \
-                 updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
+            "UPDATE reservations SET status = ?2, credits = ?3, task_id = ?4, updated_at = ?5 WHERE id = ?1",
         )?
-        .execute(params![id, status, credits.map(|c| c as i64), task_id])?;
+        .execute(params![id, status, credits.map(|c| c as i64), task_id, now])?;
         Ok(())
     }
 
-    /// Records task ownership from the reservation it settled.
+    /// Records task ownership for a reservation written in this batch.
     fn record_task(
+        conn: &Connection,
+        task_id: &str,
+        e: &LedgerEntry,
+        credits: u64,
+        now: &str,
+    ) -> rusqlite::Result<()> {
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO tasks (task_id, user, team, credits, off_peak, model, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![task_id, e.user, e.team, credits as i64, e.off_peak, e.model, now])?;
+        Ok(())
+    }
+
+    /// Records task ownership from the reservation it settled (written in an earlier batch).
+    fn record_task_of(
         conn: &Connection,
         reservation: i64,
         task_id: &str,
         credits: u64,
+        now: &str,
     ) -> rusqlite::Result<()> {
         conn.prepare_cached(
-            "INSERT OR REPLACE INTO tasks (task_id, user, team, credits, off_peak, model) \
-                 SELECT ?2, user, team, ?3, off_peak, model FROM reservations WHERE id = ?1",
+            "INSERT OR REPLACE INTO tasks (task_id, user, team, credits, off_peak, model, created_at) \
+                 SELECT ?2, user, team, ?3, off_peak, model, ?4 FROM reservations WHERE id = ?1",
         )?
-        .execute(params![reservation, task_id, credits as i64])?;
+        .execute(params![reservation, task_id, credits as i64, now])?;
         Ok(())
     }
 
@@ -250,34 +339,33 @@ impl Ledger {
         Ok(())
     }
 
-    /// Credits used in one budget, from the rows.
+    /// Credits used in one budget, from the rows. A month is the range of its days, so the `(scope, day)`
+    /// indexes serve both periods.
     pub fn used(&self, key: &BudgetKey) -> rusqlite::Result<u64> {
-        let period_col = match key.period {
-            Period::Day | Period::ImmediateDay => "day",
-            Period::Month => "month",
+        let (first, last) = match key.period {
+            Period::Day | Period::ImmediateDay => (key.period_key.clone(), key.period_key.clone()),
+            Period::Month => (
+                format!("{}-01", key.period_key),
+                format!("{}-31", key.period_key),
+            ),
         };
         let immediate = if key.period == Period::ImmediateDay {
             " AND off_peak = 0"
         } else {
             ""
         };
-        let sql = match key.scope {
-            Scope::User => format!(
-                "SELECT {USED} FROM reservations WHERE user = ?1 AND {period_col} = ?2{immediate}"
-            ),
-            Scope::Team => format!(
-                "SELECT {USED} FROM reservations WHERE team = ?1 AND {period_col} = ?2{immediate}"
-            ),
-            Scope::Global => {
-                format!(
-                    "SELECT {USED} FROM reservations WHERE ?1 = ?1 AND {period_col} = ?2{immediate}"
-                )
-            }
+        let subject = match key.scope {
+            Scope::User => "user = ?1",
+            Scope::Team => "team = ?1",
+            Scope::Global => "?1 = ?1",
         };
+        let sql = format!(
+            "SELECT {USED} FROM reservations WHERE {subject} AND day BETWEEN ?2 AND ?3{immediate}"
+        );
         let v: i64 = self
             .conn
             .prepare_cached(&sql)?
-            .query_row(params![key.subject, key.period_key], |r| r.get(0))?;
+            .query_row(params![key.subject, first, last], |r| r.get(0))?;
         Ok(v.max(0) as u64)
     }
 
@@ -322,5 +410,179 @@ impl Ledger {
             *row.rejected_by_reason.entry(reason).or_default() += count;
         }
         Ok(rows.into_values().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(user: &str, day: &str) -> LedgerEntry {
+        LedgerEntry {
+            request_id: format!("req-{user}-{day}"),
+            user: user.into(),
+            team: "t".into(),
+            day: day.into(),
+            month: day[..7].into(),
+            model: "viduq2".into(),
+            off_peak: false,
+        }
+    }
+
+    fn reserve(id: i64, user: &str, day: &str, estimate: u64) -> Write {
+        Write::Reserve {
+            id,
+            entry: entry(user, day),
+            estimate,
+        }
+    }
+
+    fn charged(id: i64, credits: u64, task: &str) -> Write {
+        Write::Settle {
+            id,
+            status: "settled",
+            credits: Some(credits),
+            task_id: Some(task.into()),
+        }
+    }
+
+    type Row = (i64, String, Option<i64>, Option<String>, String, String);
+
+    fn rows(l: &Ledger) -> Vec<Row> {
+        let mut st = l
+            .conn
+            .prepare("SELECT id, status, credits, task_id, created_at, updated_at FROM reservations ORDER BY id")
+            .unwrap();
+        st.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    /// Reserved then settled in one batch, or across two: the same rows and the same task ownership.
+    #[test]
+    fn a_reservation_settled_in_its_own_batch_is_written_once_with_the_same_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut one = Ledger::open(&dir.path().join("one.sqlite3")).unwrap();
+        let mut two = Ledger::open(&dir.path().join("two.sqlite3")).unwrap();
+        let released = Write::Settle {
+            id: 2,
+            status: "released",
+            credits: None,
+            task_id: None,
+        };
+        let released_again = Write::Settle {
+            id: 2,
+            status: "released",
+            credits: None,
+            task_id: None,
+        };
+        let now = "2026-11-25T10:00:00.000Z";
+        one.apply(
+            &[
+                reserve(1, "ana", "2026-11-25", 40),
+                reserve(2, "bo", "2026-11-25", 20),
+                charged(1, 35, "task-1"),
+                released,
+                reserve(3, "cy", "2026-11-25", 10),
+            ],
+            now,
+        )
+        .unwrap();
+        two.apply(
+            &[
+                reserve(1, "ana", "2026-11-25", 40),
+                reserve(2, "bo", "2026-11-25", 20),
+                reserve(3, "cy", "2026-11-25", 10),
+            ],
+            now,
+        )
+        .unwrap();
+        two.apply(&[charged(1, 35, "task-1"), released_again], now)
+            .unwrap();
+        assert_eq!(rows(&one), rows(&two));
+        let r = rows(&one);
+        assert_eq!(r[0].1, "settled");
+        assert_eq!((r[0].2, r[0].3.as_deref()), (Some(35), Some("task-1")));
+        assert_eq!(r[1].1, "released");
+        assert_eq!(r[2].1, "reserved");
+        assert_eq!(r[0].4, now);
+        for l in [&one, &two] {
+            let t = l.task("task-1").unwrap().unwrap();
+            assert_eq!(
+                (t.user.as_str(), t.team.as_str(), t.credits),
+                ("ana", "t", 35)
+            );
+            assert_eq!(t.model, "viduq2");
+        }
+    }
+
+    /// Months are summed over their days; the month indexes of older ledgers are dropped on open.
+    #[test]
+    fn month_budgets_sum_their_days_and_old_month_indexes_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.sqlite3");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            c.execute_batch("CREATE INDEX reservations_month ON reservations (month);")
+                .unwrap();
+        }
+        let mut l = Ledger::open(&path).unwrap();
+        let indexes: Vec<String> = l
+            .conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE '%month%'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(indexes.is_empty(), "{indexes:?}");
+        l.apply(
+            &[
+                reserve(1, "ana", "2026-10-31", 1),
+                reserve(2, "ana", "2026-11-01", 10),
+                reserve(3, "ana", "2026-11-30", 100),
+                reserve(4, "bo", "2026-11-15", 1000),
+                reserve(5, "ana", "2026-12-01", 10000),
+            ],
+            "2026-11-25T10:00:00.000Z",
+        )
+        .unwrap();
+        let key = |scope, subject: &str, period, period_key: &str| BudgetKey {
+            scope,
+            subject: subject.into(),
+            period,
+            period_key: period_key.into(),
+        };
+        assert_eq!(
+            l.used(&key(Scope::User, "ana", Period::Month, "2026-11"))
+                .unwrap(),
+            110
+        );
+        assert_eq!(
+            l.used(&key(Scope::User, "ana", Period::Day, "2026-11-30"))
+                .unwrap(),
+            100
+        );
+        assert_eq!(
+            l.used(&key(Scope::Team, "t", Period::Month, "2026-11"))
+                .unwrap(),
+            1110
+        );
+        assert_eq!(
+            l.used(&key(Scope::Global, "", Period::Month, "2026-12"))
+                .unwrap(),
+            10000
+        );
     }
 }

@@ -23,7 +23,9 @@ enum Msg {
 }
 
 pub struct Writer {
-    tx: Mutex<Sender<Msg>>,
+    tx: Sender<Msg>,
+    /// The writer thread, unparked by `flush` so that a waiting reader does not sit out the gather window.
+    thread: std::thread::Thread,
     healthy: Arc<AtomicBool>,
     last_error: Arc<Mutex<Option<String>>>,
 }
@@ -35,19 +37,20 @@ impl Writer {
         let healthy = Arc::new(AtomicBool::new(true));
         let last_error = Arc::new(Mutex::new(None));
         let (h, e) = (healthy.clone(), last_error.clone());
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("ledger-writer".into())
             .spawn(move || run(&mut ledger, &rx, &h, &e))?;
         Ok(Self {
-            tx: Mutex::new(tx),
+            tx,
+            thread: handle.thread().clone(),
             healthy,
             last_error,
         })
     }
 
+    /// Queues a write. While the writer gathers a batch this is a queue push: no wake-up, no system call.
     pub fn send(&self, w: Write) {
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        if tx.send(Msg::Write(w)).is_err() {
+        if self.tx.send(Msg::Write(w)).is_err() {
             self.fail("the ledger writer stopped".into());
         }
     }
@@ -55,12 +58,8 @@ impl Writer {
     /// Waits until everything sent so far is committed (bounded wait).
     pub fn flush(&self) {
         let (done_tx, done_rx) = sync_channel(1);
-        let sent = self
-            .tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(Msg::Flush(done_tx))
-            .is_ok();
+        let sent = self.tx.send(Msg::Flush(done_tx)).is_ok();
+        self.thread.unpark();
         if sent && done_rx.recv_timeout(Duration::from_secs(10)).is_err() {
             tracing::error!("the ledger writer did not flush within 10 s");
         }
@@ -86,6 +85,9 @@ impl Writer {
     }
 }
 
+/// Blocks (a futex wait) only while idle. After the first write of a batch it parks for the gather window, so
+/// the writes that follow are queue pushes that wake nobody — a wake-up per request would cost a context switch
+/// on a busy core — then drains the queue and commits once. A flush unparks it early.
 fn run(
     ledger: &mut Ledger,
     rx: &Receiver<Msg>,
@@ -95,37 +97,50 @@ fn run(
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut waiters = Vec::new();
     while let Ok(first) = rx.recv() {
-        let deadline = std::time::Instant::now() + GATHER;
         let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Write(w) => batch.push(w),
-                Msg::Flush(done) => waiters.push(done),
+        if matches!(next, Some(Msg::Write(_))) {
+            std::thread::park_timeout(GATHER);
+        }
+        loop {
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Write(w) => batch.push(w),
+                    Msg::Flush(done) => waiters.push(done),
+                }
+                if batch.len() >= MAX_BATCH {
+                    break;
+                }
+                next = rx.try_recv().ok();
             }
-            if batch.len() >= MAX_BATCH {
+            if !batch.is_empty() {
+                commit(ledger, &batch, healthy, last_error);
+                batch.clear();
+            }
+            for w in waiters.drain(..) {
+                let _ = w.send(());
+            }
+            // A full batch left the rest queued: commit it too before blocking again.
+            next = rx.try_recv().ok();
+            if next.is_none() {
                 break;
             }
-            next = if waiters.is_empty() {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                rx.recv_timeout(left).ok()
-            } else {
-                rx.try_recv().ok()
-            };
         }
-        if !batch.is_empty() {
-            match ledger.apply(&batch) {
-                Ok(()) => healthy.store(true, Ordering::Relaxed),
-                Err(e) => {
-                    tracing::error!(error = %e, lost = batch.len(), "ledger: cannot commit writes");
-                    *last_error.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(format!("ledger: {e}"));
-                    healthy.store(false, Ordering::Relaxed);
-                }
-            }
-            batch.clear();
-        }
-        for w in waiters.drain(..) {
-            let _ = w.send(());
+    }
+}
+
+fn commit(
+    ledger: &mut Ledger,
+    batch: &[Write],
+    healthy: &AtomicBool,
+    last_error: &Mutex<Option<String>>,
+) {
+    let now = format!("{:.3}", jiff::Timestamp::now());
+    match ledger.apply(batch, &now) {
+        Ok(()) => healthy.store(true, Ordering::Relaxed),
+        Err(e) => {
+            tracing::error!(error = %e, lost = batch.len(), "ledger: cannot commit writes");
+            *last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("ledger: {e}"));
+            healthy.store(false, Ordering::Relaxed);
         }
     }
 }
