@@ -2,7 +2,12 @@
 //! Sends only the gateway's own headers (`Authorization: Token <key>`, content type, request id): nothing of the
 //! caller's headers reaches Vidu. Never retries.
 
+use std::convert::Infallible;
 use std::time::{Duration, Instant};
+
+use actix_web::body::SizedStream;
+use bytes::Bytes;
+use futures_util::Stream;
 
 use actix_web::http::header::{self, HeaderValue};
 use awc::error::SendRequestError;
@@ -14,6 +19,9 @@ use crate::config::{LiveConfig, UpstreamSettings};
 
 /// Largest answer read from Vidu (task queries echo the payload, up to 1 MiB, plus creations).
 const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+/// Bodies larger than this are streamed to Vidu in `STREAM_SLICE` slices; smaller ones go in one write.
+const STREAM_ABOVE: usize = 256 * 1024;
+const STREAM_SLICE: usize = 128 * 1024;
 
 pub struct ViduClient {
     client: awc::Client,
@@ -63,7 +71,12 @@ impl ViduClient {
         if !req.body.is_empty() {
             builder = builder.insert_header((header::CONTENT_TYPE, "application/json"));
         }
-        let mut res = builder.send_body(req.body).await.map_err(|e| match e {
+        let sent = if req.body.len() > STREAM_ABOVE {
+            builder.send_body(streamed(req.body))
+        } else {
+            builder.send_body(req.body)
+        };
+        let mut res = sent.await.map_err(|e| match e {
             SendRequestError::Timeout => UpstreamError::Timeout,
             SendRequestError::Connect(c) => UpstreamError::Connect(c.to_string()),
             other => UpstreamError::Broken(other.to_string()),
@@ -85,6 +98,16 @@ impl ViduClient {
             body,
         })
     }
+}
+
+/// A large body is handed to awc in slices of the one buffer it was read into (no copy), with its length
+/// declared: awc then holds one slice at a time in its write buffer instead of a second copy of the whole body.
+fn streamed(body: Bytes) -> SizedStream<impl Stream<Item = Result<Bytes, Infallible>>> {
+    let len = body.len();
+    let slices = (0..len)
+        .step_by(STREAM_SLICE)
+        .map(move |at| Ok(body.slice(at..(at + STREAM_SLICE).min(len))));
+    SizedStream::new(len as u64, futures_util::stream::iter(slices))
 }
 
 /// `Token <api_key>`, marked sensitive (never printed by the HTTP stack).
