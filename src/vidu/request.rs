@@ -314,6 +314,23 @@ fn raw_str(raw: &RawValue) -> Option<Cow<'_, str>> {
     serde_json::from_str::<String>(text).ok().map(Cow::Owned)
 }
 
+/// The common `images` value — an array holding one string without escapes — read without a second JSON pass
+/// over a 15 MB data URI: serde_json has already checked that the array is well-formed, so when its trimmed
+/// inside starts and ends with a quote and holds no other quote or backslash (one SIMD scan), it is exactly that
+/// one string, and this is its text. `None` sends anything else through the full parse.
+fn one_plain_string(array: &RawValue) -> Option<&str> {
+    let inner = array
+        .get()
+        .strip_prefix('[')?
+        .strip_suffix(']')?
+        .trim_matches(|c: char| matches!(c, ' ' | '\t' | '\n' | '\r'));
+    let text = inner.strip_prefix('"')?.strip_suffix('"')?;
+    match memchr::memchr2(b'"', b'\\', text.as_bytes()) {
+        Some(_) => None,
+        None => Some(text),
+    }
+}
+
 /// A JSON integer, saturated to i64 (every range checked here is far inside it). `None` when not an integer.
 fn raw_int(raw: &RawValue) -> Option<i64> {
     let text = raw.get();
@@ -783,39 +800,45 @@ pub fn validate<'a>(body: &'a [u8], settings: &Settings) -> Result<Validated<'a>
                 describe(raw)
             ),
         )),
-        Some((i, raw)) => match serde_json::from_str::<Vec<&RawValue>>(raw.get()) {
-            Ok(items) if items.len() != 1 => problems.push(found(
-                i,
-                "images",
-                "CountOutOfRange",
-                format!("images must hold exactly 1 image, got {}", items.len()),
-            )),
-            Ok(items) => match items.first().and_then(|r| raw_str(r)) {
-                Some(s) => match check_image(&s) {
-                    Ok(info) => image = Some(info),
-                    Err(message) => {
-                        problems.push(found(i, "images[0]", "ImageInvalid", message))
+        Some((i, raw)) => match one_plain_string(raw) {
+            Some(s) => match check_image(s) {
+                Ok(info) => image = Some(info),
+                Err(message) => problems.push(found(i, "images[0]", "ImageInvalid", message)),
+            },
+            None => match serde_json::from_str::<Vec<&RawValue>>(raw.get()) {
+                Ok(items) if items.len() != 1 => problems.push(found(
+                    i,
+                    "images",
+                    "CountOutOfRange",
+                    format!("images must hold exactly 1 image, got {}", items.len()),
+                )),
+                Ok(items) => match items.first().and_then(|r| raw_str(r)) {
+                    Some(s) => match check_image(&s) {
+                        Ok(info) => image = Some(info),
+                        Err(message) => {
+                            problems.push(found(i, "images[0]", "ImageInvalid", message))
+                        }
+                    },
+                    None => {
+                        let got = items.first().map(|r| describe(r)).unwrap_or_default();
+                        problems.push(found(
+                            i,
+                            "images[0]",
+                            "WrongType",
+                            format!(
+                                "images[0]: expected a string (an http(s) URL or a data URI), got {got}"
+                            ),
+                        ));
                     }
                 },
-                None => {
-                    let got = items.first().map(|r| describe(r)).unwrap_or_default();
-                    problems.push(found(
-                        i,
-                        "images[0]",
-                        "WrongType",
-                        format!(
-                            "images[0]: expected a string (an http(s) URL or a data URI), got {got}"
-                        ),
-                    ));
-                }
+                // Unreachable for a value serde_json already parsed as an array; reported rather than assumed.
+                Err(e) => problems.push(found(
+                    i,
+                    "images",
+                    "WrongType",
+                    format!("images: expected an array of strings ({e})"),
+                )),
             },
-            // Unreachable for a value serde_json already parsed as an array; reported rather than assumed.
-            Err(e) => problems.push(found(
-                i,
-                "images",
-                "WrongType",
-                format!("images: expected an array of strings ({e})"),
-            )),
         },
     }
 
@@ -1173,6 +1196,40 @@ mod tests {
             Ok(e) => e,
             Err(r) => panic!("{model} {extra} should pass: {r:?}"),
         }
+    }
+
+    #[test]
+    fn one_plain_string_takes_only_a_lone_string_without_escapes() {
+        fn raw(t: &str) -> &RawValue {
+            serde_json::from_str(t).unwrap()
+        }
+        assert_eq!(
+            one_plain_string(raw(r#"["https://a/b.png"]"#)),
+            Some("https://a/b.png")
+        );
+        assert_eq!(one_plain_string(raw("[ \n\t\"x\" \r]")), Some("x"));
+        assert_eq!(one_plain_string(raw(r#"[""]"#)), Some(""));
+        // Everything else goes through the full parse (which reports counts and types).
+        for t in [
+            r#"["a","b"]"#,
+            r#"["a\"b"]"#,
+            r#"["a\u0041"]"#,
+            "[1]",
+            "[]",
+            r#"[["a"]]"#,
+            r#"[{"a":"b"}]"#,
+        ] {
+            assert_eq!(one_plain_string(raw(t)), None, "{t}");
+        }
+    }
+
+    #[test]
+    fn an_escaped_image_string_is_still_read_and_checked() {
+        let b = br#"{"model":"viduq2","images":["https:\/\/example.com\/a.png"]}"#;
+        assert!(validate(b, &settings()).is_ok());
+        let b = br#"{"model":"viduq2","images":["https://example.com/a.png", "https://example.com/b.png"]}"#;
+        let e = validate(b, &settings()).err().unwrap();
+        assert!(format!("{e:?}").contains("exactly 1 image"), "{e:?}");
     }
 
     #[test]
