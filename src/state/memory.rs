@@ -3,7 +3,6 @@
 //! thread), which seeds the counters after a restart. One lock makes every admission decision atomic across
 //! all its buckets.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -12,6 +11,10 @@ use super::rate::{Checked, RateLimits};
 use super::writer::Writer;
 use super::*;
 use crate::clock::SharedClock;
+
+/// Keys here are short strings hashed on every admission: foldhash (already built for actix-http, seeded per
+/// process) instead of SipHash.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 struct Outstanding {
     keys: Vec<BudgetKey>,
@@ -23,7 +26,8 @@ struct Inner {
     ledger: Ledger,
     next_id: i64,
     budgets: HashMap<BudgetKey, u64>,
-    slots: HashMap<(Scope, String), u32>,
+    /// In-flight requests per scope and subject (looked up by `&str`, without building a key).
+    slots: HashMap<Scope, HashMap<String, u32>>,
     rates: RateLimits,
     outstanding: HashMap<i64, Outstanding>,
     /// Days/months seen; counters of earlier periods are dropped when a new one starts.
@@ -48,10 +52,10 @@ impl MemoryStore {
             inner: Mutex::new(Inner {
                 ledger,
                 next_id,
-                budgets: HashMap::new(),
-                slots: HashMap::new(),
+                budgets: HashMap::default(),
+                slots: HashMap::default(),
                 rates: RateLimits::new(clock),
-                outstanding: HashMap::new(),
+                outstanding: HashMap::default(),
                 current_day: String::new(),
             }),
         })
@@ -103,7 +107,8 @@ impl AdmissionStore for MemoryStore {
         for s in &req.slots {
             let held = inner
                 .slots
-                .get(&(s.scope, s.subject.clone()))
+                .get(&s.scope)
+                .and_then(|m| m.get(s.subject.as_str()))
                 .copied()
                 .unwrap_or(0);
             if held >= s.max {
@@ -137,7 +142,7 @@ impl AdmissionStore for MemoryStore {
         let mut tightest: Option<RateStatus> = None;
         for r in &req.rates {
             let key = format!("{}:{}", r.scope.as_str(), r.subject);
-            match inner.rates.check(&key, r.per_minute, r.burst) {
+            match inner.rates.check(key, r.per_minute, r.burst) {
                 Checked::Allowed { remaining, undo: u } => {
                     undo.push(u);
                     if tightest.as_ref().is_none_or(|t| remaining < t.remaining) {
@@ -184,11 +189,22 @@ impl AdmissionStore for MemoryStore {
         });
         drop(undo);
         for s in &req.slots {
-            *inner.slots.entry((s.scope, s.subject.clone())).or_default() += 1;
+            let held = inner.slots.entry(s.scope).or_default();
+            match held.get_mut(s.subject.as_str()) {
+                Some(n) => *n += 1,
+                None => {
+                    held.insert(s.subject.clone(), 1);
+                }
+            }
         }
         let keys: Vec<BudgetKey> = req.budgets.iter().map(|b| b.key.clone()).collect();
         for k in &keys {
-            *inner.budgets.entry(k.clone()).or_default() += req.estimate;
+            // Present: the check above loaded every budget of the request.
+            if let Some(v) = inner.budgets.get_mut(k) {
+                *v += req.estimate;
+            } else {
+                inner.budgets.insert(k.clone(), req.estimate);
+            }
         }
         inner.outstanding.insert(
             id,
@@ -207,11 +223,13 @@ impl AdmissionStore for MemoryStore {
     fn release_slots(&self, slots: &[SlotSpec]) {
         let mut inner = self.lock();
         for s in slots {
-            let k = (s.scope, s.subject.clone());
-            if let Some(n) = inner.slots.get_mut(&k) {
+            let Some(held) = inner.slots.get_mut(&s.scope) else {
+                continue;
+            };
+            if let Some(n) = held.get_mut(s.subject.as_str()) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
-                    inner.slots.remove(&k);
+                    held.remove(s.subject.as_str());
                 }
             }
         }
