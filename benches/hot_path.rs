@@ -145,6 +145,8 @@ fn verify(auth: &Authenticator, token: &str) -> Identity {
 /// and identity claims. `jwt_verify_again/*`: the same token through the same `Authenticator`, as a client
 /// sends it request after request (a cache hit when there is a cache; the full check when there is none).
 fn bench_jwt(c: &mut Criterion) {
+    // As `main` does, before the first token is minted (which would fix jsonwebtoken's provider).
+    vidu_gateway::auth::crypto::install();
     let metrics = Metrics::new();
     let mut g = c.benchmark_group("jwt_verify");
     let mut again = Vec::new();

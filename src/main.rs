@@ -12,5 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     // Exactly one rustls provider, installed before any client is built (STACK.md trap 1).
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Likewise for JWT signatures, before jsonwebtoken's first use picks its default.
+    vidu_gateway::auth::crypto::install();
     vidu_gateway::cli::run(vidu_gateway::cli::Cli::parse())
 }

@@ -2,6 +2,7 @@
 
 mod cache;
 pub mod claims;
+pub mod crypto;
 pub mod jwks;
 mod keys;
 pub mod mint;
@@ -97,6 +98,8 @@ impl Authenticator {
         metrics: &Metrics,
         previous: Option<&Arc<Jwks>>,
     ) -> anyhow::Result<Self> {
+        // Signatures are checked with ring wherever it applies (auth/crypto.rs).
+        crypto::install();
         let allowed = settings
             .algorithms
             .iter()

@@ -43,6 +43,8 @@ fn claims() -> Value {
 }
 
 fn sign(alg: Algorithm, key: &str, kid: Option<&str>, claims: &Value) -> String {
+    // The gateway's provider (ring for RS/PS/ES) before jsonwebtoken's first use in this process.
+    vidu_gateway::auth::crypto::install();
     let mut header = Header::new(alg);
     header.kid = kid.map(str::to_owned);
     jsonwebtoken::encode(&header, claims, &private_key(alg, key)).unwrap()

@@ -191,6 +191,8 @@ impl TestApp {
     /// Spawns the gateway in this process on port 0 with `config` (TOML text).
     pub async fn spawn(config: &str) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
+        // As `main` does: ring for JWT signatures, before any token is minted here.
+        vidu_gateway::auth::crypto::install();
         let clock = ManualClock::new(jiff::Timestamp::now());
         let shared: SharedClock = clock.clone();
         let app = Application::build_with(load(config), Options { clock: shared }).unwrap();
@@ -287,6 +289,7 @@ pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str
 
 /// HS256 token with `claims`, `exp` one hour ahead unless given.
 pub fn mint(mut claims: Value) -> String {
+    vidu_gateway::auth::crypto::install();
     let now = jiff::Timestamp::now().as_second();
     if claims.get("exp").is_none() {
         claims["exp"] = json!(now + 3600);
