@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 /// mimalloc: per-thread free lists instead of glibc's arenas. Measured on the request path (bench/PROFILE.md):
-/// about 10 µs less CPU per small request.
+/// about 10 µs less CPU per small request, and large bodies reuse their memory instead of faulting it in again.
+/// Built with `no_thp`: with transparent huge pages each thread's first touch took a 2 MiB page (idle RSS 24
+/// instead of 14 MiB).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
