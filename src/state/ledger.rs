@@ -145,6 +145,29 @@ impl Ledger {
         Ok(Self { conn })
     }
 
+    /// The writer's connection: SQLite checkpoints the WAL itself only once it holds `pages` pages (the
+    /// checkpointer thread normally keeps it far below that, at idle priority).
+    pub fn set_autocheckpoint(&self, pages: u32) -> rusqlite::Result<()> {
+        self.conn
+            .query_row(&format!("PRAGMA wal_autocheckpoint = {pages}"), [], |_| {
+                Ok(())
+            })
+    }
+
+    /// A connection for `checkpoint` only.
+    pub fn open_for_checkpoints(path: &Path) -> anyhow::Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Self { conn })
+    }
+
+    /// Copies committed WAL pages into the database file without waiting for readers or the writer
+    /// (`PASSIVE`), so that the WAL can start over. Returns the WAL's size in pages.
+    pub fn checkpoint(&self) -> rusqlite::Result<i64> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+    }
+
     /// Opens an existing ledger for reading only (the `usage` command, beside a running gateway).
     pub fn open_read_only(path: &Path) -> anyhow::Result<Self> {
         let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)

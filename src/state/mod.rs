@@ -4,6 +4,7 @@
 
 pub mod ledger;
 pub mod memory;
+pub mod priority;
 pub mod rate;
 pub mod writer;
 
