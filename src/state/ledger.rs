@@ -587,25 +587,14 @@ mod tests {
             period,
             period_key: period_key.into(),
         };
-        assert_eq!(
-            l.used(&key(Scope::User, "ana", Period::Month, "2026-11"))
-                .unwrap(),
-            110
-        );
-        assert_eq!(
-            l.used(&key(Scope::User, "ana", Period::Day, "2026-11-30"))
-                .unwrap(),
-            100
-        );
-        assert_eq!(
-            l.used(&key(Scope::Team, "t", Period::Month, "2026-11"))
-                .unwrap(),
-            1110
-        );
-        assert_eq!(
-            l.used(&key(Scope::Global, "", Period::Month, "2026-12"))
-                .unwrap(),
-            10000
-        );
+        for (scope, subject, period, period_key, used) in [
+            (Scope::User, "ana", Period::Month, "2026-11", 110),
+            (Scope::User, "ana", Period::Day, "2026-11-30", 100),
+            (Scope::Team, "t", Period::Month, "2026-11", 1110),
+            (Scope::Global, "", Period::Month, "2026-12", 10000),
+        ] {
+            let k = key(scope, subject, period, period_key);
+            assert_eq!(l.used(&k).unwrap(), used, "{k:?}");
+        }
     }
 }
