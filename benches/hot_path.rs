@@ -261,7 +261,7 @@ fn admission_request() -> AdmissionRequest {
 }
 
 fn open_store(dir: &Path) -> MemoryStore {
-    MemoryStore::open(&dir.join("ledger.sqlite3"), clock())
+    MemoryStore::open(&dir.join("ledger.sqlite3"), clock(), Default::default())
         .unwrap_or_else(|e| panic!("ledger: {e}"))
 }
 

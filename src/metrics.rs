@@ -83,6 +83,21 @@ pub struct Metrics {
     pub credits: Family<CreditLabels, Counter>,
     pub in_flight: Family<TeamLabels, Gauge>,
     pub budget_remaining: Family<TeamLabels, Gauge>,
+    pub ledger: LedgerMetrics,
+}
+
+/// The ledger writer's figures: shared handles, updated by the writer and checkpointer threads, read by `/metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct LedgerMetrics {
+    /// Writes queued and not yet committed (a crash would lose them).
+    pub pending_writes: Gauge,
+    pub commits: Counter,
+    /// Writes committed (reservations, settlements, rejections).
+    pub writes: Counter,
+    pub commit_errors: Counter,
+    /// WAL pages not yet copied into the database file at the last checkpoint.
+    pub wal_pages: Gauge,
+    pub checkpoint_errors: Counter,
 }
 
 impl Metrics {
@@ -160,6 +175,37 @@ impl Metrics {
             "Tightest remaining credit budget seen at the team's last admission",
             budget_remaining.clone(),
         );
+        let ledger = LedgerMetrics::default();
+        registry.register(
+            "ledger_pending_writes",
+            "Ledger writes queued and not yet committed",
+            ledger.pending_writes.clone(),
+        );
+        registry.register(
+            "ledger_commits",
+            "Ledger transactions committed",
+            ledger.commits.clone(),
+        );
+        registry.register(
+            "ledger_writes",
+            "Ledger writes committed (reservations, settlements, rejections)",
+            ledger.writes.clone(),
+        );
+        registry.register(
+            "ledger_commit_errors",
+            "Ledger transactions that failed (their writes are lost; /readyz reports it)",
+            ledger.commit_errors.clone(),
+        );
+        registry.register(
+            "ledger_wal_pages",
+            "WAL pages not yet copied into the ledger file at the last checkpoint",
+            ledger.wal_pages.clone(),
+        );
+        registry.register(
+            "ledger_checkpoint_errors",
+            "Ledger WAL checkpoints that failed (retried)",
+            ledger.checkpoint_errors.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -175,6 +221,7 @@ impl Metrics {
             credits,
             in_flight,
             budget_remaining,
+            ledger,
         }
     }
 

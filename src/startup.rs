@@ -91,6 +91,7 @@ impl Application {
             StateBackend::Memory => Arc::new(MemoryStore::open(
                 &settings.state.ledger_path,
                 options.clock.clone(),
+                metrics.ledger.clone(),
             )?),
             StateBackend::Redis => anyhow::bail!(
                 "state.backend = \"redis\" is not available in this build yet: use \"memory\" (one replica)"

@@ -162,10 +162,13 @@ impl Ledger {
     }
 
     /// Copies committed WAL pages into the database file without waiting for readers or the writer
-    /// (`PASSIVE`), so that the WAL can start over. Returns the WAL's size in pages.
+    /// (`PASSIVE`), so that the WAL can start over. Returns the pages still to copy.
     pub fn checkpoint(&self) -> rusqlite::Result<i64> {
         self.conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                let (log, done): (i64, i64) = (r.get(1)?, r.get(2)?);
+                Ok((log - done).max(0))
+            })
     }
 
     /// Opens an existing ledger for reading only (the `usage` command, beside a running gateway).

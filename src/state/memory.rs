@@ -40,11 +40,15 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
-    pub fn open(ledger_path: &Path, clock: SharedClock) -> anyhow::Result<Self> {
+    pub fn open(
+        ledger_path: &Path,
+        clock: SharedClock,
+        metrics: crate::metrics::LedgerMetrics,
+    ) -> anyhow::Result<Self> {
         let context = |e: anyhow::Error| {
             anyhow::anyhow!("state.ledger_path = {}: {e:#}", ledger_path.display())
         };
-        let writer = Writer::start(ledger_path).map_err(context)?;
+        let writer = Writer::start(ledger_path, metrics).map_err(context)?;
         let ledger = Ledger::open_read_only(ledger_path).map_err(context)?;
         let next_id = ledger.max_id().map_err(|e| context(e.into()))? + 1;
         Ok(Self {

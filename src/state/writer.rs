@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::ledger::{Ledger, Write};
+use crate::metrics::LedgerMetrics;
 
 /// Most writes in one transaction.
 const MAX_BATCH: usize = 512;
@@ -35,31 +36,34 @@ pub struct Writer {
     thread: std::thread::Thread,
     healthy: Arc<AtomicBool>,
     last_error: Arc<Mutex<Option<String>>>,
+    metrics: LedgerMetrics,
 }
 
 impl Writer {
-    pub fn start(path: &Path) -> anyhow::Result<Self> {
+    pub fn start(path: &Path, metrics: LedgerMetrics) -> anyhow::Result<Self> {
         let mut ledger = Ledger::open(path)?;
         ledger.set_autocheckpoint(WAL_AUTOCHECKPOINT_PAGES)?;
-        let checkpointer = Checkpointer::start(path)?;
+        let checkpointer = Checkpointer::start(path, metrics.clone())?;
         let (tx, rx) = channel();
         let healthy = Arc::new(AtomicBool::new(true));
         let last_error = Arc::new(Mutex::new(None));
-        let (h, e) = (healthy.clone(), last_error.clone());
+        let (h, e, m) = (healthy.clone(), last_error.clone(), metrics.clone());
         let handle = std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || run(&mut ledger, &rx, &h, &e))?;
+            .spawn(move || run(&mut ledger, &rx, &h, &e, &m))?;
         Ok(Self {
             tx,
             checkpointer: Some(checkpointer),
             thread: handle.thread().clone(),
             healthy,
             last_error,
+            metrics,
         })
     }
 
     /// Queues a write. While the writer gathers a batch this is a queue push: no wake-up, no system call.
     pub fn send(&self, w: Write) {
+        self.metrics.pending_writes.inc();
         if self.tx.send(Msg::Write(w)).is_err() {
             self.fail("the ledger writer stopped".into());
         }
@@ -113,7 +117,7 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn start(path: &Path) -> anyhow::Result<Self> {
+    fn start(path: &Path, metrics: LedgerMetrics) -> anyhow::Result<Self> {
         let ledger = Ledger::open_for_checkpoints(path)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
@@ -123,8 +127,14 @@ impl Checkpointer {
                 crate::state::priority::lowest_for_this_thread();
                 while !stopped.load(Ordering::Relaxed) {
                     std::thread::park_timeout(CHECKPOINT_EVERY);
-                    if let Err(e) = ledger.checkpoint() {
-                        tracing::warn!(error = %e, "ledger: checkpoint failed (retried)");
+                    match ledger.checkpoint() {
+                        Ok(behind) => {
+                            metrics.wal_pages.set(behind);
+                        }
+                        Err(e) => {
+                            metrics.checkpoint_errors.inc();
+                            tracing::warn!(error = %e, "ledger: checkpoint failed (retried)");
+                        }
                     }
                 }
             })?;
@@ -148,6 +158,7 @@ fn run(
     rx: &Receiver<Msg>,
     healthy: &AtomicBool,
     last_error: &Mutex<Option<String>>,
+    metrics: &LedgerMetrics,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut waiters = Vec::new();
@@ -168,7 +179,7 @@ fn run(
                 next = rx.try_recv().ok();
             }
             if !batch.is_empty() {
-                commit(ledger, &batch, healthy, last_error);
+                commit(ledger, &batch, healthy, last_error, metrics);
                 batch.clear();
             }
             for w in waiters.drain(..) {
@@ -188,11 +199,20 @@ fn commit(
     batch: &[Write],
     healthy: &AtomicBool,
     last_error: &Mutex<Option<String>>,
+    metrics: &LedgerMetrics,
 ) {
     let now = format!("{:.3}", jiff::Timestamp::now());
-    match ledger.apply(batch, &now) {
-        Ok(()) => healthy.store(true, Ordering::Relaxed),
+    let result = ledger.apply(batch, &now);
+    let n = i64::try_from(batch.len()).unwrap_or(i64::MAX);
+    metrics.pending_writes.dec_by(n);
+    match result {
+        Ok(()) => {
+            metrics.commits.inc();
+            metrics.writes.inc_by(n.unsigned_abs());
+            healthy.store(true, Ordering::Relaxed);
+        }
         Err(e) => {
+            metrics.commit_errors.inc();
             tracing::error!(error = %e, lost = batch.len(), "ledger: cannot commit writes");
             *last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("ledger: {e}"));
             healthy.store(false, Ordering::Relaxed);
@@ -211,7 +231,8 @@ mod tests {
     fn the_checkpointer_copies_the_wal_into_the_database_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.sqlite3");
-        let writer = Writer::start(&path).unwrap();
+        let metrics = LedgerMetrics::default();
+        let writer = Writer::start(&path, metrics.clone()).unwrap();
         let size = || std::fs::metadata(&path).unwrap().len();
         let before = size();
         for id in 1..=2000 {
@@ -230,6 +251,9 @@ mod tests {
             });
         }
         writer.flush();
+        assert_eq!(metrics.pending_writes.get(), 0);
+        assert_eq!(metrics.writes.get(), 2000);
+        assert!((1..=2000).contains(&metrics.commits.get()));
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while size() <= before && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));

@@ -668,3 +668,35 @@ async fn metrics_count_admissions_and_credits_by_team_without_user_ids() {
     );
     assert!(!text.contains("alice-secret-user"));
 }
+
+/// The ledger writer reports what it committed and what is still queued.
+#[actix_web::test]
+async fn metrics_show_the_ledger_writer_at_work() {
+    let mock = MockVidu::start().await;
+    let app = app(&mock, "").await;
+    let t = app.token("ana", "mkt");
+    let (status, _, body) = create(&app, &t, &q2()).await;
+    assert_eq!(status, StatusCode::OK);
+    // A task lookup reads the ledger, which commits everything queued first.
+    let task = body["task_id"].as_str().unwrap();
+    let _ = app
+        .get(&format!("/ent/v2/tasks/{task}/creations"), &t)
+        .await;
+    let text = app.metrics_text().await;
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+    };
+    assert!(value("vidu_gateway_ledger_writes_total") >= 1.0, "{text}");
+    assert!(value("vidu_gateway_ledger_commits_total") >= 1.0, "{text}");
+    assert_eq!(value("vidu_gateway_ledger_pending_writes"), 0.0, "{text}");
+    assert_eq!(
+        value("vidu_gateway_ledger_commit_errors_total"),
+        0.0,
+        "{text}"
+    );
+    assert!(text.contains("vidu_gateway_ledger_wal_pages"), "{text}");
+}
