@@ -30,8 +30,8 @@ enum Msg {
 
 pub struct Writer {
     tx: Sender<Msg>,
-    /// Stops the checkpointer thread when the writer goes.
-    checkpointer: Option<Checkpointer>,
+    /// Stopped when the writer goes (its `Drop`).
+    _checkpointer: Checkpointer,
     /// The writer thread, unparked by `flush` so that a waiting reader does not sit out the gather window.
     thread: std::thread::Thread,
     healthy: Arc<AtomicBool>,
@@ -53,7 +53,7 @@ impl Writer {
             .spawn(move || run(&mut ledger, &rx, &h, &e, &m))?;
         Ok(Self {
             tx,
-            checkpointer: Some(checkpointer),
+            _checkpointer: checkpointer,
             thread: handle.thread().clone(),
             healthy,
             last_error,
@@ -99,14 +99,6 @@ impl Writer {
     }
 }
 
-impl Drop for Writer {
-    fn drop(&mut self) {
-        if let Some(c) = self.checkpointer.take() {
-            c.stop();
-        }
-    }
-}
-
 /// Checkpoints the WAL from its own thread at the lowest CPU priority. A checkpoint copies up to a few MiB of
 /// pages and syncs the file; done by the writer on its commit path (SQLite's default), that burst competes with
 /// the request path for the core every few hundred milliseconds — what a p99 sees. Here it runs when the core
@@ -143,8 +135,10 @@ impl Checkpointer {
             thread: handle.thread().clone(),
         })
     }
+}
 
-    fn stop(self) {
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.unpark();
     }
