@@ -2,6 +2,7 @@
 //! Sends only the gateway's own headers (`Authorization: Token <key>`, content type, request id): nothing of the
 //! caller's headers reaches Vidu. Never retries.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use awc::error::SendRequestError;
 use super::upstream::{UpstreamError, UpstreamRequest, UpstreamResponse};
 use std::sync::Arc;
 
-use crate::config::{LiveConfig, UpstreamSettings};
+use crate::config::{LiveConfig, LoadedConfig, UpstreamSettings};
 
 /// Largest answer read from Vidu (task queries echo the payload, up to 1 MiB, plus creations).
 const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
@@ -28,7 +29,16 @@ pub struct ViduClient {
     /// `upstream.base_url` and `upstream.api_key` are read per call, so a reload that rotates the key applies at
     /// once; timeouts are fixed when the worker starts.
     config: Arc<LiveConfig>,
+    /// Base URL and `Authorization` value of the configuration last used: rebuilt only when a reload has swapped
+    /// the configuration, not formatted and validated again on every call.
+    target: RefCell<Option<Target>>,
     request_timeout: Duration,
+}
+
+struct Target {
+    config: Arc<LoadedConfig>,
+    base_url: String,
+    authorization: HeaderValue,
 }
 
 impl ViduClient {
@@ -51,17 +61,37 @@ impl ViduClient {
         Ok(Self {
             client,
             config,
+            target: RefCell::new(None),
             request_timeout,
         })
     }
 
+    /// The URL for `path` and the `Authorization` value, from the configuration in force.
+    fn target(&self, path: &str) -> Result<(String, HeaderValue), UpstreamError> {
+        let current = self.config.current();
+        let mut cached = self.target.borrow_mut();
+        let fresh = cached
+            .as_ref()
+            .is_some_and(|t| Arc::ptr_eq(&t.config, &current));
+        if !fresh {
+            let upstream = &current.settings.upstream;
+            let authorization =
+                authorization(upstream).map_err(|e| UpstreamError::Connect(e.to_string()))?;
+            *cached = Some(Target {
+                base_url: upstream.base_url.trim_end_matches('/').to_owned(),
+                authorization,
+                config: current,
+            });
+        }
+        let t = cached
+            .as_ref()
+            .ok_or_else(|| UpstreamError::Connect("no upstream configuration".into()))?;
+        Ok((format!("{}{path}", t.base_url), t.authorization.clone()))
+    }
+
     pub async fn send(&self, req: UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
         let started = Instant::now();
-        let config = self.config.current();
-        let upstream = &config.settings.upstream;
-        let url = format!("{}{}", upstream.base_url.trim_end_matches('/'), req.path);
-        let auth = authorization(upstream).map_err(|e| UpstreamError::Connect(e.to_string()))?;
-        drop(config);
+        let (url, auth) = self.target(&req.path)?;
         let mut builder = self
             .client
             .request(req.method, url)

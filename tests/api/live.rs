@@ -135,6 +135,43 @@ async fn a_reload_that_lowers_a_budget_applies_at_once_without_resetting_spend()
     assert_eq!(create(&bin.url(), &token).await.0, StatusCode::OK);
 }
 
+/// A reload that rotates `upstream.api_key` is used by the very next call to Vidu (the client keeps the
+/// `Authorization` value of the configuration in force, rebuilt when a reload swaps it).
+#[actix_web::test]
+async fn a_reload_that_rotates_the_enterprise_key_applies_to_the_next_call() {
+    let mock = MockVidu::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // One worker, so the call after the reload goes through the client that made the call before it.
+    let cfg = config(&mock, &dir.path().join("ledger.sqlite3"), 1000).replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nworkers = 1",
+    );
+    assert!(cfg.contains("workers = 1"));
+    let bin = Binary::start(&cfg, &[]);
+    let token = mint(json!({"sub": "alice", "team": "mkt"}));
+    assert_eq!(create(&bin.url(), &token).await.0, StatusCode::OK);
+    let v1 = config_version(&bin.url()).await;
+
+    let rotated = cfg.replace(VIDU_KEY, "rotated-enterprise-key");
+    assert_ne!(rotated, cfg);
+    std::fs::write(bin.config_path(), rotated).unwrap();
+    bin.signal("HUP");
+    wait_for_version_change(&bin.url(), &v1).await;
+    assert_eq!(create(&bin.url(), &token).await.0, StatusCode::OK);
+    let auths: Vec<String> = mock
+        .received()
+        .iter()
+        .filter_map(|r| r.header("authorization").map(str::to_owned))
+        .collect();
+    assert_eq!(
+        auths,
+        [
+            format!("Token {VIDU_KEY}"),
+            "Token rotated-enterprise-key".to_owned()
+        ]
+    );
+}
+
 #[actix_web::test]
 async fn the_usage_command_reports_what_was_spent() {
     let mock = MockVidu::start().await;
