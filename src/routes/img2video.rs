@@ -1,5 +1,7 @@
 //! `POST /ent/v2/img2video` and `POST /gateway/v1/img2video/quote`: thin handlers over `crate::create`.
 
+use std::sync::Arc;
+
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
@@ -7,22 +9,49 @@ use bytes::Bytes;
 use crate::app_state::{AppState, request_id};
 use crate::auth::Identity;
 use crate::body;
+use crate::config::LoadedConfig;
 use crate::create::{self, Context};
 use crate::error::GatewayError;
 use crate::vidu::upstream::Upstream;
 
-/// Size check, identity, content type, body: steps 1–2 of the flow (and the read of step 3).
-async fn read_authenticated(
-    req: &HttpRequest,
-    payload: web::Payload,
-    state: &AppState,
-) -> Result<(Identity, Bytes), GatewayError> {
-    let limit = state.config.current().settings.server.max_body_bytes;
-    let declared = body::check_declared_length(req, limit)?;
-    let identity = state.authenticate(req).await?;
-    body::require_json_content_type(req)?;
-    let bytes = body::read(payload, declared, limit).await?;
-    Ok((identity, bytes))
+/// What both handlers start from: the configuration in force for the whole request (read once), the caller,
+/// the body (steps 1–2 of the flow and the read of step 3), and the request id.
+struct Started {
+    config: Arc<LoadedConfig>,
+    identity: Identity,
+    bytes: Bytes,
+    request_id: String,
+}
+
+impl Started {
+    async fn read(
+        req: &HttpRequest,
+        payload: web::Payload,
+        state: &AppState,
+    ) -> Result<Self, GatewayError> {
+        let config = state.config.current();
+        let limit = config.settings.server.max_body_bytes;
+        let declared = body::check_declared_length(req, limit)?;
+        let identity = state.authenticate(req).await?;
+        body::require_json_content_type(req)?;
+        let bytes = body::read(payload, declared, limit).await?;
+        Ok(Self {
+            config,
+            identity,
+            bytes,
+            request_id: request_id(req),
+        })
+    }
+
+    fn context<'a>(&'a self, state: &'a AppState) -> Context<'a> {
+        Context {
+            settings: &self.config.settings,
+            store: &state.store,
+            metrics: &state.metrics,
+            now: state.clock.now(),
+            request_id: &self.request_id,
+        }
+    }
 }
 
 fn prefer_never(req: &HttpRequest) -> bool {
@@ -35,20 +64,23 @@ pub async fn create(
     state: web::Data<AppState>,
     upstream: web::Data<Upstream>,
 ) -> Result<HttpResponse, GatewayError> {
-    let (identity, bytes) = read_authenticated(&req, payload, &state).await?;
-    let config = state.config.current();
-    let rid = request_id(&req);
-    let ctx = Context {
-        settings: &config.settings,
-        store: &state.store,
-        metrics: &state.metrics,
-        now: state.clock.now(),
-        request_id: &rid,
-    };
-    let admitted = match create::admit(&ctx, &identity, &bytes, prefer_never(&req)) {
+    let started = Started::read(&req, payload, &state).await?;
+    let admitted = match create::admit(
+        &started.context(&state),
+        &started.identity,
+        &started.bytes,
+        prefer_never(&req),
+    ) {
         Ok(a) => a,
         Err(refused) => return Ok(refused.into_response()),
     };
+    let Started {
+        config,
+        identity,
+        bytes,
+        request_id,
+    } = started;
+    // A rewritten body is a new buffer: the caller's can go before the upstream call.
     drop(bytes);
     let headers = create::admission_headers(&admitted.prepared, &admitted.grant);
     let timeout_ms = config.settings.upstream.request_timeout_ms;
@@ -58,7 +90,7 @@ pub async fn create(
         state.metrics.clone(),
         &identity,
         admitted,
-        rid,
+        request_id,
     )
     .await;
     let mut res = match answer {
@@ -76,17 +108,13 @@ pub async fn quote(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
-    let (identity, bytes) = read_authenticated(&req, payload, &state).await?;
-    let config = state.config.current();
-    let rid = request_id(&req);
-    let ctx = Context {
-        settings: &config.settings,
-        store: &state.store,
-        metrics: &state.metrics,
-        now: state.clock.now(),
-        request_id: &rid,
-    };
-    let verdict = create::quote(&ctx, &identity, &bytes, prefer_never(&req))?;
+    let started = Started::read(&req, payload, &state).await?;
+    let verdict = create::quote(
+        &started.context(&state),
+        &started.identity,
+        &started.bytes,
+        prefer_never(&req),
+    )?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(verdict))
