@@ -13,14 +13,6 @@ async fn app(mock: &MockVidu, policy: &str) -> TestApp {
     TestApp::spawn(&format!("{}\n{policy}", base_config(&mock.url))).await
 }
 
-async fn create(
-    app: &TestApp,
-    token: &str,
-    body: &Value,
-) -> (StatusCode, Vec<(String, String)>, Value) {
-    app.post("/ent/v2/img2video", token, body.to_string()).await
-}
-
 fn q2() -> Value {
     // viduq2 720p 5 s: 5 + 10 × 5 = 55 credits.
     json!({"model": "viduq2", "images": ["https://example.com/a.png"], "duration": 5})
@@ -40,9 +32,9 @@ async fn the_request_past_the_burst_is_refused_with_retry_after_and_other_users_
     .await;
     let alice = app.token("alice", "t");
     for _ in 0..3 {
-        assert_eq!(create(&app, &alice, &q2()).await.0, StatusCode::OK);
+        assert_eq!(app.create(&alice, &q2()).await.0, StatusCode::OK);
     }
-    let (status, headers, body) = create(&app, &alice, &q2()).await;
+    let (status, headers, body) = app.create(&alice, &q2()).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_envelope(status, &headers, &body, "TooManyRequests");
     assert_eq!(retry_after(&headers), 20, "one request per 20 s at 3/min");
@@ -54,13 +46,13 @@ async fn the_request_past_the_burst_is_refused_with_retry_after_and_other_users_
         "{body}"
     );
     assert_eq!(
-        create(&app, &app.token("bob", "t"), &q2()).await.0,
+        app.create(&app.token("bob", "t"), &q2()).await.0,
         StatusCode::OK,
         "bob has his own bucket"
     );
     app.clock.advance(SignedDuration::from_secs(20));
     assert_eq!(
-        create(&app, &alice, &q2()).await.0,
+        app.create(&alice, &q2()).await.0,
         StatusCode::OK,
         "a token back after Retry-After"
     );
@@ -76,16 +68,16 @@ async fn a_team_limit_is_shared_by_its_members_and_a_team_refusal_costs_no_user_
     )
     .await;
     let (alice, bob) = (app.token("alice", "mkt"), app.token("bob", "mkt"));
-    assert_eq!(create(&app, &alice, &q2()).await.0, StatusCode::OK);
-    assert_eq!(create(&app, &bob, &q2()).await.0, StatusCode::OK);
-    let (status, _, body) = create(&app, &alice, &q2()).await;
+    assert_eq!(app.create(&alice, &q2()).await.0, StatusCode::OK);
+    assert_eq!(app.create(&bob, &q2()).await.0, StatusCode::OK);
+    let (status, _, body) = app.create(&alice, &q2()).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert!(body["message"].as_str().unwrap().contains("team"), "{body}");
     // 30 s later the team has one token again; alice's own bucket still holds one (the refusal took none).
     app.clock.advance(SignedDuration::from_secs(30));
-    assert_eq!(create(&app, &alice, &q2()).await.0, StatusCode::OK);
+    assert_eq!(app.create(&alice, &q2()).await.0, StatusCode::OK);
     assert_eq!(
-        create(&app, &app.token("carol", "other"), &q2()).await.0,
+        app.create(&app.token("carol", "other"), &q2()).await.0,
         StatusCode::OK,
         "other teams are unaffected"
     );
@@ -100,8 +92,7 @@ async fn fifty_concurrent_requests_against_a_budget_that_fits_seven_admit_exactl
         .map(|i| app.token(&format!("user{i}"), "mkt"))
         .collect();
     let body = q2();
-    let results =
-        futures_util::future::join_all(tokens.iter().map(|t| create(&app, t, &body))).await;
+    let results = futures_util::future::join_all(tokens.iter().map(|t| app.create(t, &body))).await;
     let ok = results.iter().filter(|r| r.0 == StatusCode::OK).count();
     let refused: Vec<_> = results
         .iter()
@@ -130,10 +121,10 @@ async fn a_request_refused_by_the_budget_takes_no_rate_token() {
     )
     .await;
     let alice = app.token("alice", "t");
-    assert_eq!(create(&app, &alice, &q2()).await.0, StatusCode::OK); // token 1; settles to 25
+    assert_eq!(app.create(&alice, &q2()).await.0, StatusCode::OK); // token 1; settles to 25
     // viduq3-pro 1080p 16 s = 384 credits: over the budget.
     let big = json!({"model": "viduq3-pro", "images": ["https://e.com/a.png"], "duration": 16, "resolution": "1080p"});
-    let (status, headers, body) = create(&app, &alice, &big).await;
+    let (status, headers, body) = app.create(&alice, &big).await;
     assert_eq!(
         (status, body["reason"].clone()),
         (
@@ -151,11 +142,11 @@ async fn a_request_refused_by_the_budget_takes_no_rate_token() {
         "{body}"
     );
     assert_eq!(
-        create(&app, &alice, &q2()).await.0,
+        app.create(&alice, &q2()).await.0,
         StatusCode::OK,
         "token 2 is still there"
     );
-    let (status, _, body) = create(&app, &alice, &q2()).await;
+    let (status, _, body) = app.create(&alice, &q2()).await;
     assert_eq!(
         (status, body["reason"].clone()),
         (StatusCode::TOO_MANY_REQUESTS, json!("TooManyRequests"))
@@ -173,10 +164,10 @@ async fn reservations_settle_to_the_credits_vidu_reports() {
     )
     .await;
     let alice = app.token("alice", "t");
-    assert_eq!(create(&app, &alice, &q2()).await.0, StatusCode::OK); // used 50 (settled)
-    let (_, headers, _) = create(&app, &alice, &q2()).await; // 50 + 55 = 105 fits
+    assert_eq!(app.create(&alice, &q2()).await.0, StatusCode::OK); // used 50 (settled)
+    let (_, headers, _) = app.create(&alice, &q2()).await; // 50 + 55 = 105 fits
     assert_eq!(header(&headers, "x-credits-remaining"), Some("0"));
-    let (status, _, body) = create(&app, &alice, &q2()).await; // 100 + 55 > 105
+    let (status, _, body) = app.create(&alice, &q2()).await; // 100 + 55 > 105
     assert_eq!(
         (status, body["reason"].clone()),
         (
@@ -211,10 +202,10 @@ async fn vidu_refusals_release_the_reservation() {
                 json!({"code": status, "reason": "X", "message": "no", "metadata": {}}),
             )
         });
-        assert_eq!(create(&app, &alice, &q2()).await.0.as_u16(), status);
+        assert_eq!(app.create(&alice, &q2()).await.0.as_u16(), status);
     }
     mock.respond(|_| Reply::json(200, created_task("7", 55)));
-    let (status, headers, _) = create(&app, &alice, &q2()).await;
+    let (status, headers, _) = app.create(&alice, &q2()).await;
     assert_eq!(
         status,
         StatusCode::OK,
@@ -237,10 +228,10 @@ async fn a_vidu_timeout_frees_the_slot_and_keeps_the_reservation_as_unknown() {
     .await;
     let alice = app.token("alice", "t");
     mock.respond(|_| Reply::json(200, created_task("1", 55)).delayed(Duration::from_millis(1000)));
-    let (status, _, _) = create(&app, &alice, &q2()).await;
+    let (status, _, _) = app.create(&alice, &q2()).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     mock.respond(|_| Reply::json(200, created_task("2", 55)));
-    let (status, headers, _) = create(&app, &alice, &q2()).await;
+    let (status, headers, _) = app.create(&alice, &q2()).await;
     assert_eq!(status, StatusCode::OK, "the slot was freed by the timeout");
     assert_eq!(
         header(&headers, "x-credits-remaining"),
@@ -270,13 +261,13 @@ async fn a_caller_hanging_up_mid_request_frees_the_slot_and_the_task_is_still_re
         .await;
     assert!(res.is_err(), "the client gave up");
     mock.respond(|_| Reply::json(200, created_task("9002", 55)));
-    let (status, _, body) = create(&app, &alice, &q2()).await;
+    let (status, _, body) = app.create(&alice, &q2()).await;
     assert_eq!(
         (status, body["reason"].clone()),
         (StatusCode::TOO_MANY_REQUESTS, json!("ConcurrencyLimited"))
     );
     actix_web::rt::time::sleep(Duration::from_millis(800)).await;
-    let (status, _, _) = create(&app, &alice, &q2()).await;
+    let (status, _, _) = app.create(&alice, &q2()).await;
     assert_eq!(
         status,
         StatusCode::OK,
@@ -298,7 +289,7 @@ async fn admission_headers_describe_the_tightest_limits() {
         "[policy.defaults]\nrequests_per_minute = 5\nburst = 5\ndaily_credits = 1000\n[policy.global]\nrequests_per_minute = 100\ndaily_credits = 500\n",
     )
     .await;
-    let (status, headers, _) = create(&app, &app.token("alice", "t"), &q2()).await;
+    let (status, headers, _) = app.create(&app.token("alice", "t"), &q2()).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(header(&headers, "x-credits-estimated"), Some("55"));
     assert_eq!(
@@ -338,12 +329,12 @@ async fn force_sets_off_peak_changing_only_that_field() {
         body.replace("\"off_peak\":false", "\"off_peak\":true")
     );
     // audio on by default for q3-pro: a forced off-peak cannot run it.
-    let (status, headers, body) = create(
-        &app,
-        &app.token("a", "t"),
-        &json!({"model": "viduq3-pro", "images": ["https://e.com/a.png"]}),
-    )
-    .await;
+    let (status, headers, body) = app
+        .create(
+            &app.token("a", "t"),
+            &json!({"model": "viduq3-pro", "images": ["https://e.com/a.png"]}),
+        )
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_envelope(status, &headers, &body, "PolicyConflict");
     assert!(
@@ -352,12 +343,12 @@ async fn force_sets_off_peak_changing_only_that_field() {
             .unwrap()
             .contains("\"audio\": false")
     );
-    let (status, _, _) = create(
-        &app,
-        &app.token("a", "t"),
-        &json!({"model": "viduq3-pro", "images": ["https://e.com/a.png"], "audio": false}),
-    )
-    .await;
+    let (status, _, _) = app
+        .create(
+            &app.token("a", "t"),
+            &json!({"model": "viduq3-pro", "images": ["https://e.com/a.png"], "audio": false}),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     let (status, _, _) = app
         .client
@@ -382,7 +373,7 @@ async fn forbid_refuses_off_peak_requests() {
     let app = app(&mock, "[policy.teams.rt]\noff_peak = \"forbid\"\n").await;
     let mut body = q2();
     body["off_peak"] = json!(true);
-    let (status, headers, body) = create(&app, &app.token("a", "rt"), &body).await;
+    let (status, headers, body) = app.create(&app.token("a", "rt"), &body).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_envelope(status, &headers, &body, "Forbidden");
     assert!(
@@ -404,12 +395,12 @@ async fn fallback_goes_off_peak_when_the_immediate_budget_is_used_up() {
     )
     .await;
     let alice = app.token("alice", "t");
-    let (_, headers, _) = create(&app, &alice, &q2()).await;
+    let (_, headers, _) = app.create(&alice, &q2()).await;
     assert!(
         header(&headers, "x-off-peak-applied").is_none(),
         "55 of 100: immediate"
     );
-    let (_, headers, _) = create(&app, &alice, &q2()).await;
+    let (_, headers, _) = app.create(&alice, &q2()).await;
     assert!(
         header(&headers, "x-off-peak-applied")
             .unwrap()
@@ -445,17 +436,17 @@ async fn fallback_by_hour_window_uses_the_policy_timezone_across_midnight() {
     // 23:30 in Shanghai is 15:30 UTC: inside the window.
     app.clock
         .set("2026-11-25T15:30:00Z".parse::<Timestamp>().unwrap());
-    let (_, headers, _) = create(&app, &alice, &q2()).await;
+    let (_, headers, _) = app.create(&alice, &q2()).await;
     assert!(header(&headers, "x-off-peak-applied").is_none());
     // 01:59 the next local day: still inside.
     app.clock
         .set("2026-11-25T17:59:00Z".parse::<Timestamp>().unwrap());
-    let (_, headers, _) = create(&app, &alice, &q2()).await;
+    let (_, headers, _) = app.create(&alice, &q2()).await;
     assert!(header(&headers, "x-off-peak-applied").is_none());
     // 02:00: outside → off-peak; Prefer never → 429 with Retry-After until 22:00 (20 h).
     app.clock
         .set("2026-11-25T18:00:00Z".parse::<Timestamp>().unwrap());
-    let (_, headers, _) = create(&app, &alice, &q2()).await;
+    let (_, headers, _) = app.create(&alice, &q2()).await;
     assert!(
         header(&headers, "x-off-peak-applied")
             .unwrap()
@@ -485,14 +476,14 @@ async fn daily_budgets_roll_over_at_local_midnight_and_monthly_ones_at_the_month
     let alice = app.token("alice", "t");
     app.clock
         .set("2026-11-29T15:00:00Z".parse::<Timestamp>().unwrap()); // 23:00 Shanghai, Nov 29
-    assert_eq!(create(&app, &alice, &q2()).await.0, StatusCode::OK);
-    let (status, headers, _) = create(&app, &alice, &q2()).await;
+    assert_eq!(app.create(&alice, &q2()).await.0, StatusCode::OK);
+    let (status, headers, _) = app.create(&alice, &q2()).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(retry_after(&headers), 3600, "an hour to local midnight");
     app.clock.advance(SignedDuration::from_secs(3600)); // Nov 30, 00:00 local
-    assert_eq!(create(&app, &alice, &q2()).await.0, StatusCode::OK);
+    assert_eq!(app.create(&alice, &q2()).await.0, StatusCode::OK);
     app.clock.advance(SignedDuration::from_hours(24)); // Dec 1: the monthly budget resets too
-    let (status, _, body) = create(&app, &alice, &q2()).await;
+    let (status, _, body) = app.create(&alice, &q2()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
@@ -515,7 +506,7 @@ async fn task_ownership_creator_teammate_other_team_and_admin() {
         app.token("bob", "mkt"),
         app.token("eve", "sales"),
     );
-    assert_eq!(create(&app, &alice, &q2()).await.0, StatusCode::OK);
+    assert_eq!(app.create(&alice, &q2()).await.0, StatusCode::OK);
     let query = "/ent/v2/tasks/555/creations";
     assert_eq!(app.get(query, &alice).await.0, StatusCode::OK, "creator");
     assert_eq!(
@@ -558,7 +549,7 @@ async fn teammates_cannot_read_tasks_when_the_policy_says_so() {
     let mock = MockVidu::start().await;
     mock.respond(|_| Reply::json(200, created_task("777", 55)));
     let app = app(&mock, "[policy]\nteam_can_read_tasks = false\n").await;
-    create(&app, &app.token("alice", "mkt"), &q2()).await;
+    app.create(&app.token("alice", "mkt"), &q2()).await;
     assert_eq!(
         app.get("/ent/v2/tasks/777/creations", &app.token("bob", "mkt"))
             .await
@@ -572,7 +563,7 @@ async fn usage_is_own_by_default_and_others_only_for_admins() {
     let mock = MockVidu::start().await;
     let app = app(&mock, "[policy.teams.mkt]\nteam_daily_credits = 1000\n").await;
     let alice = app.token("alice", "mkt");
-    create(&app, &alice, &q2()).await;
+    app.create(&alice, &q2()).await;
     let (status, _, usage) = app.get("/gateway/v1/usage", &alice).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(usage["user"]["name"], "alice");
@@ -627,13 +618,13 @@ async fn access_rules_refuse_before_any_counter_moves() {
             "allow_recommended_prompt",
         ),
     ] {
-        let (status, headers, body) = create(&app, &t, &body).await;
+        let (status, headers, body) = app.create(&t, &body).await;
         assert_eq!(status, StatusCode::FORBIDDEN);
         assert_envelope(status, &headers, &body, "Forbidden");
         assert!(body["message"].as_str().unwrap().contains(needle), "{body}");
     }
     assert_eq!(
-        create(&app, &t, &q2()).await.0,
+        app.create(&t, &q2()).await.0,
         StatusCode::OK,
         "the single rate token is still there"
     );
@@ -644,8 +635,8 @@ async fn metrics_count_admissions_and_credits_by_team_without_user_ids() {
     let mock = MockVidu::start().await;
     let app = app(&mock, "[policy.defaults]\ndaily_credits = 60\n").await;
     let alice = app.token("alice-secret-user", "mkt");
-    create(&app, &alice, &q2()).await;
-    create(&app, &alice, &q2()).await;
+    app.create(&alice, &q2()).await;
+    app.create(&alice, &q2()).await;
     let text = app.metrics_text().await;
     assert!(
         text.contains(
@@ -675,7 +666,7 @@ async fn metrics_show_the_ledger_writer_at_work() {
     let mock = MockVidu::start().await;
     let app = app(&mock, "").await;
     let t = app.token("ana", "mkt");
-    let (status, _, body) = create(&app, &t, &q2()).await;
+    let (status, _, body) = app.create(&t, &q2()).await;
     assert_eq!(status, StatusCode::OK);
     // A task lookup reads the ledger, which commits everything queued first.
     let task = body["task_id"].as_str().unwrap();

@@ -74,9 +74,7 @@ public_key_files = ["{FIX}/rsa1.pub.pem", "{FIX}/ec256.pub.pem", "{FIX}/ec384.pu
 }
 
 async fn status_of(app: &TestApp, token: &str) -> (StatusCode, Value, Vec<(String, String)>) {
-    let (s, h, b) = app
-        .post("/ent/v2/img2video", token, small_request().to_string())
-        .await;
+    let (s, h, b) = app.create(token, &small_request()).await;
     (s, b, h)
 }
 

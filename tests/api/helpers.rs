@@ -223,6 +223,16 @@ impl TestApp {
         mint(json!({"sub": "root", "team": "ops", "roles": ["gw-admin"], "exp": exp}))
     }
 
+    /// `POST /ent/v2/img2video` with `body`.
+    pub async fn create(
+        &self,
+        token: &str,
+        body: &Value,
+    ) -> (StatusCode, Vec<(String, String)>, Value) {
+        self.post("/ent/v2/img2video", token, body.to_string())
+            .await
+    }
+
     pub async fn post(
         &self,
         path: &str,

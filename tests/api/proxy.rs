@@ -78,13 +78,7 @@ async fn vidus_own_error_envelopes_come_back_unchanged() {
         let vidu_body = json!({"code": status, "reason": reason, "message": "from vidu", "metadata": {"trace_id": "vidu-trace"}});
         let expected = vidu_body.clone();
         mock.respond(move |_| Reply::json(status, vidu_body.clone()));
-        let (got, headers, body) = app
-            .post(
-                "/ent/v2/img2video",
-                &app.token("a", "t"),
-                small_request().to_string(),
-            )
-            .await;
+        let (got, headers, body) = app.create(&app.token("a", "t"), &small_request()).await;
         assert_eq!(got.as_u16(), status);
         assert_eq!(body, expected, "Vidu's body is passed through untouched");
         assert!(header(&headers, "x-request-id").is_some());
@@ -98,13 +92,7 @@ async fn an_unreachable_vidu_is_502_upstream_unavailable() {
         l.local_addr().unwrap().port()
     }; // closed again: connections are refused
     let app = TestApp::spawn(&base_config(&format!("http://127.0.0.1:{port}"))).await;
-    let (status, headers, body) = app
-        .post(
-            "/ent/v2/img2video",
-            &app.token("a", "t"),
-            small_request().to_string(),
-        )
-        .await;
+    let (status, headers, body) = app.create(&app.token("a", "t"), &small_request()).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_envelope(status, &headers, &body, "UpstreamUnavailable");
     assert!(
@@ -123,13 +111,7 @@ async fn a_slow_vidu_is_504_and_the_create_is_not_retried() {
     )
     .await;
     mock.respond(|_| Reply::json(200, created_task("1", 1)).delayed(Duration::from_millis(1500)));
-    let (status, headers, body) = app
-        .post(
-            "/ent/v2/img2video",
-            &app.token("a", "t"),
-            small_request().to_string(),
-        )
-        .await;
+    let (status, headers, body) = app.create(&app.token("a", "t"), &small_request()).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     assert_envelope(status, &headers, &body, "UpstreamTimeout");
     actix_web::rt::time::sleep(Duration::from_millis(1500)).await;
@@ -333,9 +315,7 @@ async fn no_token_or_a_bad_token_is_401_and_nothing_is_forwarded() {
         (&mint(json!({"sub": "a"})), "team"),
     ];
     for (token, needle) in cases {
-        let (status, headers, body) = app
-            .post("/ent/v2/img2video", token, small_request().to_string())
-            .await;
+        let (status, headers, body) = app.create(token, &small_request()).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{needle}");
         assert_envelope(status, &headers, &body, "Unauthorized");
         let www = header(&headers, "www-authenticate").unwrap();
@@ -366,9 +346,7 @@ async fn task_query_and_cancel_are_forwarded_to_their_vidu_paths() {
             Reply::json(200, created_task("123", 25))
         }
     });
-    let (status, _, _) = app
-        .post("/ent/v2/img2video", &token, small_request().to_string())
-        .await;
+    let (status, _, _) = app.create(&token, &small_request()).await;
     assert_eq!(status, StatusCode::OK);
     let (status, _, body) = app.get("/ent/v2/tasks/123/creations", &token).await;
     assert_eq!(status, StatusCode::OK);
@@ -406,14 +384,8 @@ async fn task_query_and_cancel_are_forwarded_to_their_vidu_paths() {
 async fn metrics_count_requests_and_upstream_outcomes() {
     let mock = MockVidu::start().await;
     let app = app_with(&mock, "").await;
-    app.post(
-        "/ent/v2/img2video",
-        &app.token("a", "t"),
-        small_request().to_string(),
-    )
-    .await;
-    app.post("/ent/v2/img2video", "bad", small_request().to_string())
-        .await;
+    app.create(&app.token("a", "t"), &small_request()).await;
+    app.create("bad", &small_request()).await;
     let text = app.metrics_text().await;
     assert!(text.contains(r#"vidu_gateway_http_requests_total{route="/ent/v2/img2video",method="POST",status="200"} 1"#), "{text}");
     assert!(
