@@ -513,6 +513,7 @@ mod tests {
             task_id: None,
         };
         let now = "2026-11-25T10:00:00.000Z";
+        let (one_before, two_before) = (one.conn.total_changes(), two.conn.total_changes());
         one.apply(
             &[
                 reserve(1, "ana", "2026-11-25", 40),
@@ -536,6 +537,9 @@ mod tests {
         two.apply(&[charged(1, 35, "task-1"), released_again], now)
             .unwrap();
         assert_eq!(rows(&one), rows(&two));
+        // In one batch: three reservation rows and one task row. Across two: two more row updates.
+        assert_eq!(one.conn.total_changes() - one_before, 4);
+        assert_eq!(two.conn.total_changes() - two_before, 6);
         let r = rows(&one);
         assert_eq!(r[0].1, "settled");
         assert_eq!((r[0].2, r[0].3.as_deref()), (Some(35), Some("task-1")));
