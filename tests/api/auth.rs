@@ -464,13 +464,8 @@ impl Idp {
 
 async fn wait_ready(app: &TestApp) {
     for _ in 0..100 {
-        let res = app
-            .client
-            .get(format!("{}/readyz", app.url))
-            .send()
-            .await
-            .unwrap();
-        if res.status() == StatusCode::OK {
+        let (status, _, _) = app.get_open("/readyz").await;
+        if status == StatusCode::OK {
             return;
         }
         actix_web::rt::time::sleep(Duration::from_millis(50)).await;
@@ -569,14 +564,9 @@ async fn an_idp_outage_keeps_the_last_good_keys_working() {
             .0,
         StatusCode::OK
     );
-    let res = app
-        .client
-        .get(format!("{}/readyz", app.url))
-        .send()
-        .await
-        .unwrap();
+    let (status, _, _) = app.get_open("/readyz").await;
     assert_eq!(
-        res.status(),
+        status,
         StatusCode::OK,
         "still ready with the last good keys"
     );
@@ -597,13 +587,7 @@ async fn start_up_with_the_idp_down_serves_401s_and_recovers_when_it_returns() {
     let idp = Idp::start(None).await;
     let app = TestApp::spawn(&jwks_config(&mock, &idp)).await;
     actix_web::rt::time::sleep(Duration::from_millis(200)).await;
-    let mut res = app
-        .client
-        .get(format!("{}/readyz", app.url))
-        .send()
-        .await
-        .unwrap();
-    let (status, headers, body) = read(&mut res).await;
+    let (status, headers, body) = app.get_open("/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_envelope(status, &headers, &body, "ServiceUnavailable");
     assert!(

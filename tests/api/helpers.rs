@@ -223,6 +223,17 @@ impl TestApp {
         mint(json!({"sub": "root", "team": "ops", "roles": ["gw-admin"], "exp": exp}))
     }
 
+    /// A GET without a token (`/healthz`, `/readyz`).
+    pub async fn get_open(&self, path: &str) -> (StatusCode, Vec<(String, String)>, Value) {
+        let mut res = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        read(&mut res).await
+    }
+
     /// `POST /ent/v2/img2video` with `body`.
     pub async fn create(
         &self,

@@ -410,17 +410,8 @@ async fn metrics_move_to_their_own_listener_when_configured() {
             .replace("[server]\n", "[server]\nmetrics_listen = \"127.0.0.1:0\"\n"),
     )
     .await;
-    let res = app
-        .client
-        .get(format!("{}/metrics", app.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        res.status(),
-        StatusCode::NOT_FOUND,
-        "not on the main listener"
-    );
+    let (status, _, _) = app.get_open("/metrics").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "not on the main listener");
     let port = app.metrics_port.unwrap();
     let res = app
         .client
@@ -435,24 +426,12 @@ async fn metrics_move_to_their_own_listener_when_configured() {
 async fn health_and_readiness_need_no_token() {
     let mock = MockVidu::start().await;
     let app = app_with(&mock, "").await;
-    let mut res = app
-        .client
-        .get(format!("{}/healthz", app.url))
-        .send()
-        .await
-        .unwrap();
-    let (status, _, body) = read(&mut res).await;
+    let (status, _, body) = app.get_open("/healthz").await;
     assert_eq!(
         (status, body["status"].clone()),
         (StatusCode::OK, json!("ok"))
     );
-    let mut res = app
-        .client
-        .get(format!("{}/readyz", app.url))
-        .send()
-        .await
-        .unwrap();
-    let (status, _, body) = read(&mut res).await;
+    let (status, _, body) = app.get_open("/readyz").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "ready");
 }
