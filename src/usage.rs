@@ -292,11 +292,6 @@ pub fn to_csv(report: &Report) -> String {
     );
     for (scope, s) in report.sections() {
         for d in &s.days {
-            let reasons: Vec<String> = d
-                .rejected_by_reason
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
             out.push_str(&format!(
                 "{scope},{},{},{},{},{},{},{},{},{},{}\n",
                 csv_field(&s.name),
@@ -308,11 +303,21 @@ pub fn to_csv(report: &Report) -> String {
                 d.credits_released,
                 d.credits_unknown,
                 d.off_peak_requests,
-                csv_field(&reasons.join(";"))
+                csv_field(&reasons(d, ";"))
             ));
         }
     }
     out
+}
+
+/// `Reason=count` pairs of a day, joined by `sep`.
+fn reasons(d: &UsageRow, sep: &str) -> String {
+    let pairs: Vec<String> = d
+        .rejected_by_reason
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    pairs.join(sep)
 }
 
 fn csv_field(s: &str) -> String {
@@ -339,11 +344,6 @@ pub fn to_table(report: &Report) -> String {
             "day", "admitted", "rejected", "reserved", "settled", "released", "unknown", "offpeak"
         ));
         for d in &s.days {
-            let reasons: Vec<String> = d
-                .rejected_by_reason
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
             out.push_str(&format!(
                 "  {:<10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8}  {}\n",
                 d.day,
@@ -354,7 +354,7 @@ pub fn to_table(report: &Report) -> String {
                 d.credits_released,
                 d.credits_unknown,
                 d.off_peak_requests,
-                reasons.join(" ")
+                reasons(d, " ")
             ));
         }
         let t = &s.totals;
