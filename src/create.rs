@@ -119,7 +119,7 @@ pub fn admit(
                     team: team_label.clone(),
                 })
                 .inc_by(a.prepared.estimate());
-            if let Some(left) = a.grant.remaining_credits {
+            if let Some(left) = a.grant.team_remaining_credits {
                 ctx.metrics
                     .budget_remaining
                     .get_or_create(&TeamLabels { team: team_label })
@@ -177,6 +177,7 @@ fn admit_inner(
                 Grant {
                     reservation: None,
                     remaining_credits: None,
+                    team_remaining_credits: None,
                     rate: None,
                 }
             } else {

@@ -172,7 +172,7 @@ impl Metrics {
         let budget_remaining = Family::<TeamLabels, Gauge>::default();
         registry.register(
             "budget_remaining_credits",
-            "Tightest remaining credit budget seen at the team's last admission",
+            "Tightest remaining team budget (team daily/monthly credits) after the team's last admission; teams without a team budget are not reported",
             budget_remaining.clone(),
         );
         let ledger = LedgerMetrics::default();

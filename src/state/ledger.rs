@@ -57,6 +57,33 @@ CREATE TABLE IF NOT EXISTS rejections (
 );
 ";
 
+/// Creates the ledger file readable by its owner only (0600) when it does not exist yet; SQLite gives its WAL
+/// and shared-memory files the database file's permissions. An existing file keeps the permissions ops gave it.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Vidu answered a create with a task id the ledger already holds: the first owner keeps the task (a later
+/// creator must not gain access to someone else's task); the collision is logged for ops.
+fn task_id_reused(task_id: &str, user: &str, team: &str) {
+    tracing::error!(
+        task_id,
+        user,
+        team,
+        "the upstream returned a task id that belongs to an earlier task: its first owner keeps it"
+    );
+}
+
 /// Credits a reservation counts for: its estimate while open or unknown, Vidu's figure once settled.
 const USED: &str = "COALESCE(SUM(CASE WHEN status IN ('reserved', 'unknown') THEN estimate \
                     WHEN status = 'settled' THEN credits ELSE 0 END), 0)";
@@ -134,6 +161,7 @@ impl Ledger {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
+        create_private(path)?;
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
@@ -313,11 +341,23 @@ impl Ledger {
         credits: u64,
         now: &str,
     ) -> rusqlite::Result<()> {
-        conn.prepare_cached(
-            "INSERT OR REPLACE INTO tasks (task_id, user, team, credits, off_peak, model, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![task_id, e.user, e.team, credits as i64, e.off_peak, e.model, now])?;
+        let written = conn
+            .prepare_cached(
+                "INSERT INTO tasks (task_id, user, team, credits, off_peak, model, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (task_id) DO NOTHING",
+            )?
+            .execute(params![
+                task_id,
+                e.user,
+                e.team,
+                credits as i64,
+                e.off_peak,
+                e.model,
+                now
+            ])?;
+        if written == 0 {
+            task_id_reused(task_id, &e.user, &e.team);
+        }
         Ok(())
     }
 
@@ -329,11 +369,21 @@ impl Ledger {
         credits: u64,
         now: &str,
     ) -> rusqlite::Result<()> {
-        conn.prepare_cached(
-            "INSERT OR REPLACE INTO tasks (task_id, user, team, credits, off_peak, model, created_at) \
-                 SELECT ?2, user, team, ?3, off_peak, model, ?4 FROM reservations WHERE id = ?1",
-        )?
-        .execute(params![reservation, task_id, credits as i64, now])?;
+        let written = conn
+            .prepare_cached(
+                "INSERT INTO tasks (task_id, user, team, credits, off_peak, model, created_at) \
+                 SELECT ?2, user, team, ?3, off_peak, model, ?4 FROM reservations WHERE id = ?1 \
+                 ON CONFLICT (task_id) DO NOTHING",
+            )?
+            .execute(params![reservation, task_id, credits as i64, now])?;
+        if written == 0 {
+            let (user, team): (String, String) = conn
+                .prepare_cached("SELECT user, team FROM reservations WHERE id = ?1")?
+                .query_row(params![reservation], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?
+                .unwrap_or_default();
+            task_id_reused(task_id, &user, &team);
+        }
         Ok(())
     }
 
@@ -492,6 +542,54 @@ mod tests {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap()
+    }
+
+    /// The ledger and its WAL are readable by their owner only: they name every user and what they spent.
+    #[test]
+    fn a_new_ledger_and_its_wal_are_private_to_the_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.sqlite3");
+        let mut l = Ledger::open(&path).unwrap();
+        l.apply(
+            &[reserve(1, "u", "2026-11-25", 10)],
+            "2026-11-25T10:00:00.000Z",
+        )
+        .unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        let wal = dir.path().join("ledger.sqlite3-wal");
+        assert!(wal.exists());
+        assert_eq!(mode(&wal), 0o600);
+    }
+
+    /// A task id Vidu hands out a second time stays with its first owner, whether the second create settles in
+    /// the batch that reserved it or in a later one.
+    #[test]
+    fn a_reused_task_id_keeps_its_first_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = Ledger::open(&dir.path().join("l.sqlite3")).unwrap();
+        let now = "2026-11-25T10:00:00.000Z";
+        l.apply(
+            &[
+                reserve(1, "first", "2026-11-25", 10),
+                charged(1, 10, "task-1"),
+            ],
+            now,
+        )
+        .unwrap();
+        l.apply(
+            &[
+                reserve(2, "second", "2026-11-25", 10),
+                charged(2, 10, "task-1"),
+            ],
+            now,
+        )
+        .unwrap();
+        l.apply(&[reserve(3, "third", "2026-11-25", 10)], now)
+            .unwrap();
+        l.apply(&[charged(3, 10, "task-1")], now).unwrap();
+        assert_eq!(l.task("task-1").unwrap().unwrap().user, "first");
     }
 
     /// Reserved then settled in one batch, or across two: the same rows and the same task ownership.

@@ -125,6 +125,7 @@ impl AdmissionStore for MemoryStore {
         }
 
         let mut remaining: Option<u64> = None;
+        let mut team_remaining: Option<u64> = None;
         for b in &req.budgets {
             let used = inner
                 .used(&b.key, &self.writer)
@@ -140,6 +141,9 @@ impl AdmissionStore for MemoryStore {
             }
             let left = b.limit - used - req.estimate;
             remaining = Some(remaining.map_or(left, |r| r.min(left)));
+            if b.key.scope == Scope::Team {
+                team_remaining = Some(team_remaining.map_or(left, |r| r.min(left)));
+            }
         }
 
         let mut undo = Vec::new();
@@ -180,6 +184,7 @@ impl AdmissionStore for MemoryStore {
             return Ok(Grant {
                 reservation: None,
                 remaining_credits: remaining,
+                team_remaining_credits: team_remaining,
                 rate: tightest,
             });
         }
@@ -220,6 +225,7 @@ impl AdmissionStore for MemoryStore {
         Ok(Grant {
             reservation: Some(id),
             remaining_credits: remaining,
+            team_remaining_credits: team_remaining,
             rate: tightest,
         })
     }
@@ -294,6 +300,7 @@ impl AdmissionStore for MemoryStore {
     }
 
     fn health(&self) -> Result<(), String> {
+        self.writer.check_file()?;
         self.writer.health()?;
         self.lock()
             .ledger

@@ -2,6 +2,7 @@
 //! and the usage ledger. `admit` takes every bucket of a request at once and decides all-or-nothing, so a
 //! shared backend (Redis) can implement it as one atomic server-side script.
 
+pub mod file_guard;
 pub mod ledger;
 pub mod memory;
 pub mod priority;
@@ -165,6 +166,9 @@ pub struct Grant {
     pub reservation: Option<i64>,
     /// The tightest remaining budget after this request's reservation.
     pub remaining_credits: Option<u64>,
+    /// The tightest remaining *team* budget after this request's reservation (the team metric reports this,
+    /// never a member's own budget).
+    pub team_remaining_credits: Option<u64>,
     pub rate: Option<RateStatus>,
 }
 

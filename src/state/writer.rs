@@ -9,6 +9,7 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::file_guard::FileGuard;
 use super::ledger::{Ledger, Write};
 use crate::metrics::LedgerMetrics;
 
@@ -36,6 +37,8 @@ pub struct Writer {
     thread: std::thread::Thread,
     healthy: Arc<AtomicBool>,
     last_error: Arc<Mutex<Option<String>>>,
+    /// The ledger file's identity: checked after every commit and by the checkpointer's rounds.
+    file: Arc<FileGuard>,
     metrics: LedgerMetrics,
 }
 
@@ -43,20 +46,27 @@ impl Writer {
     pub fn start(path: &Path, metrics: LedgerMetrics) -> anyhow::Result<Self> {
         let mut ledger = Ledger::open(path)?;
         ledger.set_autocheckpoint(WAL_AUTOCHECKPOINT_PAGES)?;
-        let checkpointer = Checkpointer::start(path, metrics.clone())?;
+        let file = Arc::new(FileGuard::new(path)?);
+        let checkpointer = Checkpointer::start(path, metrics.clone(), file.clone())?;
         let (tx, rx) = channel();
         let healthy = Arc::new(AtomicBool::new(true));
         let last_error = Arc::new(Mutex::new(None));
-        let (h, e, m) = (healthy.clone(), last_error.clone(), metrics.clone());
+        let (h, e, m, f) = (
+            healthy.clone(),
+            last_error.clone(),
+            metrics.clone(),
+            file.clone(),
+        );
         let handle = std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || run(&mut ledger, &rx, &h, &e, &m))?;
+            .spawn(move || run(&mut ledger, &rx, &h, &e, &m, &f))?;
         Ok(Self {
             tx,
             _checkpointer: checkpointer,
             thread: handle.thread().clone(),
             healthy,
             last_error,
+            file,
             metrics,
         })
     }
@@ -79,8 +89,12 @@ impl Writer {
         }
     }
 
-    /// `Err` with the last write error while the ledger cannot be written.
+    /// `Err` with the last write error while the ledger cannot be written, or for good once its file was
+    /// deleted or replaced. No system call: the request path asks this on every admission.
     pub fn health(&self) -> Result<(), String> {
+        if let Some(why) = self.file.lost() {
+            return Err(why.to_owned());
+        }
         if self.healthy.load(Ordering::Relaxed) {
             Ok(())
         } else {
@@ -91,6 +105,11 @@ impl Writer {
                 .clone()
                 .unwrap_or_else(|| "the ledger cannot be written".into()))
         }
+    }
+
+    /// Looks at the ledger file now (one `stat`), for `/readyz`.
+    pub fn check_file(&self) -> Result<(), String> {
+        self.file.check()
     }
 
     fn fail(&self, why: String) {
@@ -109,7 +128,7 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn start(path: &Path, metrics: LedgerMetrics) -> anyhow::Result<Self> {
+    fn start(path: &Path, metrics: LedgerMetrics, file: Arc<FileGuard>) -> anyhow::Result<Self> {
         let ledger = Ledger::open_for_checkpoints(path)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
@@ -119,6 +138,10 @@ impl Checkpointer {
                 crate::state::priority::lowest_for_this_thread();
                 while !stopped.load(Ordering::Relaxed) {
                     std::thread::park_timeout(CHECKPOINT_EVERY);
+                    // While idle, nothing commits: this is where a deleted ledger file is noticed.
+                    if file.check().is_err() {
+                        continue;
+                    }
                     match ledger.checkpoint() {
                         Ok(behind) => {
                             metrics.wal_pages.set(behind);
@@ -153,6 +176,7 @@ fn run(
     healthy: &AtomicBool,
     last_error: &Mutex<Option<String>>,
     metrics: &LedgerMetrics,
+    file: &FileGuard,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut waiters = Vec::new();
@@ -174,6 +198,8 @@ fn run(
             }
             if !batch.is_empty() {
                 commit(ledger, &batch, healthy, last_error, metrics);
+                // One `stat` per batch: under load the checkpointer (idle priority) may not get to look.
+                let _ = file.check();
                 batch.clear();
             }
             for w in waiters.drain(..) {
