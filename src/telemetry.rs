@@ -12,14 +12,17 @@ use tracing_subscriber::fmt::format::FmtSpan;
 use crate::config::{LogFormat, TelemetrySettings};
 use crate::request_context::RequestId;
 
-/// Installs the global subscriber. `RUST_LOG`, when set, wins over `telemetry.log_level`.
+/// Installs the global subscriber. `RUST_LOG`, when set, wins over `telemetry.log_level`. `pretty` colours its
+/// output only when stderr is a terminal: a file or a pipe gets plain text, without ANSI escapes.
 pub fn init(settings: &TelemetrySettings) {
+    use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_span_events(FmtSpan::CLOSE)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let result = match settings.log_format {
         LogFormat::Json => builder

@@ -947,10 +947,19 @@ fn rejection(mut problems: Vec<Found>) -> Rejection {
             names.push(&p.v.field);
         }
     }
-    let message = if names.len() == 1 {
-        format!("invalid field: {}", names.join(", "))
-    } else {
-        format!("invalid fields: {}", names.join(", "))
+    // Clients that log only `message` see the fix too: the first problem of the top-level reason, in full.
+    let first = problems
+        .iter()
+        .find(|p| top_level_reason(p.v.reason) == reason)
+        .or(problems.first())
+        .map_or("", |p| p.v.message.as_str());
+    let message = match names.len() {
+        1 => format!("invalid field: {} — {first}", names[0]),
+        n => format!(
+            "invalid fields: {} — {first} (and {} more in metadata.fields)",
+            names.join(", "),
+            n - 1
+        ),
     };
     Rejection {
         reason,
@@ -1700,7 +1709,11 @@ credits = { base = { "720p" = 3 }, per_second = { "720p" = 10 } }
                 ("ImageFormatInvalid", "images[0]", "ImageInvalid"),
                 "{v}"
             );
-            assert_eq!(r.message, "invalid field: images[0]");
+            assert!(
+                r.message.starts_with("invalid field: images[0] — "),
+                "{}",
+                r.message
+            );
         }
     }
 
@@ -1876,7 +1889,17 @@ credits = { base = { "720p" = 3 }, per_second = { "720p" = 10 } }
         let b = body("viduq2", json!({"colour": "red", "size": 3}));
         let r = validate(&b, &settings()).unwrap_err();
         assert_eq!(r.reason, "FieldUnwanted");
-        assert_eq!(r.message, "invalid fields: colour, size");
+        assert!(
+            r.message
+                .starts_with("invalid fields: colour, size — unknown field \"colour\""),
+            "{}",
+            r.message
+        );
+        assert!(
+            r.message.ends_with("(and 1 more in metadata.fields)"),
+            "{}",
+            r.message
+        );
         let s = strip_settings();
         let v = validate(&b, &s).unwrap();
         assert_eq!(v.stripped, ["colour", "size"]);
@@ -1975,7 +1998,11 @@ credits = { base = { "720p" = 3 }, per_second = { "720p" = 10 } }
             assert!(got.contains(&expected), "{expected:?} missing from {got:?}");
         }
         let r = check("viduq2", json!({"duration": 12, "resolution": "4k"})).unwrap_err();
-        assert_eq!(r.message, "invalid fields: duration, resolution");
+        assert_eq!(
+            r.message,
+            "invalid fields: duration, resolution — viduq2 allows 1..=10 seconds, got 12 \
+             (and 1 more in metadata.fields)"
+        );
         assert_eq!(r.fields[0].message, "viduq2 allows 1..=10 seconds, got 12");
     }
 

@@ -9,6 +9,7 @@ mod cli;
 mod docs;
 mod helpers;
 mod live;
+mod logs;
 mod proxy;
 mod sandbox;
 mod state;

@@ -1340,7 +1340,11 @@ async fn a_request_with_several_problems_gets_all_of_them_and_the_top_reason_by_
         .create(&req("viduq2", json!({"duration": 12})).to_string())
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(answer["message"], "invalid field: duration");
+    // The top-level message carries the first field's own message, for clients that log only `message`.
+    assert_eq!(
+        answer["message"],
+        "invalid field: duration — viduq2 allows 1..=10 seconds, got 12"
+    );
     assert_eq!(
         answer["metadata"]["fields"],
         json!([{"field": "duration", "reason": "OutOfRange", "message": "viduq2 allows 1..=10 seconds, got 12"}])
