@@ -293,6 +293,51 @@ async fn nested_claim_paths_and_array_teams_map_to_the_identity() {
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
 
+/// Where an IdP lets users name their own attributes, a top-level claim literally called `realm_access.roles`
+/// must not stand in for the nested path (issue 10 item 9: admin spoofing).
+#[actix_web::test]
+async fn a_literal_claim_named_like_a_dotted_path_is_not_the_nested_claim() {
+    let mock = MockVidu::start().await;
+    let cfg = pem_keys_config(
+        &mock,
+        "team_claim = \"org.team\"\nroles_claim = \"realm_access.roles\"",
+    );
+    let app = TestApp::spawn(&cfg).await;
+    let spoofed = json!({"sub": "mallory", "org": {"team": "t"}, "realm_access.roles": ["gw-admin"],
+                         "realm_access": {"roles": ["user"]}, "exp": now() + 600});
+    let (status, _, body) = app
+        .get(
+            "/gateway/v1/config",
+            &sign(Algorithm::ES256, "ec256", None, &spoofed),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "the literal claim beside the nested one: {body}"
+    );
+    let mut alone = spoofed.clone();
+    alone.as_object_mut().unwrap().remove("realm_access");
+    let (status, _, body) = app
+        .get(
+            "/gateway/v1/config",
+            &sign(Algorithm::ES256, "ec256", None, &alone),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "the literal claim alone: {body}"
+    );
+    let literal_team = json!({"sub": "mallory", "org.team": "finance", "exp": now() + 600});
+    assert_refused(
+        &app,
+        &sign(Algorithm::ES256, "ec256", None, &literal_team),
+        "no team claim `org.team`",
+    )
+    .await;
+}
+
 #[actix_web::test]
 async fn a_token_without_a_team_is_refused_naming_the_claim_unless_teams_are_optional() {
     let mock = MockVidu::start().await;
