@@ -1,4 +1,5 @@
-//! Authentication: `Authorization: Bearer <JWT>` → a verified `Identity {user, team, roles}`.
+//! Authentication: `Authorization: Bearer <JWT>` (or Vidu's `Token <JWT>`) → a verified `Identity {user, team,
+//! roles}`.
 
 mod cache;
 pub mod claims;
@@ -21,6 +22,9 @@ use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use jwks::Jwks;
 pub use keys::{KeySet, parse_algorithm};
+
+/// `Authorization` schemes that carry the JWT: the standard one, and Vidu's (`Token <key>`).
+const TOKEN_SCHEMES: [&str; 2] = ["Bearer", "Token"];
 
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -129,34 +133,32 @@ impl Authenticator {
         self.keys.jwks()
     }
 
-    /// The bearer token of a request, or why there is none.
+    /// The token of a request, or why there is none. `Authorization: Bearer <JWT>`, or `Token <JWT>` as Vidu's
+    /// clients send their key (a client works after changing only its base URL and key): the same token, the
+    /// same checks, the same errors.
     pub fn bearer(req: &HttpRequest) -> Result<&str, AuthFailure> {
         let missing = |message: &str| AuthFailure {
             reason: "missing_token",
             message: message.into(),
             token_sent: false,
         };
-        let value = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| missing("missing bearer token: send Authorization: Bearer <token>"))?;
+        let value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
+            missing("missing token: send Authorization: Bearer <token> (or Token <token>)")
+        })?;
         let value = value.to_str().map_err(|_| {
             AuthFailure::invalid("malformed", "the Authorization header is not valid ASCII")
         })?;
         let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(AuthFailure {
-                reason: "missing_token",
-                message: "the Authorization header must use the Bearer scheme: Authorization: Bearer <token> \
-                          (the gateway issues no Vidu `Token` keys)"
-                    .into(),
-                token_sent: false,
-            });
+        if !TOKEN_SCHEMES.iter().any(|s| scheme.eq_ignore_ascii_case(s)) {
+            return Err(missing(
+                "the Authorization header must use the Bearer or Token scheme: Authorization: Bearer <token> \
+                 or Authorization: Token <token>, with the JWT your identity provider issued",
+            ));
         }
         let token = token.trim();
         if token.is_empty() {
             return Err(missing(
-                "empty bearer token: send Authorization: Bearer <token>",
+                "empty token: send Authorization: Bearer <token> (or Token <token>)",
             ));
         }
         Ok(token)

@@ -338,6 +338,85 @@ async fn a_literal_claim_named_like_a_dotted_path_is_not_the_nested_claim() {
     .await;
 }
 
+/// A create with a raw `Authorization` header value.
+async fn create_with_authorization(
+    app: &TestApp,
+    authorization: &str,
+) -> (StatusCode, Vec<(String, String)>, Value) {
+    let mut res = app
+        .client
+        .post(format!("{}/ent/v2/img2video", app.url))
+        .insert_header(("authorization", authorization))
+        .insert_header(("content-type", "application/json"))
+        .send_body(small_request().to_string())
+        .await
+        .unwrap();
+    read(&mut res).await
+}
+
+/// Vidu's clients hard-code `Authorization: Token <key>`: with a company JWT as "the key", such a client works
+/// after changing only its base URL and key (issue 10 item 21, DESIGN §3). Same verification, same errors;
+/// `WWW-Authenticate` still names Bearer.
+#[actix_web::test]
+async fn a_jwt_sent_with_the_vidu_token_scheme_is_treated_exactly_like_bearer() {
+    let mock = MockVidu::start().await;
+    let app = TestApp::spawn(&pem_keys_config(&mock, "")).await;
+    let good = sign(Algorithm::RS256, "rsa1", None, &claims());
+    for scheme in ["Token", "token", "TOKEN", "Bearer"] {
+        let (status, _, body) = create_with_authorization(&app, &format!("{scheme} {good}")).await;
+        assert_eq!(status, StatusCode::OK, "{scheme}: {body}");
+    }
+    let sent = mock.received();
+    assert_eq!(sent.len(), 4);
+    for r in &sent {
+        assert_eq!(
+            r.header("authorization"),
+            Some(format!("Token {VIDU_KEY}").as_str()),
+            "Vidu gets the enterprise key, never the caller's JWT"
+        );
+    }
+
+    // The same refusal, word for word, whichever scheme carried the token.
+    let forged = sign(Algorithm::RS256, "rsa2", None, &claims());
+    let expired = sign(
+        Algorithm::RS256,
+        "rsa1",
+        None,
+        &json!({"sub": "a", "team": "t", "exp": now() - 3600}),
+    );
+    for token in [forged, expired, "not-a-jwt".to_owned()] {
+        let (b_status, b_headers, b_body) =
+            create_with_authorization(&app, &format!("Bearer {token}")).await;
+        let (t_status, t_headers, t_body) =
+            create_with_authorization(&app, &format!("Token {token}")).await;
+        assert_eq!(b_status, StatusCode::UNAUTHORIZED, "{b_body}");
+        assert_eq!(t_status, StatusCode::UNAUTHORIZED, "{t_body}");
+        assert_envelope(t_status, &t_headers, &t_body, "Unauthorized");
+        assert_eq!(t_body["message"], b_body["message"]);
+        assert_eq!(
+            header(&t_headers, "www-authenticate"),
+            header(&b_headers, "www-authenticate")
+        );
+        let www = header(&t_headers, "www-authenticate").unwrap();
+        assert!(www.starts_with("Bearer error=\"invalid_token\""), "{www}");
+    }
+
+    // Any other scheme: the message names both accepted ones; the challenge names Bearer.
+    for value in ["Basic YWxpY2U6cHc=", "Tokens abc", "Token", "Token   "] {
+        let (status, headers, body) = create_with_authorization(&app, value).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{value}: {body}");
+        assert_envelope(status, &headers, &body, "Unauthorized");
+        let msg = body["message"].as_str().unwrap();
+        assert!(
+            msg.contains("Bearer <token>") && msg.contains("Token <token>"),
+            "{value}: {msg}"
+        );
+        assert!(!msg.contains("must use the Bearer scheme"), "{msg}");
+        assert_eq!(header(&headers, "www-authenticate"), Some("Bearer"));
+    }
+    assert_eq!(mock.received().len(), 4, "no refused request reached Vidu");
+}
+
 #[actix_web::test]
 async fn a_token_without_a_team_is_refused_naming_the_claim_unless_teams_are_optional() {
     let mock = MockVidu::start().await;
