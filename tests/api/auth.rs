@@ -815,11 +815,13 @@ async fn the_token_command_signs_with_a_private_key_for_public_key_gateways() {
 async fn a_remembered_verification_still_expires_on_time() {
     let mock = MockVidu::start().await;
     let app = TestApp::spawn(&pem_keys_config(&mock, "leeway_secs = 0")).await;
+    // On the gateway's clock, which started at spawn (the wall clock may be seconds ahead on a busy machine).
+    let exp = vidu_gateway::clock::Clock::now(&*app.clock).as_second() + 60;
     let token = sign(
         Algorithm::ES256,
         "ec256",
         None,
-        &json!({"sub": "a", "team": "t", "exp": now() + 60}),
+        &json!({"sub": "a", "team": "t", "exp": exp}),
     );
     assert_eq!(status_of(&app, &token).await.0, StatusCode::OK);
     assert_eq!(
