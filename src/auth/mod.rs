@@ -3,6 +3,7 @@
 
 mod cache;
 pub mod claims;
+mod compact;
 pub mod crypto;
 pub mod jwks;
 mod keys;
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use actix_web::HttpRequest;
 use actix_web::http::header;
-use jsonwebtoken::{Algorithm, Validation, errors::ErrorKind};
+use jsonwebtoken::{Algorithm, errors::ErrorKind};
 use serde_json::Value;
 
 use crate::clock::SharedClock;
@@ -102,7 +103,7 @@ impl Authenticator {
         metrics: &Metrics,
         previous: Option<&Arc<Jwks>>,
     ) -> anyhow::Result<Self> {
-        // Signatures are checked with ring wherever it applies (auth/crypto.rs).
+        // jsonwebtoken's own `decode`, for other callers in the process, chooses a library as the gateway does.
         crypto::install();
         let allowed = settings
             .algorithms
@@ -188,10 +189,17 @@ impl Authenticator {
         Ok(identity)
     }
 
-    /// The full check: signature and every claim.
+    /// The full check: signature and every claim. The token is decoded once; each candidate key checks the
+    /// signature with its own library, once (auth/crypto.rs).
     async fn verify_uncached(&self, token: &str) -> Result<(Identity, TimeClaims), AuthFailure> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| AuthFailure::invalid("malformed", "token is not a well-formed JWT"))?;
+        let malformed = |why: &str| {
+            AuthFailure::invalid(
+                "malformed",
+                format!("token is not a well-formed JWT: {why}"),
+            )
+        };
+        let jws = compact::Compact::parse(token).map_err(malformed)?;
+        let header = &jws.header;
         if !self.allowed.contains(&header.alg) {
             return Err(AuthFailure::invalid(
                 "algorithm_not_allowed",
@@ -213,32 +221,24 @@ impl Authenticator {
                 return Err(AuthFailure::invalid("keys_unavailable", why));
             }
         }
-        let mut validation = Validation::new(header.alg);
-        validation.leeway = self.settings.leeway_secs;
-        validation.validate_exp = false; // checked below against the injectable clock
-        validation.validate_nbf = false;
-        validation.required_spec_claims.clear();
-        validation.validate_aud = false;
         let mut last = ErrorKind::InvalidSignature;
         let verified = self
             .keys
-            .with_candidates(
-                header.alg,
-                header.kid.as_deref(),
-                |key| match jsonwebtoken::decode::<Value>(token, key, &validation) {
-                    Ok(data) => Some(data.claims),
+            .with_candidates(header.alg, header.kid.as_deref(), |key| {
+                match key.verify(header.alg, jws.signing_input, &jws.signature) {
+                    Ok(()) => Some(()),
                     Err(e) => {
-                        last = e.into_kind();
+                        last = e;
                         None
                     }
-                },
-            )
+                }
+            })
             .map_err(|f| match self.keys.jwks().and_then(|j| j.not_ready()) {
                 Some(why) => AuthFailure::invalid("keys_unavailable", why),
                 None => f,
             })?;
-        if let Some(claims) = verified {
-            return self.identity(&claims);
+        if verified.is_some() {
+            return self.identity(&jws.claims().map_err(malformed)?);
         }
         Err(match last {
             ErrorKind::InvalidSignature => {
@@ -366,4 +366,82 @@ fn fmt_ts(secs: i64) -> String {
     jiff::Timestamp::from_second(secs)
         .map(|t| t.to_string())
         .unwrap_or_else(|_| secs.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use futures_util::FutureExt;
+    use jsonwebtoken::{EncodingKey, Header};
+
+    const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys");
+
+    fn authenticator(auth: AuthSettings) -> Authenticator {
+        Authenticator::new(&auth, Arc::new(SystemClock), &Metrics::new()).unwrap()
+    }
+
+    fn signed(alg: Algorithm, private_pem: &str, claims: &Value) -> String {
+        crypto::install();
+        let pem = std::fs::read(format!("{KEYS}/{private_pem}")).unwrap();
+        let key = match alg {
+            Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem).unwrap(),
+            _ => EncodingKey::from_rsa_pem(&pem).unwrap(),
+        };
+        jsonwebtoken::encode(&Header::new(alg), claims, &key).unwrap()
+    }
+
+    fn tampered(token: &str) -> String {
+        let (rest, sig) = token.rsplit_once('.').unwrap();
+        let mut sig = sig.as_bytes().to_vec();
+        sig[4] = if sig[4] == b'A' { b'B' } else { b'A' };
+        format!("{rest}.{}", String::from_utf8(sig).unwrap())
+    }
+
+    fn verify_now(auth: &Authenticator, token: &str) -> Result<Identity, AuthFailure> {
+        auth.verify(token)
+            .now_or_never()
+            .expect("no JWKS: nothing to wait for")
+    }
+
+    /// Issue 10 item 12: forged tokens must cost no more than valid ones — one signature check, by the library
+    /// chosen for the key when it was loaded (ring for 2048+-bit RSA and uncompressed EC points; RustCrypto only
+    /// for what ring refuses, such as a 1024-bit RSA key).
+    #[test]
+    fn a_token_is_checked_once_by_one_library_whether_forged_or_valid() {
+        let claims = serde_json::json!({"sub": "ana", "team": "t", "exp": 4_000_000_000u64});
+        for (alg, public, private, by_ring) in [
+            (Algorithm::RS256, "rsa1.pub.pem", "rsa1.key.pem", true),
+            (Algorithm::PS256, "rsa1.pub.pem", "rsa1.key.pem", true),
+            (Algorithm::ES256, "ec256.pub.pem", "ec256.key.pem", true),
+            (
+                Algorithm::RS256,
+                "rsa1024.pub.pem",
+                "rsa1024.key.pem",
+                false,
+            ),
+        ] {
+            let auth = authenticator(AuthSettings {
+                algorithms: vec![format!("{alg:?}")],
+                public_key_files: vec![format!("{KEYS}/{public}").into()],
+                ..AuthSettings::default()
+            });
+            let valid = signed(alg, private, &claims);
+            let expected = if by_ring { (1, 0) } else { (0, 1) };
+            crypto::checks::take();
+            let refused = verify_now(&auth, &tampered(&valid)).unwrap_err();
+            assert_eq!(refused.reason, "bad_signature", "{alg:?} {public}");
+            assert_eq!(
+                crypto::checks::take(),
+                expected,
+                "{alg:?} {public}: a forged token, (ring, RustCrypto) checks"
+            );
+            verify_now(&auth, &valid).unwrap();
+            assert_eq!(
+                crypto::checks::take(),
+                expected,
+                "{alg:?} {public}: a valid token, (ring, RustCrypto) checks"
+            );
+        }
+    }
 }
