@@ -8,6 +8,8 @@ use serde_json::Value;
 
 pub struct Compact<'a> {
     pub header: Header,
+    /// The header has a `crit` parameter (whatever its value, `null` and `[]` included).
+    pub critical: bool,
     /// `header.payload`: the bytes the signature covers.
     pub signing_input: &'a [u8],
     pub signature: Vec<u8>,
@@ -26,14 +28,18 @@ impl<'a> Compact<'a> {
         let header = URL_SAFE_NO_PAD
             .decode(header)
             .ok()
-            .and_then(|json| serde_json::from_slice::<Header>(&json).ok())
-            .ok_or("its header is not base64url JSON naming a known `alg`")?;
+            .and_then(|json| serde_json::from_slice::<serde_json::Map<String, Value>>(&json).ok())
+            .ok_or("its header is not a base64url JSON object")?;
+        let critical = header.contains_key("crit");
+        let header = serde_json::from_value::<Header>(Value::Object(header))
+            .map_err(|_| "its header does not name a known `alg`")?;
         let signature = URL_SAFE_NO_PAD
             .decode(signature)
             .map_err(|_| "its signature is not base64url")?;
         let signing_input = &token.as_bytes()[..token.len() - signature_len(token)];
         Ok(Self {
             header,
+            critical,
             signing_input,
             signature,
             payload,
@@ -74,10 +80,22 @@ mod tests {
         );
         let jws = Compact::parse(&token).unwrap();
         assert_eq!(jws.header.kid.as_deref(), Some("k"));
+        assert!(!jws.critical);
         assert_eq!(jws.signature, b"sig");
         let (input, _) = token.rsplit_once('.').unwrap();
         assert_eq!(jws.signing_input, input.as_bytes());
         assert_eq!(jws.claims().unwrap()["sub"], "a");
+    }
+
+    #[test]
+    fn a_crit_parameter_is_seen_whatever_its_value() {
+        for crit in [r#"["exp"]"#, "[]", "null"] {
+            let token = format!(
+                "{}.e30.c2ln",
+                b64(&format!(r#"{{"alg":"ES256","crit":{crit}}}"#))
+            );
+            assert!(Compact::parse(&token).unwrap().critical, "{crit}");
+        }
     }
 
     #[test]

@@ -199,6 +199,13 @@ impl Authenticator {
             )
         };
         let jws = compact::Compact::parse(token).map_err(malformed)?;
+        if jws.critical {
+            return Err(AuthFailure::invalid(
+                "critical_header",
+                "token header has a `crit` parameter: it lists extensions a recipient must understand, and this \
+                 gateway understands none, so the token is refused (RFC 7515, section 4.1.11)",
+            ));
+        }
         let header = &jws.header;
         if !self.allowed.contains(&header.alg) {
             return Err(AuthFailure::invalid(
@@ -281,6 +288,36 @@ impl Authenticator {
         Ok(())
     }
 
+    /// `auth.max_token_lifetime_secs`: `exp − iat`, or `exp − now` when the token has no `iat` (then with
+    /// `leeway_secs`, as the gateway's clock stands in for the issuer's). Checked once per token: neither figure
+    /// grows with time, and a reload builds a new `Authenticator` (and cache).
+    fn check_lifetime(&self, t: &TimeClaims) -> Result<(), AuthFailure> {
+        let Some(max) = self.settings.max_token_lifetime_secs else {
+            return Ok(());
+        };
+        let cap = i64::try_from(max).unwrap_or(i64::MAX);
+        let leeway = i64::try_from(self.settings.leeway_secs).unwrap_or(i64::MAX);
+        // Messages stay ASCII: they are also the `WWW-Authenticate` error_description.
+        let (lifetime, allowed, how) = match t.iat {
+            Some(iat) => (t.exp.saturating_sub(iat), cap, "exp - iat"),
+            None => (
+                t.exp.saturating_sub(self.clock.now().as_second()),
+                cap.saturating_add(leeway),
+                "exp - now: the token has no `iat`",
+            ),
+        };
+        if lifetime > allowed {
+            return Err(AuthFailure::invalid(
+                "lifetime_too_long",
+                format!(
+                    "token lifetime is {lifetime} s ({how}), over auth.max_token_lifetime_secs = {max} s: ask \
+                     the identity provider for a shorter-lived token"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Time claims, issuer, audience, then the identity claims.
     fn identity(&self, claims: &Value) -> Result<(Identity, TimeClaims), AuthFailure> {
         let time_claim = |name: &str| -> Result<Option<i64>, AuthFailure> {
@@ -307,6 +344,7 @@ impl Authenticator {
             iat: time_claim("iat")?,
         };
         self.check_times(&times)?;
+        self.check_lifetime(&times)?;
         if !self.settings.issuer.is_empty()
             && claims.get("iss").and_then(Value::as_str) != Some(self.settings.issuer.as_str())
         {

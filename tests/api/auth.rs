@@ -338,6 +338,117 @@ async fn a_literal_claim_named_like_a_dotted_path_is_not_the_nested_claim() {
     .await;
 }
 
+/// RFC 7515 §4.1.11: a recipient must refuse a JWS whose `crit` lists an extension it does not understand, and
+/// the gateway understands none (issue 10 item 10).
+#[actix_web::test]
+async fn a_token_with_a_crit_header_is_refused() {
+    let mock = MockVidu::start().await;
+    let app = TestApp::spawn(&pem_keys_config(&mock, "")).await;
+    for crit in [json!(["exp"]), json!(["b64"]), json!([]), Value::Null] {
+        let mut header = Header::new(Algorithm::RS256);
+        header.extras.insert("crit", crit.clone());
+        let token =
+            jsonwebtoken::encode(&header, &claims(), &private_key(Algorithm::RS256, "rsa1"))
+                .unwrap();
+        assert!(
+            jsonwebtoken::decode_header(&token).is_ok(),
+            "a well-formed header"
+        );
+        assert_refused(&app, &token, "crit").await;
+        let (_, body, _) = status_of(&app, &token).await;
+        assert!(
+            body["message"].as_str().unwrap().contains("RFC 7515"),
+            "{crit}: {body}"
+        );
+    }
+    // The same token without `crit` is fine.
+    let plain = sign(Algorithm::RS256, "rsa1", None, &claims());
+    assert_eq!(status_of(&app, &plain).await.0, StatusCode::OK);
+    assert_eq!(mock.received().len(), 1);
+}
+
+/// `auth.max_token_lifetime_secs` caps `exp − iat` (or `exp − now` without `iat`); unset, there is no cap.
+#[actix_web::test]
+async fn tokens_living_longer_than_the_configured_cap_are_refused() {
+    let mock = MockVidu::start().await;
+    let app = TestApp::spawn(&pem_keys_config(
+        &mock,
+        "max_token_lifetime_secs = 3600\nleeway_secs = 30",
+    ))
+    .await;
+    let now = vidu_gateway::clock::Clock::now(&*app.clock).as_second();
+    let token = |c: &Value| sign(Algorithm::ES256, "ec256", None, c);
+
+    // exp − iat, whatever the time now.
+    let day = json!({"sub": "a", "team": "t", "iat": now - 60, "exp": now - 60 + 86_400});
+    let (status, body, headers) = status_of(&app, &token(&day)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let msg = body["message"].as_str().unwrap();
+    assert!(
+        msg.contains("auth.max_token_lifetime_secs")
+            && msg.contains("86400")
+            && msg.contains("3600"),
+        "names the key and both figures: {msg}"
+    );
+    assert!(
+        header(&headers, "www-authenticate")
+            .unwrap()
+            .contains("invalid_token")
+    );
+    let hour = json!({"sub": "a", "team": "t", "iat": now - 3000, "exp": now + 600});
+    assert_eq!(
+        status_of(&app, &token(&hour)).await.0,
+        StatusCode::OK,
+        "exactly the cap"
+    );
+    let over = json!({"sub": "a", "team": "t", "iat": now - 3001, "exp": now + 600});
+    assert_eq!(
+        status_of(&app, &token(&over)).await.0,
+        StatusCode::UNAUTHORIZED,
+        "one second over"
+    );
+
+    // Without iat: exp − now, with the leeway for the issuer's clock.
+    let no_iat = json!({"sub": "a", "team": "t", "exp": now + 3600 + 30});
+    assert_eq!(status_of(&app, &token(&no_iat)).await.0, StatusCode::OK);
+    let two_hours = json!({"sub": "a", "team": "t", "exp": now + 7200});
+    let (status, body, _) = status_of(&app, &token(&two_hours)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let msg = body["message"].as_str().unwrap();
+    assert!(msg.contains("7200") && msg.contains("no `iat`"), "{msg}");
+
+    // Unset: no cap.
+    let uncapped = TestApp::spawn(&pem_keys_config(&mock, "")).await;
+    assert_eq!(status_of(&uncapped, &token(&day)).await.0, StatusCode::OK);
+    assert_eq!(
+        status_of(
+            &uncapped,
+            &token(&json!({"sub": "a", "team": "t", "exp": now + 365 * 86_400}))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+}
+
+#[test]
+fn a_zero_token_lifetime_cap_is_refused_at_load() {
+    let cfg = format!(
+        "{}\n",
+        base_config("http://127.0.0.1:9")
+            .replace("[auth]\n", "[auth]\nmax_token_lifetime_secs = 0\n")
+    );
+    let Err(err) = vidu_gateway::config::load_from_str(
+        &cfg,
+        vidu_gateway::config::Origin::Builtin,
+        Default::default(),
+    ) else {
+        panic!("max_token_lifetime_secs = 0 was accepted");
+    };
+    let err = format!("{err:#}");
+    assert!(err.contains("auth.max_token_lifetime_secs"), "{err}");
+}
+
 /// A create with a raw `Authorization` header value.
 async fn create_with_authorization(
     app: &TestApp,
