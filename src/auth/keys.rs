@@ -10,6 +10,7 @@ use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 
 use super::AuthFailure;
+use super::crypto::LoadedKey;
 use super::jwks::Jwks;
 use crate::config::AuthSettings;
 
@@ -17,19 +18,28 @@ pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
     name.parse().ok()
 }
 
-/// One key: where it came from (for `kid` rules), which algorithms it may verify.
+/// One key: where it came from (for `kid` rules), which algorithms it may verify, and the library that checks its
+/// signatures (chosen here, once: auth/crypto.rs).
 pub struct VerifyKey {
     pub kid: Option<String>,
-    pub family: AlgorithmFamily,
     /// Set when a JWK names its algorithm: then only that one.
     pub alg: Option<Algorithm>,
-    pub key: DecodingKey,
+    pub key: LoadedKey,
     pub from_jwks: bool,
 }
 
 impl VerifyKey {
+    fn new(key: DecodingKey, kid: Option<String>, alg: Option<Algorithm>, from_jwks: bool) -> Self {
+        Self {
+            kid,
+            alg,
+            key: LoadedKey::new(key),
+            from_jwks,
+        }
+    }
+
     fn accepts(&self, alg: Algorithm) -> bool {
-        self.family == alg.family() && self.alg.is_none_or(|a| a == alg)
+        self.key.family() == alg.family() && self.alg.is_none_or(|a| a == alg)
     }
 }
 
@@ -49,13 +59,7 @@ pub fn key_from_jwk(jwk: &Jwk) -> Result<VerifyKey, String> {
     if key.family() == AlgorithmFamily::Hmac {
         return Err("a symmetric (oct) key: only public keys are taken from a JWKS".into());
     }
-    Ok(VerifyKey {
-        kid: jwk.common.key_id.clone(),
-        family: key.family(),
-        alg,
-        key,
-        from_jwks: true,
-    })
+    Ok(VerifyKey::new(key, jwk.common.key_id.clone(), alg, true))
 }
 
 /// Parses a JWKS document, keeping every usable key; fails only when the document itself is unreadable.
@@ -88,25 +92,16 @@ pub fn parse_jwks(bytes: &[u8]) -> anyhow::Result<(Vec<VerifyKey>, Vec<String>)>
 /// A PEM public key (RSA, EC P-256/P-384, Ed25519), its type read from the key itself.
 fn key_from_pem(path: &Path) -> anyhow::Result<VerifyKey> {
     let pem = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let (key, family) = if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
-        (k, AlgorithmFamily::Rsa)
-    } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
-        (k, AlgorithmFamily::Ec)
-    } else if let Ok(k) = DecodingKey::from_ed_pem(&pem) {
-        (k, AlgorithmFamily::Ed)
-    } else {
-        anyhow::bail!(
-            "{} is not a PEM public key (RSA, EC P-256/P-384 or Ed25519, \"-----BEGIN PUBLIC KEY-----\")",
-            path.display()
-        );
-    };
-    Ok(VerifyKey {
-        kid: None,
-        family,
-        alg: None,
-        key,
-        from_jwks: false,
-    })
+    let key = DecodingKey::from_rsa_pem(&pem)
+        .or_else(|_| DecodingKey::from_ec_pem(&pem))
+        .or_else(|_| DecodingKey::from_ed_pem(&pem))
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "{} is not a PEM public key (RSA, EC P-256/P-384 or Ed25519, \"-----BEGIN PUBLIC KEY-----\")",
+                path.display()
+            )
+        })?;
+    Ok(VerifyKey::new(key, None, None, false))
 }
 
 /// Every configured key: the static ones, and the JWKS fetched over HTTP when `auth.jwks_url` is set.
@@ -119,13 +114,12 @@ impl KeySet {
     pub fn from_settings(settings: &AuthSettings, jwks: Option<Arc<Jwks>>) -> anyhow::Result<Self> {
         let mut static_keys = Vec::new();
         if settings.hs256_secret.is_set() {
-            static_keys.push(VerifyKey {
-                kid: None,
-                family: AlgorithmFamily::Hmac,
-                alg: None,
-                key: DecodingKey::from_secret(settings.hs256_secret.expose().as_bytes()),
-                from_jwks: false,
-            });
+            static_keys.push(VerifyKey::new(
+                DecodingKey::from_secret(settings.hs256_secret.expose().as_bytes()),
+                None,
+                None,
+                false,
+            ));
         }
         for path in &settings.public_key_files {
             static_keys.push(key_from_pem(path).context("auth.public_key_files")?);
@@ -154,7 +148,7 @@ impl KeySet {
         &self,
         alg: Algorithm,
         kid: Option<&str>,
-        mut f: impl FnMut(&DecodingKey) -> Option<T>,
+        mut f: impl FnMut(&LoadedKey) -> Option<T>,
     ) -> Result<Option<T>, AuthFailure> {
         let fetched = self.jwks.as_ref().map(|j| j.current());
         let fetched_keys: &[VerifyKey] = fetched.as_deref().map(Vec::as_slice).unwrap_or(&[]);

@@ -135,7 +135,7 @@ fn claims_value(auth: &AuthSettings, c: &Claims<'_>) -> Value {
 
 fn set_path(claims: &mut Value, path: &str, value: Value) {
     let mut cur = claims;
-    let mut parts = path.split('.').peekable();
+    let mut parts = super::claims::segments(path).peekable();
     while let Some(part) = parts.next() {
         let Value::Object(map) = cur else { return };
         if parts.peek().is_none() {

@@ -1,7 +1,9 @@
-//! Authentication: `Authorization: Bearer <JWT>` → a verified `Identity {user, team, roles}`.
+//! Authentication: `Authorization: Bearer <JWT>` (or Vidu's `Token <JWT>`) → a verified `Identity {user, team,
+//! roles}`.
 
 mod cache;
 pub mod claims;
+mod compact;
 pub mod crypto;
 pub mod jwks;
 mod keys;
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use actix_web::HttpRequest;
 use actix_web::http::header;
-use jsonwebtoken::{Algorithm, Validation, errors::ErrorKind};
+use jsonwebtoken::{Algorithm, errors::ErrorKind};
 use serde_json::Value;
 
 use crate::clock::SharedClock;
@@ -21,6 +23,9 @@ use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use jwks::Jwks;
 pub use keys::{KeySet, parse_algorithm};
+
+/// `Authorization` schemes that carry the JWT: the standard one, and Vidu's (`Token <key>`).
+const TOKEN_SCHEMES: [&str; 2] = ["Bearer", "Token"];
 
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -98,7 +103,7 @@ impl Authenticator {
         metrics: &Metrics,
         previous: Option<&Arc<Jwks>>,
     ) -> anyhow::Result<Self> {
-        // Signatures are checked with ring wherever it applies (auth/crypto.rs).
+        // jsonwebtoken's own `decode`, for other callers in the process, chooses a library as the gateway does.
         crypto::install();
         let allowed = settings
             .algorithms
@@ -129,34 +134,32 @@ impl Authenticator {
         self.keys.jwks()
     }
 
-    /// The bearer token of a request, or why there is none.
+    /// The token of a request, or why there is none. `Authorization: Bearer <JWT>`, or `Token <JWT>` as Vidu's
+    /// clients send their key (a client works after changing only its base URL and key): the same token, the
+    /// same checks, the same errors.
     pub fn bearer(req: &HttpRequest) -> Result<&str, AuthFailure> {
         let missing = |message: &str| AuthFailure {
             reason: "missing_token",
             message: message.into(),
             token_sent: false,
         };
-        let value = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| missing("missing bearer token: send Authorization: Bearer <token>"))?;
+        let value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
+            missing("missing token: send Authorization: Bearer <token> (or Token <token>)")
+        })?;
         let value = value.to_str().map_err(|_| {
             AuthFailure::invalid("malformed", "the Authorization header is not valid ASCII")
         })?;
         let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(AuthFailure {
-                reason: "missing_token",
-                message: "the Authorization header must use the Bearer scheme: Authorization: Bearer <token> \
-                          (the gateway issues no Vidu `Token` keys)"
-                    .into(),
-                token_sent: false,
-            });
+        if !TOKEN_SCHEMES.iter().any(|s| scheme.eq_ignore_ascii_case(s)) {
+            return Err(missing(
+                "the Authorization header must use the Bearer or Token scheme: Authorization: Bearer <token> \
+                 or Authorization: Token <token>, with the JWT your identity provider issued",
+            ));
         }
         let token = token.trim();
         if token.is_empty() {
             return Err(missing(
-                "empty bearer token: send Authorization: Bearer <token>",
+                "empty token: send Authorization: Bearer <token> (or Token <token>)",
             ));
         }
         Ok(token)
@@ -186,10 +189,24 @@ impl Authenticator {
         Ok(identity)
     }
 
-    /// The full check: signature and every claim.
+    /// The full check: signature and every claim. The token is decoded once; each candidate key checks the
+    /// signature with its own library, once (auth/crypto.rs).
     async fn verify_uncached(&self, token: &str) -> Result<(Identity, TimeClaims), AuthFailure> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| AuthFailure::invalid("malformed", "token is not a well-formed JWT"))?;
+        let malformed = |why: &str| {
+            AuthFailure::invalid(
+                "malformed",
+                format!("token is not a well-formed JWT: {why}"),
+            )
+        };
+        let jws = compact::Compact::parse(token).map_err(malformed)?;
+        if jws.critical {
+            return Err(AuthFailure::invalid(
+                "critical_header",
+                "token header has a `crit` parameter: it lists extensions a recipient must understand, and this \
+                 gateway understands none, so the token is refused (RFC 7515, section 4.1.11)",
+            ));
+        }
+        let header = &jws.header;
         if !self.allowed.contains(&header.alg) {
             return Err(AuthFailure::invalid(
                 "algorithm_not_allowed",
@@ -211,32 +228,24 @@ impl Authenticator {
                 return Err(AuthFailure::invalid("keys_unavailable", why));
             }
         }
-        let mut validation = Validation::new(header.alg);
-        validation.leeway = self.settings.leeway_secs;
-        validation.validate_exp = false; // checked below against the injectable clock
-        validation.validate_nbf = false;
-        validation.required_spec_claims.clear();
-        validation.validate_aud = false;
         let mut last = ErrorKind::InvalidSignature;
         let verified = self
             .keys
-            .with_candidates(
-                header.alg,
-                header.kid.as_deref(),
-                |key| match jsonwebtoken::decode::<Value>(token, key, &validation) {
-                    Ok(data) => Some(data.claims),
+            .with_candidates(header.alg, header.kid.as_deref(), |key| {
+                match key.verify(header.alg, jws.signing_input, &jws.signature) {
+                    Ok(()) => Some(()),
                     Err(e) => {
-                        last = e.into_kind();
+                        last = e;
                         None
                     }
-                },
-            )
+                }
+            })
             .map_err(|f| match self.keys.jwks().and_then(|j| j.not_ready()) {
                 Some(why) => AuthFailure::invalid("keys_unavailable", why),
                 None => f,
             })?;
-        if let Some(claims) = verified {
-            return self.identity(&claims);
+        if verified.is_some() {
+            return self.identity(&jws.claims().map_err(malformed)?);
         }
         Err(match last {
             ErrorKind::InvalidSignature => {
@@ -279,6 +288,36 @@ impl Authenticator {
         Ok(())
     }
 
+    /// `auth.max_token_lifetime_secs`: `exp − iat`, or `exp − now` when the token has no `iat` (then with
+    /// `leeway_secs`, as the gateway's clock stands in for the issuer's). Checked once per token: neither figure
+    /// grows with time, and a reload builds a new `Authenticator` (and cache).
+    fn check_lifetime(&self, t: &TimeClaims) -> Result<(), AuthFailure> {
+        let Some(max) = self.settings.max_token_lifetime_secs else {
+            return Ok(());
+        };
+        let cap = i64::try_from(max).unwrap_or(i64::MAX);
+        let leeway = i64::try_from(self.settings.leeway_secs).unwrap_or(i64::MAX);
+        // Messages stay ASCII: they are also the `WWW-Authenticate` error_description.
+        let (lifetime, allowed, how) = match t.iat {
+            Some(iat) => (t.exp.saturating_sub(iat), cap, "exp - iat"),
+            None => (
+                t.exp.saturating_sub(self.clock.now().as_second()),
+                cap.saturating_add(leeway),
+                "exp - now: the token has no `iat`",
+            ),
+        };
+        if lifetime > allowed {
+            return Err(AuthFailure::invalid(
+                "lifetime_too_long",
+                format!(
+                    "token lifetime is {lifetime} s ({how}), over auth.max_token_lifetime_secs = {max} s: ask \
+                     the identity provider for a shorter-lived token"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Time claims, issuer, audience, then the identity claims.
     fn identity(&self, claims: &Value) -> Result<(Identity, TimeClaims), AuthFailure> {
         let time_claim = |name: &str| -> Result<Option<i64>, AuthFailure> {
@@ -305,6 +344,7 @@ impl Authenticator {
             iat: time_claim("iat")?,
         };
         self.check_times(&times)?;
+        self.check_lifetime(&times)?;
         if !self.settings.issuer.is_empty()
             && claims.get("iss").and_then(Value::as_str) != Some(self.settings.issuer.as_str())
         {
@@ -364,4 +404,82 @@ fn fmt_ts(secs: i64) -> String {
     jiff::Timestamp::from_second(secs)
         .map(|t| t.to_string())
         .unwrap_or_else(|_| secs.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use futures_util::FutureExt;
+    use jsonwebtoken::{EncodingKey, Header};
+
+    const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys");
+
+    fn authenticator(auth: AuthSettings) -> Authenticator {
+        Authenticator::new(&auth, Arc::new(SystemClock), &Metrics::new()).unwrap()
+    }
+
+    fn signed(alg: Algorithm, private_pem: &str, claims: &Value) -> String {
+        crypto::install();
+        let pem = std::fs::read(format!("{KEYS}/{private_pem}")).unwrap();
+        let key = match alg {
+            Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem).unwrap(),
+            _ => EncodingKey::from_rsa_pem(&pem).unwrap(),
+        };
+        jsonwebtoken::encode(&Header::new(alg), claims, &key).unwrap()
+    }
+
+    fn tampered(token: &str) -> String {
+        let (rest, sig) = token.rsplit_once('.').unwrap();
+        let mut sig = sig.as_bytes().to_vec();
+        sig[4] = if sig[4] == b'A' { b'B' } else { b'A' };
+        format!("{rest}.{}", String::from_utf8(sig).unwrap())
+    }
+
+    fn verify_now(auth: &Authenticator, token: &str) -> Result<Identity, AuthFailure> {
+        auth.verify(token)
+            .now_or_never()
+            .expect("no JWKS: nothing to wait for")
+    }
+
+    /// Issue 10 item 12: forged tokens must cost no more than valid ones — one signature check, by the library
+    /// chosen for the key when it was loaded (ring for 2048+-bit RSA and uncompressed EC points; RustCrypto only
+    /// for what ring refuses, such as a 1024-bit RSA key).
+    #[test]
+    fn a_token_is_checked_once_by_one_library_whether_forged_or_valid() {
+        let claims = serde_json::json!({"sub": "ana", "team": "t", "exp": 4_000_000_000u64});
+        for (alg, public, private, by_ring) in [
+            (Algorithm::RS256, "rsa1.pub.pem", "rsa1.key.pem", true),
+            (Algorithm::PS256, "rsa1.pub.pem", "rsa1.key.pem", true),
+            (Algorithm::ES256, "ec256.pub.pem", "ec256.key.pem", true),
+            (
+                Algorithm::RS256,
+                "rsa1024.pub.pem",
+                "rsa1024.key.pem",
+                false,
+            ),
+        ] {
+            let auth = authenticator(AuthSettings {
+                algorithms: vec![format!("{alg:?}")],
+                public_key_files: vec![format!("{KEYS}/{public}").into()],
+                ..AuthSettings::default()
+            });
+            let valid = signed(alg, private, &claims);
+            let expected = if by_ring { (1, 0) } else { (0, 1) };
+            crypto::checks::take();
+            let refused = verify_now(&auth, &tampered(&valid)).unwrap_err();
+            assert_eq!(refused.reason, "bad_signature", "{alg:?} {public}");
+            assert_eq!(
+                crypto::checks::take(),
+                expected,
+                "{alg:?} {public}: a forged token, (ring, RustCrypto) checks"
+            );
+            verify_now(&auth, &valid).unwrap();
+            assert_eq!(
+                crypto::checks::take(),
+                expected,
+                "{alg:?} {public}: a valid token, (ring, RustCrypto) checks"
+            );
+        }
+    }
 }

@@ -110,6 +110,10 @@ pub struct AuthSettings {
     pub team_claim: String,
     pub roles_claim: String,
     pub admin_role: String,
+    /// Longest token lifetime accepted, in seconds: `exp − iat`, or `exp − now` when the token has no `iat`.
+    /// Unset: no cap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_token_lifetime_secs: Option<u64>,
 }
 
 impl Default for AuthSettings {
@@ -130,6 +134,7 @@ impl Default for AuthSettings {
             team_claim: "team".into(),
             roles_claim: "roles".into(),
             admin_role: "vidu-gateway-admin".into(),
+            max_token_lifetime_secs: None,
         }
     }
 }

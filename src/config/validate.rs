@@ -142,6 +142,13 @@ fn auth(a: &AuthSettings, p: &mut Vec<String>) {
     if a.jwks_refresh_secs == 0 {
         p.push("auth.jwks_refresh_secs must be at least 1".into());
     }
+    if a.max_token_lifetime_secs == Some(0) {
+        p.push(
+            "auth.max_token_lifetime_secs = 0 would refuse every token: set the longest lifetime your identity \
+             provider issues (e.g. 3600), or remove the key for no cap"
+                .into(),
+        );
+    }
     for (key, value) in [
         ("auth.user_claim", &a.user_claim),
         ("auth.team_claim", &a.team_claim),

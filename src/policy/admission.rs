@@ -237,7 +237,7 @@ fn buckets(
         "policy.global.monthly_credits".into(),
     );
 
-    // Rates: user, team, global. An unset burst equals the per-minute rate.
+    // Rates: user, team, global. An unset burst equals the per-minute rate. The source names both keys.
     if let Some(r) = &rules.requests_per_minute {
         let burst = rules.burst.as_ref().map_or(r.value, |b| b.value);
         req.rates.push(RateSpec {
@@ -245,7 +245,10 @@ fn buckets(
             subject: user.into(),
             per_minute: r.value,
             burst,
-            source: r.key("requests_per_minute"),
+            source: rate_source(
+                r.key("requests_per_minute"),
+                rules.burst.as_ref().map(|b| b.key("burst")),
+            ),
         });
     }
     if let (Some(r), Some(t)) = (team.requests_per_minute, team_name) {
@@ -254,7 +257,10 @@ fn buckets(
             subject: t.into(),
             per_minute: r,
             burst: team.burst.unwrap_or(r),
-            source: team_key("team_requests_per_minute"),
+            source: rate_source(
+                team_key("team_requests_per_minute"),
+                team.burst.map(|_| team_key("team_burst")),
+            ),
         });
     }
     if let Some(r) = global.requests_per_minute {
@@ -263,8 +269,19 @@ fn buckets(
             subject: String::new(),
             per_minute: r,
             burst: global.burst.unwrap_or(r),
-            source: "policy.global.requests_per_minute".into(),
+            source: rate_source(
+                "policy.global.requests_per_minute".into(),
+                global.burst.map(|_| "policy.global.burst".into()),
+            ),
         });
+    }
+}
+
+/// The config keys of a rate limit: the per-minute figure's, and the burst's when one is set.
+fn rate_source(per_minute: String, burst: Option<String>) -> String {
+    match burst {
+        Some(burst) => format!("{per_minute}, {burst}"),
+        None => per_minute,
     }
 }
 
@@ -305,12 +322,20 @@ pub fn refusal_error(r: &Refusal, estimate: u64) -> GatewayError {
         Refusal::Rate {
             scope,
             per_minute,
+            burst,
+            exhausted,
             retry_after_secs,
             source,
         } => GatewayError::Limited {
             reason: LimitReason::TooManyRequests,
             message: format!(
-                "rate limit: the {scope} limit is {per_minute} requests per minute ({source}); retry in {retry_after_secs} s"
+                "rate limit: the {scope} limit is {per_minute} requests per minute with a burst of {burst} \
+                 ({source}): {}; retry in {retry_after_secs} s",
+                match exhausted {
+                    rate::Exhausted::Burst => format!("the burst of {burst} is used up"),
+                    rate::Exhausted::PerMinute =>
+                        format!("the rate of {per_minute} requests per minute is used up"),
+                }
             ),
             retry_after_secs: *retry_after_secs,
         },

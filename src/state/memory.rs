@@ -167,11 +167,16 @@ impl AdmissionStore for MemoryStore {
                         });
                     }
                 }
-                Checked::Limited { retry_after_secs } => {
+                Checked::Limited {
+                    retry_after_secs,
+                    exhausted,
+                } => {
                     undo.into_iter().rev().for_each(|u| u.undo());
                     return Err(Refusal::Rate {
                         scope: r.scope,
                         per_minute: r.per_minute,
+                        burst: r.burst,
+                        exhausted,
                         retry_after_secs: retry_after_secs.max(1),
                         source: r.source.clone(),
                     });

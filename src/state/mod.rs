@@ -131,6 +131,9 @@ pub enum Refusal {
     Rate {
         scope: Scope,
         per_minute: u32,
+        burst: u32,
+        /// Which part of the limit ran out.
+        exhausted: rate::Exhausted,
         retry_after_secs: u64,
         source: String,
     },

@@ -1,6 +1,7 @@
 //! Rate limits with governor's GCRA, one keyed limiter per quota, over a state store that can be rolled back:
 //! admission checks the user, team and global limits and keeps the tokens only when the whole request is
-//! admitted (a request refused anywhere consumes no rate token).
+//! admitted (a request refused anywhere consumes no rate token). A refusal says which part of the limit ran out:
+//! the burst, or the per-minute rate (`Exhausted`).
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -57,7 +58,24 @@ struct Entry {
     state: Tat,
     /// governor measures state relative to the limiter's creation.
     start: u64,
+    /// Per key, when (relative to `start`) its bucket last went from full to draining: the admission that took
+    /// the first token of a full bucket. Read only while the bucket is not full, so never rolled back: an undone
+    /// admission leaves the bucket full, and the next one from a full bucket writes it again.
+    draining_since: HashMap<String, u64>,
 }
+
+/// Which part of a rate limit refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exhausted {
+    /// The bucket emptied within a minute of last being full: more than the burst was sent at once.
+    Burst,
+    /// The bucket has not been full for a minute or more: at least the per-minute figure was sent in the last
+    /// minute (it refilled by exactly that much meanwhile, and all of it was used).
+    PerMinute,
+}
+
+/// A bucket drained for this long has admitted at least its per-minute figure within the last minute.
+const MINUTE_NANOS: u64 = 60_000_000_000;
 
 /// What a check left behind, to undo it.
 pub struct Undo {
@@ -67,8 +85,14 @@ pub struct Undo {
 }
 
 pub enum Checked {
-    Allowed { remaining: u32, undo: Undo },
-    Limited { retry_after_secs: u64 },
+    Allowed {
+        remaining: u32,
+        undo: Undo,
+    },
+    Limited {
+        retry_after_secs: u64,
+        exhausted: Exhausted,
+    },
 }
 
 pub struct RateLimits {
@@ -97,6 +121,7 @@ impl RateLimits {
         else {
             return Checked::Limited {
                 retry_after_secs: 60,
+                exhausted: Exhausted::PerMinute,
             };
         };
         let clock = self.clock.clone();
@@ -114,6 +139,7 @@ impl RateLimits {
                 limiter,
                 state,
                 start,
+                draining_since: HashMap::default(),
             }
         });
         let previous = entry
@@ -122,19 +148,37 @@ impl RateLimits {
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
             .copied();
+        let now = GovClock(clock.clone()).now();
+        let elapsed = now.as_u64().saturating_sub(entry.start);
+        // A theoretical arrival time not after now: the bucket is full.
+        let was_full = previous.is_none_or(|tat| tat.as_u64() <= elapsed);
         match entry.limiter.check_key(&key) {
-            Ok(snapshot) => Checked::Allowed {
-                remaining: snapshot.remaining_burst_capacity(),
-                undo: Undo {
-                    state: entry.state.clone(),
-                    key,
-                    previous,
-                },
-            },
+            Ok(snapshot) => {
+                if was_full {
+                    entry.draining_since.insert(key.clone(), elapsed);
+                }
+                Checked::Allowed {
+                    remaining: snapshot.remaining_burst_capacity(),
+                    undo: Undo {
+                        state: entry.state.clone(),
+                        key,
+                        previous,
+                    },
+                }
+            }
             Err(not_until) => {
-                let wait = not_until.wait_time_from(GovClock(clock).now());
+                let wait = not_until.wait_time_from(now);
+                let drained_for = entry
+                    .draining_since
+                    .get(&key)
+                    .map_or(0, |since| elapsed.saturating_sub(*since));
                 Checked::Limited {
                     retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+                    exhausted: if drained_for >= MINUTE_NANOS {
+                        Exhausted::PerMinute
+                    } else {
+                        Exhausted::Burst
+                    },
                 }
             }
         }
@@ -148,6 +192,7 @@ impl RateLimits {
             let mut map = e.state.lock().unwrap_or_else(|p| p.into_inner());
             // A theoretical arrival time already passed means a full bucket: same as no entry.
             map.retain(|_, tat| tat.as_u64() > elapsed);
+            e.draining_since.retain(|key, _| map.contains_key(key));
             !map.is_empty()
         });
     }
@@ -184,7 +229,9 @@ mod tests {
             ));
         }
         match r.check("u".into(), 60, 3) {
-            Checked::Limited { retry_after_secs } => assert_eq!(retry_after_secs, 1),
+            Checked::Limited {
+                retry_after_secs, ..
+            } => assert_eq!(retry_after_secs, 1),
             Checked::Allowed { .. } => panic!("over the burst"),
         }
         assert!(
@@ -196,6 +243,39 @@ mod tests {
             r.check("u".into(), 60, 3),
             Checked::Allowed { .. }
         ));
+    }
+
+    fn exhausted(r: &mut RateLimits, per_minute: u32, burst: u32) -> Option<Exhausted> {
+        match r.check("u".into(), per_minute, burst) {
+            Checked::Allowed { .. } => None,
+            Checked::Limited { exhausted, .. } => Some(exhausted),
+        }
+    }
+
+    #[test]
+    fn a_refusal_names_the_burst_or_the_per_minute_rate() {
+        let (mut r, clock) = limits();
+        // 60/min, burst 3: three at once, then the fourth is over the burst.
+        for _ in 0..3 {
+            assert_eq!(exhausted(&mut r, 60, 3), None);
+        }
+        assert_eq!(exhausted(&mut r, 60, 3), Some(Exhausted::Burst));
+        // One a second, as fast as it refills, for 59 s: still the burst (the bucket was full under a minute ago).
+        for _ in 0..59 {
+            clock.advance(SignedDuration::from_secs(1));
+            assert_eq!(exhausted(&mut r, 60, 3), None);
+        }
+        assert_eq!(exhausted(&mut r, 60, 3), Some(Exhausted::Burst));
+        // One more second: a full minute without refilling, 63 requests admitted in it.
+        clock.advance(SignedDuration::from_secs(1));
+        assert_eq!(exhausted(&mut r, 60, 3), None);
+        assert_eq!(exhausted(&mut r, 60, 3), Some(Exhausted::PerMinute));
+        // Idle until the bucket is full again: the burst is what runs out next.
+        clock.advance(SignedDuration::from_secs(10));
+        for _ in 0..3 {
+            assert_eq!(exhausted(&mut r, 60, 3), None);
+        }
+        assert_eq!(exhausted(&mut r, 60, 3), Some(Exhausted::Burst));
     }
 
     #[test]

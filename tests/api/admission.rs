@@ -59,6 +59,66 @@ async fn the_request_past_the_burst_is_refused_with_retry_after_and_other_users_
     assert_eq!(mock.received().len(), 5);
 }
 
+/// Issue 10 item 18: a 429 says which part of the rate limit refused — the burst, or the per-minute rate — with
+/// both figures.
+#[actix_web::test]
+async fn a_rate_refusal_says_whether_the_burst_or_the_per_minute_rate_is_used_up() {
+    let mock = MockVidu::start().await;
+    let app = app(
+        &mock,
+        "[policy.defaults]\nrequests_per_minute = 20\nburst = 5\n",
+    )
+    .await;
+    let alice = app.token("alice", "t");
+    let refused = |what: &str, body: &Value| {
+        let msg = body["message"].as_str().unwrap().to_owned();
+        assert!(
+            msg.contains("the user limit is 20 requests per minute with a burst of 5"),
+            "{what}: {msg}"
+        );
+        assert!(
+            msg.contains("policy.defaults.requests_per_minute")
+                && msg.contains("policy.defaults.burst"),
+            "{what}: {msg}"
+        );
+        assert!(msg.contains("retry in 3 s"), "{what}: {msg}");
+        msg
+    };
+
+    // Five at once: the sixth finds the burst used up.
+    for _ in 0..5 {
+        assert_eq!(app.create(&alice, &q2()).await.0, StatusCode::OK);
+    }
+    let (status, headers, body) = app.create(&alice, &q2()).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_envelope(status, &headers, &body, "TooManyRequests");
+    assert_eq!(retry_after(&headers), 3, "one request per 3 s at 20/min");
+    let msg = refused("after the burst", &body);
+    assert!(msg.contains("the burst of 5 is used up"), "{msg}");
+
+    // Then one request every 3 s for a minute: 25 in a minute, and the per-minute rate is what runs out.
+    for _ in 0..20 {
+        app.clock.advance(SignedDuration::from_secs(3));
+        assert_eq!(app.create(&alice, &q2()).await.0, StatusCode::OK);
+    }
+    let (status, _, body) = app.create(&alice, &q2()).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let msg = refused("at the steady rate", &body);
+    assert!(
+        msg.contains("the rate of 20 requests per minute is used up"),
+        "{msg}"
+    );
+
+    // A pause refills the bucket: the burst again is what runs out.
+    app.clock.advance(SignedDuration::from_secs(60));
+    for _ in 0..5 {
+        assert_eq!(app.create(&alice, &q2()).await.0, StatusCode::OK);
+    }
+    let (_, _, body) = app.create(&alice, &q2()).await;
+    let msg = refused("after a pause", &body);
+    assert!(msg.contains("the burst of 5 is used up"), "{msg}");
+}
+
 #[actix_web::test]
 async fn a_team_limit_is_shared_by_its_members_and_a_team_refusal_costs_no_user_token() {
     let mock = MockVidu::start().await;

@@ -293,6 +293,241 @@ async fn nested_claim_paths_and_array_teams_map_to_the_identity() {
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
 
+/// Where an IdP lets users name their own attributes, a top-level claim literally called `realm_access.roles`
+/// must not stand in for the nested path (issue 10 item 9: admin spoofing).
+#[actix_web::test]
+async fn a_literal_claim_named_like_a_dotted_path_is_not_the_nested_claim() {
+    let mock = MockVidu::start().await;
+    let cfg = pem_keys_config(
+        &mock,
+        "team_claim = \"org.team\"\nroles_claim = \"realm_access.roles\"",
+    );
+    let app = TestApp::spawn(&cfg).await;
+    let spoofed = json!({"sub": "mallory", "org": {"team": "t"}, "realm_access.roles": ["gw-admin"],
+                         "realm_access": {"roles": ["user"]}, "exp": now() + 600});
+    let (status, _, body) = app
+        .get(
+            "/gateway/v1/config",
+            &sign(Algorithm::ES256, "ec256", None, &spoofed),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "the literal claim beside the nested one: {body}"
+    );
+    let mut alone = spoofed.clone();
+    alone.as_object_mut().unwrap().remove("realm_access");
+    let (status, _, body) = app
+        .get(
+            "/gateway/v1/config",
+            &sign(Algorithm::ES256, "ec256", None, &alone),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "the literal claim alone: {body}"
+    );
+    let literal_team = json!({"sub": "mallory", "org.team": "finance", "exp": now() + 600});
+    assert_refused(
+        &app,
+        &sign(Algorithm::ES256, "ec256", None, &literal_team),
+        "no team claim `org.team`",
+    )
+    .await;
+}
+
+/// RFC 7515 §4.1.11: a recipient must refuse a JWS whose `crit` lists an extension it does not understand, and
+/// the gateway understands none (issue 10 item 10).
+#[actix_web::test]
+async fn a_token_with_a_crit_header_is_refused() {
+    let mock = MockVidu::start().await;
+    let app = TestApp::spawn(&pem_keys_config(&mock, "")).await;
+    for crit in [json!(["exp"]), json!(["b64"]), json!([]), Value::Null] {
+        let mut header = Header::new(Algorithm::RS256);
+        header.extras.insert("crit", crit.clone());
+        let token =
+            jsonwebtoken::encode(&header, &claims(), &private_key(Algorithm::RS256, "rsa1"))
+                .unwrap();
+        assert!(
+            jsonwebtoken::decode_header(&token).is_ok(),
+            "a well-formed header"
+        );
+        assert_refused(&app, &token, "crit").await;
+        let (_, body, _) = status_of(&app, &token).await;
+        assert!(
+            body["message"].as_str().unwrap().contains("RFC 7515"),
+            "{crit}: {body}"
+        );
+    }
+    // The same token without `crit` is fine.
+    let plain = sign(Algorithm::RS256, "rsa1", None, &claims());
+    assert_eq!(status_of(&app, &plain).await.0, StatusCode::OK);
+    assert_eq!(mock.received().len(), 1);
+}
+
+/// `auth.max_token_lifetime_secs` caps `exp − iat` (or `exp − now` without `iat`); unset, there is no cap.
+#[actix_web::test]
+async fn tokens_living_longer_than_the_configured_cap_are_refused() {
+    let mock = MockVidu::start().await;
+    let app = TestApp::spawn(&pem_keys_config(
+        &mock,
+        "max_token_lifetime_secs = 3600\nleeway_secs = 30",
+    ))
+    .await;
+    let now = vidu_gateway::clock::Clock::now(&*app.clock).as_second();
+    let token = |c: &Value| sign(Algorithm::ES256, "ec256", None, c);
+
+    // exp − iat, whatever the time now.
+    let day = json!({"sub": "a", "team": "t", "iat": now - 60, "exp": now - 60 + 86_400});
+    let (status, body, headers) = status_of(&app, &token(&day)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let msg = body["message"].as_str().unwrap();
+    assert!(
+        msg.contains("auth.max_token_lifetime_secs")
+            && msg.contains("86400")
+            && msg.contains("3600"),
+        "names the key and both figures: {msg}"
+    );
+    assert!(
+        header(&headers, "www-authenticate")
+            .unwrap()
+            .contains("invalid_token")
+    );
+    let hour = json!({"sub": "a", "team": "t", "iat": now - 3000, "exp": now + 600});
+    assert_eq!(
+        status_of(&app, &token(&hour)).await.0,
+        StatusCode::OK,
+        "exactly the cap"
+    );
+    let over = json!({"sub": "a", "team": "t", "iat": now - 3001, "exp": now + 600});
+    assert_eq!(
+        status_of(&app, &token(&over)).await.0,
+        StatusCode::UNAUTHORIZED,
+        "one second over"
+    );
+
+    // Without iat: exp − now, with the leeway for the issuer's clock.
+    let no_iat = json!({"sub": "a", "team": "t", "exp": now + 3600 + 30});
+    assert_eq!(status_of(&app, &token(&no_iat)).await.0, StatusCode::OK);
+    let two_hours = json!({"sub": "a", "team": "t", "exp": now + 7200});
+    let (status, body, _) = status_of(&app, &token(&two_hours)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let msg = body["message"].as_str().unwrap();
+    assert!(msg.contains("7200") && msg.contains("no `iat`"), "{msg}");
+
+    // Unset: no cap.
+    let uncapped = TestApp::spawn(&pem_keys_config(&mock, "")).await;
+    assert_eq!(status_of(&uncapped, &token(&day)).await.0, StatusCode::OK);
+    assert_eq!(
+        status_of(
+            &uncapped,
+            &token(&json!({"sub": "a", "team": "t", "exp": now + 365 * 86_400}))
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+}
+
+#[test]
+fn a_zero_token_lifetime_cap_is_refused_at_load() {
+    let cfg = format!(
+        "{}\n",
+        base_config("http://127.0.0.1:9")
+            .replace("[auth]\n", "[auth]\nmax_token_lifetime_secs = 0\n")
+    );
+    let Err(err) = vidu_gateway::config::load_from_str(
+        &cfg,
+        vidu_gateway::config::Origin::Builtin,
+        Default::default(),
+    ) else {
+        panic!("max_token_lifetime_secs = 0 was accepted");
+    };
+    let err = format!("{err:#}");
+    assert!(err.contains("auth.max_token_lifetime_secs"), "{err}");
+}
+
+/// A create with a raw `Authorization` header value.
+async fn create_with_authorization(
+    app: &TestApp,
+    authorization: &str,
+) -> (StatusCode, Vec<(String, String)>, Value) {
+    let mut res = app
+        .client
+        .post(format!("{}/ent/v2/img2video", app.url))
+        .insert_header(("authorization", authorization))
+        .insert_header(("content-type", "application/json"))
+        .send_body(small_request().to_string())
+        .await
+        .unwrap();
+    read(&mut res).await
+}
+
+/// Vidu's clients hard-code `Authorization: Token <key>`: with a company JWT as "the key", such a client works
+/// after changing only its base URL and key (issue 10 item 21, DESIGN §3). Same verification, same errors;
+/// `WWW-Authenticate` still names Bearer.
+#[actix_web::test]
+async fn a_jwt_sent_with_the_vidu_token_scheme_is_treated_exactly_like_bearer() {
+    let mock = MockVidu::start().await;
+    let app = TestApp::spawn(&pem_keys_config(&mock, "")).await;
+    let good = sign(Algorithm::RS256, "rsa1", None, &claims());
+    for scheme in ["Token", "token", "TOKEN", "Bearer"] {
+        let (status, _, body) = create_with_authorization(&app, &format!("{scheme} {good}")).await;
+        assert_eq!(status, StatusCode::OK, "{scheme}: {body}");
+    }
+    let sent = mock.received();
+    assert_eq!(sent.len(), 4);
+    for r in &sent {
+        assert_eq!(
+            r.header("authorization"),
+            Some(format!("Token {VIDU_KEY}").as_str()),
+            "Vidu gets the enterprise key, never the caller's JWT"
+        );
+    }
+
+    // The same refusal, word for word, whichever scheme carried the token.
+    let forged = sign(Algorithm::RS256, "rsa2", None, &claims());
+    let expired = sign(
+        Algorithm::RS256,
+        "rsa1",
+        None,
+        &json!({"sub": "a", "team": "t", "exp": now() - 3600}),
+    );
+    for token in [forged, expired, "not-a-jwt".to_owned()] {
+        let (b_status, b_headers, b_body) =
+            create_with_authorization(&app, &format!("Bearer {token}")).await;
+        let (t_status, t_headers, t_body) =
+            create_with_authorization(&app, &format!("Token {token}")).await;
+        assert_eq!(b_status, StatusCode::UNAUTHORIZED, "{b_body}");
+        assert_eq!(t_status, StatusCode::UNAUTHORIZED, "{t_body}");
+        assert_envelope(t_status, &t_headers, &t_body, "Unauthorized");
+        assert_eq!(t_body["message"], b_body["message"]);
+        assert_eq!(
+            header(&t_headers, "www-authenticate"),
+            header(&b_headers, "www-authenticate")
+        );
+        let www = header(&t_headers, "www-authenticate").unwrap();
+        assert!(www.starts_with("Bearer error=\"invalid_token\""), "{www}");
+    }
+
+    // Any other scheme: the message names both accepted ones; the challenge names Bearer.
+    for value in ["Basic YWxpY2U6cHc=", "Tokens abc", "Token", "Token   "] {
+        let (status, headers, body) = create_with_authorization(&app, value).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{value}: {body}");
+        assert_envelope(status, &headers, &body, "Unauthorized");
+        let msg = body["message"].as_str().unwrap();
+        assert!(
+            msg.contains("Bearer <token>") && msg.contains("Token <token>"),
+            "{value}: {msg}"
+        );
+        assert!(!msg.contains("must use the Bearer scheme"), "{msg}");
+        assert_eq!(header(&headers, "www-authenticate"), Some("Bearer"));
+    }
+    assert_eq!(mock.received().len(), 4, "no refused request reached Vidu");
+}
+
 #[actix_web::test]
 async fn a_token_without_a_team_is_refused_naming_the_claim_unless_teams_are_optional() {
     let mock = MockVidu::start().await;
@@ -691,11 +926,13 @@ async fn the_token_command_signs_with_a_private_key_for_public_key_gateways() {
 async fn a_remembered_verification_still_expires_on_time() {
     let mock = MockVidu::start().await;
     let app = TestApp::spawn(&pem_keys_config(&mock, "leeway_secs = 0")).await;
+    // On the gateway's clock, which started at spawn (the wall clock may be seconds ahead on a busy machine).
+    let exp = vidu_gateway::clock::Clock::now(&*app.clock).as_second() + 60;
     let token = sign(
         Algorithm::ES256,
         "ec256",
         None,
-        &json!({"sub": "a", "team": "t", "exp": now() + 60}),
+        &json!({"sub": "a", "team": "t", "exp": exp}),
     );
     assert_eq!(status_of(&app, &token).await.0, StatusCode::OK);
     assert_eq!(
