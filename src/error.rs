@@ -231,7 +231,16 @@ impl ResponseError for GatewayError {
                 let value = if *invalid_token {
                     format!(
                         "Bearer error=\"invalid_token\", error_description=\"{}\"",
-                        message.replace(['"', '\\'], "'")
+                        // A quoted-string of visible ASCII: a caller's non-ASCII `kid` echoed in the message
+                        // must not cost the header (RFC 6750 requires it on every 401).
+                        message
+                            .chars()
+                            .map(|c| match c {
+                                '"' | '\\' => '\'',
+                                ' '..='~' => c,
+                                _ => '?',
+                            })
+                            .collect::<String>()
                     )
                 } else {
                     "Bearer".to_owned()
@@ -277,6 +286,24 @@ impl From<anyhow::Error> for GatewayError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A message echoing a caller's non-ASCII `kid` still gets its `WWW-Authenticate` header.
+    #[test]
+    fn a_non_ascii_401_message_keeps_www_authenticate() {
+        let e = GatewayError::Unauthorized {
+            message: "unknown key id \"ключ\": no configured key verifies it".into(),
+            invalid_token: true,
+        };
+        let res = e.error_response();
+        let v = res
+            .headers()
+            .get(header::WWW_AUTHENTICATE)
+            .expect("WWW-Authenticate on every 401");
+        assert_eq!(
+            v.to_str().unwrap(),
+            "Bearer error=\"invalid_token\", error_description=\"unknown key id '????': no configured key verifies it\""
+        );
+    }
 
     #[test]
     fn every_error_knows_its_status_and_vidu_reason() {
