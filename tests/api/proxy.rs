@@ -365,7 +365,11 @@ async fn task_query_and_cancel_are_forwarded_to_their_vidu_paths() {
         (got[2].method.as_str(), got[2].path.as_str()),
         ("POST", "/ent/v2/tasks/123/cancel")
     );
-    assert_eq!(got[2].body, Bytes::from_static(b"{\"id\":\"123\"}"));
+    assert_eq!(
+        got[2].body,
+        Bytes::from_static(b"{}"),
+        "the gateway's body, not the caller's"
+    );
     assert_eq!(
         got[1].header("authorization"),
         Some(format!("Token {VIDU_KEY}").as_str())
@@ -453,4 +457,34 @@ async fn the_config_endpoint_is_for_admins_and_redacts_secrets() {
     assert_eq!(body["config"]["upstream"]["api_key"], "<redacted>");
     assert_eq!(body["version"].as_str().unwrap().len(), 12);
     assert!(matches!(body["config"]["models"], Value::Object(ref m) if m.len() == 4));
+}
+
+#[actix_web::test]
+async fn a_cancel_sends_vidu_the_gateways_own_body_never_the_callers() {
+    let mock = MockVidu::start().await;
+    let app = app_with(&mock, "").await;
+    let alice = app.token("alice", "t");
+    mock.respond(|r| {
+        if r.path.ends_with("/cancel") {
+            Reply::json(200, json!({}))
+        } else {
+            Reply::json(200, created_task("123", 25))
+        }
+    });
+    let (status, _, _) = app.create(&alice, &small_request()).await;
+    assert_eq!(status, StatusCode::OK);
+    // Ownership is checked on the path's id; a body naming someone else's task must not reach Vidu.
+    for body in [
+        "{\"id\":\"999-someone-elses\"}",
+        "{\"id\":\"123\",\"extra\":[1,2,3]}",
+        "",
+    ] {
+        let (status, _, answer) = app.post("/ent/v2/tasks/123/cancel", &alice, body).await;
+        assert_eq!(status, StatusCode::OK, "{body}: {answer}");
+        let got = mock.received();
+        let cancel = got.last().unwrap();
+        assert_eq!(cancel.path, "/ent/v2/tasks/123/cancel");
+        assert_eq!(cancel.body, Bytes::from_static(b"{}"), "sent for {body:?}");
+        assert_eq!(cancel.header("content-type"), Some("application/json"));
+    }
 }
