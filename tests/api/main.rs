@@ -11,4 +11,5 @@ mod helpers;
 mod live;
 mod proxy;
 mod sandbox;
+mod upstream_faults;
 mod validation;
