@@ -1,6 +1,7 @@
 //! The HTTP client for the real Vidu API: awc over rustls, HTTP/1.1, pooled per worker (idle connections closed
 //! after `upstream.pool_idle_timeout_ms`), with connect and request timeouts. Sends only the gateway's own headers
-//! (`Authorization: Token <key>`, content type, request id): nothing of the caller's headers reaches Vidu.
+//! (`Authorization: Token <key>`, content type, request id): nothing of the caller's headers reaches Vidu. Vidu's
+//! answer is scrubbed of the enterprise key before it goes anywhere.
 //!
 //! A failed call is classified by whether any byte of the request may have reached Vidu (`classify`), not by how
 //! the connection ended. A request that may have been delivered is never sent again; one that provably was not
@@ -18,16 +19,20 @@ use actix_web::http::header::{self, HeaderValue};
 use awc::error::{ConnectError, SendRequestError};
 use bytes::Bytes;
 use futures_util::Stream;
+use memchr::memmem::Finder;
 
 use super::upstream::{UpstreamError, UpstreamRequest, UpstreamResponse};
 use super::wire::{WatchedConnector, counting_writes};
 use crate::config::{LiveConfig, LoadedConfig, UpstreamSettings};
+use crate::metrics::{EndpointLabels, Metrics};
 
 /// Largest answer read from Vidu (task queries echo the payload, up to 1 MiB, plus creations).
 const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 /// Bodies larger than this are streamed to Vidu in `STREAM_SLICE` slices; smaller ones go in one write.
 const STREAM_ABOVE: usize = 256 * 1024;
 const STREAM_SLICE: usize = 128 * 1024;
+/// What replaces the enterprise key wherever it appears in an answer.
+const REDACTED: &[u8] = b"[REDACTED]";
 
 pub struct ViduClient {
     /// Pooled connections: a connection idle for `upstream.pool_idle_timeout_ms` is closed, not reused.
@@ -37,7 +42,7 @@ pub struct ViduClient {
     /// `upstream.base_url` and `upstream.api_key` are read per call, so a reload that rotates the key applies at
     /// once; timeouts are fixed when the worker starts.
     config: Arc<LiveConfig>,
-    /// Base URL and `Authorization` value of the configuration last used: rebuilt only when a reload
+    /// Base URL, `Authorization` value and key finder of the configuration last used: rebuilt only when a reload
     /// has swapped the configuration, not formatted and validated again on every call.
     target: RefCell<Option<Rc<Target>>>,
     request_timeout: Duration,
@@ -47,6 +52,8 @@ struct Target {
     config: Arc<LoadedConfig>,
     base_url: String,
     authorization: HeaderValue,
+    /// Finds the enterprise key in answers (none when the key is empty).
+    key: Option<Finder<'static>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -158,7 +165,7 @@ impl ViduClient {
         })
     }
 
-    /// The URL for `path` and the `Authorization` value, from the configuration in force.
+    /// The URL for `path`, with the `Authorization` value and key finder, from the configuration in force.
     fn target(&self, path: &str) -> Result<(String, Rc<Target>), UpstreamError> {
         let current = self.config.current();
         let mut cached = self.target.borrow_mut();
@@ -169,9 +176,11 @@ impl ViduClient {
             let upstream = &current.settings.upstream;
             let authorization =
                 authorization(upstream).map_err(|e| UpstreamError::Connect(e.to_string()))?;
+            let key = upstream.api_key.expose();
             *cached = Some(Rc::new(Target {
                 base_url: upstream.base_url.trim_end_matches('/').to_owned(),
                 authorization,
+                key: (!key.is_empty()).then(|| Finder::new(key.as_bytes()).into_owned()),
                 config: current,
             }));
         }
@@ -181,13 +190,17 @@ impl ViduClient {
         Ok((format!("{}{}", t.base_url, path), t.clone()))
     }
 
-    pub async fn send(&self, req: UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
+    pub async fn send(
+        &self,
+        req: UpstreamRequest,
+        metrics: &Metrics,
+    ) -> Result<UpstreamResponse, UpstreamError> {
         let started = Instant::now();
         let (url, target) = self.target(&req.path)?;
         let first = self
             .exchange(Attempt::First, &req, &url, &target, self.request_timeout)
             .await;
-        let answer = match first {
+        let mut answer = match first {
             Err(Failure::NotWritten(why)) => {
                 tracing::warn!(
                     request_id = %req.request_id,
@@ -202,6 +215,21 @@ impl ViduClient {
             }
             other => other,
         }?;
+        if let Some(key) = &target.key
+            && scrub_answer(&mut answer, key)
+        {
+            tracing::warn!(
+                request_id = %req.request_id,
+                endpoint = req.endpoint.label(),
+                "Vidu's answer contained the enterprise key; it was replaced with [REDACTED]"
+            );
+            metrics
+                .upstream_secret_scrubbed
+                .get_or_create(&EndpointLabels {
+                    endpoint: req.endpoint.label(),
+                })
+                .inc();
+        }
         Ok(answer)
     }
 
@@ -259,6 +287,39 @@ impl ViduClient {
             body,
         })
     }
+}
+
+/// Replaces every occurrence of the key in the answer's body and headers (the content type is the one header
+/// passed on); true when there was one. One `memmem` pass over the body; no copy when the key is absent.
+fn scrub_answer(answer: &mut UpstreamResponse, key: &Finder<'_>) -> bool {
+    let mut found = false;
+    if let Some(clean) = scrub(&answer.body, key) {
+        answer.body = Bytes::from(clean);
+        found = true;
+    }
+    if let Some(ct) = &answer.content_type
+        && let Some(clean) = scrub(ct.as_bytes(), key)
+    {
+        answer.content_type = Some(String::from_utf8_lossy(&clean).into_owned());
+        found = true;
+    }
+    found
+}
+
+/// `haystack` with every occurrence of the finder's needle replaced by `[REDACTED]`; `None` when there is none.
+fn scrub(haystack: &[u8], key: &Finder<'_>) -> Option<Vec<u8>> {
+    let mut found = key.find_iter(haystack).peekable();
+    found.peek()?;
+    let needle = key.needle().len();
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut at = 0;
+    for start in found {
+        out.extend_from_slice(&haystack[at..start]);
+        out.extend_from_slice(REDACTED);
+        at = start + needle;
+    }
+    out.extend_from_slice(&haystack[at..]);
+    Some(out)
 }
 
 /// A large body is handed to awc in slices of the one buffer it was read into (no copy), with its length
@@ -326,5 +387,31 @@ mod tests {
             assert!(matches!(classify(e, 1), Failure::Broken(_)));
         }
         assert_eq!(classify(SendRequestError::Timeout, 300), Failure::Timeout);
+    }
+
+    #[test]
+    fn scrub_replaces_every_occurrence_and_copies_nothing_without_one() {
+        let key = Finder::new(b"sk-secret").into_owned();
+        assert_eq!(scrub(b"{\"a\":1}", &key), None);
+        assert_eq!(scrub(b"", &key), None);
+        assert_eq!(
+            scrub(b"Token sk-secret,sk-secretsk-secret; sk-secre", &key).unwrap(),
+            b"Token [REDACTED],[REDACTED][REDACTED]; sk-secre".to_vec()
+        );
+        let mut answer = UpstreamResponse {
+            status: actix_web::http::StatusCode::OK,
+            content_type: Some("application/json; echo=sk-secret".into()),
+            body: Bytes::from_static(b"{\"auth\":\"Token sk-secret\"}"),
+        };
+        assert!(scrub_answer(&mut answer, &key));
+        assert_eq!(
+            answer.body,
+            Bytes::from_static(b"{\"auth\":\"Token [REDACTED]\"}")
+        );
+        assert_eq!(
+            answer.content_type.as_deref(),
+            Some("application/json; echo=[REDACTED]")
+        );
+        assert!(!scrub_answer(&mut answer, &key));
     }
 }

@@ -76,7 +76,7 @@ impl Upstream {
         let started = Instant::now();
         let endpoint = req.endpoint.label();
         let result = match self {
-            Upstream::Vidu(client) => client.send(req).await,
+            Upstream::Vidu(client) => client.send(req, metrics).await,
             Upstream::Sandbox(sandbox) => Ok(sandbox.handle(&req)),
         };
         let outcome = match &result {

@@ -488,3 +488,61 @@ async fn a_cancel_sends_vidu_the_gateways_own_body_never_the_callers() {
         assert_eq!(cancel.header("content-type"), Some("application/json"));
     }
 }
+
+#[actix_web::test]
+async fn an_upstream_echoing_the_enterprise_key_never_gets_it_to_the_caller() {
+    let mock = MockVidu::start().await;
+    let app = app_with(&mock, "").await;
+    let token = app.token("alice", "t");
+    // Whatever sits at base_url echoes the request's Authorization header in its body and its headers.
+    mock.respond(|r| {
+        let auth = r.header("authorization").unwrap_or("").to_owned();
+        let mut task = created_task("777", 25);
+        task["echo"] = json!({"authorization": auth, "again": auth});
+        Reply::json(200, task)
+            .with_header(
+                "content-type",
+                &format!("application/json; echo=\"{auth}\""),
+            )
+            .with_header("x-echo-authorization", &auth)
+    });
+    let (status, headers, body) = app.create(&token, &small_request()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["task_id"], "777", "the rest of the answer is intact");
+    assert_eq!(body["echo"]["authorization"], "Token [REDACTED]");
+    assert_eq!(body["echo"]["again"], "Token [REDACTED]");
+    assert!(!body.to_string().contains(VIDU_KEY));
+    for (name, value) in &headers {
+        assert!(
+            !value.contains(VIDU_KEY),
+            "the key leaked in {name}: {value}"
+        );
+    }
+    assert!(
+        header(&headers, "x-echo-authorization").is_none(),
+        "Vidu's other headers are not passed on"
+    );
+    assert_eq!(
+        header(&headers, "content-type"),
+        Some("application/json; echo=\"Token [REDACTED]\"")
+    );
+
+    // Task queries and cancels too.
+    let (status, _, body) = app.get("/ent/v2/tasks/777/creations", &token).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!body.to_string().contains(VIDU_KEY), "{body}");
+    let (status, _, body) = app.post("/ent/v2/tasks/777/cancel", &token, "{}").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!body.to_string().contains(VIDU_KEY), "{body}");
+
+    let text = app.metrics_text().await;
+    for endpoint in ["img2video", "task_creations", "task_cancel"] {
+        assert!(
+            text.contains(&format!(
+                "vidu_gateway_upstream_secret_scrubbed_total{{endpoint=\"{endpoint}\"}} 1"
+            )),
+            "{endpoint}: {text}"
+        );
+    }
+    assert!(!text.contains(VIDU_KEY));
+}
