@@ -74,6 +74,7 @@ pub struct Metrics {
     pub http_duration: HistogramFamily<RouteLabels>,
     pub upstream_requests: Family<UpstreamLabels, Counter>,
     pub upstream_duration: HistogramFamily<EndpointLabels>,
+    pub upstream_secret_scrubbed: Family<EndpointLabels, Counter>,
     pub auth_failures: Family<ReasonLabels, Counter>,
     pub config_reloads: Family<OutcomeLabels, Counter>,
     pub jwks_fetches: Family<OutcomeLabels, Counter>,
@@ -128,6 +129,13 @@ impl Metrics {
             "upstream_duration_seconds",
             "Duration of calls to Vidu (or the sandbox), by endpoint",
             upstream_duration.clone(),
+        );
+        let upstream_secret_scrubbed = Family::<EndpointLabels, Counter>::default();
+        registry.register(
+            "upstream_secret_scrubbed",
+            "Answers from Vidu (or whatever is at upstream.base_url) that contained the enterprise key, which was \
+             replaced with [REDACTED] before the answer left the gateway, by endpoint",
+            upstream_secret_scrubbed.clone(),
         );
         let auth_failures = Family::<ReasonLabels, Counter>::default();
         registry.register(
@@ -212,6 +220,7 @@ impl Metrics {
             http_duration,
             upstream_requests,
             upstream_duration,
+            upstream_secret_scrubbed,
             auth_failures,
             config_reloads,
             jwks_fetches,

@@ -47,6 +47,10 @@ fn restart_only(old: &Settings, new: &Settings) -> Vec<&'static str> {
         "upstream.request_timeout_ms",
         old.upstream.request_timeout_ms != new.upstream.request_timeout_ms,
     );
+    check(
+        "upstream.pool_idle_timeout_ms",
+        old.upstream.pool_idle_timeout_ms != new.upstream.pool_idle_timeout_ms,
+    );
     check("state.backend", old.state.backend != new.state.backend);
     check(
         "state.ledger_path",

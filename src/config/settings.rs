@@ -72,6 +72,8 @@ pub struct UpstreamSettings {
     pub api_key_file: Option<PathBuf>,
     pub connect_timeout_ms: u64,
     pub request_timeout_ms: u64,
+    /// A pooled connection to Vidu idle this long is closed rather than reused (0: a new connection per call).
+    pub pool_idle_timeout_ms: u64,
     pub sandbox_complete_after_secs: u64,
 }
 
@@ -84,6 +86,7 @@ impl Default for UpstreamSettings {
             api_key_file: None,
             connect_timeout_ms: 3000,
             request_timeout_ms: 30000,
+            pool_idle_timeout_ms: 15000,
             sandbox_complete_after_secs: 10,
         }
     }

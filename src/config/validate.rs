@@ -53,6 +53,9 @@ fn server(s: &ServerSettings, p: &mut Vec<String>) {
     }
 }
 
+/// Longest `upstream.pool_idle_timeout_ms`: a typical upstream idle timeout.
+const MAX_POOL_IDLE_TIMEOUT_MS: u64 = 60_000;
+
 fn upstream(u: &UpstreamSettings, p: &mut Vec<String>) {
     match u.base_url.parse::<awc::http::Uri>() {
         Ok(uri)
@@ -76,6 +79,14 @@ fn upstream(u: &UpstreamSettings, p: &mut Vec<String>) {
     }
     if u.request_timeout_ms == 0 {
         p.push("upstream.request_timeout_ms must be at least 1".into());
+    }
+    if u.pool_idle_timeout_ms > MAX_POOL_IDLE_TIMEOUT_MS {
+        p.push(format!(
+            "upstream.pool_idle_timeout_ms = {} is above {MAX_POOL_IDLE_TIMEOUT_MS}: an idle connection kept that \
+             long is likely to have been closed by Vidu's side (typical idle timeouts are 60 s); keep it below \
+             Vidu's idle timeout, e.g. 15000 (the default)",
+            u.pool_idle_timeout_ms
+        ));
     }
 }
 
@@ -345,5 +356,33 @@ fn telemetry(t: &TelemetrySettings, p: &mut Vec<String>) {
             "telemetry.log_level = {:?} is not a level or filter such as \"info\" or \"vidu_gateway=debug\"",
             t.log_level
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream_problems(u: &UpstreamSettings) -> Vec<String> {
+        let mut p = Vec::new();
+        upstream(u, &mut p);
+        p
+    }
+
+    #[test]
+    fn the_pool_idle_timeout_stays_below_a_typical_upstream_idle_timeout() {
+        let mut u = UpstreamSettings::default();
+        assert_eq!(u.pool_idle_timeout_ms, 15_000);
+        for ok in [0, 15_000, 60_000] {
+            u.pool_idle_timeout_ms = ok;
+            assert!(upstream_problems(&u).is_empty(), "{ok}");
+        }
+        u.pool_idle_timeout_ms = 60_001;
+        let p = upstream_problems(&u);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("upstream.pool_idle_timeout_ms = 60001 is above 60000"),
+            "{p:?}"
+        );
     }
 }

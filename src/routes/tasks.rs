@@ -1,4 +1,5 @@
-//! `GET /ent/v2/tasks/{id}/creations` and `POST /ent/v2/tasks/{id}/cancel`, forwarded to Vidu.
+//! `GET /ent/v2/tasks/{id}/creations` and `POST /ent/v2/tasks/{id}/cancel`, forwarded to Vidu (a cancel with the
+//! gateway's own body `{}`, never the caller's).
 
 use actix_web::http::Method;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -9,6 +10,9 @@ use crate::auth::Identity;
 use crate::body;
 use crate::error::GatewayError;
 use crate::vidu::upstream::{Endpoint, Upstream};
+
+/// What Vidu gets on cancel, always: the task is named by the path alone.
+const CANCEL_BODY: &[u8] = b"{}";
 
 /// Largest body accepted on cancel (Vidu's cancel takes at most a small JSON object).
 const MAX_CANCEL_BODY: usize = 64 * 1024;
@@ -84,11 +88,14 @@ pub async fn cancel(
     let identity = state.authenticate(&req).await?;
     let id = task_id(&path)?;
     may_access(&state, &identity, id, false)?;
+    // The caller's body is read (and must be a JSON object, as Vidu's would require) but never forwarded:
+    // ownership was checked on the path's id, so nothing the caller wrote may reach Vidu beside it.
     let bytes = body::read(payload, declared, MAX_CANCEL_BODY).await?;
     if !bytes.is_empty() {
         body::require_json_content_type(&req)?;
         body::require_json_object(&bytes)?;
     }
+    drop(bytes);
     forward(
         &state,
         &upstream,
@@ -96,7 +103,7 @@ pub async fn cancel(
         Endpoint::TaskCancel,
         Method::POST,
         format!("/ent/v2/tasks/{id}/cancel"),
-        bytes,
+        bytes::Bytes::from_static(CANCEL_BODY),
     )
     .await
 }

@@ -7,3 +7,4 @@ pub mod pricing;
 pub mod request;
 pub mod sandbox;
 pub mod upstream;
+mod wire;

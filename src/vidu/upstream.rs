@@ -48,10 +48,12 @@ pub struct UpstreamResponse {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    /// Nothing was sent: connecting failed. Safe to report as "not created".
+    /// Not one byte of the request left the gateway (connecting failed, or the connection failed on the first
+    /// write): nothing was created.
     #[error("cannot connect to Vidu: {0}")]
     Connect(String),
-    /// The connection broke after the request may have reached Vidu: the task may exist.
+    /// Some byte of the request may have reached Vidu and no answer came (a reset, or a clean close alike): the
+    /// task may exist.
     #[error("the connection to Vidu failed after the request was sent: {0}")]
     Broken(String),
     /// No (complete) answer in time: the task may exist.
@@ -74,7 +76,7 @@ impl Upstream {
         let started = Instant::now();
         let endpoint = req.endpoint.label();
         let result = match self {
-            Upstream::Vidu(client) => client.send(req).await,
+            Upstream::Vidu(client) => client.send(req, metrics).await,
             Upstream::Sandbox(sandbox) => Ok(sandbox.handle(&req)),
         };
         let outcome = match &result {

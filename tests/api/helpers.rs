@@ -43,6 +43,8 @@ pub struct Reply {
     pub status: u16,
     pub body: String,
     pub delay: Duration,
+    /// Extra response headers (a `content-type` here replaces the default `application/json`).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Reply {
@@ -51,7 +53,13 @@ impl Reply {
             status,
             body: body.to_string(),
             delay: Duration::ZERO,
+            headers: Vec::new(),
         }
+    }
+
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
     }
 
     pub fn delayed(mut self, d: Duration) -> Self {
@@ -105,9 +113,13 @@ impl MockVidu {
                         if !reply.delay.is_zero() {
                             actix_web::rt::time::sleep(reply.delay).await;
                         }
-                        HttpResponse::build(StatusCode::from_u16(reply.status).unwrap())
-                            .content_type("application/json")
-                            .body(reply.body)
+                        let mut res =
+                            HttpResponse::build(StatusCode::from_u16(reply.status).unwrap());
+                        res.content_type("application/json");
+                        for (name, value) in &reply.headers {
+                            res.insert_header((name.as_str(), value.as_str()));
+                        }
+                        res.body(reply.body)
                     }
                 }))
         })

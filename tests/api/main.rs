@@ -13,4 +13,5 @@ mod logs;
 mod proxy;
 mod sandbox;
 mod state;
+mod upstream_faults;
 mod validation;

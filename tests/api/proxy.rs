@@ -365,7 +365,11 @@ async fn task_query_and_cancel_are_forwarded_to_their_vidu_paths() {
         (got[2].method.as_str(), got[2].path.as_str()),
         ("POST", "/ent/v2/tasks/123/cancel")
     );
-    assert_eq!(got[2].body, Bytes::from_static(b"{\"id\":\"123\"}"));
+    assert_eq!(
+        got[2].body,
+        Bytes::from_static(b"{}"),
+        "the gateway's body, not the caller's"
+    );
     assert_eq!(
         got[1].header("authorization"),
         Some(format!("Token {VIDU_KEY}").as_str())
@@ -453,4 +457,92 @@ async fn the_config_endpoint_is_for_admins_and_redacts_secrets() {
     assert_eq!(body["config"]["upstream"]["api_key"], "<redacted>");
     assert_eq!(body["version"].as_str().unwrap().len(), 12);
     assert!(matches!(body["config"]["models"], Value::Object(ref m) if m.len() == 4));
+}
+
+#[actix_web::test]
+async fn a_cancel_sends_vidu_the_gateways_own_body_never_the_callers() {
+    let mock = MockVidu::start().await;
+    let app = app_with(&mock, "").await;
+    let alice = app.token("alice", "t");
+    mock.respond(|r| {
+        if r.path.ends_with("/cancel") {
+            Reply::json(200, json!({}))
+        } else {
+            Reply::json(200, created_task("123", 25))
+        }
+    });
+    let (status, _, _) = app.create(&alice, &small_request()).await;
+    assert_eq!(status, StatusCode::OK);
+    // Ownership is checked on the path's id; a body naming someone else's task must not reach Vidu.
+    for body in [
+        "{\"id\":\"999-someone-elses\"}",
+        "{\"id\":\"123\",\"extra\":[1,2,3]}",
+        "",
+    ] {
+        let (status, _, answer) = app.post("/ent/v2/tasks/123/cancel", &alice, body).await;
+        assert_eq!(status, StatusCode::OK, "{body}: {answer}");
+        let got = mock.received();
+        let cancel = got.last().unwrap();
+        assert_eq!(cancel.path, "/ent/v2/tasks/123/cancel");
+        assert_eq!(cancel.body, Bytes::from_static(b"{}"), "sent for {body:?}");
+        assert_eq!(cancel.header("content-type"), Some("application/json"));
+    }
+}
+
+#[actix_web::test]
+async fn an_upstream_echoing_the_enterprise_key_never_gets_it_to_the_caller() {
+    let mock = MockVidu::start().await;
+    let app = app_with(&mock, "").await;
+    let token = app.token("alice", "t");
+    // Whatever sits at base_url echoes the request's Authorization header in its body and its headers.
+    mock.respond(|r| {
+        let auth = r.header("authorization").unwrap_or("").to_owned();
+        let mut task = created_task("777", 25);
+        task["echo"] = json!({"authorization": auth, "again": auth});
+        Reply::json(200, task)
+            .with_header(
+                "content-type",
+                &format!("application/json; echo=\"{auth}\""),
+            )
+            .with_header("x-echo-authorization", &auth)
+    });
+    let (status, headers, body) = app.create(&token, &small_request()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["task_id"], "777", "the rest of the answer is intact");
+    assert_eq!(body["echo"]["authorization"], "Token [REDACTED]");
+    assert_eq!(body["echo"]["again"], "Token [REDACTED]");
+    assert!(!body.to_string().contains(VIDU_KEY));
+    for (name, value) in &headers {
+        assert!(
+            !value.contains(VIDU_KEY),
+            "the key leaked in {name}: {value}"
+        );
+    }
+    assert!(
+        header(&headers, "x-echo-authorization").is_none(),
+        "Vidu's other headers are not passed on"
+    );
+    assert_eq!(
+        header(&headers, "content-type"),
+        Some("application/json; echo=\"Token [REDACTED]\"")
+    );
+
+    // Task queries and cancels too.
+    let (status, _, body) = app.get("/ent/v2/tasks/777/creations", &token).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!body.to_string().contains(VIDU_KEY), "{body}");
+    let (status, _, body) = app.post("/ent/v2/tasks/777/cancel", &token, "{}").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!body.to_string().contains(VIDU_KEY), "{body}");
+
+    let text = app.metrics_text().await;
+    for endpoint in ["img2video", "task_creations", "task_cancel"] {
+        assert!(
+            text.contains(&format!(
+                "vidu_gateway_upstream_secret_scrubbed_total{{endpoint=\"{endpoint}\"}} 1"
+            )),
+            "{endpoint}: {text}"
+        );
+    }
+    assert!(!text.contains(VIDU_KEY));
 }
