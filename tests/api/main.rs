@@ -8,6 +8,7 @@ mod binary;
 mod cli;
 mod docs;
 mod helpers;
+mod ledger_reads;
 mod live;
 mod logs;
 mod proxy;
