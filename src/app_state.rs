@@ -11,7 +11,7 @@ use crate::config::LiveConfig;
 use crate::error::GatewayError;
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::request_context::RequestId;
-use crate::state::AdmissionStore;
+use crate::state::Store;
 use crate::vidu::sandbox::Sandbox;
 
 pub struct AppState {
@@ -21,7 +21,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub clock: SharedClock,
     pub sandbox: Option<Arc<Sandbox>>,
-    pub store: Arc<dyn AdmissionStore>,
+    pub store: Arc<dyn Store>,
 }
 
 impl AppState {

@@ -1,4 +1,4 @@
-//! The create flow behind `POST /ent/v2/img2video` and the quote: validate → policy → admission → forward →
+//! The create flow behind `POST /ent/v2/img2video` and the quote: validate → policy → admit → forward →
 //! settle. The upstream call and its settlement run as their own task, so a caller hanging up mid-request
 //! neither leaks the in-flight slot nor loses the outcome (the task and its credits are still recorded).
 
@@ -14,8 +14,9 @@ use crate::auth::Identity;
 use crate::config::Settings;
 use crate::error::{GatewayError, UpstreamBody};
 use crate::metrics::{AdmissionLabels, CreditLabels, Metrics, TeamLabels};
-use crate::policy::admission::{Prepared, Verdict, prepare, refusal_error};
-use crate::state::{AdmissionStore, Grant, LedgerEntry, Settlement, SlotSpec};
+use crate::policy::admission::{Decided, Refused, Verdict, prepare, unavailable};
+use crate::settle::{Pending, settlement_of};
+use crate::state::{Grant, Mode, RejectionRecord, Store};
 use crate::vidu::request::{Validated, validate};
 use crate::vidu::upstream::{Endpoint, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
 
@@ -28,7 +29,7 @@ pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// Everything the handler needs from the gateway's shared state.
 pub struct Context<'a> {
     pub settings: &'a Settings,
-    pub store: &'a Arc<dyn AdmissionStore>,
+    pub store: &'a Arc<dyn Store>,
     pub metrics: &'a Arc<Metrics>,
     pub now: jiff::Timestamp,
     pub request_id: &'a str,
@@ -57,47 +58,30 @@ pub fn rejection_error(r: crate::vidu::request::Rejection) -> GatewayError {
 /// An admitted request: what to send, and what was granted.
 pub struct Admitted {
     pub body: Bytes,
-    pub prepared: Prepared,
-    pub grant: Grant,
+    pub decided: Decided,
 }
 
-/// A refused request, with the headers an admission-checked answer carries.
-pub struct Refused {
-    pub error: GatewayError,
-    pub estimate: Option<u64>,
-}
-
-impl From<GatewayError> for Refused {
-    fn from(error: GatewayError) -> Self {
-        Self {
-            error,
-            estimate: None,
-        }
+/// A refused create as the caller sees it: the error, and the estimate of the run the store refused.
+pub fn refused_response(refused: Refused) -> HttpResponse {
+    let mut res = actix_web::ResponseError::error_response(&refused.error);
+    if let Some((run, _)) = refused.run
+        && let Ok(v) = HeaderValue::from_str(&run.estimate.to_string())
+    {
+        res.headers_mut().insert(X_CREDITS_ESTIMATED.clone(), v);
     }
+    res
 }
 
-impl Refused {
-    pub fn into_response(self) -> HttpResponse {
-        let mut res = actix_web::ResponseError::error_response(&self.error);
-        if let Some(e) = self.estimate
-            && let Ok(v) = HeaderValue::from_str(&e.to_string())
-        {
-            res.headers_mut().insert(X_CREDITS_ESTIMATED.clone(), v);
-        }
-        res
-    }
-}
-
-/// Steps 3–6: validate, apply policy, admit (reserving credits and taking slots). Refusals are recorded in the
-/// ledger and the metrics with their reason.
-pub fn admit(
+/// Validate, apply policy, admit (reserving credits and taking slots). Refusals are recorded in the ledger and
+/// the metrics with their reason.
+pub async fn admit(
     ctx: &Context<'_>,
     identity: &Identity,
     bytes: &Bytes,
     prefer_never: bool,
 ) -> Result<Admitted, Refused> {
     let team_label = team_label(identity);
-    let result = admit_inner(ctx, identity, bytes, prefer_never);
+    let result = admit_inner(ctx, identity, bytes, prefer_never).await;
     let (outcome, reason) = match &result {
         Ok(_) => ("admitted", "Admitted"),
         Err(r) => ("rejected", r.error.reason()),
@@ -118,8 +102,8 @@ pub fn admit(
                     kind: "reserved",
                     team: team_label.clone(),
                 })
-                .inc_by(a.prepared.estimate());
-            if let Some(left) = a.grant.team_remaining_credits {
+                .inc_by(a.decided.run.estimate);
+            if let Some(left) = a.decided.granted.team_remaining_credits {
                 ctx.metrics
                     .budget_remaining
                     .get_or_create(&TeamLabels { team: team_label })
@@ -131,24 +115,24 @@ pub fn admit(
                 ctx.now,
                 &crate::policy::periods::timezone(&ctx.settings.policy.timezone),
             );
-            ctx.store.record_rejection(
-                &LedgerEntry {
-                    request_id: ctx.request_id.to_owned(),
+            let recorded = ctx
+                .store
+                .record_rejection(RejectionRecord {
                     user: identity.user.clone(),
                     team: identity.team.clone().unwrap_or_default(),
                     day: p.day,
-                    month: p.month,
-                    model: String::new(),
-                    off_peak: false,
-                },
-                r.error.reason(),
-            );
+                    reason: r.error.reason().to_owned(),
+                })
+                .await;
+            if let Err(e) = recorded {
+                tracing::error!(error = %e, "the state backend could not record a rejection");
+            }
         }
     }
     result
 }
 
-fn admit_inner(
+async fn admit_inner(
     ctx: &Context<'_>,
     identity: &Identity,
     bytes: &Bytes,
@@ -161,48 +145,28 @@ fn admit_inner(
         &validated.params,
         prefer_never,
         ctx.now,
-        ctx.store.as_ref(),
         ctx.request_id,
     )?;
-    let mut prepared = prepared;
-    let grant = match ctx.store.admit(&prepared.request, false) {
-        Ok(g) => g,
-        Err(refusal) => {
-            if let crate::state::Refusal::Unavailable(why) = &refusal
-                && ctx.settings.state.on_unavailable == crate::config::OnUnavailable::FailOpen
-            {
-                tracing::error!(error = %why, "state backend unavailable: admitting without limits (fail_open)");
-                // Nothing was taken, so there is nothing to give back.
-                prepared.request.slots.clear();
-                Grant {
-                    reservation: None,
-                    remaining_credits: None,
-                    team_remaining_credits: None,
-                    rate: None,
-                }
-            } else {
-                return Err(Refused {
-                    error: refusal_error(&refusal, prepared.estimate()),
-                    estimate: Some(prepared.estimate()),
-                });
-            }
-        }
-    };
-    let set: Vec<(&str, Value)> = if prepared.off_peak_applied.is_some() {
+    let decision = ctx
+        .store
+        .admit(&prepared.request, Mode::Take)
+        .await
+        .map_err(|e| Refused {
+            error: unavailable(&e),
+            run: prepared.expected_run().map(|run| (run, None)),
+        })?;
+    let decided = prepared.conclude(decision)?;
+    let set: Vec<(&str, Value)> = if decided.off_peak_applied.is_some() {
         vec![("off_peak", Value::Bool(true))]
     } else {
         Vec::new()
     };
     let body = validated.forward_body(bytes, &set);
-    Ok(Admitted {
-        body,
-        prepared,
-        grant,
-    })
+    Ok(Admitted { body, decided })
 }
 
 /// The quote: validation and policy as a create would see them, never forwarded, nothing taken.
-pub fn quote(
+pub async fn quote(
     ctx: &Context<'_>,
     identity: &Identity,
     bytes: &Bytes,
@@ -228,30 +192,38 @@ pub fn quote(
         params,
         prefer_never,
         ctx.now,
-        ctx.store.as_ref(),
         ctx.request_id,
     ) {
         Err(e) => Verdict::refused(&e, params.off_peak, estimate_now),
-        Ok(prepared) => match ctx.store.admit(&prepared.request, true) {
-            Ok(grant) => Verdict {
-                admitted: true,
-                reason: None,
-                message: None,
-                retry_after_secs: None,
-                off_peak: prepared.off_peak(),
-                off_peak_applied: prepared.off_peak_applied.clone(),
-                estimated_credits: prepared.estimate(),
-                remaining_credits: grant.remaining_credits,
-            },
-            Err(refusal) => {
-                let mut v = Verdict::refused(
-                    &refusal_error(&refusal, prepared.estimate()),
-                    prepared.off_peak(),
-                    prepared.estimate(),
-                );
-                v.off_peak_applied = prepared.off_peak_applied.clone();
-                v
+        Ok(prepared) => match ctx.store.admit(&prepared.request, Mode::DryRun).await {
+            Err(e) => {
+                let run = prepared.expected_run();
+                Verdict::refused(
+                    &unavailable(&e),
+                    run.map_or(params.off_peak, |r| r.off_peak),
+                    run.map_or(estimate_now, |r| r.estimate),
+                )
             }
+            Ok(decision) => match prepared.conclude(decision) {
+                Ok(d) => Verdict {
+                    admitted: true,
+                    reason: None,
+                    message: None,
+                    retry_after_secs: None,
+                    off_peak: d.run.off_peak,
+                    off_peak_applied: d.off_peak_applied,
+                    estimated_credits: d.run.estimate,
+                    remaining_credits: d.granted.remaining_credits,
+                },
+                Err(refused) => match refused.run {
+                    None => Verdict::refused(&refused.error, params.off_peak, estimate_now),
+                    Some((run, applied)) => {
+                        let mut v = Verdict::refused(&refused.error, run.off_peak, run.estimate);
+                        v.off_peak_applied = applied;
+                        v
+                    }
+                },
+            },
         },
     };
     Ok(serde_json::json!({
@@ -268,136 +240,28 @@ pub fn quote(
     }))
 }
 
-/// Holds in-flight slots until dropped (success, Vidu error, timeout, hang-up, panic).
-pub struct SlotGuard {
-    store: Arc<dyn AdmissionStore>,
-    slots: Vec<SlotSpec>,
-    metrics: Arc<Metrics>,
-    team: String,
-}
-
-impl SlotGuard {
-    pub fn new(
-        store: Arc<dyn AdmissionStore>,
-        slots: Vec<SlotSpec>,
-        metrics: Arc<Metrics>,
-        team: String,
-    ) -> Self {
-        metrics
-            .in_flight
-            .get_or_create(&TeamLabels { team: team.clone() })
-            .inc();
-        Self {
-            store,
-            slots,
-            metrics,
-            team,
-        }
-    }
-}
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        self.store.release_slots(&self.slots);
-        self.metrics
-            .in_flight
-            .get_or_create(&TeamLabels {
-                team: std::mem::take(&mut self.team),
-            })
-            .dec();
-    }
-}
-
-/// Settles a reservation at most once; a reservation never settled explicitly (a panic) is kept as unknown.
-struct ReservationGuard {
-    store: Arc<dyn AdmissionStore>,
-    reservation: Option<i64>,
-    estimate: u64,
-    metrics: Arc<Metrics>,
-    team: String,
-}
-
-impl ReservationGuard {
-    fn settle(mut self, s: Settlement) {
-        self.finish(s);
-    }
-
-    fn finish(&mut self, s: Settlement) {
-        let Some(id) = self.reservation.take() else {
-            return;
-        };
-        let (kind, amount) = match &s {
-            Settlement::Charged { credits, .. } => ("settled", *credits),
-            Settlement::Released => ("released", self.estimate),
-            Settlement::Unknown => ("unknown", self.estimate),
-        };
-        self.metrics
-            .credits
-            .get_or_create(&CreditLabels {
-                kind,
-                team: self.team.clone(),
-            })
-            .inc_by(amount);
-        self.store.settle(id, s);
-    }
-}
-
-impl Drop for ReservationGuard {
-    fn drop(&mut self) {
-        self.finish(Settlement::Unknown);
-    }
-}
-
-/// What Vidu's answer means for the reservation.
-pub fn settlement_of(
-    result: &Result<UpstreamResponse, UpstreamError>,
-    estimate: u64,
-) -> Settlement {
-    match result {
-        Ok(r) if r.status.is_success() => {
-            let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-            Settlement::Charged {
-                credits: v.get("credits").and_then(Value::as_u64).unwrap_or(estimate),
-                task_id: v.get("task_id").and_then(|t| match t {
-                    Value::String(s) => Some(s.clone()),
-                    Value::Number(n) => Some(n.to_string()),
-                    _ => None,
-                }),
-            }
-        }
-        // Vidu answered with an error: no task was created.
-        Ok(_) => Settlement::Released,
-        // Nothing was sent.
-        Err(UpstreamError::Connect(_)) => Settlement::Released,
-        // The task may exist.
-        Err(UpstreamError::Timeout | UpstreamError::Broken(_)) => Settlement::Unknown,
-    }
-}
-
-/// Step 7–8: forward the admitted request and settle. Runs detached from the caller's connection.
+/// Forward the admitted request and settle. Runs detached from the caller's connection.
 pub async fn forward_admitted(
     upstream: actix_web::web::Data<Upstream>,
-    store: Arc<dyn AdmissionStore>,
+    store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     identity: &Identity,
     admitted: Admitted,
     request_id: String,
 ) -> Result<UpstreamResponse, UpstreamError> {
-    let team = team_label(identity);
-    let slots = SlotGuard::new(
-        store.clone(),
-        admitted.prepared.request.slots.clone(),
-        metrics.clone(),
-        team.clone(),
-    );
-    let reservation = ReservationGuard {
+    let estimate = admitted.decided.run.estimate;
+    let grant = admitted
+        .decided
+        .granted
+        .grant
+        .unwrap_or_else(Grant::unaccounted);
+    let pending = Pending::new(
         store,
-        reservation: admitted.grant.reservation,
-        estimate: admitted.prepared.estimate(),
-        metrics: metrics.clone(),
-        team,
-    };
-    let estimate = admitted.prepared.estimate();
+        grant,
+        estimate,
+        metrics.clone(),
+        team_label(identity),
+    );
     let call = UpstreamRequest {
         endpoint: Endpoint::Img2Video,
         method: Method::POST,
@@ -407,8 +271,7 @@ pub async fn forward_admitted(
     };
     let task = actix_web::rt::spawn(async move {
         let result = upstream.send(call, &metrics).await;
-        reservation.settle(settlement_of(&result, estimate));
-        drop(slots);
+        pending.finish(settlement_of(&result, estimate)).await;
         result
     });
     task.await.unwrap_or_else(|_| {
@@ -419,18 +282,19 @@ pub async fn forward_admitted(
 }
 
 /// The headers of an admission-checked answer (computed before forwarding, set on whatever comes back).
-pub fn admission_headers(prepared: &Prepared, grant: &Grant) -> Vec<(HeaderName, HeaderValue)> {
+pub fn admission_headers(decided: &Decided) -> Vec<(HeaderName, HeaderValue)> {
+    let grant = &decided.granted;
     let mut h = Vec::with_capacity(5);
     let mut put = |name: &HeaderName, value: String| {
         if let Ok(v) = HeaderValue::from_str(&value) {
             h.push((name.clone(), v));
         }
     };
-    put(&X_CREDITS_ESTIMATED, prepared.estimate().to_string());
+    put(&X_CREDITS_ESTIMATED, decided.run.estimate.to_string());
     if let Some(left) = grant.remaining_credits {
         put(&X_CREDITS_REMAINING, left.to_string());
     }
-    if let Some(why) = &prepared.off_peak_applied {
+    if let Some(why) = &decided.off_peak_applied {
         // Header values are visible ASCII: keep the reason readable, drop anything else.
         let ascii: String = why
             .chars()

@@ -13,6 +13,7 @@ pub mod policy;
 pub mod reload;
 pub mod request_context;
 pub mod routes;
+pub mod settle;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

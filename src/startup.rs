@@ -17,7 +17,8 @@ use crate::config::{LiveConfig, LoadedConfig, StateBackend, UpstreamMode};
 use crate::metrics::Metrics;
 use crate::request_context::request_context;
 use crate::routes;
-use crate::state::AdmissionStore;
+use crate::state::Store;
+use crate::state::fail_open::FailOpen;
 use crate::state::memory::MemoryStore;
 use crate::telemetry::GatewayRootSpan;
 use crate::vidu::client::ViduClient;
@@ -87,12 +88,16 @@ impl Application {
         if let Some(jwks) = auth.jwks() {
             actix_web::rt::spawn(jwks.clone().run());
         }
-        let store: Arc<dyn AdmissionStore> = match settings.state.backend {
-            StateBackend::Memory => Arc::new(MemoryStore::open(
-                &settings.state.ledger_path,
-                options.clock.clone(),
-                metrics.ledger.clone(),
-            )?),
+        let on_unavailable = live.clone();
+        let store: Arc<dyn Store> = match settings.state.backend {
+            StateBackend::Memory => Arc::new(FailOpen::new(
+                MemoryStore::open(
+                    &settings.state.ledger_path,
+                    options.clock.clone(),
+                    metrics.ledger.clone(),
+                )?,
+                move || on_unavailable.current().settings.state.on_unavailable,
+            )),
             StateBackend::Redis => anyhow::bail!(
                 "state.backend = \"redis\" is not available in this build yet: use \"memory\" (one replica)"
             ),
@@ -190,7 +195,9 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let state = self.state.clone();
         let result = self.serve().await;
-        state.store.flush();
+        if let Err(e) = state.store.flush().await {
+            tracing::error!(error = %e, "the state backend could not make the last writes durable");
+        }
         result
     }
 

@@ -1,6 +1,7 @@
-//! Usage reports from the ledger: current budgets (limit, used, remaining) and per-day admitted/rejected
-//! requests and credits — for `GET /gateway/v1/usage` and `vidu-gateway usage`.
+//! Usage reports: current budgets (limit, used, remaining) and per-day admitted/rejected requests and credits —
+//! from the running store for `GET /gateway/v1/usage`, from the ledger file for `vidu-gateway usage`.
 
+use futures_util::FutureExt as _;
 use jiff::Timestamp;
 use serde::Serialize;
 
@@ -9,31 +10,7 @@ use crate::config::Settings;
 use crate::policy::periods::{periods, timezone};
 use crate::policy::resolve::{team_limits, user_rules};
 use crate::state::ledger::Ledger;
-use crate::state::{AdmissionStore, BudgetKey, Period, Scope, UsageFilter, UsageRow};
-
-/// Where usage is read from: the running store (API) or the ledger file (CLI).
-pub trait UsageSource {
-    fn used(&self, key: &BudgetKey) -> Result<u64, String>;
-    fn usage(&self, filter: &UsageFilter) -> Result<Vec<UsageRow>, String>;
-}
-
-impl UsageSource for dyn AdmissionStore {
-    fn used(&self, key: &BudgetKey) -> Result<u64, String> {
-        AdmissionStore::used(self, key)
-    }
-    fn usage(&self, filter: &UsageFilter) -> Result<Vec<UsageRow>, String> {
-        AdmissionStore::usage(self, filter)
-    }
-}
-
-impl UsageSource for Ledger {
-    fn used(&self, key: &BudgetKey) -> Result<u64, String> {
-        Ledger::used(self, key).map_err(|e| e.to_string())
-    }
-    fn usage(&self, filter: &UsageFilter) -> Result<Vec<UsageRow>, String> {
-        Ledger::usage(self, filter).map_err(|e| e.to_string())
-    }
-}
+use crate::state::{BudgetKey, Period, Reports, Scope, StoreError, UsageFilter, UsageRow};
 
 /// Whose usage: a user, a team, or both (a caller's own view).
 #[derive(Clone, Debug, Default)]
@@ -115,161 +92,195 @@ pub fn totals(days: &[UsageRow]) -> Totals {
     t
 }
 
-fn budget(
-    store: &(impl UsageSource + ?Sized),
+/// One budget of a section, before its use is read.
+struct Line {
+    key: BudgetKey,
+    limit: u64,
+    source: String,
+}
+
+fn line(
     scope: Scope,
     subject: &str,
     period: Period,
     period_key: &str,
     limit: Option<u64>,
     source: String,
-) -> Result<Option<Budget>, String> {
-    let Some(limit) = limit else { return Ok(None) };
-    let key = BudgetKey {
-        scope,
-        subject: subject.to_owned(),
-        period,
-        period_key: period_key.to_owned(),
-    };
-    let used = store.used(&key)?;
-    Ok(Some(Budget {
-        scope: scope.as_str(),
-        period: period.as_str(),
-        period_key: period_key.to_owned(),
-        limit,
-        used,
-        remaining: limit.saturating_sub(used),
+) -> Option<Line> {
+    Some(Line {
+        key: BudgetKey {
+            scope,
+            subject: subject.to_owned(),
+            period,
+            period_key: period_key.to_owned(),
+        },
+        limit: limit?,
         source,
-    }))
+    })
 }
 
-pub fn report(
+/// A section's budgets (one read for all of them) and days.
+async fn section(
+    source: &dyn Reports,
+    name: &str,
+    lines: Vec<Line>,
+    filter: UsageFilter,
+) -> Result<Section, StoreError> {
+    let keys: Vec<BudgetKey> = lines.iter().map(|l| l.key.clone()).collect();
+    let used = source.used(&keys).await?;
+    let days = source.usage(&filter).await?;
+    let budgets = lines
+        .into_iter()
+        .zip(used)
+        .map(|(l, used)| Budget {
+            scope: l.key.scope.as_str(),
+            period: l.key.period.as_str(),
+            period_key: l.key.period_key,
+            limit: l.limit,
+            used,
+            remaining: l.limit.saturating_sub(used),
+            source: l.source,
+        })
+        .collect();
+    Ok(Section {
+        name: name.to_owned(),
+        budgets,
+        totals: totals(&days),
+        days,
+    })
+}
+
+/// The report for `subject`: its current budgets and usage per day between `from` and `to` (inclusive).
+pub async fn collect(
     settings: &Settings,
-    store: &(impl UsageSource + ?Sized),
+    source: &dyn Reports,
     now: Timestamp,
     subject: &Subject,
     from: Option<String>,
     to: Option<String>,
-) -> Result<Report, String> {
+) -> Result<Report, StoreError> {
     let p = periods(now, &timezone(&settings.policy.timezone));
-    let (from_all, to_all) = (from.clone(), to.clone());
+    let filter = |user: Option<&String>, team: Option<&String>| UsageFilter {
+        user: user.cloned(),
+        team: team.cloned(),
+        from: from.clone(),
+        to: to.clone(),
+    };
     let user = match &subject.user {
         None => None,
         Some(u) => {
             let rules = user_rules(settings, u, subject.team.as_deref());
-            let mut budgets = Vec::new();
-            for (period, key, limit) in [
-                (Period::Day, &p.day, rules.daily_credits.as_ref()),
-                (Period::Month, &p.month, rules.monthly_credits.as_ref()),
+            let lines = [
+                (
+                    Period::Day,
+                    &p.day,
+                    rules.daily_credits.as_ref(),
+                    "daily_credits",
+                ),
+                (
+                    Period::Month,
+                    &p.month,
+                    rules.monthly_credits.as_ref(),
+                    "monthly_credits",
+                ),
                 (
                     Period::ImmediateDay,
                     &p.day,
                     rules.immediate_daily_credits.as_ref(),
+                    "immediate_daily_credits",
                 ),
-            ] {
-                let name = match period {
-                    Period::Day => "daily_credits",
-                    Period::Month => "monthly_credits",
-                    Period::ImmediateDay => "immediate_daily_credits",
-                };
-                budgets.extend(budget(
-                    store,
+            ]
+            .into_iter()
+            .filter_map(|(period, key, limit, name)| {
+                let limit = limit?;
+                line(
                     Scope::User,
                     u,
                     period,
                     key,
-                    limit.map(|l| l.value),
-                    limit.map(|l| l.key(name)).unwrap_or_default(),
-                )?);
-            }
-            let days = store.usage(&UsageFilter {
-                user: Some(u.clone()),
-                team: None,
-                from: from.clone(),
-                to: to.clone(),
-            })?;
-            Some(Section {
-                name: u.clone(),
-                budgets,
-                totals: totals(&days),
-                days,
+                    Some(limit.value),
+                    limit.key(name),
+                )
             })
+            .collect();
+            Some(section(source, u, lines, filter(Some(u), None)).await?)
         }
     };
     let team = match &subject.team {
         None => None,
         Some(t) => {
             let limits = team_limits(settings, Some(t));
-            let mut budgets = Vec::new();
-            budgets.extend(budget(
-                store,
-                Scope::Team,
-                t,
-                Period::Day,
-                &p.day,
-                limits.daily_credits,
-                format!("policy.teams.{t}.team_daily_credits"),
-            )?);
-            budgets.extend(budget(
-                store,
-                Scope::Team,
-                t,
-                Period::Month,
-                &p.month,
-                limits.monthly_credits,
-                format!("policy.teams.{t}.team_monthly_credits"),
-            )?);
-            let days = store.usage(&UsageFilter {
-                user: None,
-                team: Some(t.clone()),
-                from,
-                to,
-            })?;
-            Some(Section {
-                name: t.clone(),
-                budgets,
-                totals: totals(&days),
-                days,
-            })
+            let lines = [
+                line(
+                    Scope::Team,
+                    t,
+                    Period::Day,
+                    &p.day,
+                    limits.daily_credits,
+                    format!("policy.teams.{t}.team_daily_credits"),
+                ),
+                line(
+                    Scope::Team,
+                    t,
+                    Period::Month,
+                    &p.month,
+                    limits.monthly_credits,
+                    format!("policy.teams.{t}.team_monthly_credits"),
+                ),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            Some(section(source, t, lines, filter(None, Some(t))).await?)
         }
     };
     let all = if subject.user.is_none() && subject.team.is_none() {
         let g = &settings.policy.global;
-        let mut budgets = Vec::new();
-        budgets.extend(budget(
-            store,
-            Scope::Global,
-            "",
-            Period::Day,
-            &p.day,
-            g.daily_credits,
-            "policy.global.daily_credits".into(),
-        )?);
-        budgets.extend(budget(
-            store,
-            Scope::Global,
-            "",
-            Period::Month,
-            &p.month,
-            g.monthly_credits,
-            "policy.global.monthly_credits".into(),
-        )?);
-        let days = store.usage(&UsageFilter {
-            user: None,
-            team: None,
-            from: from_all,
-            to: to_all,
-        })?;
-        Some(Section {
-            name: "all".into(),
-            budgets,
-            totals: totals(&days),
-            days,
-        })
+        let lines = [
+            line(
+                Scope::Global,
+                "",
+                Period::Day,
+                &p.day,
+                g.daily_credits,
+                "policy.global.daily_credits".into(),
+            ),
+            line(
+                Scope::Global,
+                "",
+                Period::Month,
+                &p.month,
+                g.monthly_credits,
+                "policy.global.monthly_credits".into(),
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        Some(section(source, "all", lines, filter(None, None)).await?)
     } else {
         None
     };
     Ok(Report { user, team, all })
+}
+
+/// [`collect`] from a ledger file read directly (the `usage` command; every read answers at once).
+pub fn report(
+    settings: &Settings,
+    ledger: &Ledger,
+    now: Timestamp,
+    subject: &Subject,
+    from: Option<String>,
+    to: Option<String>,
+) -> Result<Report, String> {
+    collect(settings, ledger, now, subject, from, to)
+        .now_or_never()
+        .unwrap_or_else(|| {
+            Err(StoreError::Read(
+                "a ledger file read did not answer at once".into(),
+            ))
+        })
+        .map_err(|e| e.to_string())
 }
 
 impl Report {

@@ -1,6 +1,12 @@
-//! Admission, steps 4–6 of the request flow: access policy, off-peak decision, estimate, and one all-or-nothing
-//! decision over every bucket (in-flight slots, then credit budgets, then rate limits — the first that refuses
-//! names the answer; a refused request takes nothing).
+//! Admission, the phase between policy and forwarding: access rules, the off-peak decision and the estimate,
+//! then the admission request the store decides on — every bucket that applies (in-flight slots, credit
+//! budgets, rate limits) and the plan of how the request may run — and, once the store has decided, what its
+//! decision means for the caller.
+//!
+//! The `fallback` off-peak rule depends on one fact only the store can give atomically: whether the user's
+//! immediate budget still covers the immediate estimate. Policy is evaluated here for both answers (the hour
+//! window, `Prefer: off-peak=never` and the model's off-peak ability are known now); the store answers, takes the
+//! matching run, and says what the budget held, from which the answer's message is written.
 
 use jiff::Timestamp;
 use serde::Serialize;
@@ -15,36 +21,81 @@ use crate::state::*;
 use crate::vidu::request::Effective;
 
 /// A request ready for the admission decision.
-#[derive(Clone, Debug)]
-pub struct Prepared {
+pub struct Prepared<'a> {
     pub request: AdmissionRequest,
-    /// Why policy turned `off_peak` on (`X-Off-Peak-Applied`), if it did.
-    pub off_peak_applied: Option<String>,
+    off_peak: OffPeakPlan<'a>,
 }
 
-impl Prepared {
-    /// The credits reserved for this request.
-    pub fn estimate(&self) -> u64 {
-        self.request.estimate
-    }
+/// What policy knows of the off-peak outcome before the store decides.
+enum OffPeakPlan<'a> {
+    /// Settled: why policy turned `off_peak` on (`X-Off-Peak-Applied`), if it did.
+    Fixed(Option<String>),
+    /// The `fallback` rule: its reasons name what the immediate budget held.
+    Fallback(Box<FallbackPolicy<'a>>),
+}
 
-    /// `off_peak` as it will be sent.
-    pub fn off_peak(&self) -> bool {
-        self.request.entry.off_peak
+struct FallbackPolicy<'a> {
+    rules: UserRules,
+    facts: RequestFacts<'a>,
+    prefer_never: bool,
+    immediate_estimate: u64,
+    minute_of_day: u16,
+    secs_to_next_day: u64,
+}
+
+impl FallbackPolicy<'_> {
+    fn decide(
+        &self,
+        immediate_used: u64,
+        immediate_estimate: u64,
+    ) -> Result<OffPeak, GatewayError> {
+        decide_off_peak(
+            &self.rules,
+            &self.facts,
+            self.prefer_never,
+            FallbackState {
+                immediate_used,
+                immediate_estimate,
+                minute_of_day: self.minute_of_day,
+                secs_to_next_day: self.secs_to_next_day,
+            },
+        )
+    }
+}
+
+/// An admitted request (or, in a dry run, an admissible one).
+#[derive(Debug)]
+pub struct Decided {
+    /// How it runs.
+    pub run: Run,
+    /// Why policy turned `off_peak` on (`X-Off-Peak-Applied`), if it did.
+    pub off_peak_applied: Option<String>,
+    pub granted: Granted,
+}
+
+/// A refused request.
+#[derive(Debug)]
+pub struct Refused {
+    pub error: GatewayError,
+    /// The run the store refused, with why policy turned `off_peak` on; `None` when policy refused first.
+    pub run: Option<(Run, Option<String>)>,
+}
+
+impl From<GatewayError> for Refused {
+    fn from(error: GatewayError) -> Self {
+        Self { error, run: None }
     }
 }
 
 /// Access rules, off-peak policy and the estimate; builds every bucket that applies.
-#[allow(clippy::too_many_arguments)]
-pub fn prepare(
-    settings: &Settings,
+pub fn prepare<'a>(
+    settings: &'a Settings,
     identity: &Identity,
-    params: &Effective,
+    params: &'a Effective,
     prefer_never: bool,
     now: Timestamp,
-    store: &dyn AdmissionStore,
     request_id: &str,
-) -> Result<Prepared, GatewayError> {
+) -> Result<Prepared<'a>, GatewayError> {
     let spec = settings.models.get(&params.model).ok_or_else(|| {
         GatewayError::Internal(anyhow::anyhow!("validated model missing from the catalog"))
     })?;
@@ -63,69 +114,134 @@ pub fn prepare(
     check_access(&rules, &facts)?;
 
     let immediate_estimate = params.estimate_with_off_peak(settings, false);
-    let immediate_key = BudgetKey {
-        scope: Scope::User,
-        subject: identity.user.clone(),
-        period: Period::ImmediateDay,
-        period_key: p.day.clone(),
+    let run = |off_peak: bool| Run {
+        off_peak,
+        estimate: params.estimate_with_off_peak(settings, off_peak),
     };
-    let tracks_immediate = rules.off_peak.value == OffPeakMode::Fallback
-        && rules.immediate_daily_credits.is_some()
-        && !params.off_peak;
-    let immediate_used = if tracks_immediate {
-        store.used(&immediate_key).map_err(unavailable)?
-    } else {
-        0
-    };
-    let decision = decide_off_peak(
-        &rules,
-        &facts,
-        prefer_never,
-        FallbackState {
-            immediate_used,
-            immediate_estimate,
-            minute_of_day: p.minute_of_day,
-            secs_to_next_day: p.secs_to_next_day,
-        },
-    )?;
-    let (off_peak, off_peak_applied) = match decision {
-        OffPeak::AsSent => (params.off_peak, None),
-        OffPeak::Applied(why) => (true, Some(why)),
-    };
-    let estimate = params.estimate_with_off_peak(settings, off_peak);
-
     let team_name = identity.team.clone().unwrap_or_default();
+    let record = RequestRecord {
+        request_id: request_id.to_owned(),
+        user: identity.user.clone(),
+        team: team_name,
+        day: p.day.clone(),
+        month: p.month.clone(),
+        model: params.model.clone(),
+    };
+    let immediate_cap = rules
+        .immediate_daily_credits
+        .clone()
+        .filter(|_| rules.off_peak.value == OffPeakMode::Fallback && !params.off_peak);
+    let (plan, off_peak) = match immediate_cap {
+        None => {
+            let state = FallbackState {
+                immediate_used: 0,
+                immediate_estimate,
+                minute_of_day: p.minute_of_day,
+                secs_to_next_day: p.secs_to_next_day,
+            };
+            let (off_peak, applied) = match decide_off_peak(&rules, &facts, prefer_never, state)? {
+                OffPeak::AsSent => (params.off_peak, None),
+                OffPeak::Applied(why) => (true, Some(why)),
+            };
+            (Plan::Fixed(run(off_peak)), OffPeakPlan::Fixed(applied))
+        }
+        Some(cap) => {
+            let policy = FallbackPolicy {
+                rules: rules.clone(),
+                facts,
+                prefer_never,
+                immediate_estimate,
+                minute_of_day: p.minute_of_day,
+                secs_to_next_day: p.secs_to_next_day,
+            };
+            // Policy for each answer of the store: a budget with nothing used and nothing to cover, and one
+            // already over its limit.
+            let run_for = |answer: Result<OffPeak, GatewayError>| match answer {
+                Ok(OffPeak::AsSent) => Some(run(params.off_peak)),
+                Ok(OffPeak::Applied(_)) => Some(run(true)),
+                Err(_) => None,
+            };
+            let fallback = Fallback {
+                immediate_budget: BudgetSpec {
+                    key: BudgetKey {
+                        scope: Scope::User,
+                        subject: identity.user.clone(),
+                        period: Period::ImmediateDay,
+                        period_key: p.day.clone(),
+                    },
+                    limit: cap.value,
+                    secs_to_reset: p.secs_to_next_day,
+                    source: cap.key("immediate_daily_credits"),
+                },
+                immediate_estimate,
+                if_covered: run_for(policy.decide(0, 0)),
+                if_short: run_for(policy.decide(cap.value.saturating_add(1), 0)),
+            };
+            (
+                Plan::Fallback(fallback),
+                OffPeakPlan::Fallback(Box::new(policy)),
+            )
+        }
+    };
     let mut request = AdmissionRequest {
+        record,
+        plan,
         rates: Vec::new(),
         slots: Vec::new(),
         budgets: Vec::new(),
-        estimate,
-        entry: LedgerEntry {
-            request_id: request_id.to_owned(),
-            user: identity.user.clone(),
-            team: team_name.clone(),
-            day: p.day.clone(),
-            month: p.month.clone(),
-            model: params.model.clone(),
-            off_peak,
-        },
     };
     buckets(settings, identity, &rules, &team, &p, &mut request);
-    if tracks_immediate
-        && !off_peak
-        && let Some(cap) = &rules.immediate_daily_credits
-    {
-        request.budgets.push(BudgetSpec {
-            key: immediate_key,
-            limit: cap.value,
-            secs_to_reset: p.secs_to_next_day,
-            source: cap.key("immediate_daily_credits"),
-        });
+    Ok(Prepared { request, off_peak })
+}
+
+impl Prepared<'_> {
+    /// The run a request is expected to take before the store has answered (the estimate an answer names when
+    /// the store cannot decide).
+    pub fn expected_run(&self) -> Option<Run> {
+        match &self.request.plan {
+            Plan::Fixed(run) => Some(*run),
+            Plan::Fallback(f) => f.if_covered.or(f.if_short),
+        }
     }
-    Ok(Prepared {
-        request,
-        off_peak_applied,
-    })
+
+    /// What the store's decision means for the caller.
+    pub fn conclude(&self, decision: Decision) -> Result<Decided, Refused> {
+        let applied = match &self.off_peak {
+            OffPeakPlan::Fixed(applied) => Ok(applied.clone()),
+            OffPeakPlan::Fallback(policy) => policy
+                .decide(
+                    decision.immediate_used.unwrap_or(0),
+                    policy.immediate_estimate,
+                )
+                .map(|o| match o {
+                    OffPeak::AsSent => None,
+                    OffPeak::Applied(why) => Some(why),
+                }),
+        };
+        let Some(run) = decision.run else {
+            // Policy refused for the budget's answer: its error says what the budget held.
+            return Err(Refused::from(applied.err().unwrap_or_else(|| {
+                GatewayError::Internal(anyhow::anyhow!(
+                    "the store found no run where the off-peak policy allows one"
+                ))
+            })));
+        };
+        let off_peak_applied = applied.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the store chose a run the off-peak policy refuses");
+            None
+        });
+        match decision.outcome {
+            Ok(granted) => Ok(Decided {
+                run,
+                off_peak_applied,
+                granted,
+            }),
+            Err(refusal) => Err(Refused {
+                error: refusal_error(&refusal, run.estimate),
+                run: Some((run, off_peak_applied)),
+            }),
+        }
+    }
 }
 
 fn buckets(
@@ -167,7 +283,7 @@ fn buckets(
         });
     }
 
-    // Credit budgets: user, team, global; day and month.
+    // Credit budgets: user, team, global; day and month (a fallback plan adds the immediate budget).
     let mut budget =
         |scope: Scope, subject: &str, period: Period, limit: Option<u64>, source: String| {
             if let Some(limit) = limit {
@@ -285,7 +401,8 @@ fn rate_source(per_minute: String, burst: Option<String>) -> String {
     }
 }
 
-fn unavailable(e: String) -> GatewayError {
+/// The caller-facing error of an admission the store could not decide.
+pub fn unavailable(e: &StoreError) -> GatewayError {
     GatewayError::ServiceUnavailable {
         message: format!("the gateway's state backend is unavailable ({e}); retry shortly"),
         retry_after_secs: 5,
@@ -295,6 +412,10 @@ fn unavailable(e: String) -> GatewayError {
 /// The caller-facing error of a refusal.
 pub fn refusal_error(r: &Refusal, estimate: u64) -> GatewayError {
     match r {
+        // `Prepared::conclude` answers with the off-peak policy's own error.
+        Refusal::NoRun => GatewayError::Internal(anyhow::anyhow!(
+            "a fallback plan without a run reached the refusal message"
+        )),
         Refusal::Concurrency { scope, max, source } => GatewayError::Limited {
             reason: LimitReason::ConcurrencyLimited,
             message: format!(
@@ -339,7 +460,6 @@ pub fn refusal_error(r: &Refusal, estimate: u64) -> GatewayError {
             ),
             retry_after_secs: *retry_after_secs,
         },
-        Refusal::Unavailable(e) => unavailable(e.clone()),
     }
 }
 
@@ -392,5 +512,232 @@ impl Verdict {
             estimated_credits: estimate,
             remaining_credits: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::test_settings;
+    use crate::vidu::request::validate;
+
+    fn alice() -> Identity {
+        Identity {
+            user: "alice".into(),
+            team: Some("t".into()),
+            roles: Vec::new(),
+            is_admin: false,
+        }
+    }
+
+    fn params(s: &Settings, body: &str) -> Effective {
+        match validate(body.as_bytes(), s) {
+            Ok(v) => v.params,
+            Err(r) => panic!("{}", r.message),
+        }
+    }
+
+    /// 10:00 in Shanghai (the default policy time zone), 14 h before its midnight.
+    fn morning() -> Timestamp {
+        "2026-11-25T02:00:00Z".parse().unwrap()
+    }
+
+    const Q2: &str =
+        r#"{"model": "viduq2", "images": ["https://example.com/a.png"], "duration": 5}"#;
+    const Q3_AUDIO: &str = r#"{"model": "viduq3-pro", "images": ["https://example.com/a.png"]}"#;
+
+    fn fallback_plan(p: &Prepared<'_>) -> Fallback {
+        match &p.request.plan {
+            Plan::Fallback(f) => f.clone(),
+            Plan::Fixed(run) => panic!("a fixed plan: {run:?}"),
+        }
+    }
+
+    const NOW_55: Run = Run {
+        off_peak: false,
+        estimate: 55,
+    };
+    const OFF_PEAK_28: Run = Run {
+        off_peak: true,
+        estimate: 28,
+    };
+
+    #[test]
+    fn every_bucket_that_applies_names_its_config_key() {
+        let s = test_settings(
+            "[policy.defaults]\nrequests_per_minute = 5\nmax_in_flight = 2\ndaily_credits = 100\n\
+             [policy.teams.t]\nteam_monthly_credits = 900\nteam_burst = 4\nteam_requests_per_minute = 4\n\
+             [policy.global]\nmax_in_flight = 50\ndaily_credits = 10000\n",
+        );
+        let params = params(&s, Q2);
+        let p = prepare(&s, &alice(), &params, false, morning(), "r-1").unwrap();
+        let r = &p.request;
+        assert!(matches!(r.plan, Plan::Fixed(NOW_55)));
+        assert_eq!(
+            (
+                r.record.user.as_str(),
+                r.record.team.as_str(),
+                r.record.day.as_str()
+            ),
+            ("alice", "t", "2026-11-25")
+        );
+        let sources = |v: Vec<&String>| v.into_iter().cloned().collect::<Vec<_>>();
+        assert_eq!(
+            sources(r.slots.iter().map(|s| &s.source).collect()),
+            [
+                "policy.defaults.max_in_flight",
+                "policy.global.max_in_flight"
+            ]
+        );
+        assert_eq!(
+            sources(r.budgets.iter().map(|b| &b.source).collect()),
+            [
+                "policy.defaults.daily_credits",
+                "policy.teams.t.team_monthly_credits",
+                "policy.global.daily_credits"
+            ]
+        );
+        assert_eq!(
+            sources(r.rates.iter().map(|r| &r.source).collect()),
+            [
+                "policy.defaults.requests_per_minute",
+                "policy.teams.t.team_requests_per_minute, policy.teams.t.team_burst"
+            ]
+        );
+    }
+
+    #[test]
+    fn fallback_offers_the_immediate_run_and_the_off_peak_one() {
+        let s = test_settings(
+            "[policy.defaults]\noff_peak = \"fallback\"\nimmediate_daily_credits = 100\n",
+        );
+        let params = params(&s, Q2);
+        let p = prepare(&s, &alice(), &params, false, morning(), "r").unwrap();
+        let f = fallback_plan(&p);
+        assert_eq!(
+            (f.if_covered, f.if_short),
+            (Some(NOW_55), Some(OFF_PEAK_28))
+        );
+        assert_eq!((f.immediate_estimate, f.immediate_budget.limit), (55, 100));
+        assert_eq!(f.immediate_budget.key.period, Period::ImmediateDay);
+        // `Prefer: off-peak=never`: nothing to run when the budget is short.
+        let p = prepare(&s, &alice(), &params, true, morning(), "r").unwrap();
+        assert_eq!(fallback_plan(&p).if_short, None);
+        // Audio the model cannot run off-peak: the same.
+        let q3 = self::params(&s, Q3_AUDIO);
+        let p = prepare(&s, &alice(), &q3, false, morning(), "r").unwrap();
+        assert!(fallback_plan(&p).if_covered.is_some());
+        assert_eq!(fallback_plan(&p).if_short, None);
+        // Sent off-peak already: nothing to decide.
+        let off: Effective = self::params(
+            &s,
+            &Q2.replace("\"duration\"", "\"off_peak\": true, \"duration\""),
+        );
+        let p = prepare(&s, &alice(), &off, false, morning(), "r").unwrap();
+        assert!(matches!(p.request.plan, Plan::Fixed(OFF_PEAK_28)));
+    }
+
+    #[test]
+    fn outside_the_immediate_hours_both_answers_run_off_peak() {
+        let s = test_settings(
+            "[policy.defaults]\noff_peak = \"fallback\"\nimmediate_daily_credits = 100\n\
+             immediate_hours = [\"12:00-13:00\"]\n",
+        );
+        let params = params(&s, Q2);
+        let p = prepare(&s, &alice(), &params, false, morning(), "r").unwrap();
+        let f = fallback_plan(&p);
+        assert_eq!(
+            (f.if_covered, f.if_short),
+            (Some(OFF_PEAK_28), Some(OFF_PEAK_28))
+        );
+    }
+
+    fn decision(
+        run: Option<Run>,
+        immediate_used: u64,
+        outcome: Result<Granted, Refusal>,
+    ) -> Decision {
+        Decision {
+            run,
+            immediate_used: Some(immediate_used),
+            outcome,
+        }
+    }
+
+    fn granted() -> Granted {
+        Granted {
+            grant: None,
+            remaining_credits: Some(10),
+            team_remaining_credits: None,
+            rate: None,
+        }
+    }
+
+    #[test]
+    fn the_decision_names_what_the_immediate_budget_held() {
+        let s = test_settings(
+            "[policy.defaults]\noff_peak = \"fallback\"\nimmediate_daily_credits = 100\n",
+        );
+        let params = params(&s, Q2);
+        let p = prepare(&s, &alice(), &params, false, morning(), "r").unwrap();
+        let d = p
+            .conclude(decision(Some(NOW_55), 45, Ok(granted())))
+            .unwrap();
+        assert_eq!((d.run, d.off_peak_applied), (NOW_55, None));
+        let d = p
+            .conclude(decision(Some(OFF_PEAK_28), 46, Ok(granted())))
+            .unwrap();
+        assert_eq!(d.run, OFF_PEAK_28);
+        assert_eq!(
+            d.off_peak_applied.as_deref(),
+            Some(
+                "immediate budget used up (46 of 100 credits today, \
+                 policy.defaults.immediate_daily_credits)"
+            )
+        );
+        // A refusal of the off-peak run keeps the reason it ran off-peak, and its estimate.
+        let refusal = Refusal::Concurrency {
+            scope: Scope::User,
+            max: 1,
+            source: "policy.defaults.max_in_flight".into(),
+        };
+        let r = p
+            .conclude(decision(Some(OFF_PEAK_28), 46, Err(refusal)))
+            .unwrap_err();
+        assert_eq!(r.error.reason(), "ConcurrencyLimited");
+        let (run, applied) = r.run.unwrap();
+        assert_eq!(run, OFF_PEAK_28);
+        assert!(applied.unwrap().contains("46 of 100"));
+    }
+
+    #[test]
+    fn no_run_is_the_policy_refusal_for_what_the_budget_held() {
+        let s = test_settings(
+            "[policy.defaults]\noff_peak = \"fallback\"\nimmediate_daily_credits = 100\n",
+        );
+        let params = params(&s, Q2);
+        let p = prepare(&s, &alice(), &params, true, morning(), "r").unwrap();
+        let r = p
+            .conclude(decision(None, 60, Err(Refusal::NoRun)))
+            .unwrap_err();
+        assert!(r.run.is_none());
+        match r.error {
+            GatewayError::Limited {
+                reason,
+                message,
+                retry_after_secs,
+            } => {
+                assert_eq!(reason, LimitReason::OffPeakRequired);
+                assert!(message.contains("60 of 100 credits today"), "{message}");
+                assert_eq!(retry_after_secs, 14 * 3600, "until midnight in Shanghai");
+            }
+            other => panic!("{other:?}"),
+        }
+        let q3 = self::params(&s, Q3_AUDIO);
+        let p = prepare(&s, &alice(), &q3, false, morning(), "r").unwrap();
+        let r = p
+            .conclude(decision(None, 100, Err(Refusal::NoRun)))
+            .unwrap_err();
+        assert_eq!(r.error.reason(), "PolicyConflict");
     }
 }

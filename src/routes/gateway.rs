@@ -63,7 +63,7 @@ pub async fn usage(
         }
     }
     let config = state.config.current();
-    let report = crate::usage::report(
+    let report = crate::usage::collect(
         &config.settings,
         state.store.as_ref(),
         state.clock.now(),
@@ -71,6 +71,7 @@ pub async fn usage(
         q.from,
         q.to,
     )
+    .await
     .map_err(|e| GatewayError::ServiceUnavailable {
         message: format!("the usage ledger cannot be read ({e}); retry shortly"),
         retry_after_secs: 5,

@@ -70,9 +70,11 @@ pub async fn create(
         &started.identity,
         &started.bytes,
         prefer_never(&req),
-    ) {
+    )
+    .await
+    {
         Ok(a) => a,
-        Err(refused) => return Ok(refused.into_response()),
+        Err(refused) => return Ok(create::refused_response(refused)),
     };
     let Started {
         config,
@@ -82,7 +84,7 @@ pub async fn create(
     } = started;
     // A rewritten body is a new buffer: the caller's can go before the upstream call.
     drop(bytes);
-    let headers = create::admission_headers(&admitted.prepared, &admitted.grant);
+    let headers = create::admission_headers(&admitted.decided);
     let timeout_ms = config.settings.upstream.request_timeout_ms;
     let answer = create::forward_admitted(
         upstream,
@@ -114,7 +116,8 @@ pub async fn quote(
         &started.identity,
         &started.bytes,
         prefer_never(&req),
-    )?;
+    )
+    .await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(verdict))

@@ -24,7 +24,7 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, GatewayE
             retry_after_secs: 1,
         });
     }
-    if let Err(why) = state.store.health() {
+    if let Err(why) = state.store.health().await {
         state.metrics.ready.set(0);
         return Err(GatewayError::ServiceUnavailable {
             message: format!("the state backend is unavailable: {why}"),

@@ -30,10 +30,10 @@ fn task_id(raw: &str) -> Result<&str, GatewayError> {
     }
 }
 
-/// Who may see a task (DESIGN §3, §9): its creator; team members for queries when `policy.team_can_read_tasks`;
-/// admins. Everyone else — and any id the gateway did not create — gets the answer an unknown id gets, and Vidu
-/// is not asked. Admins may ask about any id.
-fn may_access(
+/// Who may see a task: its creator; team members for queries when `policy.team_can_read_tasks`; admins.
+/// Everyone else — and any id the gateway did not create — gets the answer an unknown id gets (no existence
+/// leak), and Vidu is not asked. Admins may ask about any id.
+async fn may_access(
     state: &AppState,
     identity: &Identity,
     id: &str,
@@ -42,7 +42,11 @@ fn may_access(
     if identity.is_admin {
         return Ok(());
     }
-    let Some(task) = state.store.task(id) else {
+    let task = state.store.task(id).await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "ledger: cannot read task ownership");
+        None
+    });
+    let Some(task) = task else {
         return Err(GatewayError::TaskNotFound);
     };
     let team_reads = query
@@ -64,7 +68,7 @@ pub async fn creations(
 ) -> Result<HttpResponse, GatewayError> {
     let identity = state.authenticate(&req).await?;
     let id = task_id(&path)?;
-    may_access(&state, &identity, id, true)?;
+    may_access(&state, &identity, id, true).await?;
     forward(
         &state,
         &upstream,
@@ -87,7 +91,7 @@ pub async fn cancel(
     let declared = body::check_declared_length(&req, MAX_CANCEL_BODY)?;
     let identity = state.authenticate(&req).await?;
     let id = task_id(&path)?;
-    may_access(&state, &identity, id, false)?;
+    may_access(&state, &identity, id, false).await?;
     // The caller's body is read (and must be a JSON object, as Vidu's would require) but never forwarded:
     // ownership was checked on the path's id, so nothing the caller wrote may reach Vidu beside it.
     let bytes = body::read(payload, declared, MAX_CANCEL_BODY).await?;

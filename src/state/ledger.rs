@@ -7,7 +7,11 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use super::{BudgetKey, LedgerEntry, Period, Scope};
+use futures_util::future::{BoxFuture, FutureExt, ready};
+
+use super::{
+    BudgetKey, GrantId, Period, RejectionRecord, Reports, RequestRecord, Scope, StoreError,
+};
 
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
@@ -26,7 +30,9 @@ CREATE TABLE IF NOT EXISTS reservations (
     status TEXT NOT NULL CHECK (status IN ('reserved', 'settled', 'released', 'unknown')),
     task_id TEXT,
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    -- The grant's id (a UUID), as the store handed it out; empty on rows older than the column.
+    grant_id TEXT
 );
 -- Monthly sums range over `day` (see `used`): one index per scope serves days and months, and every
 -- admitted request updates three indexes fewer than with separate month indexes (dropped from older ledgers).
@@ -47,6 +53,13 @@ CREATE TABLE IF NOT EXISTS tasks (
     model TEXT NOT NULL,
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
+-- The sequence number of the last write applied, committed with it: a reader sees in one snapshot which
+-- writes its sums include.
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('applied_seq', 0);
 CREATE TABLE IF NOT EXISTS rejections (
     day TEXT NOT NULL,
     user TEXT NOT NULL,
@@ -134,24 +147,24 @@ struct Settled<'a> {
     task_id: Option<&'a str>,
 }
 
-/// One change to the ledger, applied by the writer thread in batches.
+/// One change to the ledger, applied by the writer thread in batches. `row` is the reservation's row id,
+/// assigned by the memory backend (one process owns the file).
 #[derive(Debug)]
 pub enum Write {
     Reserve {
-        id: i64,
-        entry: LedgerEntry,
+        row: i64,
+        grant: GrantId,
+        record: RequestRecord,
+        off_peak: bool,
         estimate: u64,
     },
     Settle {
-        id: i64,
+        row: i64,
         status: &'static str,
         credits: Option<u64>,
         task_id: Option<String>,
     },
-    Rejection {
-        entry: LedgerEntry,
-        reason: String,
-    },
+    Rejection(RejectionRecord),
 }
 
 impl Ledger {
@@ -165,6 +178,7 @@ impl Ledger {
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        add_grant_id_column(&conn)?;
         conn.execute(
             "UPDATE reservations SET status = 'unknown', updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
              WHERE status = 'reserved'",
@@ -199,7 +213,8 @@ impl Ledger {
             })
     }
 
-    /// Opens an existing ledger for reading only (the `usage` command, beside a running gateway).
+    /// Opens an existing ledger for reading only (the `usage` command beside a running gateway, and the
+    /// gateway's own reader threads).
     pub fn open_read_only(path: &Path) -> anyhow::Result<Self> {
         let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| anyhow::anyhow!("cannot open the ledger {}: {e}", path.display()))?;
@@ -213,7 +228,7 @@ impl Ledger {
             .query_row("SELECT COUNT(*) FROM tasks WHERE 0", [], |_| Ok(()))
     }
 
-    /// The highest reservation id so far (ids are assigned in memory, then written).
+    /// The highest reservation row id so far (row ids are assigned in memory, then written).
     pub fn max_id(&self) -> rusqlite::Result<i64> {
         self.conn
             .query_row("SELECT COALESCE(MAX(id), 0) FROM reservations", [], |r| {
@@ -221,14 +236,25 @@ impl Ledger {
             })
     }
 
-    /// Applies writes in one transaction (one commit for a whole batch). `now` stamps every row written (one
-    /// clock read per batch). A reservation settled in the same batch as it was made is written once, already
-    /// settled: the common case under load, and half the row writes.
-    pub fn apply(&mut self, writes: &[Write], now: &str) -> rusqlite::Result<()> {
+    /// The sequence number of the last write applied.
+    pub fn applied_seq(&self) -> rusqlite::Result<u64> {
+        let v: i64 = self.conn.query_row(
+            "SELECT COALESCE(MAX(value), 0) FROM meta WHERE key = 'applied_seq'",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(v.max(0).unsigned_abs())
+    }
+
+    /// Applies writes in one transaction (one commit for a whole batch), recording `through` as the last write
+    /// applied. `now` stamps every row written (one clock read per batch). A reservation settled in the same
+    /// batch as it was made is written once, already settled: the common case under load, and half the row
+    /// writes.
+    pub fn apply(&mut self, writes: &[Write], through: u64, now: &str) -> rusqlite::Result<()> {
         let reserved: HashSet<i64> = writes
             .iter()
             .filter_map(|w| match w {
-                Write::Reserve { id, .. } => Some(*id),
+                Write::Reserve { row, .. } => Some(*row),
                 _ => None,
             })
             .collect();
@@ -236,12 +262,12 @@ impl Ledger {
             .iter()
             .filter_map(|w| match w {
                 Write::Settle {
-                    id,
+                    row,
                     status,
                     credits,
                     task_id,
-                } if reserved.contains(id) => Some((
-                    *id,
+                } if reserved.contains(row) => Some((
+                    *row,
                     Settled {
                         status,
                         credits: *credits,
@@ -255,72 +281,83 @@ impl Ledger {
         for w in writes {
             match w {
                 Write::Reserve {
-                    id,
-                    entry,
+                    row,
+                    grant,
+                    record,
+                    off_peak,
                     estimate,
                 } => {
-                    let settled = settled_here.get(id).copied().unwrap_or(Settled {
+                    let settled = settled_here.get(row).copied().unwrap_or(Settled {
                         status: "reserved",
                         credits: None,
                         task_id: None,
                     });
-                    Self::reserve(&tx, *id, entry, *estimate, settled, now)?;
+                    let reservation = Reservation {
+                        row: *row,
+                        grant: *grant,
+                        record,
+                        off_peak: *off_peak,
+                        estimate: *estimate,
+                    };
+                    Self::reserve(&tx, &reservation, settled, now)?;
                     if let (Some(task), Some(c)) = (settled.task_id, settled.credits) {
-                        Self::record_task(&tx, task, entry, c, now)?;
+                        Self::record_task(&tx, task, record, *off_peak, c, now)?;
                     }
                 }
-                Write::Settle { id, .. } if settled_here.contains_key(id) => {}
+                Write::Settle { row, .. } if settled_here.contains_key(row) => {}
                 Write::Settle {
-                    id,
+                    row,
                     status,
                     credits,
                     task_id,
                 } => {
-                    Self::settle(&tx, *id, status, *credits, task_id.as_deref(), now)?;
+                    Self::settle(&tx, *row, status, *credits, task_id.as_deref(), now)?;
                     if let (Some(task), Some(c)) = (task_id, credits) {
-                        Self::record_task_of(&tx, *id, task, *c, now)?;
+                        Self::record_task_of(&tx, *row, task, *c, now)?;
                     }
                 }
-                Write::Rejection { entry, reason } => Self::record_rejection(&tx, entry, reason)?,
+                Write::Rejection(r) => Self::record_rejection(&tx, r)?,
             }
         }
+        tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'applied_seq'")?
+            .execute(params![i64::try_from(through).unwrap_or(i64::MAX)])?;
         tx.commit()
     }
 
     fn reserve(
         conn: &Connection,
-        id: i64,
-        e: &LedgerEntry,
-        estimate: u64,
+        r: &Reservation<'_>,
         s: Settled<'_>,
         now: &str,
     ) -> rusqlite::Result<()> {
+        let e = r.record;
         conn.prepare_cached(
             "INSERT INTO reservations (id, request_id, user, team, day, month, model, off_peak, estimate, status, \
-             credits, task_id, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13)",
+             credits, task_id, created_at, updated_at, grant_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?13, ?14)",
         )?
         .execute(params![
-            id,
+            r.row,
             e.request_id,
             e.user,
             e.team,
             e.day,
             e.month,
             e.model,
-            e.off_peak,
-            estimate as i64,
+            r.off_peak,
+            r.estimate as i64,
             s.status,
             s.credits.map(|c| c as i64),
             s.task_id,
-            now
+            now,
+            r.grant.to_string()
         ])?;
         Ok(())
     }
 
     fn settle(
         conn: &Connection,
-        id: i64,
+        row: i64,
         status: &str,
         credits: Option<u64>,
         task_id: Option<&str>,
@@ -329,7 +366,7 @@ impl Ledger {
         conn.prepare_cached(
             "UPDATE reservations SET status = ?2, credits = ?3, task_id = ?4, updated_at = ?5 WHERE id = ?1",
         )?
-        .execute(params![id, status, credits.map(|c| c as i64), task_id, now])?;
+        .execute(params![row, status, credits.map(|c| c as i64), task_id, now])?;
         Ok(())
     }
 
@@ -337,7 +374,8 @@ impl Ledger {
     fn record_task(
         conn: &Connection,
         task_id: &str,
-        e: &LedgerEntry,
+        e: &RequestRecord,
+        off_peak: bool,
         credits: u64,
         now: &str,
     ) -> rusqlite::Result<()> {
@@ -351,7 +389,7 @@ impl Ledger {
                 e.user,
                 e.team,
                 credits as i64,
-                e.off_peak,
+                off_peak,
                 e.model,
                 now
             ])?;
@@ -364,7 +402,7 @@ impl Ledger {
     /// Records task ownership from the reservation it settled (written in an earlier batch).
     fn record_task_of(
         conn: &Connection,
-        reservation: i64,
+        row: i64,
         task_id: &str,
         credits: u64,
         now: &str,
@@ -375,11 +413,11 @@ impl Ledger {
                  SELECT ?2, user, team, ?3, off_peak, model, ?4 FROM reservations WHERE id = ?1 \
                  ON CONFLICT (task_id) DO NOTHING",
             )?
-            .execute(params![reservation, task_id, credits as i64, now])?;
+            .execute(params![row, task_id, credits as i64, now])?;
         if written == 0 {
             let (user, team): (String, String) = conn
                 .prepare_cached("SELECT user, team FROM reservations WHERE id = ?1")?
-                .query_row(params![reservation], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_row(params![row], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?
                 .unwrap_or_default();
             task_id_reused(task_id, &user, &team);
@@ -406,12 +444,12 @@ impl Ledger {
             .optional()
     }
 
-    fn record_rejection(conn: &Connection, e: &LedgerEntry, reason: &str) -> rusqlite::Result<()> {
+    fn record_rejection(conn: &Connection, r: &RejectionRecord) -> rusqlite::Result<()> {
         conn.prepare_cached(
             "INSERT INTO rejections (day, user, team, reason, count) VALUES (?1, ?2, ?3, ?4, 1) \
                  ON CONFLICT (day, user, team, reason) DO UPDATE SET count = count + 1",
         )?
-        .execute(params![e.day, e.user, e.team, reason])?;
+        .execute(params![r.day, r.user, r.team, r.reason])?;
         Ok(())
     }
 
@@ -445,21 +483,21 @@ impl Ledger {
         Ok(v.max(0) as u64)
     }
 
+    /// `used`, with the sequence number of the last write the sum includes: both read in one snapshot.
+    pub fn used_at(&self, key: &BudgetKey) -> rusqlite::Result<(u64, u64)> {
+        let snapshot = self.conn.unchecked_transaction()?;
+        let seq = self.applied_seq()?;
+        let used = self.used(key)?;
+        snapshot.finish()?;
+        Ok((seq, used))
+    }
+
     /// Usage per day for the filter.
     pub fn usage(&self, f: &UsageFilter) -> rusqlite::Result<Vec<UsageRow>> {
         let mut rows: std::collections::BTreeMap<String, UsageRow> = Default::default();
-        let cond = "(?1 IS NULL OR user = ?1) AND (?2 IS NULL OR team = ?2) \
-                    AND (?3 IS NULL OR day >= ?3) AND (?4 IS NULL OR day <= ?4)";
-        let mut st = self.conn.prepare(&format!(
-            "SELECT day, COUNT(*), \
-             COALESCE(SUM(CASE WHEN status = 'reserved' THEN estimate ELSE 0 END), 0), \
-             COALESCE(SUM(CASE WHEN status = 'settled' THEN credits ELSE 0 END), 0), \
-             COALESCE(SUM(CASE WHEN status = 'released' THEN estimate ELSE 0 END), 0), \
-             COALESCE(SUM(CASE WHEN status = 'unknown' THEN estimate ELSE 0 END), 0), \
-             COALESCE(SUM(off_peak), 0) \
-             FROM reservations WHERE {cond} GROUP BY day"
-        ))?;
-        let mut q = st.query(params![f.user, f.team, f.from, f.to])?;
+        let (cond, values) = usage_condition(f);
+        let mut st = self.conn.prepare(&usage_sql(&cond))?;
+        let mut q = st.query(rusqlite::params_from_iter(&values))?;
         while let Some(r) = q.next()? {
             let day: String = r.get(0)?;
             let n = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(i)?.max(0) as u64) };
@@ -473,9 +511,9 @@ impl Ledger {
             row.off_peak_requests = n(6)?;
         }
         let mut st = self.conn.prepare(&format!(
-            "SELECT day, reason, SUM(count) FROM rejections WHERE {cond} GROUP BY day, reason"
+            "SELECT day, reason, SUM(count) FROM rejections{cond} GROUP BY day, reason"
         ))?;
-        let mut q = st.query(params![f.user, f.team, f.from, f.to])?;
+        let mut q = st.query(rusqlite::params_from_iter(&values))?;
         while let Some(r) = q.next()? {
             let day: String = r.get(0)?;
             let reason: String = r.get(1)?;
@@ -489,33 +527,110 @@ impl Ledger {
     }
 }
 
+/// A reservation as written.
+struct Reservation<'a> {
+    row: i64,
+    grant: GrantId,
+    record: &'a RequestRecord,
+    off_peak: bool,
+    estimate: u64,
+}
+
+/// Ledgers written before reservations carried their grant's id get the column (empty on old rows).
+fn add_grant_id_column(conn: &Connection) -> rusqlite::Result<()> {
+    let has: bool = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('reservations') WHERE name = 'grant_id'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has {
+        conn.execute_batch("ALTER TABLE reservations ADD COLUMN grant_id TEXT")?;
+    }
+    Ok(())
+}
+
+/// The `WHERE` clause of a usage query: only the filters given, so that SQLite can use the `(user, day)` and
+/// `(team, day)` indexes (a `?1 IS NULL OR user = ?1` condition cannot use any index).
+fn usage_condition(f: &UsageFilter) -> (String, Vec<&str>) {
+    let mut conds = Vec::new();
+    let mut values = Vec::new();
+    for (cond, value) in [
+        ("user = ?", &f.user),
+        ("team = ?", &f.team),
+        ("day >= ?", &f.from),
+        ("day <= ?", &f.to),
+    ] {
+        if let Some(v) = value {
+            conds.push(cond);
+            values.push(v.as_str());
+        }
+    }
+    let cond = if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    };
+    (cond, values)
+}
+
+fn usage_sql(cond: &str) -> String {
+    format!(
+        "SELECT day, COUNT(*), \
+         COALESCE(SUM(CASE WHEN status = 'reserved' THEN estimate ELSE 0 END), 0), \
+         COALESCE(SUM(CASE WHEN status = 'settled' THEN credits ELSE 0 END), 0), \
+         COALESCE(SUM(CASE WHEN status = 'released' THEN estimate ELSE 0 END), 0), \
+         COALESCE(SUM(CASE WHEN status = 'unknown' THEN estimate ELSE 0 END), 0), \
+         COALESCE(SUM(off_peak), 0) \
+         FROM reservations{cond} GROUP BY day"
+    )
+}
+
+/// A ledger file read directly (the `usage` command): every answer is ready at once.
+impl Reports for Ledger {
+    fn used<'a>(&'a self, keys: &'a [BudgetKey]) -> BoxFuture<'a, Result<Vec<u64>, StoreError>> {
+        let used: Result<Vec<u64>, StoreError> = keys
+            .iter()
+            .map(|k| Ledger::used(self, k).map_err(StoreError::from))
+            .collect();
+        ready(used).boxed()
+    }
+
+    fn usage<'a>(
+        &'a self,
+        filter: &'a UsageFilter,
+    ) -> BoxFuture<'a, Result<Vec<UsageRow>, StoreError>> {
+        ready(Ledger::usage(self, filter).map_err(StoreError::from)).boxed()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn entry(user: &str, day: &str) -> LedgerEntry {
-        LedgerEntry {
+    fn record(user: &str, day: &str) -> RequestRecord {
+        RequestRecord {
             request_id: format!("req-{user}-{day}"),
             user: user.into(),
             team: "t".into(),
             day: day.into(),
             month: day[..7].into(),
             model: "viduq2".into(),
-            off_peak: false,
         }
     }
 
-    fn reserve(id: i64, user: &str, day: &str, estimate: u64) -> Write {
+    fn reserve(row: i64, user: &str, day: &str, estimate: u64) -> Write {
         Write::Reserve {
-            id,
-            entry: entry(user, day),
+            row,
+            grant: GrantId::random(),
+            record: record(user, day),
+            off_peak: false,
             estimate,
         }
     }
 
-    fn charged(id: i64, credits: u64, task: &str) -> Write {
+    fn charged(row: i64, credits: u64, task: &str) -> Write {
         Write::Settle {
-            id,
+            row,
             status: "settled",
             credits: Some(credits),
             task_id: Some(task.into()),
@@ -553,6 +668,7 @@ mod tests {
         let mut l = Ledger::open(&path).unwrap();
         l.apply(
             &[reserve(1, "u", "2026-11-25", 10)],
+            0,
             "2026-11-25T10:00:00.000Z",
         )
         .unwrap();
@@ -575,6 +691,7 @@ mod tests {
                 reserve(1, "first", "2026-11-25", 10),
                 charged(1, 10, "task-1"),
             ],
+            0,
             now,
         )
         .unwrap();
@@ -583,12 +700,13 @@ mod tests {
                 reserve(2, "second", "2026-11-25", 10),
                 charged(2, 10, "task-1"),
             ],
+            0,
             now,
         )
         .unwrap();
-        l.apply(&[reserve(3, "third", "2026-11-25", 10)], now)
+        l.apply(&[reserve(3, "third", "2026-11-25", 10)], 0, now)
             .unwrap();
-        l.apply(&[charged(3, 10, "task-1")], now).unwrap();
+        l.apply(&[charged(3, 10, "task-1")], 0, now).unwrap();
         assert_eq!(l.task("task-1").unwrap().unwrap().user, "first");
     }
 
@@ -599,13 +717,13 @@ mod tests {
         let mut one = Ledger::open(&dir.path().join("one.sqlite3")).unwrap();
         let mut two = Ledger::open(&dir.path().join("two.sqlite3")).unwrap();
         let released = Write::Settle {
-            id: 2,
+            row: 2,
             status: "released",
             credits: None,
             task_id: None,
         };
         let released_again = Write::Settle {
-            id: 2,
+            row: 2,
             status: "released",
             credits: None,
             task_id: None,
@@ -620,6 +738,7 @@ mod tests {
                 released,
                 reserve(3, "cy", "2026-11-25", 10),
             ],
+            0,
             now,
         )
         .unwrap();
@@ -629,15 +748,17 @@ mod tests {
                 reserve(2, "bo", "2026-11-25", 20),
                 reserve(3, "cy", "2026-11-25", 10),
             ],
+            0,
             now,
         )
         .unwrap();
-        two.apply(&[charged(1, 35, "task-1"), released_again], now)
+        two.apply(&[charged(1, 35, "task-1"), released_again], 0, now)
             .unwrap();
         assert_eq!(rows(&one), rows(&two));
-        // In one batch: three reservation rows and one task row. Across two: two more row updates.
-        assert_eq!(one.conn.total_changes() - one_before, 4);
-        assert_eq!(two.conn.total_changes() - two_before, 6);
+        // In one batch: three reservation rows, one task row and the batch's sequence number. Across two: two
+        // more row updates and the second batch's sequence number.
+        assert_eq!(one.conn.total_changes() - one_before, 5);
+        assert_eq!(two.conn.total_changes() - two_before, 8);
         let r = rows(&one);
         assert_eq!(r[0].1, "settled");
         assert_eq!((r[0].2, r[0].3.as_deref()), (Some(35), Some("task-1")));
@@ -683,6 +804,7 @@ mod tests {
                 reserve(4, "bo", "2026-11-15", 1000),
                 reserve(5, "ana", "2026-12-01", 10000),
             ],
+            0,
             "2026-11-25T10:00:00.000Z",
         )
         .unwrap();
@@ -701,5 +823,38 @@ mod tests {
             let k = key(scope, subject, period, period_key);
             assert_eq!(l.used(&k).unwrap(), used, "{k:?}");
         }
+    }
+
+    /// A usage query names only the filters it has, so SQLite reads one user's or team's rows through its
+    /// `(scope, day)` index instead of scanning the ledger.
+    #[test]
+    fn usage_queries_use_the_scope_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = Ledger::open(&dir.path().join("l.sqlite3")).unwrap();
+        let plan = |f: UsageFilter| -> String {
+            let (cond, values) = usage_condition(&f);
+            let mut st = l
+                .conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {}", usage_sql(&cond)))
+                .unwrap();
+            st.query_map(rusqlite::params_from_iter(&values), |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+            .join("; ")
+        };
+        let user = plan(UsageFilter {
+            user: Some("ana".into()),
+            ..Default::default()
+        });
+        assert!(user.contains("reservations_user_day"), "{user}");
+        let team = plan(UsageFilter {
+            team: Some("t".into()),
+            from: Some("2026-11-01".into()),
+            ..Default::default()
+        });
+        assert!(team.contains("reservations_team_day"), "{team}");
     }
 }

@@ -1,13 +1,26 @@
-//! The `memory` backend (one process): rate limits and in-flight slots in process, budgets counted in memory
-//! and every reservation, settlement and rejection persisted to the SQLite ledger (by the batching writer
-//! thread), which seeds the counters after a restart. One lock makes every admission decision atomic across
-//! all its buckets.
+//! The `memory` backend (one process): rate limits, in-flight slots and budget counters in memory, under one
+//! lock that makes every admission decision atomic across all its buckets; every reservation, settlement and
+//! rejection persisted to the SQLite ledger by the batching writer thread.
+//!
+//! No request waits on SQLite:
+//! - Writes are queued to the writer (`writer.rs`); the lock is held only for in-memory work and a queue push.
+//! - A budget not yet counted in memory (a user's first request of the day, or the first after a restart) is
+//!   loaded by the point reader's thread, without the lock: the read returns the sum with the sequence number of
+//!   the last write it includes, and the changes queued while it ran are added from a log kept under the lock.
+//! - Task ownership settled moments ago is answered from memory until the writer has written it.
+//! - Reports run on their own reader thread, so a long scan never stands in front of a request's read.
 
+use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::future::{BoxFuture, FutureExt, ready};
+use tokio::sync::oneshot;
 
 use super::ledger::{Ledger, Write};
 use super::rate::{Checked, RateLimits};
+use super::reader::Reader;
 use super::writer::Writer;
 use super::*;
 use crate::clock::SharedClock;
@@ -16,27 +29,92 @@ use crate::clock::SharedClock;
 /// process) instead of SipHash.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
-struct Outstanding {
-    keys: Vec<BudgetKey>,
-    estimate: u64,
+/// How long loading a budget may wait for the writer to write what was queued before it.
+const SEED_WAIT: Duration = Duration::from_secs(10);
+/// How long a report may wait for the writer to write what was queued before it.
+const REPORT_WAIT: Duration = Duration::from_secs(10);
+
+pub struct MemoryStore {
+    shared: Arc<Shared>,
+    /// Short indexed reads on the request path: budget loads, task ownership, the health probe.
+    point: Reader,
+    /// Usage reports (a scan of a large ledger may take seconds).
+    reports: Reader,
+}
+
+/// What the reader threads reach too.
+struct Shared {
+    inner: Mutex<Inner>,
+    writer: Writer,
 }
 
 struct Inner {
-    /// Reads (lazy budget loads, tasks, usage); writes go through `writer`.
-    ledger: Ledger,
-    next_id: i64,
+    /// The ledger row of the next reservation.
+    next_row: i64,
+    /// Credits used per budget (settled + reserved + unknown), exact for every budget present.
     budgets: HashMap<BudgetKey, u64>,
+    /// Budgets being loaded from the ledger.
+    seeding: HashMap<BudgetKey, Seed>,
     /// In-flight requests per scope and subject (looked up by `&str`, without building a key).
     slots: HashMap<Scope, HashMap<String, u32>>,
     rates: RateLimits,
-    outstanding: HashMap<i64, Outstanding>,
-    /// Days/months seen; counters of earlier periods are dropped when a new one starts.
+    outstanding: HashMap<GrantId, Outstanding>,
+    tasks: UnwrittenTasks,
+    /// The latest day seen; counters of earlier periods are dropped when a later one starts.
     current_day: String,
 }
 
-pub struct MemoryStore {
-    inner: Mutex<Inner>,
-    writer: Writer,
+/// A budget being loaded.
+struct Seed {
+    /// Changes to the budget queued since the load started, with their write sequence numbers.
+    changes: Vec<(u64, i128)>,
+    /// The requests waiting for it.
+    waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+/// A grant not finished yet.
+struct Outstanding {
+    row: i64,
+    estimate: u64,
+    /// Every budget its reservation counts against.
+    keys: Vec<BudgetKey>,
+    /// The slots it holds.
+    slots: Vec<(Scope, String)>,
+    record: RequestRecord,
+    off_peak: bool,
+}
+
+/// Task ownership queued to the writer and not yet written, oldest first.
+#[derive(Default)]
+struct UnwrittenTasks {
+    by_id: HashMap<String, TaskRecord>,
+    order: VecDeque<(u64, String)>,
+}
+
+impl UnwrittenTasks {
+    /// The first owner of an id keeps it, as in the ledger.
+    fn remember(&mut self, seq: u64, task: TaskRecord) {
+        if self.by_id.contains_key(&task.task_id) {
+            return;
+        }
+        self.order.push_back((seq, task.task_id.clone()));
+        self.by_id.insert(task.task_id.clone(), task);
+    }
+
+    /// Drops what the writer has processed (it is in the file now, or was lost with a failed batch).
+    fn forget_processed(&mut self, processed: u64) {
+        while let Some((seq, _)) = self.order.front()
+            && *seq <= processed
+        {
+            if let Some((_, id)) = self.order.pop_front() {
+                self.by_id.remove(&id);
+            }
+        }
+    }
+}
+
+fn shifted(v: u64, delta: i128) -> u64 {
+    u64::try_from((i128::from(v) + delta).max(0)).unwrap_or(u64::MAX)
 }
 
 impl MemoryStore {
@@ -49,67 +127,193 @@ impl MemoryStore {
             anyhow::anyhow!("state.ledger_path = {}: {e:#}", ledger_path.display())
         };
         let writer = Writer::start(ledger_path, metrics).map_err(context)?;
-        let ledger = Ledger::open_read_only(ledger_path).map_err(context)?;
-        let next_id = ledger.max_id().map_err(|e| context(e.into()))? + 1;
+        let next_row = Ledger::open_read_only(ledger_path)
+            .and_then(|l| Ok(l.max_id()?))
+            .map_err(context)?
+            + 1;
         Ok(Self {
-            writer,
-            inner: Mutex::new(Inner {
-                ledger,
-                next_id,
-                budgets: HashMap::default(),
-                slots: HashMap::default(),
-                rates: RateLimits::new(clock),
-                outstanding: HashMap::default(),
-                current_day: String::new(),
+            point: Reader::start(ledger_path, "ledger-reads").map_err(context)?,
+            reports: Reader::start(ledger_path, "ledger-reports").map_err(context)?,
+            shared: Arc::new(Shared {
+                writer,
+                inner: Mutex::new(Inner {
+                    next_row,
+                    budgets: HashMap::default(),
+                    seeding: HashMap::default(),
+                    slots: HashMap::default(),
+                    rates: RateLimits::new(clock),
+                    outstanding: HashMap::default(),
+                    tasks: UnwrittenTasks::default(),
+                    current_day: String::new(),
+                }),
             }),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    /// Runs `f` under the lock once every budget in `keys` is counted in memory. Missing ones are loaded first,
+    /// on the point reader's thread, while this future waits without the lock.
+    async fn with_budgets<T>(
+        &self,
+        keys: &[&BudgetKey],
+        day: Option<&str>,
+        f: impl FnOnce(&mut Inner) -> T,
+    ) -> Result<T, StoreError> {
+        let mut inner = loop {
+            let waits = {
+                let mut inner = self.shared.lock();
+                if let Some(day) = day {
+                    inner.roll_periods(day);
+                }
+                let missing: Vec<&BudgetKey> = keys
+                    .iter()
+                    .copied()
+                    .filter(|k| !inner.budgets.contains_key(*k))
+                    .collect();
+                if missing.is_empty() {
+                    break inner;
+                }
+                missing
+                    .into_iter()
+                    .map(|k| self.seed(&mut inner, k))
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            for wait in waits {
+                // An abandoned load (the store is stopping) is looked at again.
+                if let Ok(loaded) = wait.await {
+                    loaded?;
+                }
+            }
+        };
+        Ok(f(&mut inner))
+    }
+
+    /// Starts loading `key` (or joins the load under way); the receiver answers when it is counted in memory.
+    fn seed(
+        &self,
+        inner: &mut Inner,
+        key: &BudgetKey,
+    ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        if let Some(seed) = inner.seeding.get_mut(key) {
+            seed.waiters.push(tx);
+            return Ok(rx);
+        }
+        // Every change to a budget is queued under the lock: the ones queued up to now will be in the ledger
+        // when the load reads it, the later ones go to the seed's log.
+        let since = self.shared.writer.last_sent();
+        inner.seeding.insert(
+            key.clone(),
+            Seed {
+                changes: Vec::new(),
+                waiters: vec![tx],
+            },
+        );
+        let shared = self.shared.clone();
+        let owned = key.clone();
+        if let Err(e) = self
+            .point
+            .submit(move |ledger| shared.complete_seed(ledger, owned, since))
+        {
+            inner.seeding.remove(key);
+            return Err(e);
+        }
+        Ok(rx)
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reads must see every write queued before them.
-    fn lock_flushed(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.writer.flush();
-        self.lock()
+    /// On the point reader's thread: waits until the writes queued before the load are processed, reads the
+    /// budget with the sequence number of the last write the sum includes, and counts it in memory with the
+    /// changes queued after that write.
+    fn complete_seed(&self, ledger: &Ledger, key: BudgetKey, since: u64) {
+        let read = self
+            .writer
+            .wait_processed(since, SEED_WAIT)
+            .and_then(|()| Ok(ledger.used_at(&key)?));
+        let mut inner = self.lock();
+        let Some(seed) = inner.seeding.remove(&key) else {
+            return;
+        };
+        let result = read.map(|(applied, used)| {
+            let later: i128 = seed
+                .changes
+                .iter()
+                .filter(|(seq, _)| *seq > applied)
+                .map(|(_, delta)| delta)
+                .sum();
+            inner.budgets.insert(key, shifted(used, later));
+        });
+        for waiter in seed.waiters {
+            let _ = waiter.send(result.clone());
+        }
     }
 }
 
 impl Inner {
-    fn used(&mut self, key: &BudgetKey, writer: &Writer) -> Result<u64, String> {
-        if let Some(v) = self.budgets.get(key) {
-            return Ok(*v);
-        }
-        // First use of this budget in this process: count what the ledger holds (all of it written).
-        writer.flush();
-        let v = self.ledger.used(key).map_err(|e| format!("ledger: {e}"))?;
-        self.budgets.insert(key.clone(), v);
-        Ok(v)
-    }
-
     fn roll_periods(&mut self, day: &str) {
-        if self.current_day != day {
+        // Only forward: a request still dated yesterday (it read the clock just before midnight) must not drop
+        // today's counters.
+        if self.current_day.as_str() < day {
             // Keys carry their date: an old day's counter is never read again, so it can go.
-            let today = day.to_owned();
-            let month = day.get(..7).unwrap_or("").to_owned();
+            let month = day.get(..7).unwrap_or("");
             self.budgets
-                .retain(|k, _| k.period_key == today || k.period_key == month);
-            self.current_day = today;
+                .retain(|k, _| k.period_key == day || k.period_key == month);
+            self.current_day = day.to_owned();
         }
     }
-}
 
-impl AdmissionStore for MemoryStore {
-    fn admit(&self, req: &AdmissionRequest, dry_run: bool) -> Result<Grant, Refusal> {
-        if !dry_run {
-            self.writer.health().map_err(Refusal::Unavailable)?;
+    /// A budget counted in memory (every caller has loaded it first).
+    fn used(&self, key: &BudgetKey) -> u64 {
+        self.budgets.get(key).copied().unwrap_or(0)
+    }
+
+    /// Applies `delta` to every budget of `keys` counted in memory, and logs it for those being loaded.
+    fn shift(&mut self, keys: &[BudgetKey], delta: i128, seq: u64) {
+        for k in keys {
+            if let Some(v) = self.budgets.get_mut(k) {
+                *v = shifted(*v, delta);
+            } else if let Some(seed) = self.seeding.get_mut(k) {
+                seed.changes.push((seq, delta));
+            }
         }
-        let mut inner = self.lock();
-        inner.roll_periods(&req.entry.day);
+    }
 
+    fn decide(&mut self, req: &AdmissionRequest, mode: Mode, writer: &Writer) -> Decision {
+        let (run, immediate_used, immediate_budget) = match &req.plan {
+            Plan::Fixed(run) => (Some(*run), None, None),
+            Plan::Fallback(f) => {
+                let used = self.used(&f.immediate_budget.key);
+                let covered = used.saturating_add(f.immediate_estimate) <= f.immediate_budget.limit;
+                let run = if covered { f.if_covered } else { f.if_short };
+                let counts = run.filter(|r| !r.off_peak).map(|_| &f.immediate_budget);
+                (run, Some(used), counts)
+            }
+        };
+        let outcome = match run {
+            None => Err(Refusal::NoRun),
+            Some(run) => self.check_and_take(req, run, immediate_budget, mode, writer),
+        };
+        Decision {
+            run,
+            immediate_used,
+            outcome,
+        }
+    }
+
+    fn check_and_take(
+        &mut self,
+        req: &AdmissionRequest,
+        run: Run,
+        immediate_budget: Option<&BudgetSpec>,
+        mode: Mode,
+        writer: &Writer,
+    ) -> Result<Granted, Refusal> {
         for s in &req.slots {
-            let held = inner
+            let held = self
                 .slots
                 .get(&s.scope)
                 .and_then(|m| m.get(s.subject.as_str()))
@@ -126,11 +330,9 @@ impl AdmissionStore for MemoryStore {
 
         let mut remaining: Option<u64> = None;
         let mut team_remaining: Option<u64> = None;
-        for b in &req.budgets {
-            let used = inner
-                .used(&b.key, &self.writer)
-                .map_err(Refusal::Unavailable)?;
-            if used.saturating_add(req.estimate) > b.limit {
+        for b in req.budgets.iter().chain(immediate_budget) {
+            let used = self.used(&b.key);
+            if used.saturating_add(run.estimate) > b.limit {
                 return Err(Refusal::Budget {
                     key: b.key.clone(),
                     limit: b.limit,
@@ -139,7 +341,7 @@ impl AdmissionStore for MemoryStore {
                     source: b.source.clone(),
                 });
             }
-            let left = b.limit - used - req.estimate;
+            let left = b.limit - used - run.estimate;
             remaining = Some(remaining.map_or(left, |r| r.min(left)));
             if b.key.scope == Scope::Team {
                 team_remaining = Some(team_remaining.map_or(left, |r| r.min(left)));
@@ -150,7 +352,7 @@ impl AdmissionStore for MemoryStore {
         let mut tightest: Option<RateStatus> = None;
         for r in &req.rates {
             let key = format!("{}:{}", r.scope.as_str(), r.subject);
-            match inner.rates.check(key, r.per_minute, r.burst) {
+            match self.rates.check(key, r.per_minute, r.burst) {
                 Checked::Allowed { remaining, undo: u } => {
                     undo.push(u);
                     if tightest.as_ref().is_none_or(|t| remaining < t.remaining) {
@@ -184,136 +386,453 @@ impl AdmissionStore for MemoryStore {
             }
         }
 
-        if dry_run {
-            undo.into_iter().rev().for_each(|u| u.undo());
-            return Ok(Grant {
-                reservation: None,
-                remaining_credits: remaining,
-                team_remaining_credits: team_remaining,
-                rate: tightest,
-            });
-        }
-
-        let id = inner.next_id;
-        inner.next_id += 1;
-        self.writer.send(Write::Reserve {
-            id,
-            entry: req.entry.clone(),
-            estimate: req.estimate,
-        });
-        drop(undo);
-        for s in &req.slots {
-            let held = inner.slots.entry(s.scope).or_default();
-            match held.get_mut(s.subject.as_str()) {
-                Some(n) => *n += 1,
-                None => {
-                    held.insert(s.subject.clone(), 1);
-                }
+        let grant = match mode {
+            Mode::DryRun => {
+                undo.into_iter().rev().for_each(|u| u.undo());
+                None
             }
-        }
-        let keys: Vec<BudgetKey> = req.budgets.iter().map(|b| b.key.clone()).collect();
-        for k in &keys {
-            // Present: the check above loaded every budget of the request.
-            if let Some(v) = inner.budgets.get_mut(k) {
-                *v += req.estimate;
-            } else {
-                inner.budgets.insert(k.clone(), req.estimate);
+            Mode::Take => {
+                drop(undo);
+                Some(self.take(req, run, writer))
             }
-        }
-        inner.outstanding.insert(
-            id,
-            Outstanding {
-                keys,
-                estimate: req.estimate,
-            },
-        );
-        Ok(Grant {
-            reservation: Some(id),
+        };
+        Ok(Granted {
+            grant,
             remaining_credits: remaining,
             team_remaining_credits: team_remaining,
             rate: tightest,
         })
     }
 
-    fn release_slots(&self, slots: &[SlotSpec]) {
-        let mut inner = self.lock();
-        for s in slots {
-            let Some(held) = inner.slots.get_mut(&s.scope) else {
+    /// Takes the slots and reserves the estimate (the rate tokens are already taken).
+    fn take(&mut self, req: &AdmissionRequest, run: Run, writer: &Writer) -> Grant {
+        let id = GrantId::random();
+        let row = self.next_row;
+        self.next_row += 1;
+        let seq = writer.send(Write::Reserve {
+            row,
+            grant: id,
+            record: req.record.clone(),
+            off_peak: run.off_peak,
+            estimate: run.estimate,
+        });
+        let mut slots = Vec::with_capacity(req.slots.len());
+        for s in &req.slots {
+            let held = self.slots.entry(s.scope).or_default();
+            match held.get_mut(s.subject.as_str()) {
+                Some(n) => *n += 1,
+                None => {
+                    held.insert(s.subject.clone(), 1);
+                }
+            }
+            slots.push((s.scope, s.subject.clone()));
+        }
+        let keys = BudgetKey::counting(&req.record, run.off_peak);
+        self.shift(&keys, i128::from(run.estimate), seq);
+        self.outstanding.insert(
+            id,
+            Outstanding {
+                row,
+                estimate: run.estimate,
+                keys,
+                slots,
+                record: req.record.clone(),
+                off_peak: run.off_peak,
+            },
+        );
+        Grant::new(id)
+    }
+
+    fn finish(&mut self, id: GrantId, settlement: Settlement, writer: &Writer) {
+        let Some(out) = self.outstanding.remove(&id) else {
+            return;
+        };
+        for (scope, subject) in &out.slots {
+            let Some(held) = self.slots.get_mut(scope) else {
                 continue;
             };
-            if let Some(n) = held.get_mut(s.subject.as_str()) {
+            if let Some(n) = held.get_mut(subject.as_str()) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
-                    held.remove(s.subject.as_str());
+                    held.remove(subject.as_str());
                 }
             }
         }
-    }
-
-    fn settle(&self, reservation: i64, settlement: Settlement) {
-        let mut inner = self.lock();
-        let Some(out) = inner.outstanding.remove(&reservation) else {
-            return;
-        };
-        let (status, new_amount, credits, task_id) = match &settlement {
+        let (status, amount, credits, task_id) = match settlement {
             Settlement::Charged { credits, task_id } => {
-                ("settled", *credits, Some(*credits), task_id.as_deref())
+                ("settled", credits, Some(credits), task_id)
             }
             Settlement::Released => ("released", 0, None, None),
             Settlement::Unknown => ("unknown", out.estimate, None, None),
         };
-        for k in &out.keys {
-            if let Some(v) = inner.budgets.get_mut(k) {
-                *v = v.saturating_sub(out.estimate).saturating_add(new_amount);
-            }
-        }
-        drop(inner);
-        self.writer.send(Write::Settle {
-            id: reservation,
+        let seq = writer.send(Write::Settle {
+            row: out.row,
             status,
             credits,
-            task_id: task_id.map(str::to_owned),
+            task_id: task_id.clone(),
         });
+        self.shift(
+            &out.keys,
+            i128::from(amount) - i128::from(out.estimate),
+            seq,
+        );
+        if let (Some(task_id), Some(credits)) = (task_id, credits) {
+            self.tasks.remember(
+                seq,
+                TaskRecord {
+                    task_id,
+                    user: out.record.user,
+                    team: out.record.team,
+                    credits,
+                    off_peak: out.off_peak,
+                    model: out.record.model,
+                    created_at: format!("{:.3}", jiff::Timestamp::now()),
+                },
+            );
+        }
     }
+}
 
-    fn used(&self, key: &BudgetKey) -> Result<u64, String> {
-        self.lock().used(key, &self.writer)
-    }
-
-    fn record_rejection(&self, entry: &LedgerEntry, reason: &str) {
-        self.writer.send(Write::Rejection {
-            entry: entry.clone(),
-            reason: reason.to_owned(),
-        });
-    }
-
-    fn task(&self, task_id: &str) -> Option<TaskRecord> {
-        self.lock_flushed()
-            .ledger
-            .task(task_id)
-            .unwrap_or_else(|e| {
-                tracing::error!(error = %e, "ledger: cannot read task ownership");
-                None
+impl Admissions for MemoryStore {
+    fn admit<'a>(
+        &'a self,
+        request: &'a AdmissionRequest,
+        mode: Mode,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        async move {
+            let writer = &self.shared.writer;
+            if mode == Mode::Take {
+                writer.health().map_err(StoreError::Unavailable)?;
+            }
+            let keys: Vec<&BudgetKey> = request.budget_keys().collect();
+            self.with_budgets(&keys, Some(&request.record.day), |inner| {
+                inner.decide(request, mode, writer)
             })
+            .await
+        }
+        .boxed()
     }
 
-    fn usage(&self, filter: &UsageFilter) -> Result<Vec<UsageRow>, String> {
-        self.lock_flushed()
-            .ledger
-            .usage(filter)
-            .map_err(|e| e.to_string())
+    fn finish(
+        &self,
+        grant: Grant,
+        settlement: Settlement,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        if grant.is_accounted() {
+            self.shared
+                .lock()
+                .finish(grant.id(), settlement, &self.shared.writer);
+        }
+        ready(Ok(())).boxed()
+    }
+}
+
+impl Records for MemoryStore {
+    fn record_rejection(
+        &self,
+        rejection: RejectionRecord,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.shared.writer.send(Write::Rejection(rejection));
+        ready(Ok(())).boxed()
     }
 
-    fn health(&self) -> Result<(), String> {
-        self.writer.check_file()?;
-        self.writer.health()?;
-        self.lock()
-            .ledger
-            .health()
-            .map_err(|e| format!("ledger: {e}"))
+    /// What memory holds of unwritten ownership is looked at first, the ledger file second: every row in the
+    /// file predates anything still unwritten, so the file's answer (the first owner) wins, and a task written
+    /// between the two looks is still found in the file.
+    fn task<'a>(
+        &'a self,
+        task_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<TaskRecord>, StoreError>> {
+        let unwritten = {
+            let mut inner = self.shared.lock();
+            inner.tasks.forget_processed(self.shared.writer.processed());
+            inner.tasks.by_id.get(task_id).cloned()
+        };
+        let id = task_id.to_owned();
+        let written = self.point.read(move |ledger| Ok(ledger.task(&id)?));
+        async move { Ok(written.await?.or(unwritten)) }.boxed()
+    }
+}
+
+impl Reports for MemoryStore {
+    fn used<'a>(&'a self, keys: &'a [BudgetKey]) -> BoxFuture<'a, Result<Vec<u64>, StoreError>> {
+        async move {
+            let keys: Vec<&BudgetKey> = keys.iter().collect();
+            self.with_budgets(&keys, None, |inner| {
+                keys.iter().map(|k| inner.used(k)).collect()
+            })
+            .await
+        }
+        .boxed()
     }
 
-    fn flush(&self) {
-        self.writer.flush();
+    fn usage<'a>(
+        &'a self,
+        filter: &'a UsageFilter,
+    ) -> BoxFuture<'a, Result<Vec<UsageRow>, StoreError>> {
+        let through = self.shared.writer.last_sent();
+        let shared = self.shared.clone();
+        let filter = filter.clone();
+        self.reports
+            .read(move |ledger| {
+                shared.writer.wait_processed(through, REPORT_WAIT)?;
+                Ok(ledger.usage(&filter)?)
+            })
+            .boxed()
+    }
+}
+
+impl Health for MemoryStore {
+    fn health(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        let writer = &self.shared.writer;
+        match writer
+            .check_file()
+            .and_then(|()| writer.health())
+            .map_err(StoreError::Unavailable)
+        {
+            Err(e) => ready(Err(e)).boxed(),
+            Ok(()) => self.point.read(|ledger| Ok(ledger.health()?)).boxed(),
+        }
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        let shared = self.shared.clone();
+        self.reports.read(move |_| shared.writer.flush()).boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use futures_util::future::LocalBoxFuture;
+
+    use super::*;
+    use crate::state::conformance::{Backend, Opened, run_conformance};
+
+    struct Memory;
+
+    impl Backend for Memory {
+        fn open(&self, clock: SharedClock) -> LocalBoxFuture<'_, Opened> {
+            let dir = tempfile::tempdir().unwrap();
+            let store = MemoryStore::open(
+                &dir.path().join("ledger.sqlite3"),
+                clock,
+                Default::default(),
+            )
+            .unwrap();
+            ready(Opened {
+                store: Arc::new(store),
+                keep: Box::new(dir),
+            })
+            .boxed_local()
+        }
+    }
+
+    run_conformance!(Memory);
+
+    fn clock() -> SharedClock {
+        crate::clock::ManualClock::new(jiff::Timestamp::from_second(1_795_600_800).unwrap())
+    }
+
+    fn record(user: &str, team: &str) -> RequestRecord {
+        RequestRecord {
+            request_id: format!("req-{user}"),
+            user: user.into(),
+            team: team.into(),
+            day: "2026-11-25".into(),
+            month: "2026-11".into(),
+            model: "viduq2".into(),
+        }
+    }
+
+    fn team_month() -> BudgetKey {
+        BudgetKey {
+            scope: Scope::Team,
+            subject: "t".into(),
+            period: Period::Month,
+            period_key: "2026-11".into(),
+        }
+    }
+
+    /// A request of `user` (team `t`) costing `estimate`, counted against `budgets` (limit: plenty).
+    fn request(user: &str, estimate: u64, budgets: &[BudgetKey]) -> AdmissionRequest {
+        AdmissionRequest {
+            record: record(user, "t"),
+            plan: Plan::Fixed(Run {
+                off_peak: false,
+                estimate,
+            }),
+            rates: Vec::new(),
+            slots: Vec::new(),
+            budgets: budgets
+                .iter()
+                .map(|key| BudgetSpec {
+                    key: key.clone(),
+                    limit: u64::MAX / 2,
+                    secs_to_reset: 60,
+                    source: "test".into(),
+                })
+                .collect(),
+        }
+    }
+
+    async fn take(store: &MemoryStore, req: &AdmissionRequest) -> Grant {
+        match store.admit(req, Mode::Take).await.unwrap().outcome {
+            Ok(g) => g.grant.unwrap(),
+            Err(r) => panic!("{r:?}"),
+        }
+    }
+
+    /// Budgets come back from the ledger after a restart, each reservation counted as it ended.
+    #[actix_web::test]
+    async fn budgets_are_loaded_from_the_ledger_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.sqlite3");
+        let key = team_month();
+        {
+            let store = MemoryStore::open(&path, clock(), Default::default()).unwrap();
+            let req = request("alice", 50, &[]);
+            let g = take(&store, &req).await;
+            store
+                .finish(
+                    g,
+                    Settlement::Charged {
+                        credits: 40,
+                        task_id: Some("t-1".into()),
+                    },
+                )
+                .await
+                .unwrap();
+            take(&store, &req).await; // open at "shutdown": unknown after the restart
+            let g = take(&store, &request("bob", 7, &[])).await;
+            store.finish(g, Settlement::Released).await.unwrap();
+            store.flush().await.unwrap();
+        }
+        let store = MemoryStore::open(&path, clock(), Default::default()).unwrap();
+        assert_eq!(
+            store.used(std::slice::from_ref(&key)).await.unwrap(),
+            vec![90]
+        );
+        // Row ids go on after the ones in the file.
+        let g = take(&store, &request("carol", 5, std::slice::from_ref(&key))).await;
+        store.finish(g, Settlement::Unknown).await.unwrap();
+        store.flush().await.unwrap();
+        assert_eq!(
+            store.used(std::slice::from_ref(&key)).await.unwrap(),
+            vec![95]
+        );
+        let rows = store.usage(&UsageFilter::default()).await.unwrap();
+        assert_eq!(rows[0].admitted, 4);
+        assert_eq!(
+            store.task("t-1").await.unwrap().map(|t| t.user),
+            Some("alice".into())
+        );
+    }
+
+    /// A budget loaded while other requests keep spending against it (without naming it) ends up exact: what
+    /// the ledger held when it was read, plus what was queued after that.
+    #[actix_web::test]
+    async fn a_budget_loaded_while_spending_goes_on_is_exact() {
+        for round in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("ledger.sqlite3");
+            let store = Arc::new(MemoryStore::open(&path, clock(), Default::default()).unwrap());
+            let key = team_month();
+            // Spending by the team's members, naming no team budget; some settle, some are released.
+            let spender = {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..300u64 {
+                        let req = request(&format!("u{}", i % 7), 10 + i % 5, &[]);
+                        let g = futures_util::FutureExt::now_or_never(take(&store, &req)).unwrap();
+                        let s = match i % 3 {
+                            0 => Settlement::Released,
+                            1 => Settlement::Charged {
+                                credits: 3,
+                                task_id: None,
+                            },
+                            _ => Settlement::Unknown,
+                        };
+                        futures_util::FutureExt::now_or_never(store.finish(g, s))
+                            .unwrap()
+                            .unwrap();
+                    }
+                })
+            };
+            // Meanwhile the team budget is loaded (and reloaded after each day roll below).
+            std::thread::sleep(Duration::from_micros(200 * round));
+            let loaded = store.used(std::slice::from_ref(&key)).await.unwrap()[0];
+            spender.join().unwrap();
+            let in_memory = store.used(std::slice::from_ref(&key)).await.unwrap()[0];
+            store.flush().await.unwrap();
+            let in_file = Ledger::open_read_only(&path).unwrap().used(&key).unwrap();
+            assert_eq!(in_memory, in_file, "round {round} (loaded at {loaded})");
+        }
+    }
+
+    /// Ownership settled a moment ago is answered before the writer has written it, without waiting for the
+    /// writer: here another connection holds the ledger's write lock, so nothing can be written meanwhile.
+    #[actix_web::test]
+    async fn task_ownership_is_answered_before_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.sqlite3");
+        let store = MemoryStore::open(&path, clock(), Default::default()).unwrap();
+        let blocker = rusqlite::Connection::open(&path).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let g = take(&store, &request("alice", 10, &[])).await;
+        store
+            .finish(
+                g,
+                Settlement::Charged {
+                    credits: 10,
+                    task_id: Some("fresh".into()),
+                },
+            )
+            .await
+            .unwrap();
+        let asked = Instant::now();
+        let owner = store.task("fresh").await.unwrap().map(|t| t.user);
+        let took = asked.elapsed();
+        assert_eq!(owner, Some("alice".into()));
+        assert!(
+            store.shared.writer.processed() < store.shared.writer.last_sent(),
+            "the write was still pending"
+        );
+        assert!(took < Duration::from_secs(1), "waited {took:?}");
+        blocker.execute_batch("ROLLBACK").unwrap();
+        store.flush().await.unwrap();
+        assert_eq!(
+            store.task("fresh").await.unwrap().map(|t| t.user),
+            Some("alice".into())
+        );
+    }
+
+    /// A fail_open-style outage: while the ledger cannot be written, admission says so (and takes nothing);
+    /// a dry run still decides.
+    #[actix_web::test]
+    async fn a_lost_ledger_makes_admission_unavailable_but_not_the_dry_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.sqlite3");
+        let store = MemoryStore::open(&path, clock(), Default::default()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let err = store.health().await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Unavailable(why) if why.contains("deleted")),
+            "{err}"
+        );
+        let req = request("alice", 10, &[]);
+        assert!(matches!(
+            store.admit(&req, Mode::Take).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(
+            store
+                .admit(&req, Mode::DryRun)
+                .await
+                .unwrap()
+                .outcome
+                .is_ok()
+        );
     }
 }

@@ -1,14 +1,16 @@
 //! The ledger writer: one thread that owns the write connection and commits whatever has queued up as one
-//! transaction, so SQLite's per-commit cost (WAL write, file locks) is paid per batch, not per request. Reads
-//! that must see everything written so far call `flush` first. A write failure marks the writer unhealthy:
-//! admission then answers per `state.on_unavailable`, and `/readyz` says why.
+//! transaction, so SQLite's per-commit cost (WAL write, file locks) is paid per batch, not per request. Every
+//! write gets a sequence number when it is queued; each commit records the last one it applied, and a read that
+//! must see the writes queued before it waits (off the request path) until they are processed. A write failure
+//! marks the writer unhealthy: admission then answers per `state.on_unavailable`, and `/readyz` says why.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use super::StoreError;
 use super::file_guard::FileGuard;
 use super::ledger::{Ledger, Write};
 use crate::metrics::LedgerMetrics;
@@ -24,16 +26,38 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// core saturated for a long time leaves an idle-priority thread no time).
 const WAL_AUTOCHECKPOINT_PAGES: u32 = 8192;
 
-enum Msg {
-    Write(Write),
-    Flush(SyncSender<()>),
+/// A write and its sequence number.
+type Msg = (u64, Write);
+
+/// The queue's sending end, and the sequence number of the last write queued (both under one lock, so that
+/// writes arrive in sequence order).
+struct Queue {
+    tx: Sender<Msg>,
+    sent: u64,
+}
+
+/// The sequence number of the last write the writer has processed (committed, or lost with a failed batch).
+#[derive(Default)]
+struct Progress {
+    done: Mutex<u64>,
+    changed: Condvar,
+}
+
+impl Progress {
+    fn set(&self, seq: u64) {
+        let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        *done = (*done).max(seq);
+        self.changed.notify_all();
+    }
 }
 
 pub struct Writer {
-    tx: Sender<Msg>,
+    queue: Mutex<Queue>,
+    progress: Arc<Progress>,
     /// Stopped when the writer goes (its `Drop`).
     _checkpointer: Checkpointer,
-    /// The writer thread, unparked by `flush` so that a waiting reader does not sit out the gather window.
+    /// The writer thread, unparked by `wait_processed` so that a waiting reader does not sit out the gather
+    /// window.
     thread: std::thread::Thread,
     healthy: Arc<AtomicBool>,
     last_error: Arc<Mutex<Option<String>>>,
@@ -48,20 +72,25 @@ impl Writer {
         ledger.set_autocheckpoint(WAL_AUTOCHECKPOINT_PAGES)?;
         let file = Arc::new(FileGuard::new(path)?);
         let checkpointer = Checkpointer::start(path, metrics.clone(), file.clone())?;
+        let applied = ledger.applied_seq()?;
         let (tx, rx) = channel();
         let healthy = Arc::new(AtomicBool::new(true));
         let last_error = Arc::new(Mutex::new(None));
-        let (h, e, m, f) = (
-            healthy.clone(),
-            last_error.clone(),
-            metrics.clone(),
-            file.clone(),
-        );
+        let progress = Arc::new(Progress::default());
+        progress.set(applied);
+        let status = Status {
+            healthy: healthy.clone(),
+            last_error: last_error.clone(),
+            metrics: metrics.clone(),
+            file: file.clone(),
+            progress: progress.clone(),
+        };
         let handle = std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || run(&mut ledger, &rx, &h, &e, &m, &f))?;
+            .spawn(move || run(&mut ledger, &rx, &status))?;
         Ok(Self {
-            tx,
+            queue: Mutex::new(Queue { tx, sent: applied }),
+            progress,
             _checkpointer: checkpointer,
             thread: handle.thread().clone(),
             healthy,
@@ -71,22 +100,57 @@ impl Writer {
         })
     }
 
-    /// Queues a write. While the writer gathers a batch this is a queue push: no wake-up, no system call.
-    pub fn send(&self, w: Write) {
+    /// Queues a write and returns its sequence number. While the writer gathers a batch this is a queue push:
+    /// no wake-up, no system call.
+    pub fn send(&self, w: Write) -> u64 {
         self.metrics.pending_writes.inc();
-        if self.tx.send(Msg::Write(w)).is_err() {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        queue.sent += 1;
+        let seq = queue.sent;
+        if queue.tx.send((seq, w)).is_err() {
+            drop(queue);
             self.fail("the ledger writer stopped".into());
         }
+        seq
     }
 
-    /// Waits until everything sent so far is committed (bounded wait).
-    pub fn flush(&self) {
-        let (done_tx, done_rx) = sync_channel(1);
-        let sent = self.tx.send(Msg::Flush(done_tx)).is_ok();
-        self.thread.unpark();
-        if sent && done_rx.recv_timeout(Duration::from_secs(10)).is_err() {
-            tracing::error!("the ledger writer did not flush within 10 s");
+    /// The sequence number of the last write queued.
+    pub fn last_sent(&self) -> u64 {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).sent
+    }
+
+    /// The sequence number of the last write processed.
+    pub fn processed(&self) -> u64 {
+        *self.progress.done.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Blocks until the write numbered `seq` (and every one before it) is processed, at most `within`. The
+    /// writer commits at once instead of finishing its gather window. Never called on a request's thread.
+    pub fn wait_processed(&self, seq: u64, within: Duration) -> Result<(), StoreError> {
+        let deadline = std::time::Instant::now() + within;
+        let mut done = self.progress.done.lock().unwrap_or_else(|p| p.into_inner());
+        while *done < seq {
+            self.thread.unpark();
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(StoreError::Timeout {
+                    what: "the ledger writer",
+                    secs: within.as_secs(),
+                });
+            }
+            done = self
+                .progress
+                .changed
+                .wait_timeout(done, left.min(Duration::from_millis(50)))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
+        Ok(())
+    }
+
+    /// Waits until everything queued so far is committed (bounded wait).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.wait_processed(self.last_sent(), Duration::from_secs(10))
     }
 
     /// `Err` with the last write error while the ledger cannot be written, or for good once its file was
@@ -167,44 +231,38 @@ impl Drop for Checkpointer {
     }
 }
 
+/// What the writer thread reports to the rest of the store.
+struct Status {
+    healthy: Arc<AtomicBool>,
+    last_error: Arc<Mutex<Option<String>>>,
+    metrics: LedgerMetrics,
+    file: Arc<FileGuard>,
+    progress: Arc<Progress>,
+}
+
 /// Blocks (a futex wait) only while idle. After the first write of a batch it parks for the gather window, so
 /// the writes that follow are queue pushes that wake nobody — a wake-up per request would cost a context switch
-/// on a busy core — then drains the queue and commits once. A flush unparks it early.
-fn run(
-    ledger: &mut Ledger,
-    rx: &Receiver<Msg>,
-    healthy: &AtomicBool,
-    last_error: &Mutex<Option<String>>,
-    metrics: &LedgerMetrics,
-    file: &FileGuard,
-) {
+/// on a busy core — then drains the queue and commits once. A reader waiting for its writes unparks it early.
+fn run(ledger: &mut Ledger, rx: &Receiver<Msg>, status: &Status) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut waiters = Vec::new();
     while let Ok(first) = rx.recv() {
+        std::thread::park_timeout(GATHER);
         let mut next = Some(first);
-        if matches!(next, Some(Msg::Write(_))) {
-            std::thread::park_timeout(GATHER);
-        }
         loop {
-            while let Some(msg) = next.take() {
-                match msg {
-                    Msg::Write(w) => batch.push(w),
-                    Msg::Flush(done) => waiters.push(done),
-                }
+            let mut through = 0;
+            while let Some((seq, w)) = next.take() {
+                batch.push(w);
+                through = seq;
                 if batch.len() >= MAX_BATCH {
                     break;
                 }
                 next = rx.try_recv().ok();
             }
-            if !batch.is_empty() {
-                commit(ledger, &batch, healthy, last_error, metrics);
-                // One `stat` per batch: under load the checkpointer (idle priority) may not get to look.
-                let _ = file.check();
-                batch.clear();
-            }
-            for w in waiters.drain(..) {
-                let _ = w.send(());
-            }
+            commit(ledger, &batch, through, status);
+            // One `stat` per batch: under load the checkpointer (idle priority) may not get to look.
+            let _ = status.file.check();
+            batch.clear();
+            status.progress.set(through);
             // A full batch left the rest queued: commit it too before blocking again.
             next = rx.try_recv().ok();
             if next.is_none() {
@@ -214,28 +272,24 @@ fn run(
     }
 }
 
-fn commit(
-    ledger: &mut Ledger,
-    batch: &[Write],
-    healthy: &AtomicBool,
-    last_error: &Mutex<Option<String>>,
-    metrics: &LedgerMetrics,
-) {
+fn commit(ledger: &mut Ledger, batch: &[Write], through: u64, status: &Status) {
     let now = format!("{:.3}", jiff::Timestamp::now());
-    let result = ledger.apply(batch, &now);
+    let result = ledger.apply(batch, through, &now);
     let n = i64::try_from(batch.len()).unwrap_or(i64::MAX);
+    let metrics = &status.metrics;
     metrics.pending_writes.dec_by(n);
     match result {
         Ok(()) => {
             metrics.commits.inc();
             metrics.writes.inc_by(n.unsigned_abs());
-            healthy.store(true, Ordering::Relaxed);
+            status.healthy.store(true, Ordering::Relaxed);
         }
         Err(e) => {
             metrics.commit_errors.inc();
             tracing::error!(error = %e, lost = batch.len(), "ledger: cannot commit writes");
-            *last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("ledger: {e}"));
-            healthy.store(false, Ordering::Relaxed);
+            *status.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(format!("ledger: {e}"));
+            status.healthy.store(false, Ordering::Relaxed);
         }
     }
 }
@@ -243,7 +297,7 @@ fn commit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::LedgerEntry;
+    use crate::state::{GrantId, RequestRecord};
 
     /// Committed pages reach the database file through the checkpointer, long before the WAL is large enough for
     /// the writer to checkpoint by itself.
@@ -255,22 +309,23 @@ mod tests {
         let writer = Writer::start(&path, metrics.clone()).unwrap();
         let size = || std::fs::metadata(&path).unwrap().len();
         let before = size();
-        for id in 1..=2000 {
+        for row in 1..=2000 {
             writer.send(Write::Reserve {
-                id,
-                entry: LedgerEntry {
-                    request_id: format!("req-{id}"),
-                    user: format!("user-{}", id % 50),
+                row,
+                grant: GrantId::random(),
+                record: RequestRecord {
+                    request_id: format!("req-{row}"),
+                    user: format!("user-{}", row % 50),
                     team: "t".into(),
                     day: "2026-11-25".into(),
                     month: "2026-11".into(),
                     model: "viduq2".into(),
-                    off_peak: false,
                 },
+                off_peak: false,
                 estimate: 10,
             });
         }
-        writer.flush();
+        writer.flush().unwrap();
         assert_eq!(metrics.pending_writes.get(), 0);
         assert_eq!(metrics.writes.get(), 2000);
         assert!((1..=2000).contains(&metrics.commits.get()));

@@ -1,0 +1,614 @@
+//! The store contract as executable rules, written once for every backend: each rule is a function taking a
+//! [`Backend`] (a factory of fresh, empty stores on a manual clock). A backend runs the whole suite with
+//! `run_conformance!(its_backend)` in a test module (the memory backend: `memory.rs`).
+
+use std::any::Any;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures_util::future::LocalBoxFuture;
+use jiff::{SignedDuration, Timestamp};
+
+use super::*;
+use crate::clock::{ManualClock, SharedClock};
+
+/// A store opened for one rule, with whatever must live as long as it (a temporary folder, a server).
+pub struct Opened {
+    pub store: Arc<dyn Store>,
+    pub keep: Box<dyn Any>,
+}
+
+/// Opens fresh, empty stores.
+pub trait Backend {
+    /// A store whose rate limits read `clock`.
+    fn open(&self, clock: SharedClock) -> LocalBoxFuture<'_, Opened>;
+}
+
+/// Every rule, as `#[actix_web::test]` functions in the calling module.
+macro_rules! run_conformance {
+    ($backend:expr) => {
+        $crate::state::conformance::run_conformance!(
+            @rules $backend;
+            rates_admit_the_burst_then_the_steady_rate,
+            in_flight_slots_cap_grants_and_finish_frees_them,
+            a_daily_budget_admits_exactly_what_fits,
+            day_and_month_budgets_count_their_own_period,
+            user_team_and_global_budgets_are_shared_by_their_scope,
+            a_refused_request_takes_nothing,
+            a_dry_run_takes_nothing_and_decides_the_same,
+            fallback_runs_immediately_while_the_immediate_budget_covers_it,
+            fallback_without_a_run_refuses_and_takes_nothing,
+            settlements_set_what_a_reservation_counts,
+            finish_happens_once_and_ignores_grants_it_does_not_hold,
+            grant_ids_are_unique,
+            a_task_belongs_to_its_first_creator,
+            usage_counts_admissions_settlements_and_rejections,
+            remaining_credits_name_the_tightest_budget_and_the_team_one,
+        );
+    };
+    (@rules $backend:expr; $($rule:ident),* $(,)?) => {
+        $(
+            #[actix_web::test]
+            async fn $rule() {
+                $crate::state::conformance::$rule(&$backend).await;
+            }
+        )*
+    };
+}
+pub(crate) use run_conformance;
+
+const DAY: &str = "2026-11-25";
+const MONTH: &str = "2026-11";
+
+async fn open(backend: &dyn Backend) -> (Opened, Arc<ManualClock>) {
+    let clock = ManualClock::new(Timestamp::from_second(1_795_600_800).unwrap_or_default());
+    let opened = backend.open(clock.clone()).await;
+    (opened, clock)
+}
+
+fn record(user: &str, team: &str, day: &str) -> RequestRecord {
+    RequestRecord {
+        request_id: format!("req-{user}"),
+        user: user.into(),
+        team: team.into(),
+        day: day.into(),
+        month: day[..7].into(),
+        model: "viduq2".into(),
+    }
+}
+
+fn key(scope: Scope, subject: &str, period: Period, period_key: &str) -> BudgetKey {
+    BudgetKey {
+        scope,
+        subject: subject.into(),
+        period,
+        period_key: period_key.into(),
+    }
+}
+
+/// A request of `user` in `team` today, costing `estimate`, with no bucket yet.
+fn request(user: &str, team: &str, estimate: u64) -> AdmissionRequest {
+    AdmissionRequest {
+        record: record(user, team, DAY),
+        plan: Plan::Fixed(Run {
+            off_peak: false,
+            estimate,
+        }),
+        rates: Vec::new(),
+        slots: Vec::new(),
+        budgets: Vec::new(),
+    }
+}
+
+trait Buckets {
+    fn rate(self, scope: Scope, subject: &str, per_minute: u32, burst: u32) -> Self;
+    fn slot(self, scope: Scope, subject: &str, max: u32) -> Self;
+    fn budget(self, key: BudgetKey, limit: u64) -> Self;
+}
+
+impl Buckets for AdmissionRequest {
+    fn rate(mut self, scope: Scope, subject: &str, per_minute: u32, burst: u32) -> Self {
+        self.rates.push(RateSpec {
+            scope,
+            subject: subject.into(),
+            per_minute,
+            burst,
+            source: format!("{scope}.requests_per_minute"),
+        });
+        self
+    }
+
+    fn slot(mut self, scope: Scope, subject: &str, max: u32) -> Self {
+        self.slots.push(SlotSpec {
+            scope,
+            subject: subject.into(),
+            max,
+            source: format!("{scope}.max_in_flight"),
+        });
+        self
+    }
+
+    fn budget(mut self, key: BudgetKey, limit: u64) -> Self {
+        self.budgets.push(BudgetSpec {
+            source: format!("{}.{}", key.scope, key.period.as_str()),
+            key,
+            limit,
+            secs_to_reset: 3600,
+        });
+        self
+    }
+}
+
+async fn decide(store: &dyn Store, req: &AdmissionRequest, mode: Mode) -> Decision {
+    match store.admit(req, mode).await {
+        Ok(d) => d,
+        Err(e) => panic!("the store could not decide: {e}"),
+    }
+}
+
+/// Admits `req` (taking), expecting a grant.
+async fn grant(store: &dyn Store, req: &AdmissionRequest) -> Grant {
+    match decide(store, req, Mode::Take).await.outcome {
+        Ok(Granted {
+            grant: Some(grant), ..
+        }) => grant,
+        other => panic!("expected a grant, got {other:?}"),
+    }
+}
+
+/// Admits `req` (taking), expecting a refusal.
+async fn refusal(store: &dyn Store, req: &AdmissionRequest) -> Refusal {
+    match decide(store, req, Mode::Take).await.outcome {
+        Err(r) => r,
+        Ok(g) => panic!("expected a refusal, got {g:?}"),
+    }
+}
+
+async fn used(store: &dyn Store, key: &BudgetKey) -> u64 {
+    match store.used(std::slice::from_ref(key)).await {
+        Ok(v) => v[0],
+        Err(e) => panic!("used: {e}"),
+    }
+}
+
+async fn finish(store: &dyn Store, grant: Grant, settlement: Settlement) {
+    if let Err(e) = store.finish(grant, settlement).await {
+        panic!("finish: {e}");
+    }
+}
+
+pub async fn rates_admit_the_burst_then_the_steady_rate(backend: &dyn Backend) {
+    let (o, clock) = open(backend).await;
+    let s = o.store.as_ref();
+    let alice = request("alice", "t", 1).rate(Scope::User, "alice", 60, 3);
+    for left in [2, 1, 0] {
+        match decide(s, &alice, Mode::Take).await.outcome {
+            Ok(g) => assert_eq!(g.rate.map(|r| r.remaining), Some(left)),
+            Err(r) => panic!("within the burst: {r:?}"),
+        }
+    }
+    match refusal(s, &alice).await {
+        Refusal::Rate {
+            scope,
+            exhausted,
+            retry_after_secs,
+            ..
+        } => {
+            assert_eq!(scope, Scope::User);
+            assert_eq!(exhausted, rate::Exhausted::Burst);
+            assert_eq!(retry_after_secs, 1, "one token a second at 60/min");
+        }
+        other => panic!("{other:?}"),
+    }
+    let bob = request("bob", "t", 1).rate(Scope::User, "bob", 60, 3);
+    grant(s, &bob).await;
+    clock.advance(SignedDuration::from_secs(1));
+    grant(s, &alice).await;
+    refusal(s, &alice).await;
+}
+
+pub async fn in_flight_slots_cap_grants_and_finish_frees_them(backend: &dyn Backend) {
+    let (o, _) = open(backend).await;
+    let s = o.store.as_ref();
+    let req = request("alice", "t", 1).slot(Scope::Team, "t", 2);
+    let first = grant(s, &req).await;
+    let second = grant(s, &req).await;
+    assert!(matches!(
+        refusal(s, &req).await,
+        Refusal::Concurrency {
+            scope: Scope::Team,
+            max: 2,
+            ..
+        }
+    ));
+    // Every way a request ends frees its slot.
+    finish(s, first, Settlement::Released).await;
+    let third = grant(s, &req).await;
+    finish(s, second, Settlement::Unknown).await;
+    let fourth = grant(s, &req).await;
+    finish(
+        s,
+        third,
+        Settlement::Charged {
+            credits: 1,
+            task_id: None,
+        },
+    )
+    .await;
+    finish(s, fourth, Settlement::Released).await;
+    grant(s, &req).await;
+    grant(s, &req).await;
+    refusal(s, &req).await;
+}
+
+pub async fn a_daily_budget_admits_exactly_what_fits(backend: &dyn Backend) {
+    let (o, _) = open(backend).await;
+    let s = o.store.as_ref();
+    let day = key(Scope::User, "alice", Period::Day, DAY);
+    let req = request("alice", "t", 30).budget(day.clone(), 100);
+    for left in [70, 40, 10] {
+        match decide(s, &req, Mode::Take).await.outcome {
+            Ok(g) => assert_eq!(g.remaining_credits, Some(left)),
+            Err(r) => panic!("{r:?}"),
+        }
+    }
+    assert_eq!(
+        refusal(s, &req).await,
+        Refusal::Budget {
+            key: day.clone(),
+            limit: 100,
+            used: 90,
+            retry_after_secs: 3600,
+            source: "user.daily".into(),
+        }
+    );
+    assert_eq!(used(s, &day).await, 90);
+}
+
+pub async fn day_and_month_budgets_count_their_own_period(backend: &dyn Backend) {
+    let (o, _) = open(backend).await;
+    let s = o.store.as_ref();
+    let on = |day: &str| {
+        let mut r = request("alice", "t", 30)
+            .budget(key(Scope::User, "alice", Period::Day, day), 50)
+            .budget(key(Scope::User, "alice", Period::Month, MONTH), 80);
+        r.record = record("alice", "t", day);
+        r
+    };
+    grant(s, &on("2026-11-25")).await;
+    let refused = refusal(s, &on("2026-11-25")).await;
+    assert!(
+        matches!(&refused, Refusal::Budget { key, used: 30, .. } if key.period == Period::Day),
+        "{refused:?}"
+    );
+    // A new day: its own daily budget; the month goes on counting.
+    grant(s, &on("2026-11-26")).await;
+    let refused = refusal(s, &on("2026-11-27")).await;
+    assert!(
+        matches!(&refused, Refusal::Budget { key, used: 60, .. } if key.period == Period::Month),
+        "{refused:?}"
+    );
+    assert_eq!(
+        used(s, &key(Scope::User, "alice", Period::Day, "2026-11-25")).await,
+        30
+    );
+    assert_eq!(
+        used(s, &key(Scope::User, "alice", Period::Day, "2026-11-27")).await,
+        0
+    );
+}
+
+pub async fn user_team_and_global_budgets_are_shared_by_their_scope(backend: &dyn Backend) {
+    let (o, _) = open(backend).await;
+    let s = o.store.as_ref();
+    let req = |user: &str, team: &str| {
+        request(user, team, 30)
+            .budget(key(Scope::User, user, Period::Day, DAY), 1000)
+            .budget(key(Scope::Team, team, Period::Day, DAY), 50)
+            .budget(key(Scope::Global, "", Period::Day, DAY), 70)
+    };
+    grant(s, &req("alice", "t")).await;
+    let refused = refusal(s, &req("bob", "t")).await;
+    assert!(
+        matches!(&refused, Refusal::Budget { key, used: 30, .. } if key.scope == Scope::Team),
+        "the team's budget is shared by its members: {refused:?}"
+    );
+    grant(s, &req("carol", "u")).await;
+    let refused = refusal(s, &req("dave", "v")).await;
+    assert!(
+        matches!(&refused, Refusal::Budget { key, used: 60, .. } if key.scope == Scope::Global),
+        "the global budget is shared by everyone: {refused:?}"
+    );
+    assert_eq!(
+        used(s, &key(Scope::User, "alice", Period::Day, DAY)).await,
+        30
+    );
+    assert_eq!(used(s, &key(Scope::User, "bob", Period::Day, DAY)).await, 0);
+}
+
+pub async fn a_refused_request_takes_nothing(backend: &dyn Backend) {
+    let (o, _) = open(backend).await;
+    let s = o.store.as_ref();
+    let day = key(Scope::User, "alice", Period::Day, DAY);
+    let req = |estimate| {
+        request("alice", "t", estimate)
+            .slot(Scope::User, "alice", 1)
+            .budget(day.clone(), 50)
+            .rate(Scope::User, "alice", 1, 3)
+    };
+    let first = grant(s, &req(30)).await; // slot held, 30 reserved, one token
+    assert!(matches!(
+        refusal(s, &req(10)).await,
+        Refusal::Concurrency { .. }
+    ));
+    finish(s, first, Settlement::Unknown).await;
+    assert!(matches!(
+        refusal(s, &req(30)).await,
+        Refusal::Budget { used: 30, .. }
+    ));
+    // Neither refusal took a slot or a token: two tokens and the slot are left.
+    let second = grant(s, &req(10)).await;
+    finish(s, second, Settlement::Released).await;
+    let third = grant(s, &req(10)).await;
+    finish(s, third, Settlement::Released).await;
+    assert!(matches!(refusal(s, &req(10)).await, Refusal::Rate { .. }));
+    // The rate refusal reserved nothing.
+    assert_eq!(used(s, &day).await, 30);
+}
+
+pub async fn a_dry_run_takes_nothing_and_decides_the_same(backend: &dyn Backend) {
+    let (o, _) = open(backend).await;
+    let s = o.store.as_ref();
+    let day = key(Scope::User, "alice", Period::Day, DAY);
+    let req = request("alice", "t", 30)
+        .slot(Scope::User, "alice", 1)
+        .budget(day.clone(), 50)
+        .rate(Scope::User, "alice", 1, 1);
+    for _ in 0..3 {
+        let d = decide(s, &req, Mode::DryRun).await;
+        match d.outcome {
+            Ok(g) => {
+                assert_eq!(g.grant, None, "a dry run grants nothing");
+                assert_eq!(g.remaining_credits, Some(20));
+            }
+            Err(r) => panic!("{r:?}"),
+        }
+    }
+    assert_eq!(used(s, &day).await, 0);
+    grant(s, &req).await;
+    let dry = decide(s, &req, Mode::DryRun).await.outcome;
+    let real = decide(s, &req, Mode::Take).await.outcome;
+    assert_eq!(dry, real, "a dry run refuses as a real admission would");
+    assert_eq!(used(s, &day).await, 30);
+}
+
+/// The fallback plan of a user whose immediate budget is 100: 55 now, or 28 off-peak.
+fn fallback(if_short: Option<Run>) -> AdmissionRequest {
+    let mut r = request("alice", "t", 0).budget(key(Scope::User, "alice", Period::Day, DAY), 1000);
+    r.plan = Plan::Fallback(Fallback {
+        immediate_budget: BudgetSpec {
+            key: key(Scope::User, "alice", Period::ImmediateDay, DAY),
+            limit: 100,
+            secs_to_reset: 3600,
+            source: "immediate_daily_credits".into(),
+        },
+        immediate_estimate: 55,
+        if_covered: Some(Run {
+            off_peak: false,
+            estimate: 55,
+        }),
+        if_short,
+    });
+    r
+}
+
+const OFF_PEAK: Run = Run {
+    off_peak: true,
+    estimate: 28,
+};
+
+pub async fn fallback_runs_immediately_while_the_immediate_budget_covers_it(backend: &dyn Backend) {
+    let (o, _) = open(backend).await;
+    let s = o.store.as_ref();
+    let req = fallback(Some(OFF_PEAK));
+    let first = decide(s, &req, Mode::Take).await;
+    assert_eq!(
+        (first.run, first.immediate_used),
+        (
+            Some(Run {
+                off_peak: false,
+                estimate: 55
+            }),
+            Some(0)
+        )
+    );
+    assert!(first.outcome.is_ok());
+    // 55 + 55 > 100: off-peak, which the immediate budget does not count.
+    for _ in 0..2 {
+        let next = decide(s, &req, Mode::Take).await;
+        assert_eq!((next.run, next.immediate_used), (Some(OFF_PEAK), Some(55)));
+        assert!(next.outcome.is_ok());
+    }
+    let immediate = key(Scope::User, "alice", Period::ImmediateDay, DAY);
+    assert_eq!(used(s, &immediate).await, 55);
+    assert_eq!(
+        used(s, &key(Scope::User, "alice", Period::Day, DAY)).await,
+        55 + 28 + 28
+    );
+}
+
+pub async fn fallback_without_a_run_refuses_and_takes_nothing(backend: &dyn Backend) {
+    let (o, _) = open(backend).await;
+    let s = o.store.as_ref();
+    let req = fallback(None).slot(Scope::User, "alice", 1);
+    let first = grant(s, &req).await;
+    finish(s, first, Settlement::Unknown).await;
+    let refused = decide(s, &req, Mode::Take).await;
+    assert_eq!(
+        refused,
+        Decision {
+            run: None,
+            immediate_used: Some(55),
+            outcome: Err(Refusal::NoRun),
+        }
+    );
+    assert_eq!(
+        used(s, &key(Scope::User, "alice", Period::Day, DAY)).await,
+        55
+    );
+    // The slot is free: a request that can run gets it.
+    grant(s, &request("alice", "t", 1).slot(Scope::User, "alice", 1)).await;
+}
+
+pub async fn settlements_set_what_a_reservation_counts(backend: &dyn Backend) {
+    let (o, _) = open(backend).await;
+    let s = o.store.as_ref();
+    let day = key(Scope::User, "alice", Period::Day, DAY);
+    let req = request("alice", "t", 50).budget(day.clone(), 1000);
+    let g = grant(s, &req).await;
+    assert_eq!(used(s, &day).await, 50, "reserved");
+    finish(
+        s,
+        g,
+        Settlement::Charged {
+            credits: 30,
+            task_id: Some("task-1".into()),
+        },
+    )
+    .await;
+    assert_eq!(used(s, &day).await, 30, "settled to what Vidu reported");
+    let g = grant(s, &req).await;
+    finish(s, g, Settlement::Released).await;
+    assert_eq!(used(s, &day).await, 30, "released: nothing");
+    let g = grant(s, &req).await;
+    finish(s, g, Settlement::Unknown).await;
+    assert_eq!(used(s, &day).await, 80, "unknown: the estimate stays");
+}
+
+pub async fn finish_happens_once_and_ignores_grants_it_does_not_hold(backend: &dyn Backend) {
+    let (o, _) = open(backend).await;
+    let s = o.store.as_ref();
+    let day = key(Scope::User, "alice", Period::Day, DAY);
+    let req = request("alice", "t", 50)
+        .slot(Scope::User, "alice", 1)
+        .budget(day.clone(), 1000);
+    let a = grant(s, &req).await;
+    finish(s, a.clone(), Settlement::Released).await;
+    let b = grant(s, &req).await;
+    // Finishing `a` again frees nothing and settles nothing.
+    finish(s, a, Settlement::Released).await;
+    finish(s, Grant::new(GrantId::random()), Settlement::Released).await;
+    finish(s, Grant::unaccounted(), Settlement::Released).await;
+    assert!(matches!(
+        refusal(s, &req).await,
+        Refusal::Concurrency { .. }
+    ));
+    assert_eq!(used(s, &day).await, 50);
+    finish(s, b, Settlement::Released).await;
+    assert_eq!(used(s, &day).await, 0);
+}
+
+pub async fn grant_ids_are_unique(backend: &dyn Backend) {
+    let (o, _) = open(backend).await;
+    let s = o.store.as_ref();
+    let req = request("alice", "t", 1);
+    let mut ids = HashSet::new();
+    for _ in 0..200 {
+        assert!(ids.insert(grant(s, &req).await.id()));
+    }
+}
+
+pub async fn a_task_belongs_to_its_first_creator(backend: &dyn Backend) {
+    let (o, _) = open(backend).await;
+    let s = o.store.as_ref();
+    let charged = || Settlement::Charged {
+        credits: 10,
+        task_id: Some("task-7".into()),
+    };
+    let g = grant(s, &request("alice", "a", 10)).await;
+    finish(s, g, charged()).await;
+    let g = grant(s, &request("mallory", "m", 10)).await;
+    finish(s, g, charged()).await;
+    let owner = |t: Option<TaskRecord>| t.map(|t| (t.user, t.team, t.credits));
+    assert_eq!(
+        owner(s.task("task-7").await.unwrap_or_default()),
+        Some(("alice".into(), "a".into(), 10))
+    );
+    assert_eq!(s.task("task-8").await, Ok(None));
+    // Still the first owner once everything is durable.
+    assert_eq!(s.flush().await, Ok(()));
+    assert_eq!(
+        owner(s.task("task-7").await.unwrap_or_default()),
+        Some(("alice".into(), "a".into(), 10))
+    );
+}
+
+pub async fn usage_counts_admissions_settlements_and_rejections(backend: &dyn Backend) {
+    let (o, _) = open(backend).await;
+    let s = o.store.as_ref();
+    let req = request("alice", "t", 50);
+    let g = grant(s, &req).await;
+    finish(
+        s,
+        g,
+        Settlement::Charged {
+            credits: 40,
+            task_id: None,
+        },
+    )
+    .await;
+    let g = grant(s, &req).await;
+    finish(s, g, Settlement::Released).await;
+    grant(s, &req).await;
+    grant(s, &request("bob", "t", 5)).await;
+    let rejection = RejectionRecord {
+        user: "alice".into(),
+        team: "t".into(),
+        day: DAY.into(),
+        reason: "TooManyRequests".into(),
+    };
+    assert_eq!(s.record_rejection(rejection).await, Ok(()));
+    let filter = UsageFilter {
+        user: Some("alice".into()),
+        ..UsageFilter::default()
+    };
+    let days = s.usage(&filter).await.unwrap_or_default();
+    assert_eq!(days.len(), 1, "{days:?}");
+    let d = &days[0];
+    assert_eq!(d.day, DAY);
+    assert_eq!(
+        (
+            d.admitted,
+            d.credits_settled,
+            d.credits_released,
+            d.credits_reserved
+        ),
+        (3, 40, 50, 50)
+    );
+    assert_eq!(
+        (d.rejected, d.rejected_by_reason.get("TooManyRequests")),
+        (1, Some(&1))
+    );
+    let team = UsageFilter {
+        team: Some("t".into()),
+        ..UsageFilter::default()
+    };
+    assert_eq!(s.usage(&team).await.unwrap_or_default()[0].admitted, 4);
+}
+
+pub async fn remaining_credits_name_the_tightest_budget_and_the_team_one(backend: &dyn Backend) {
+    let (o, _) = open(backend).await;
+    let s = o.store.as_ref();
+    let req = request("alice", "t", 100)
+        .budget(key(Scope::User, "alice", Period::Day, DAY), 1000)
+        .budget(key(Scope::Team, "t", Period::Day, DAY), 500)
+        .budget(key(Scope::Team, "t", Period::Month, MONTH), 900)
+        .budget(key(Scope::Global, "", Period::Day, DAY), 300);
+    match decide(s, &req, Mode::Take).await.outcome {
+        Ok(g) => {
+            assert_eq!(g.remaining_credits, Some(200), "the global budget");
+            assert_eq!(g.team_remaining_credits, Some(400), "the team's day");
+        }
+        Err(r) => panic!("{r:?}"),
+    }
+}
