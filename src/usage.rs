@@ -303,22 +303,30 @@ pub fn to_csv(report: &Report) -> String {
     );
     for (scope, s) in report.sections() {
         for d in &s.days {
+            let counts: Vec<String> = counts(d).iter().map(u64::to_string).collect();
             out.push_str(&format!(
-                "{scope},{},{},{},{},{},{},{},{},{},{}\n",
+                "{scope},{},{},{},{}\n",
                 csv_field(&s.name),
                 d.day,
-                d.admitted,
-                d.rejected,
-                d.credits_reserved,
-                d.credits_settled,
-                d.credits_released,
-                d.credits_unknown,
-                d.off_peak_requests,
+                counts.join(","),
                 csv_field(&reasons(d, ";"))
             ));
         }
     }
     out
+}
+
+/// A day's counts, in column order (the CSV's and the table's).
+fn counts(d: &UsageRow) -> [u64; 7] {
+    [
+        d.admitted,
+        d.rejected,
+        d.credits_reserved,
+        d.credits_settled,
+        d.credits_released,
+        d.credits_unknown,
+        d.off_peak_requests,
+    ]
 }
 
 /// `Reason=count` pairs of a day, joined by `sep`.
@@ -339,8 +347,30 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+/// The table's count columns: heading and width.
+const COLUMNS: [(&str, usize); 7] = [
+    ("admitted", 8),
+    ("rejected", 8),
+    ("reserved", 9),
+    ("settled", 9),
+    ("released", 9),
+    ("unknown", 8),
+    ("offpeak", 8),
+];
+
+/// One line of the table: a first column, the count columns, and free text.
+fn table_line(first: &str, cells: &[String], last: &str) -> String {
+    let mut line = format!("  {first:<10}");
+    for (cell, (_, width)) in cells.iter().zip(COLUMNS) {
+        line.push_str(&format!(" {cell:>width$}"));
+    }
+    line.push_str(&format!("  {last}\n"));
+    line
+}
+
 /// The report as an aligned text table.
 pub fn to_table(report: &Report) -> String {
+    let text = |counts: [u64; 7]| counts.map(|c| c.to_string());
     let mut out = String::new();
     for (scope, s) in report.sections() {
         out.push_str(&format!("{scope} {}\n", s.name));
@@ -350,28 +380,16 @@ pub fn to_table(report: &Report) -> String {
                 b.period, b.scope, b.period_key, b.used, b.limit, b.remaining, b.source
             ));
         }
-        out.push_str(&format!(
-            "  {:<10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8}  rejected by reason\n",
-            "day", "admitted", "rejected", "reserved", "settled", "released", "unknown", "offpeak"
+        out.push_str(&table_line(
+            "day",
+            &COLUMNS.map(|(heading, _)| heading.to_owned()),
+            "rejected by reason",
         ));
         for d in &s.days {
-            out.push_str(&format!(
-                "  {:<10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8}  {}\n",
-                d.day,
-                d.admitted,
-                d.rejected,
-                d.credits_reserved,
-                d.credits_settled,
-                d.credits_released,
-                d.credits_unknown,
-                d.off_peak_requests,
-                reasons(d, " ")
-            ));
+            out.push_str(&table_line(&d.day, &text(counts(d)), &reasons(d, " ")));
         }
         let t = &s.totals;
-        out.push_str(&format!(
-            "  {:<10} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8} {:>8}  off-peak share {:.0}%\n",
-            "total",
+        let totals = [
             t.admitted,
             t.rejected,
             t.credits_reserved,
@@ -379,7 +397,11 @@ pub fn to_table(report: &Report) -> String {
             t.credits_released,
             t.credits_unknown,
             t.off_peak_requests,
-            t.off_peak_share * 100.0
+        ];
+        out.push_str(&table_line(
+            "total",
+            &text(totals),
+            &format!("off-peak share {:.0}%", t.off_peak_share * 100.0),
         ));
     }
     out

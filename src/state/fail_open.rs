@@ -3,7 +3,7 @@
 //! without limits — nothing is taken, the grant is unaccounted and its `finish` does nothing — and logs it. The
 //! quote's dry run never fails open: it reports what the store can say. Everything else passes through.
 
-use futures_util::future::{BoxFuture, FutureExt, ready};
+use futures_util::future::{FutureExt, ready};
 
 use super::*;
 use crate::config::OnUnavailable;
@@ -49,11 +49,7 @@ fn unaccounted(request: &AdmissionRequest) -> Decision {
 }
 
 impl<S: Admissions + Sync> Admissions for FailOpen<S> {
-    fn admit<'a>(
-        &'a self,
-        request: &'a AdmissionRequest,
-        mode: Mode,
-    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+    fn admit<'a>(&'a self, request: &'a AdmissionRequest, mode: Mode) -> Answer<'a, Decision> {
         async move {
             match self.inner.admit(request, mode).await {
                 Err(e) if mode == Mode::Take && (self.rule)() == OnUnavailable::FailOpen => {
@@ -66,11 +62,7 @@ impl<S: Admissions + Sync> Admissions for FailOpen<S> {
         .boxed()
     }
 
-    fn finish(
-        &self,
-        grant: Grant,
-        settlement: Settlement,
-    ) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn finish(&self, grant: Grant, settlement: Settlement) -> Answer<'_, ()> {
         if grant.is_accounted() {
             self.inner.finish(grant, settlement)
         } else {
@@ -80,41 +72,32 @@ impl<S: Admissions + Sync> Admissions for FailOpen<S> {
 }
 
 impl<S: Records> Records for FailOpen<S> {
-    fn record_rejection(
-        &self,
-        rejection: RejectionRecord,
-    ) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn record_rejection(&self, rejection: RejectionRecord) -> Answer<'_, ()> {
         self.inner.record_rejection(rejection)
     }
 
-    fn task<'a>(
-        &'a self,
-        task_id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<TaskRecord>, StoreError>> {
+    fn task<'a>(&'a self, task_id: &'a str) -> Answer<'a, Option<TaskRecord>> {
         self.inner.task(task_id)
     }
 }
 
 impl<S: Reports> Reports for FailOpen<S> {
-    fn used<'a>(&'a self, keys: &'a [BudgetKey]) -> BoxFuture<'a, Result<Vec<u64>, StoreError>> {
+    fn used<'a>(&'a self, keys: &'a [BudgetKey]) -> Answer<'a, Vec<u64>> {
         self.inner.used(keys)
     }
 
-    fn usage<'a>(
-        &'a self,
-        filter: &'a UsageFilter,
-    ) -> BoxFuture<'a, Result<Vec<UsageRow>, StoreError>> {
+    fn usage<'a>(&'a self, filter: &'a UsageFilter) -> Answer<'a, Vec<UsageRow>> {
         self.inner.usage(filter)
     }
 }
 
 /// `/readyz` reports the backend as it is, whatever the rule: a replica failing open is still not healthy.
 impl<S: Health> Health for FailOpen<S> {
-    fn health(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn health(&self) -> Answer<'_, ()> {
         self.inner.health()
     }
 
-    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn flush(&self) -> Answer<'_, ()> {
         self.inner.flush()
     }
 }

@@ -7,10 +7,10 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use futures_util::future::{BoxFuture, FutureExt, ready};
+use futures_util::future::{FutureExt, ready};
 
 use super::{
-    BudgetKey, GrantId, Period, RejectionRecord, Reports, RequestRecord, Scope, StoreError,
+    Answer, BudgetKey, GrantId, Period, RejectionRecord, Reports, RequestRecord, Scope, StoreError,
 };
 
 const SCHEMA: &str = "
@@ -144,7 +144,7 @@ pub struct Ledger {
 struct Settled<'a> {
     status: &'a str,
     credits: Option<u64>,
-    task_id: Option<&'a str>,
+    task: Option<&'a TaskRecord>,
 }
 
 /// One change to the ledger, applied by the writer thread in batches. `row` is the reservation's row id,
@@ -162,7 +162,8 @@ pub enum Write {
         row: i64,
         status: &'static str,
         credits: Option<u64>,
-        task_id: Option<String>,
+        /// The task Vidu created, with its owner (recorded unless its id already has one).
+        task: Option<TaskRecord>,
     },
     Rejection(RejectionRecord),
 }
@@ -265,13 +266,13 @@ impl Ledger {
                     row,
                     status,
                     credits,
-                    task_id,
+                    task,
                 } if reserved.contains(row) => Some((
                     *row,
                     Settled {
                         status,
                         credits: *credits,
-                        task_id: task_id.as_deref(),
+                        task: task.as_ref(),
                     },
                 )),
                 _ => None,
@@ -290,7 +291,7 @@ impl Ledger {
                     let settled = settled_here.get(row).copied().unwrap_or(Settled {
                         status: "reserved",
                         credits: None,
-                        task_id: None,
+                        task: None,
                     });
                     let reservation = Reservation {
                         row: *row,
@@ -300,8 +301,8 @@ impl Ledger {
                         estimate: *estimate,
                     };
                     Self::reserve(&tx, &reservation, settled, now)?;
-                    if let (Some(task), Some(c)) = (settled.task_id, settled.credits) {
-                        Self::record_task(&tx, task, record, *off_peak, c, now)?;
+                    if let Some(task) = settled.task {
+                        Self::record_task(&tx, task, now)?;
                     }
                 }
                 Write::Settle { row, .. } if settled_here.contains_key(row) => {}
@@ -309,11 +310,12 @@ impl Ledger {
                     row,
                     status,
                     credits,
-                    task_id,
+                    task,
                 } => {
-                    Self::settle(&tx, *row, status, *credits, task_id.as_deref(), now)?;
-                    if let (Some(task), Some(c)) = (task_id, credits) {
-                        Self::record_task_of(&tx, *row, task, *c, now)?;
+                    let task_id = task.as_ref().map(|t| t.task_id.as_str());
+                    Self::settle(&tx, *row, status, *credits, task_id, now)?;
+                    if let Some(task) = task {
+                        Self::record_task(&tx, task, now)?;
                     }
                 }
                 Write::Rejection(r) => Self::record_rejection(&tx, r)?,
@@ -348,7 +350,7 @@ impl Ledger {
             r.estimate as i64,
             s.status,
             s.credits.map(|c| c as i64),
-            s.task_id,
+            s.task.map(|t| t.task_id.as_str()),
             now,
             r.grant.to_string()
         ])?;
@@ -370,57 +372,24 @@ impl Ledger {
         Ok(())
     }
 
-    /// Records task ownership for a reservation written in this batch.
-    fn record_task(
-        conn: &Connection,
-        task_id: &str,
-        e: &RequestRecord,
-        off_peak: bool,
-        credits: u64,
-        now: &str,
-    ) -> rusqlite::Result<()> {
+    /// Records task ownership; an id that already has an owner keeps it.
+    fn record_task(conn: &Connection, t: &TaskRecord, now: &str) -> rusqlite::Result<()> {
         let written = conn
             .prepare_cached(
                 "INSERT INTO tasks (task_id, user, team, credits, off_peak, model, created_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (task_id) DO NOTHING",
             )?
             .execute(params![
-                task_id,
-                e.user,
-                e.team,
-                credits as i64,
-                off_peak,
-                e.model,
+                t.task_id,
+                t.user,
+                t.team,
+                t.credits as i64,
+                t.off_peak,
+                t.model,
                 now
             ])?;
         if written == 0 {
-            task_id_reused(task_id, &e.user, &e.team);
-        }
-        Ok(())
-    }
-
-    /// Records task ownership from the reservation it settled (written in an earlier batch).
-    fn record_task_of(
-        conn: &Connection,
-        row: i64,
-        task_id: &str,
-        credits: u64,
-        now: &str,
-    ) -> rusqlite::Result<()> {
-        let written = conn
-            .prepare_cached(
-                "INSERT INTO tasks (task_id, user, team, credits, off_peak, model, created_at) \
-                 SELECT ?2, user, team, ?3, off_peak, model, ?4 FROM reservations WHERE id = ?1 \
-                 ON CONFLICT (task_id) DO NOTHING",
-            )?
-            .execute(params![row, task_id, credits as i64, now])?;
-        if written == 0 {
-            let (user, team): (String, String) = conn
-                .prepare_cached("SELECT user, team FROM reservations WHERE id = ?1")?
-                .query_row(params![row], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?
-                .unwrap_or_default();
-            task_id_reused(task_id, &user, &team);
+            task_id_reused(&t.task_id, &t.user, &t.team);
         }
         Ok(())
     }
@@ -587,7 +556,7 @@ fn usage_sql(cond: &str) -> String {
 
 /// A ledger file read directly (the `usage` command): every answer is ready at once.
 impl Reports for Ledger {
-    fn used<'a>(&'a self, keys: &'a [BudgetKey]) -> BoxFuture<'a, Result<Vec<u64>, StoreError>> {
+    fn used<'a>(&'a self, keys: &'a [BudgetKey]) -> Answer<'a, Vec<u64>> {
         let used: Result<Vec<u64>, StoreError> = keys
             .iter()
             .map(|k| Ledger::used(self, k).map_err(StoreError::from))
@@ -595,10 +564,7 @@ impl Reports for Ledger {
         ready(used).boxed()
     }
 
-    fn usage<'a>(
-        &'a self,
-        filter: &'a UsageFilter,
-    ) -> BoxFuture<'a, Result<Vec<UsageRow>, StoreError>> {
+    fn usage<'a>(&'a self, filter: &'a UsageFilter) -> Answer<'a, Vec<UsageRow>> {
         ready(Ledger::usage(self, filter).map_err(StoreError::from)).boxed()
     }
 }
@@ -628,12 +594,21 @@ mod tests {
         }
     }
 
-    fn charged(row: i64, credits: u64, task: &str) -> Write {
+    /// Vidu created `task` for `user`'s reservation `row`, charging `credits`.
+    fn charged(row: i64, user: &str, credits: u64, task: &str) -> Write {
         Write::Settle {
             row,
             status: "settled",
             credits: Some(credits),
-            task_id: Some(task.into()),
+            task: Some(TaskRecord {
+                task_id: task.into(),
+                user: user.into(),
+                team: "t".into(),
+                credits,
+                off_peak: false,
+                model: "viduq2".into(),
+                created_at: String::new(),
+            }),
         }
     }
 
@@ -689,7 +664,7 @@ mod tests {
         l.apply(
             &[
                 reserve(1, "first", "2026-11-25", 10),
-                charged(1, 10, "task-1"),
+                charged(1, "first", 10, "task-1"),
             ],
             0,
             now,
@@ -698,7 +673,7 @@ mod tests {
         l.apply(
             &[
                 reserve(2, "second", "2026-11-25", 10),
-                charged(2, 10, "task-1"),
+                charged(2, "second", 10, "task-1"),
             ],
             0,
             now,
@@ -706,7 +681,8 @@ mod tests {
         .unwrap();
         l.apply(&[reserve(3, "third", "2026-11-25", 10)], 0, now)
             .unwrap();
-        l.apply(&[charged(3, 10, "task-1")], 0, now).unwrap();
+        l.apply(&[charged(3, "third", 10, "task-1")], 0, now)
+            .unwrap();
         assert_eq!(l.task("task-1").unwrap().unwrap().user, "first");
     }
 
@@ -720,13 +696,13 @@ mod tests {
             row: 2,
             status: "released",
             credits: None,
-            task_id: None,
+            task: None,
         };
         let released_again = Write::Settle {
             row: 2,
             status: "released",
             credits: None,
-            task_id: None,
+            task: None,
         };
         let now = "2026-11-25T10:00:00.000Z";
         let (one_before, two_before) = (one.conn.total_changes(), two.conn.total_changes());
@@ -734,7 +710,7 @@ mod tests {
             &[
                 reserve(1, "ana", "2026-11-25", 40),
                 reserve(2, "bo", "2026-11-25", 20),
-                charged(1, 35, "task-1"),
+                charged(1, "ana", 35, "task-1"),
                 released,
                 reserve(3, "cy", "2026-11-25", 10),
             ],
@@ -752,7 +728,7 @@ mod tests {
             now,
         )
         .unwrap();
-        two.apply(&[charged(1, 35, "task-1"), released_again], 0, now)
+        two.apply(&[charged(1, "ana", 35, "task-1"), released_again], 0, now)
             .unwrap();
         assert_eq!(rows(&one), rows(&two));
         // In one batch: three reservation rows, one task row and the batch's sequence number. Across two: two

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures_util::future::{BoxFuture, FutureExt, ready};
+use futures_util::future::{FutureExt, ready};
 use tokio::sync::oneshot;
 
 use super::ledger::{Ledger, Write};
@@ -465,40 +465,34 @@ impl Inner {
             Settlement::Released => ("released", 0, None, None),
             Settlement::Unknown => ("unknown", out.estimate, None, None),
         };
+        let task = task_id.map(|task_id| TaskRecord {
+            task_id,
+            user: out.record.user,
+            team: out.record.team,
+            credits: amount,
+            off_peak: out.off_peak,
+            model: out.record.model,
+            created_at: format!("{:.3}", jiff::Timestamp::now()),
+        });
         let seq = writer.send(Write::Settle {
             row: out.row,
             status,
             credits,
-            task_id: task_id.clone(),
+            task: task.clone(),
         });
         self.shift(
             &out.keys,
             i128::from(amount) - i128::from(out.estimate),
             seq,
         );
-        if let (Some(task_id), Some(credits)) = (task_id, credits) {
-            self.tasks.remember(
-                seq,
-                TaskRecord {
-                    task_id,
-                    user: out.record.user,
-                    team: out.record.team,
-                    credits,
-                    off_peak: out.off_peak,
-                    model: out.record.model,
-                    created_at: format!("{:.3}", jiff::Timestamp::now()),
-                },
-            );
+        if let Some(task) = task {
+            self.tasks.remember(seq, task);
         }
     }
 }
 
 impl Admissions for MemoryStore {
-    fn admit<'a>(
-        &'a self,
-        request: &'a AdmissionRequest,
-        mode: Mode,
-    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+    fn admit<'a>(&'a self, request: &'a AdmissionRequest, mode: Mode) -> Answer<'a, Decision> {
         async move {
             let writer = &self.shared.writer;
             if mode == Mode::Take {
@@ -513,25 +507,17 @@ impl Admissions for MemoryStore {
         .boxed()
     }
 
-    fn finish(
-        &self,
-        grant: Grant,
-        settlement: Settlement,
-    ) -> BoxFuture<'_, Result<(), StoreError>> {
-        if grant.is_accounted() {
-            self.shared
-                .lock()
-                .finish(grant.id(), settlement, &self.shared.writer);
-        }
+    /// A grant this store did not make (an unaccounted one among them) is in no table: nothing happens.
+    fn finish(&self, grant: Grant, settlement: Settlement) -> Answer<'_, ()> {
+        self.shared
+            .lock()
+            .finish(grant.id(), settlement, &self.shared.writer);
         ready(Ok(())).boxed()
     }
 }
 
 impl Records for MemoryStore {
-    fn record_rejection(
-        &self,
-        rejection: RejectionRecord,
-    ) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn record_rejection(&self, rejection: RejectionRecord) -> Answer<'_, ()> {
         self.shared.writer.send(Write::Rejection(rejection));
         ready(Ok(())).boxed()
     }
@@ -539,10 +525,7 @@ impl Records for MemoryStore {
     /// What memory holds of unwritten ownership is looked at first, the ledger file second: every row in the
     /// file predates anything still unwritten, so the file's answer (the first owner) wins, and a task written
     /// between the two looks is still found in the file.
-    fn task<'a>(
-        &'a self,
-        task_id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<TaskRecord>, StoreError>> {
+    fn task<'a>(&'a self, task_id: &'a str) -> Answer<'a, Option<TaskRecord>> {
         let unwritten = {
             let mut inner = self.shared.lock();
             inner.tasks.forget_processed(self.shared.writer.processed());
@@ -555,7 +538,7 @@ impl Records for MemoryStore {
 }
 
 impl Reports for MemoryStore {
-    fn used<'a>(&'a self, keys: &'a [BudgetKey]) -> BoxFuture<'a, Result<Vec<u64>, StoreError>> {
+    fn used<'a>(&'a self, keys: &'a [BudgetKey]) -> Answer<'a, Vec<u64>> {
         async move {
             let keys: Vec<&BudgetKey> = keys.iter().collect();
             self.with_budgets(&keys, None, |inner| {
@@ -566,10 +549,7 @@ impl Reports for MemoryStore {
         .boxed()
     }
 
-    fn usage<'a>(
-        &'a self,
-        filter: &'a UsageFilter,
-    ) -> BoxFuture<'a, Result<Vec<UsageRow>, StoreError>> {
+    fn usage<'a>(&'a self, filter: &'a UsageFilter) -> Answer<'a, Vec<UsageRow>> {
         let through = self.shared.writer.last_sent();
         let shared = self.shared.clone();
         let filter = filter.clone();
@@ -583,7 +563,7 @@ impl Reports for MemoryStore {
 }
 
 impl Health for MemoryStore {
-    fn health(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn health(&self) -> Answer<'_, ()> {
         let writer = &self.shared.writer;
         match writer
             .check_file()
@@ -595,7 +575,7 @@ impl Health for MemoryStore {
         }
     }
 
-    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn flush(&self) -> Answer<'_, ()> {
         let shared = self.shared.clone();
         self.reports.read(move |_| shared.writer.flush()).boxed()
     }
@@ -677,6 +657,13 @@ mod tests {
         }
     }
 
+    fn charged(credits: u64, task: &str) -> Settlement {
+        Settlement::Charged {
+            credits,
+            task_id: Some(task.into()),
+        }
+    }
+
     async fn take(store: &MemoryStore, req: &AdmissionRequest) -> Grant {
         match store.admit(req, Mode::Take).await.unwrap().outcome {
             Ok(g) => g.grant.unwrap(),
@@ -694,16 +681,7 @@ mod tests {
             let store = MemoryStore::open(&path, clock(), Default::default()).unwrap();
             let req = request("alice", 50, &[]);
             let g = take(&store, &req).await;
-            store
-                .finish(
-                    g,
-                    Settlement::Charged {
-                        credits: 40,
-                        task_id: Some("t-1".into()),
-                    },
-                )
-                .await
-                .unwrap();
+            store.finish(g, charged(40, "t-1")).await.unwrap();
             take(&store, &req).await; // open at "shutdown": unknown after the restart
             let g = take(&store, &request("bob", 7, &[])).await;
             store.finish(g, Settlement::Released).await.unwrap();
@@ -781,16 +759,7 @@ mod tests {
         let blocker = rusqlite::Connection::open(&path).unwrap();
         blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
         let g = take(&store, &request("alice", 10, &[])).await;
-        store
-            .finish(
-                g,
-                Settlement::Charged {
-                    credits: 10,
-                    task_id: Some("fresh".into()),
-                },
-            )
-            .await
-            .unwrap();
+        store.finish(g, charged(10, "fresh")).await.unwrap();
         let asked = Instant::now();
         let owner = store.task("fresh").await.unwrap().map(|t| t.user);
         let took = asked.elapsed();

@@ -39,52 +39,43 @@ pub use request::{
     RejectionRecord, RequestRecord, Run, Scope, SlotSpec,
 };
 
+/// What every store call returns: a boxed future of its answer (boxed, so that the traits stay object-safe).
+pub type Answer<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
+
 /// The hot path.
 pub trait Admissions {
     /// Checks the plan and every bucket, then takes everything (slots, the estimate reserved against every
     /// budget, rate tokens) or nothing. With [`Mode::DryRun`] it takes nothing and grants no [`Grant`].
-    fn admit<'a>(
-        &'a self,
-        request: &'a AdmissionRequest,
-        mode: Mode,
-    ) -> BoxFuture<'a, Result<Decision, StoreError>>;
+    fn admit<'a>(&'a self, request: &'a AdmissionRequest, mode: Mode) -> Answer<'a, Decision>;
 
     /// Frees the grant's slots and settles its reservation, at most once per grant (a second call, or a grant
     /// the backend does not hold, does nothing).
-    fn finish(&self, grant: Grant, settlement: Settlement)
-    -> BoxFuture<'_, Result<(), StoreError>>;
+    fn finish(&self, grant: Grant, settlement: Settlement) -> Answer<'_, ()>;
 }
 
 /// What happened, for the record.
 pub trait Records {
-    fn record_rejection(&self, rejection: RejectionRecord)
-    -> BoxFuture<'_, Result<(), StoreError>>;
+    fn record_rejection(&self, rejection: RejectionRecord) -> Answer<'_, ()>;
 
     /// Who owns a task the gateway created: its first owner, if the upstream ever hands out an id twice.
-    fn task<'a>(
-        &'a self,
-        task_id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<TaskRecord>, StoreError>>;
+    fn task<'a>(&'a self, task_id: &'a str) -> Answer<'a, Option<TaskRecord>>;
 }
 
 /// What was spent (the usage API and CLI).
 pub trait Reports {
     /// Credits used (settled + reserved + unknown) in each budget, in order.
-    fn used<'a>(&'a self, keys: &'a [BudgetKey]) -> BoxFuture<'a, Result<Vec<u64>, StoreError>>;
+    fn used<'a>(&'a self, keys: &'a [BudgetKey]) -> Answer<'a, Vec<u64>>;
 
     /// Usage per day for the filter, including everything recorded before the call.
-    fn usage<'a>(
-        &'a self,
-        filter: &'a UsageFilter,
-    ) -> BoxFuture<'a, Result<Vec<UsageRow>, StoreError>>;
+    fn usage<'a>(&'a self, filter: &'a UsageFilter) -> Answer<'a, Vec<UsageRow>>;
 }
 
 pub trait Health {
     /// Whether the backend answers (for `/readyz`).
-    fn health(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn health(&self) -> Answer<'_, ()>;
 
     /// Makes everything recorded so far durable (called at shutdown).
-    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    fn flush(&self) -> Answer<'_, ()>;
 }
 
 /// A whole backend, shared by every worker.
