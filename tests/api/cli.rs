@@ -152,3 +152,23 @@ fn token_mints_a_token_the_gateway_accepts() {
     let ttl = data.claims["exp"].as_i64().unwrap() - data.claims["iat"].as_i64().unwrap();
     assert_eq!(ttl, 60);
 }
+
+#[test]
+fn check_config_refuses_a_body_buffer_cap_below_the_largest_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = base_config("https://api.vidu.cn").replace(
+        "[server]\n",
+        "[server]\nmax_body_bytes = 1000\nmax_buffered_body_bytes = 999\nbody_read_timeout_ms = 0\n",
+    );
+    let path = write(&dir, "gw.toml", &cfg);
+    let (code, _, err) = run_cli(&["check-config", "--config", &path], &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("server.max_buffered_body_bytes = 999 is below server.max_body_bytes = 1000"),
+        "{err}"
+    );
+    assert!(
+        err.contains("server.body_read_timeout_ms must be at least 1"),
+        "{err}"
+    );
+}

@@ -5,6 +5,7 @@
 mod admission;
 mod auth;
 mod binary;
+mod body;
 mod cli;
 mod docs;
 mod helpers;
