@@ -1,6 +1,7 @@
-//! The command line: `serve`, `check-config`, `token`.
+//! The command line: `serve`, `check-config`, `usage`, `token`.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -71,9 +72,9 @@ pub enum Command {
         /// A role (the `auth.roles_claim` claim); repeat for several.
         #[arg(long = "role")]
         roles: Vec<String>,
-        /// Lifetime in seconds.
-        #[arg(long, default_value_t = 3600)]
-        ttl: u64,
+        /// Lifetime in seconds; negative mints an already expired token (tests), e.g. --ttl=-120.
+        #[arg(long, default_value_t = 3600, allow_negative_numbers = true)]
+        ttl: i64,
         /// Sign with this PEM private key (RSA → RS256, EC P-256 → ES256, P-384 → ES384, Ed25519 → EdDSA)
         /// instead of the HS secret: tokens for a gateway configured with public keys (tests, benchmarks).
         #[arg(long, value_name = "PEM")]
@@ -108,6 +109,20 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// Writes a command's output to stdout. A reader that went away (`… | head -c 600`) ends the command quietly
+/// with success: it has what it wanted. Any other write error is reported on stderr.
+fn emit(text: &str) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: cannot write the output: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn load(path: Option<PathBuf>) -> Result<LoadedConfig, ExitCode> {
     config::load(path.as_deref()).map_err(|e| {
         eprintln!("error: {e}");
@@ -135,10 +150,7 @@ fn usage(
     }
     let ledger_path = &config.settings.state.ledger_path;
     if !ledger_path.exists() {
-        eprintln!(
-            "error: no ledger at {} (state.ledger_path): the gateway has not served a request with this configuration",
-            ledger_path.display()
-        );
+        eprintln!("error: {}", missing_ledger(&config, ledger_path));
         return ExitCode::from(1);
     }
     let ledger = match crate::state::ledger::Ledger::open_read_only(ledger_path) {
@@ -157,21 +169,35 @@ fn usage(
         from,
         to,
     ) {
-        Ok(r) => {
-            match format {
-                Format::Table => print!("{}", crate::usage::to_table(&r)),
-                Format::Csv => print!("{}", crate::usage::to_csv(&r)),
-                Format::Json => {
-                    println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default())
-                }
-            }
-            ExitCode::SUCCESS
-        }
+        Ok(r) => emit(&match format {
+            Format::Table => crate::usage::to_table(&r),
+            Format::Csv => crate::usage::to_csv(&r),
+            Format::Json => format!("{}\n", serde_json::to_string_pretty(&r).unwrap_or_default()),
+        }),
         Err(e) => {
             eprintln!("error: cannot read the ledger: {e}");
             ExitCode::from(1)
         }
     }
+}
+
+/// Which file `usage` looked for and how to point it at the gateway's: a relative `state.ledger_path` is
+/// resolved from the directory the command runs in, which need not be the gateway's.
+fn missing_ledger(config: &LoadedConfig, ledger_path: &Path) -> String {
+    let absolute = std::path::absolute(ledger_path).unwrap_or_else(|_| ledger_path.to_owned());
+    let relative = if ledger_path.is_relative() {
+        ", relative to the current directory"
+    } else {
+        ""
+    };
+    format!(
+        "no ledger at {} (state.ledger_path = {:?} in {}{relative}): either the gateway has not served a \
+         request with this configuration, or it runs with another one — pass --config with the gateway's \
+         configuration file (and run from the gateway's working directory when its state.ledger_path is relative)",
+        absolute.display(),
+        ledger_path.display().to_string(),
+        config.origin
+    )
 }
 
 fn check_config(path: Option<PathBuf>) -> ExitCode {
@@ -190,7 +216,7 @@ fn token(
     sub: &str,
     team: Option<&str>,
     roles: &[String],
-    ttl: u64,
+    ttl: i64,
     private_key: Option<PathBuf>,
     kid: Option<String>,
 ) -> ExitCode {
@@ -212,10 +238,7 @@ fn token(
         None => crate::auth::mint::mint(&config.settings.auth, &claims),
     };
     match minted {
-        Ok(t) => {
-            println!("{t}");
-            ExitCode::SUCCESS
-        }
+        Ok(t) => emit(&format!("{t}\n")),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
