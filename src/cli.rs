@@ -1,8 +1,11 @@
-//! The command line: `serve`, `check-config`, `usage`, `token`.
+//! The command line: `serve`, `check-config`, `usage`, `token`, `healthcheck`.
+
+mod healthcheck;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -83,6 +86,19 @@ pub enum Command {
         #[arg(long)]
         kid: Option<String>,
     },
+    /// Exit 0 when the gateway answers 200 on /healthz, else 1 (container health checks: no shell or curl
+    /// needed). Probes --url, else server.listen of the configuration (0.0.0.0 and [::] on loopback).
+    Healthcheck {
+        /// Configuration whose server.listen to probe (only that key is read; VIDU_GW__SERVER__LISTEN wins).
+        #[arg(long, value_name = "PATH", conflicts_with = "url")]
+        config: Option<PathBuf>,
+        /// Probe this http:// URL instead, e.g. http://127.0.0.1:8080/healthz.
+        #[arg(long)]
+        url: Option<String>,
+        /// Give up after this many milliseconds (connect, send and read together).
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -106,6 +122,11 @@ pub fn run(cli: Cli) -> ExitCode {
             private_key,
             kid,
         } => token(config, &sub, team.as_deref(), &roles, ttl, private_key, kid),
+        Command::Healthcheck {
+            config,
+            url,
+            timeout_ms,
+        } => health(config.as_deref(), url.as_deref(), timeout_ms),
     }
 }
 
@@ -118,6 +139,34 @@ fn emit(text: &str) -> ExitCode {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             let _ = writeln!(std::io::stderr(), "error: cannot write the output: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn health(config_path: Option<&Path>, url: Option<&str>, timeout_ms: u64) -> ExitCode {
+    let env_listen = std::env::var(format!("{}__SERVER__LISTEN", config::ENV_PREFIX)).ok();
+    let target = match url {
+        Some(url) => healthcheck::Target::from_url(url),
+        None => healthcheck::listen_address(config_path, env_listen)
+            .and_then(|listen| healthcheck::Target::from_listen(&listen)),
+    };
+    let target = match target {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let shown = format!("http://{}{}", target.authority, target.path);
+    match healthcheck::probe(&target, Duration::from_millis(timeout_ms.max(1))) {
+        Ok(200) => emit(&format!("healthy: {shown} answered 200\n")),
+        Ok(status) => {
+            eprintln!("unhealthy: {shown} answered {status}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {shown}: {e}");
             ExitCode::from(1)
         }
     }
