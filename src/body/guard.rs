@@ -289,9 +289,14 @@ pub async fn guard(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     let payload = req.take_payload();
-    let pool = req.app_data::<web::Data<BufferedBodies>>().cloned();
-    let state = req.app_data::<web::Data<AppState>>().cloned();
-    let (false, Some(pool), Some(state)) = (matches!(payload, Payload::None), pool, state) else {
+    let guarded = if matches!(payload, Payload::None) {
+        None // no body: nothing to guard (and no lookups on the hot path of GETs)
+    } else {
+        req.app_data::<web::Data<BufferedBodies>>()
+            .cloned()
+            .zip(req.app_data::<web::Data<AppState>>().cloned())
+    };
+    let Some((pool, state)) = guarded else {
         req.set_payload(payload);
         return next
             .call(req)
