@@ -163,8 +163,8 @@ impl GuardedBody {
         let held = reservation.bytes + n;
         Err(GatewayError::ServiceUnavailable {
             message: format!(
-                "the gateway is already buffering as many request bodies as it may (server.max_buffered_body_bytes \
-                 = {} bytes, {} in use); this body ({held} bytes) does not fit now: retry after Retry-After seconds",
+                "the gateway already holds as many request bodies in memory as it may (server.max_buffered_body_bytes \
+                 = {} bytes, {} in use); this body of {held} bytes does not fit now — retry after the Retry-After delay",
                 self.limits.max_buffered,
                 self.pool.in_use()
             ),
