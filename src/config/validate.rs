@@ -51,6 +51,19 @@ fn server(s: &ServerSettings, p: &mut Vec<String>) {
     if s.max_body_bytes == 0 {
         p.push("server.max_body_bytes must be at least 1".into());
     }
+    if s.body_read_timeout_ms == 0 {
+        p.push(
+            "server.body_read_timeout_ms must be at least 1 (a body that stalls must be cut off)"
+                .into(),
+        );
+    }
+    if s.max_buffered_body_bytes < s.max_body_bytes {
+        p.push(format!(
+            "server.max_buffered_body_bytes = {} is below server.max_body_bytes = {}: a body of the largest \
+             accepted size could never be read; raise it to at least {}",
+            s.max_buffered_body_bytes, s.max_body_bytes, s.max_body_bytes
+        ));
+    }
 }
 
 /// Longest `upstream.pool_idle_timeout_ms`: a typical upstream idle timeout.

@@ -140,3 +140,66 @@ async fn the_built_in_config_serves_the_sandbox_with_a_minted_token() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["state"], "created");
 }
+
+/// Resident memory of a process, from /proc/<pid>/status (`VmRSS`), in bytes.
+fn vm_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+#[actix_web::test]
+async fn thirty_stalled_uploads_of_19_mib_keep_rss_under_the_buffer_cap_plus_a_constant() {
+    use std::io::Write;
+    const MIB: usize = 1 << 20;
+    const CAP: usize = 40 * MIB;
+    let mock = MockVidu::start().await;
+    // The stalled uploads stay open for the whole measurement (T = 60 s).
+    let cfg = base_config(&mock.url).replace(
+        "[server]\n",
+        &format!("[server]\nbody_read_timeout_ms = 60000\nmax_buffered_body_bytes = {CAP}\n"),
+    );
+    let bin = Binary::start(&cfg, &[]);
+    let (port, pid) = (bin.port, bin.child.id());
+    let token = mint(json!({"sub": "alice", "team": "marketing"}));
+    let idle_rss = vm_rss(pid);
+    let rss = actix_web::rt::task::spawn_blocking(move || {
+        // Each declares 19.5 MiB, sends 19 MiB and stalls, holding its connection open.
+        let uploads: Vec<_> = (0..30)
+            .map(|_| {
+                let token = token.clone();
+                std::thread::spawn(move || {
+                    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                    let head = format!(
+                        "POST /ent/v2/img2video HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+                         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                        19 * MIB + MIB / 2
+                    );
+                    let body = vec![b' '; 19 * MIB];
+                    // Refused ones are closed by the gateway: their writes fail, which is fine.
+                    let _ = s.write_all(head.as_bytes()).and_then(|()| s.write_all(&body));
+                    s
+                })
+            })
+            .collect();
+        let open: Vec<_> = uploads.into_iter().map(|t| t.join().unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(500));
+        let rss = vm_rss(pid);
+        drop(open);
+        rss
+    })
+    .await
+    .unwrap();
+    let bound = CAP as u64 + 64 * MIB as u64;
+    assert!(
+        rss < bound,
+        "RSS {} MiB with 30 stalled uploads (idle: {} MiB): over the cap of {} MiB + 64 MiB",
+        rss / MIB as u64,
+        idle_rss / MIB as u64,
+        CAP / MIB
+    );
+}

@@ -152,3 +152,148 @@ fn token_mints_a_token_the_gateway_accepts() {
     let ttl = data.claims["exp"].as_i64().unwrap() - data.claims["iat"].as_i64().unwrap();
     assert_eq!(ttl, 60);
 }
+
+#[test]
+fn check_config_refuses_a_body_buffer_cap_below_the_largest_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = base_config("https://api.vidu.cn").replace(
+        "[server]\n",
+        "[server]\nmax_body_bytes = 1000\nmax_buffered_body_bytes = 999\nbody_read_timeout_ms = 0\n",
+    );
+    let path = write(&dir, "gw.toml", &cfg);
+    let (code, _, err) = run_cli(&["check-config", "--config", &path], &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("server.max_buffered_body_bytes = 999 is below server.max_body_bytes = 1000"),
+        "{err}"
+    );
+    assert!(
+        err.contains("server.body_read_timeout_ms must be at least 1"),
+        "{err}"
+    );
+}
+
+/// Runs the binary with its stdout on a pipe whose reader is already gone (`… | head -c 0`, deterministic):
+/// (exit code, stderr).
+fn run_into_closed_pipe(
+    args: &[&str],
+    envs: &[(&str, &str)],
+    cwd: &std::path::Path,
+) -> (i32, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vidu-gateway"));
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_remove("RUST_LOG")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn usage_and_token_exit_quietly_when_the_reader_of_their_output_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.sqlite3");
+    drop(vidu_gateway::state::ledger::Ledger::open(&ledger).unwrap());
+    let ledger = ledger.display().to_string();
+    let env = [("VIDU_GW__STATE__LEDGER_PATH", ledger.as_str())];
+    for format in ["json", "table", "csv"] {
+        let (code, err) = run_into_closed_pipe(&["usage", "--format", format], &env, dir.path());
+        assert_eq!(code, 0, "usage --format {format}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(err.is_empty(), "quiet: {err}");
+    }
+    let (code, err) =
+        run_into_closed_pipe(&["token", "--sub", "a", "--team", "t"], &[], dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.is_empty(), "quiet: {err}");
+    // And a reader that takes only the first bytes, as `| head -c 600` does.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vidu-gateway"))
+        .args(["usage", "--format", "json"])
+        .env("VIDU_GW__STATE__LEDGER_PATH", &ledger)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 10];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
+
+#[test]
+fn usage_without_a_ledger_names_the_file_it_looked_for_and_the_config_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vidu-gateway"));
+    let out = cmd
+        .arg("usage")
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let expected = dir
+        .path()
+        .canonicalize()
+        .unwrap()
+        .join("data/ledger.sqlite3");
+    let looked_for = dir.path().join("data/ledger.sqlite3");
+    assert!(
+        err.contains(&expected.display().to_string())
+            || err.contains(&looked_for.display().to_string()),
+        "the absolute path: {err}"
+    );
+    assert!(err.contains("relative"), "{err}");
+    assert!(err.contains("--config"), "{err}");
+}
+
+#[test]
+fn token_requires_a_team_when_the_config_requires_one() {
+    let (code, out, err) = run_cli(&["token", "--sub", "alice"], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.is_empty());
+    assert!(err.contains("--team is required"), "{err}");
+    assert!(err.contains("auth.require_team"), "{err}");
+    let (code, out, err) = run_cli(
+        &["token", "--sub", "alice"],
+        &[("VIDU_GW__AUTH__REQUIRE_TEAM", "false")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.trim().starts_with("eyJ"));
+}
+
+#[actix_web::test]
+async fn token_mints_an_already_expired_token_with_a_negative_ttl() {
+    let mock = MockVidu::start().await;
+    let app = TestApp::spawn(&base_config(&mock.url)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(&dir, "gw.toml", &base_config(&mock.url));
+    for ttl in [["--ttl=-120"].as_slice(), ["--ttl", "-120"].as_slice()] {
+        let mut args = vec!["token", "--config", &cfg, "--sub", "alice", "--team", "t"];
+        args.extend_from_slice(ttl);
+        let (code, out, err) = run_cli(&args, &[]);
+        assert_eq!(code, 0, "{ttl:?}: {err}");
+        let (status, headers, body) = app.get("/gateway/v1/usage", out.trim()).await;
+        assert_eq!(status.as_u16(), 401, "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("expired"),
+            "{body}"
+        );
+        assert!(
+            header(&headers, "www-authenticate")
+                .unwrap()
+                .contains("invalid_token")
+        );
+    }
+}
