@@ -80,6 +80,29 @@ fn upstream(u: &UpstreamSettings, p: &mut Vec<String>) {
             u.base_url
         )),
     }
+    if u.mode == UpstreamMode::Vidu
+        && let Ok(uri) = u.base_url.parse::<awc::http::Uri>()
+        && uri.scheme_str() == Some("http")
+        && !uri.host().is_some_and(is_loopback_host)
+    {
+        p.push(format!(
+            "upstream.base_url = {:?}: the enterprise key would travel in clear text; use https:// (plain \
+             http:// is accepted only for a loopback host: 127.0.0.0/8, ::1, localhost)",
+            u.base_url
+        ));
+    }
+    if u.api_key.is_set()
+        && let Some(why) = unfit_for_header(u.api_key.expose())
+    {
+        let key = match &u.api_key_file {
+            Some(file) => format!("upstream.api_key_file: {}", file.display()),
+            None => "upstream.api_key".to_owned(),
+        };
+        p.push(format!(
+            "{key} {why}: the key is sent as the header `Authorization: Token <key>`, so it must be the key \
+             alone, on one line"
+        ));
+    }
     if u.mode == UpstreamMode::Vidu && !u.api_key.is_set() {
         p.push(
             "upstream.api_key is required when upstream.mode = \"vidu\" (set upstream.api_key_file, \
@@ -100,6 +123,36 @@ fn upstream(u: &UpstreamSettings, p: &mut Vec<String>) {
              Vidu's idle timeout, e.g. 15000 (the default)",
             u.pool_idle_timeout_ms
         ));
+    }
+}
+
+/// 127.0.0.0/8, ::1 (also as `::ffff:127.x.y.z`) and `localhost`: plain http stays on the machine.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => ip.is_loopback(),
+        Ok(std::net::IpAddr::V6(ip)) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        Err(_) => false,
+    }
+}
+
+/// Why a secret cannot be sent as (part of) an HTTP header value, if it cannot. The value is never quoted.
+fn unfit_for_header(value: &str) -> Option<&'static str> {
+    if value.contains(['\n', '\r']) {
+        Some("holds several lines (a PEM file, or several keys?)")
+    } else if value.chars().any(char::is_control) {
+        Some("holds control characters, which an HTTP header cannot carry")
+    } else if !value.is_ascii() {
+        Some("holds non-ASCII characters, which an HTTP header cannot carry reliably")
+    } else if value.contains(' ') {
+        Some("holds a space (give the key alone, without the \"Token \" scheme)")
+    } else {
+        None
     }
 }
 

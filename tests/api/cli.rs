@@ -95,6 +95,79 @@ fn check_config_exits_non_zero_and_names_the_key_at_fault() {
     assert!(err.contains("/nonexistent/gw.toml"));
 }
 
+/// Issue 10 item 5: the parser's excerpt of the line would print the secret on it.
+#[test]
+fn check_config_names_the_line_of_a_syntax_error_but_never_prints_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = base_config("https://api.vidu.cn");
+    for (secret, line_of) in [(VIDU_KEY, "api_key"), (HS_SECRET, "hs256_secret")] {
+        let broken = base.replace(&format!("\"{secret}\""), &format!("\"{secret}"));
+        assert_ne!(broken, base);
+        let line = broken.lines().position(|l| l.starts_with(line_of)).unwrap() + 1;
+        let path = write(&dir, "broken.toml", &broken);
+        let (code, out, err) = run_cli(&["check-config", "--config", &path], &[]);
+        assert_eq!(code, 1, "{err}");
+        assert!(!err.contains(secret) && !out.contains(secret), "{err}");
+        assert!(
+            err.contains(&format!("TOML syntax error at line {line}, column")),
+            "{err}"
+        );
+    }
+}
+
+/// Issue 10 item 11: the key is sent as `Authorization: Token <key>`; a PEM (several lines) never can be.
+#[test]
+fn check_config_refuses_an_api_key_file_of_several_lines_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = write(
+        &dir,
+        "vidu.pem",
+        "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\n-----END PRIVATE KEY-----\n",
+    );
+    let cfg = base_config("https://api.vidu.cn").replace(
+        &format!("api_key = \"{VIDU_KEY}\""),
+        &format!("api_key_file = \"{key_file}\""),
+    );
+    let path = write(&dir, "gw.toml", &cfg);
+    let (code, _, err) = run_cli(&["check-config", "--config", &path], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "upstream.api_key_file: {key_file} holds several lines"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("MIIEvQ"), "{err}");
+}
+
+/// Issue 10 item 13: a variable that names no key is the environment's fault, and is named.
+#[test]
+fn check_config_blames_an_unknown_variable_on_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "gw.toml", &base_config("https://api.vidu.cn"));
+    let (code, _, err) = run_cli(
+        &["check-config", "--config", &path],
+        &[
+            ("VIDU_GW__UPSTREAM__API_KEYFILE", "/run/secrets/k"),
+            ("VIDU_GW__POLICY__DEFAULTS__DAILY_CREDITS", "200"),
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("with its VIDU_GW__* environment overrides is invalid"),
+        "{err}"
+    );
+    assert!(
+        err.contains("environment variable VIDU_GW__UPSTREAM__API_KEYFILE: upstream.api_keyfile is not a known key (did you mean upstream.api_key_file?)"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("\n  - ").count(),
+        1,
+        "the number key accepts \"200\": {err}"
+    );
+}
+
 #[test]
 fn serve_refuses_an_invalid_file_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -8,6 +8,7 @@ use actix_web::http::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
+use vidu_gateway::reload;
 
 fn config(mock: &MockVidu, ledger: &Path, daily: u64) -> String {
     let base = base_config(&mock.url);
@@ -43,6 +44,46 @@ async fn config_version(bin_url: &str) -> String {
         .unwrap();
     let (_, _, body) = read(&mut res).await;
     body["version"].as_str().unwrap().to_owned()
+}
+
+/// `vidu_gateway_config_reloads_total{outcome}` (0 when not exported yet).
+async fn reloads(bin_url: &str, outcome: &str) -> u64 {
+    let mut res = awc::Client::default()
+        .get(format!("{bin_url}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    let text = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    let prefix = format!("vidu_gateway_config_reloads_total{{outcome=\"{outcome}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+async fn wait_for_reloads(bin_url: &str, outcome: &str, n: u64) {
+    for _ in 0..100 {
+        if reloads(bin_url, outcome).await >= n {
+            return;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no {n} reloads with outcome {outcome}");
+}
+
+fn log_lines(bin: &Binary, needle: &str) -> usize {
+    bin.logs().lines().filter(|l| l.contains(needle)).count()
+}
+
+/// The logs once a line contains `needle` (they are read from the process's stderr by another thread).
+async fn wait_for_log(bin: &Binary, needle: &str) -> String {
+    for _ in 0..100 {
+        let logs = bin.logs();
+        if logs.contains(needle) {
+            return logs;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no log line with {needle:?}: {}", bin.logs());
 }
 
 async fn wait_for_version_change(bin_url: &str, old: &str) -> String {
@@ -156,7 +197,13 @@ async fn a_reload_that_rotates_the_enterprise_key_applies_to_the_next_call() {
     assert_ne!(rotated, cfg);
     std::fs::write(bin.config_path(), rotated).unwrap();
     bin.signal("HUP");
-    wait_for_version_change(&bin.url(), &v1).await;
+    wait_for_reloads(&bin.url(), "applied", 1).await;
+    assert_eq!(
+        config_version(&bin.url()).await,
+        v1,
+        "the published version is not a function of the secrets"
+    );
+    wait_for_log(&bin, r#""secrets_changed":"upstream.api_key""#).await;
     assert_eq!(create(&bin.url(), &token).await.0, StatusCode::OK);
     let auths: Vec<String> = mock
         .received()
@@ -169,6 +216,75 @@ async fn a_reload_that_rotates_the_enterprise_key_applies_to_the_next_call() {
             format!("Token {VIDU_KEY}"),
             "Token rotated-enterprise-key".to_owned()
         ]
+    );
+}
+
+/// One edit announced twice (SIGHUP, and the file watcher seeing the new content) is one reload: logged once,
+/// counted once, whichever comes first.
+#[actix_web::test]
+async fn one_edit_and_a_sighup_reload_once() {
+    let mock = MockVidu::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.sqlite3");
+    let bin = Binary::start(&config(&mock, &ledger, 1000), &[]);
+    let url = bin.url();
+    // Longer than the watcher needs to see a change (a poll, then a stable poll).
+    let watcher_settles = Duration::from_millis(4 * reload::POLL_INTERVAL.as_millis() as u64);
+
+    // The gateway has been running for a while (its file watcher has read the file once)...
+    actix_web::rt::time::sleep(2 * reload::POLL_INTERVAL).await;
+    // ...when an invalid edit is made, then SIGHUP sent at once; the watcher sees the same edit a moment later.
+    std::fs::write(bin.config_path(), "[server]\nlisten_port = 1\n").unwrap();
+    bin.signal("HUP");
+    wait_for_reloads(&url, "invalid", 1).await;
+    actix_web::rt::time::sleep(watcher_settles).await;
+    assert_eq!(reloads(&url, "invalid").await, 1, "{}", bin.logs());
+    assert_eq!(log_lines(&bin, "configuration reload refused"), 1);
+
+    // A valid edit, then SIGHUP.
+    std::fs::write(bin.config_path(), config(&mock, &ledger, 500)).unwrap();
+    bin.signal("HUP");
+    wait_for_reloads(&url, "applied", 1).await;
+    actix_web::rt::time::sleep(watcher_settles).await;
+    assert_eq!(reloads(&url, "applied").await, 1);
+    assert_eq!(reloads(&url, "unchanged").await, 0, "{}", bin.logs());
+    assert_eq!(log_lines(&bin, "reloading the configuration"), 2);
+
+    // The other order: the watcher reloads an edit, and a SIGHUP after it has nothing left to do.
+    std::fs::write(bin.config_path(), config(&mock, &ledger, 400)).unwrap();
+    wait_for_reloads(&url, "applied", 2).await;
+    bin.signal("HUP");
+    wait_for_reloads(&url, "unchanged", 1).await;
+    assert_eq!(reloads(&url, "applied").await, 2);
+    assert_eq!(log_lines(&bin, "reloading the configuration"), 3);
+    assert_eq!(log_lines(&bin, "configuration reloaded"), 2);
+}
+
+/// A TOML syntax error on a secret's line (an unterminated string) is logged by line and column; the line's text,
+/// and so the secret, is not.
+#[actix_web::test]
+async fn a_reload_with_a_syntax_error_logs_the_line_never_its_text() {
+    let mock = MockVidu::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&mock, &dir.path().join("ledger.sqlite3"), 1000);
+    let bin = Binary::start(&cfg, &[]);
+    let broken = cfg.replace(
+        &format!("api_key = \"{VIDU_KEY}\""),
+        &format!("api_key = \"{VIDU_KEY}"),
+    );
+    assert_ne!(broken, cfg);
+    let line = broken
+        .lines()
+        .position(|l| l.starts_with("api_key"))
+        .unwrap()
+        + 1;
+    std::fs::write(bin.config_path(), broken).unwrap();
+    bin.signal("HUP");
+    let logs = wait_for_log(&bin, "configuration reload refused").await;
+    assert!(!logs.contains(VIDU_KEY), "the secret is logged: {logs}");
+    assert!(
+        logs.contains(&format!("TOML syntax error at line {line}, column")),
+        "{logs}"
     );
 }
 
