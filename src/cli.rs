@@ -252,9 +252,8 @@ fn missing_ledger(config: &LoadedConfig, ledger_path: &Path) -> String {
 fn check_config(path: Option<PathBuf>) -> ExitCode {
     match load(path) {
         Ok(c) => {
-            print!("{}", c.redacted_toml());
             eprintln!("ok: {} is valid (version {})", c.origin, c.version);
-            ExitCode::SUCCESS
+            emit(&c.redacted_toml())
         }
         Err(code) => code,
     }

@@ -288,6 +288,9 @@ fn usage_and_token_exit_quietly_when_the_reader_of_their_output_is_gone() {
         run_into_closed_pipe(&["token", "--sub", "a", "--team", "t"], &[], dir.path());
     assert_eq!(code, 0, "{err}");
     assert!(err.is_empty(), "quiet: {err}");
+    let (code, err) = run_into_closed_pipe(&["check-config"], &[], dir.path());
+    assert_eq!(code, 0, "check-config: {err}");
+    assert!(!err.contains("panicked"), "{err}");
     // And a reader that takes only the first bytes, as `| head -c 600` does.
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vidu-gateway"))
         .args(["usage", "--format", "json"])
