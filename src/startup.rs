@@ -135,6 +135,7 @@ impl Application {
                 .app_data(web::Data::new(factory_metrics.clone()))
                 .app_data(web::Data::new(upstream))
                 .app_data(buffered_bodies.clone())
+                .app_data(routes::query_config())
                 .wrap(TracingLogger::<GatewayRootSpan>::new())
                 .wrap(from_fn(request_context))
                 // Outermost: it holds an unfinished body until the final response is sent.

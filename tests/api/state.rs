@@ -1,6 +1,6 @@
 //! The memory backend's ledger as ops meet it: a ledger file deleted or replaced under a running gateway is
 //! noticed (readyz, admission per `state.on_unavailable`), a task id reused by the upstream keeps its first owner,
-//! and the team budget metric reports the team's budget.
+//! the team budget metric reports the team's budget, and usage queries are read strictly.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -156,4 +156,26 @@ async fn the_team_budget_metric_reports_the_team_budget() {
         text.contains("vidu_gateway_budget_remaining_credits{team=\"mkt\"} 890"),
         "{text}"
     );
+}
+
+/// A parameter sent twice is a mistake in the query, and the answer says so (not "send a JSON object body").
+#[actix_web::test]
+async fn a_duplicated_query_parameter_is_a_400_about_the_query() {
+    let mock = MockVidu::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(&config(
+        &mock,
+        &dir.path().join("ledger.sqlite3"),
+        "fail_closed",
+        "",
+    ))
+    .await;
+    let (status, headers, body) = app
+        .get("/gateway/v1/usage?user=a&user=b", &app.admin_token())
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_envelope(status, &headers, &body, "BadRequest");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("query string"), "{message}");
+    assert!(message.contains("duplicate field `user`"), "{message}");
 }
