@@ -13,7 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Notify, watch};
 
-use super::keys::{VerifyKey, parse_jwks};
+use super::key::{VerifyKey, parse_jwks};
 use crate::metrics::OutcomeLabels;
 
 /// Least time between two fetches.

@@ -6,6 +6,7 @@ pub mod claims;
 mod compact;
 pub mod crypto;
 pub mod jwks;
+mod key;
 mod keys;
 pub mod mint;
 
@@ -22,7 +23,8 @@ use crate::config::AuthSettings;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use jwks::Jwks;
-pub use keys::{KeySet, parse_algorithm};
+pub use key::parse_algorithm;
+pub use keys::KeySet;
 
 /// `Authorization` schemes that carry the JWT: the standard one, and Vidu's (`Token <key>`).
 const TOKEN_SCHEMES: [&str; 2] = ["Bearer", "Token"];
