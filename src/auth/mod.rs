@@ -13,8 +13,6 @@ pub mod mint;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::HttpRequest;
-use actix_web::http::header;
 use jsonwebtoken::{Algorithm, errors::ErrorKind};
 use serde_json::Value;
 
@@ -139,18 +137,21 @@ impl Authenticator {
     /// The token of a request, or why there is none. `Authorization: Bearer <JWT>`, or `Token <JWT>` as Vidu's
     /// clients send their key (a client works after changing only its base URL and key): the same token, the
     /// same checks, the same errors.
-    pub fn bearer(req: &HttpRequest) -> Result<&str, AuthFailure> {
+    pub fn bearer(authorization: Option<&[u8]>) -> Result<&str, AuthFailure> {
         let missing = |message: &str| AuthFailure {
             reason: "missing_token",
             message: message.into(),
             token_sent: false,
         };
-        let value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
+        let value = authorization.ok_or_else(|| {
             missing("missing token: send Authorization: Bearer <token> (or Token <token>)")
         })?;
-        let value = value.to_str().map_err(|_| {
-            AuthFailure::invalid("malformed", "the Authorization header is not valid ASCII")
-        })?;
+        let value = std::str::from_utf8(value)
+            .ok()
+            .filter(|v| v.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)))
+            .ok_or_else(|| {
+                AuthFailure::invalid("malformed", "the Authorization header is not valid ASCII")
+            })?;
         let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
         if !TOKEN_SCHEMES.iter().any(|s| scheme.eq_ignore_ascii_case(s)) {
             return Err(missing(
@@ -167,9 +168,12 @@ impl Authenticator {
         Ok(token)
     }
 
-    /// Verifies the request's bearer token.
-    pub async fn authenticate(&self, req: &HttpRequest) -> Result<Identity, AuthFailure> {
-        self.verify(Self::bearer(req)?).await
+    /// Verifies the token of an `Authorization` header value (absent: `None`).
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&[u8]>,
+    ) -> Result<Identity, AuthFailure> {
+        self.verify(Self::bearer(authorization)?).await
     }
 
     /// Verifies one token: size, header, algorithm allow-list, key (refetching the JWKS once for an unknown
