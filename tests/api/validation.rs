@@ -10,6 +10,8 @@ use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
+use vidu_gateway::config::UnknownFields;
+
 use crate::helpers::*;
 
 const IMG: &str = "https://example.com/first-frame.png";
@@ -29,21 +31,27 @@ type Headers = Vec<(String, String)>;
 /// One violation as the caller sees it: (field, reason, message).
 type Violation = (String, String, String);
 
-/// A gateway (base config + `extra`) in front of its own recording mock Vidu, and a user's token.
+/// A gateway (the base configuration as `config` changes it) in front of its own recording mock Vidu, and a
+/// user's token.
 struct Gw {
     mock: MockVidu,
     app: TestApp,
     token: String,
 }
 
+/// `validation.unknown_fields = "strip"`.
+fn strip_unknown_fields(config: TestConfig) -> TestConfig {
+    config.settings(|s| s.validation.unknown_fields = UnknownFields::Strip)
+}
+
 impl Gw {
     async fn start() -> Self {
-        Self::with_config("").await
+        Self::with_config(|c| c).await
     }
 
-    async fn with_config(extra: &str) -> Self {
+    async fn with_config(config: impl FnOnce(TestConfig) -> TestConfig) -> Self {
         let mock = MockVidu::start().await;
-        let app = TestApp::spawn(&format!("{}\n{extra}", base_config(&mock.url))).await;
+        let app = config(TestApp::builder(&mock)).spawn().await;
         let token = app.token("vera", "video");
         Self { mock, app, token }
     }
@@ -1169,7 +1177,7 @@ async fn an_unknown_field_is_refused_by_default_naming_it() {
 #[actix_web::test]
 async fn with_unknown_fields_strip_the_field_is_removed_and_everything_else_forwarded_byte_for_byte()
  {
-    let gw = Gw::with_config("[validation]\nunknown_fields = \"strip\"\n").await;
+    let gw = Gw::with_config(strip_unknown_fields).await;
     let i = format!("[\"{IMG}\"]");
     let cases = [
         (
@@ -1261,7 +1269,7 @@ async fn escaped_keys_are_the_fields_they_spell_in_both_unknown_field_modes() {
     ))
     .await;
 
-    let gw = Gw::with_config("[validation]\nunknown_fields = \"strip\"\n").await;
+    let gw = Gw::with_config(strip_unknown_fields).await;
     let (received, _) = gw
         .expect_forwarded(&format!(
             r#"{{"model":"viduq2","colo\u0072":"red","images":["{IMG}"]}}"#
@@ -1378,7 +1386,7 @@ credits = { base = { "720p" = 2, "1080p" = 3 }, per_second = { "720p" = 10.5, "1
 
 #[actix_web::test]
 async fn a_model_added_in_config_is_valid_with_no_code_change_and_replaces_the_seed_catalog() {
-    let gw = Gw::with_config(FAST_MODEL).await;
+    let gw = Gw::with_config(|c| c.toml(FAST_MODEL)).await;
     let m = "viduq3-pro-fast";
     let headers = gw.expect_ok(req(m, json!({}))).await;
     assert_eq!(credits_header(&headers), 51, "1080p 4 s: 3 + 12 × 4");
