@@ -144,8 +144,11 @@ impl Jwks {
         let client = awc::Client::builder().timeout(FETCH_TIMEOUT).finish();
         let mut backoff = REFETCH_COOLDOWN;
         let mut last_start: Option<jiff::Timestamp> = None;
+        let mut woken = false;
         while !self.stopped.load(Ordering::Relaxed) {
-            if let Some(t) = last_start {
+            // A timed wait is never shorter than the cooldown (the backoff starts at it, `auth.jwks_refresh_secs`
+            // is at least 1 s); a wake-up for an unknown kid may come right after a fetch.
+            if woken && let Some(t) = last_start {
                 let since = elapsed(t, self.clock.now());
                 if since < REFETCH_COOLDOWN {
                     actix_web::rt::time::sleep(REFETCH_COOLDOWN - since).await;
@@ -168,8 +171,9 @@ impl Jwks {
                 w
             };
             let sleep = std::pin::pin!(actix_web::rt::time::sleep(wait));
-            let woken = std::pin::pin!(self.wake.notified());
-            if let Either::Right(_) = select(sleep, woken).await {
+            let notified = std::pin::pin!(self.wake.notified());
+            woken = matches!(select(sleep, notified).await, Either::Right(_));
+            if woken {
                 tracing::debug!(url = %self.url, "JWKS refetch requested for an unknown kid");
             }
         }

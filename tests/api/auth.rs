@@ -855,7 +855,8 @@ async fn start_up_with_the_idp_down_serves_401s_and_recovers_when_it_returns() {
     let mock = MockVidu::start().await;
     let idp = Idp::start(None).await;
     let app = jwks_config(&mock, &idp).spawn().await;
-    actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    // The gateway has asked the IdP once (and been refused).
+    until(|| idp.fetches() >= 1).await;
     let (status, headers, body) = app.get_open("/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_envelope(status, &headers, &body, "ServiceUnavailable");

@@ -94,8 +94,8 @@ async fn sigterm_finishes_the_in_flight_request_then_exits_zero() {
         let body = res.body().await.unwrap();
         (status, body)
     });
-    actix_web::rt::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(mock.received().len(), 1, "the request is in flight");
+    // In flight: Vidu has it and has not answered yet (it answers after 1.2 s).
+    until(|| mock.received().len() == 1).await;
     bin.signal("TERM");
     let (status, body) = in_flight.await.unwrap();
     assert_eq!(status, StatusCode::OK);

@@ -457,6 +457,18 @@ pub fn assert_envelope(
     assert!(!body["message"].as_str().unwrap().is_empty());
 }
 
+/// Waits until `condition` holds (polling every 10 ms), for at most 5 s.
+pub async fn until(condition: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the condition did not hold within 5 s"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The real binary, started with a configuration written to a file; its stderr is captured line by line.
 pub struct Binary {
     pub child: Child,
