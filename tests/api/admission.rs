@@ -60,7 +60,7 @@ async fn the_request_past_the_burst_is_refused_with_retry_after_and_other_users_
     assert_eq!(mock.received().len(), 5);
 }
 
-/// Issue 10 item 18: a 429 says which part of the rate limit refused — the burst, or the per-minute rate — with
+/// A 429 says which part of the rate limit refused — the burst, or the per-minute rate — with
 /// both figures.
 #[actix_web::test]
 async fn a_rate_refusal_says_whether_the_burst_or_the_per_minute_rate_is_used_up() {

@@ -320,7 +320,7 @@ async fn nested_claim_paths_and_array_teams_map_to_the_identity() {
 }
 
 /// Where an IdP lets users name their own attributes, a top-level claim literally called `realm_access.roles`
-/// must not stand in for the nested path (issue 10 item 9: admin spoofing).
+/// must not stand in for the nested path (admin spoofing).
 #[actix_web::test]
 async fn a_literal_claim_named_like_a_dotted_path_is_not_the_nested_claim() {
     let mock = MockVidu::start().await;
@@ -367,7 +367,7 @@ async fn a_literal_claim_named_like_a_dotted_path_is_not_the_nested_claim() {
 }
 
 /// RFC 7515 §4.1.11: a recipient must refuse a JWS whose `crit` lists an extension it does not understand, and
-/// the gateway understands none (issue 10 item 10).
+/// the gateway understands none.
 #[actix_web::test]
 async fn a_token_with_a_crit_header_is_refused() {
     let mock = MockVidu::start().await;
@@ -490,7 +490,7 @@ async fn create_with_authorization(
 }
 
 /// Vidu's clients hard-code `Authorization: Token <key>`: with a company JWT as "the key", such a client works
-/// after changing only its base URL and key (issue 10 item 21, DESIGN §3). Same verification, same errors;
+/// after changing only its base URL and key. Same verification, same errors;
 /// `WWW-Authenticate` still names Bearer.
 #[actix_web::test]
 async fn a_jwt_sent_with_the_vidu_token_scheme_is_treated_exactly_like_bearer() {

@@ -1,4 +1,4 @@
-//! Request bodies under a deadline and a cap (issue 10, item 4): raw TCP clients on loopback that stall, trickle,
+//! Request bodies under a deadline and a cap: raw TCP clients on loopback that stall, trickle,
 //! upload slowly but steadily, or crowd the buffer.
 
 use std::io::{Read, Write};

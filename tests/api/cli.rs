@@ -100,7 +100,8 @@ fn check_config_exits_non_zero_and_names_the_key_at_fault() {
     assert!(err.contains("/nonexistent/gw.toml"));
 }
 
-/// Issue 10 item 5: the parser's excerpt of the line would print the secret on it.
+/// A syntax error is reported by line and column only: the parser's excerpt of the line would print the secret
+/// on it.
 #[test]
 fn check_config_names_the_line_of_a_syntax_error_but_never_prints_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -121,7 +122,7 @@ fn check_config_names_the_line_of_a_syntax_error_but_never_prints_it() {
     }
 }
 
-/// Issue 10 item 11: the key is sent as `Authorization: Token <key>`; a PEM (several lines) never can be.
+/// The key is sent as `Authorization: Token <key>`; a PEM (several lines) never can be.
 #[test]
 fn check_config_refuses_an_api_key_file_of_several_lines_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -146,7 +147,7 @@ fn check_config_refuses_an_api_key_file_of_several_lines_naming_the_key() {
     assert!(!err.contains("MIIEvQ"), "{err}");
 }
 
-/// Issue 10 item 13: a variable that names no key is the environment's fault, and is named.
+/// A variable that names no key is the environment's fault, and is named.
 #[test]
 fn check_config_blames_an_unknown_variable_on_the_environment() {
     let dir = tempfile::tempdir().unwrap();

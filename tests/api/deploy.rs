@@ -1,4 +1,4 @@
-//! `deploy/` as far as it can run here (issue 10, item 14): the `healthcheck` subcommand the Dockerfile uses,
+//! `deploy/` as far as it can run here: the `healthcheck` subcommand the Dockerfile uses,
 //! the Dockerfile's ports and health check against the container's effective config, and the systemd unit's
 //! paths and permissions against its own install steps under `DynamicUser=yes`.
 

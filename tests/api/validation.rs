@@ -688,7 +688,7 @@ async fn a_request_with_several_problems_gets_all_of_them_and_the_top_reason_by_
     }
     assert_eq!(got.len(), expected.len(), "{got:?}");
 
-    // The envelope of DESIGN §4, exactly.
+    // The error envelope, exactly: the fine reasons under `metadata.fields`.
     let (status, _, answer) = gw
         .create(&req("viduq2", json!({"duration": 12})).to_string())
         .await;
