@@ -522,18 +522,23 @@ mod tests {
         );
     }
 
-    #[test]
-    fn remaining_is_zero_not_negative_when_a_lowered_limit_is_below_the_spend() {
+    /// The report on `user` alone, with a daily budget of 100 credits of which `spent` are used today.
+    fn daily_100_report(user: &'static str, spent: u64) -> Report {
         let settings = test_settings("[policy.defaults]\ndaily_credits = 100\n");
         let store = Fake {
-            spent: vec![(Scope::User, "alice", Period::Day, 150)],
+            spent: vec![(Scope::User, user, Period::Day, spent)],
             ..Fake::default()
         };
         let subject = Subject {
-            user: Some("alice".into()),
+            user: Some(user.into()),
             team: None,
         };
-        let r = report(&settings, &store, now(), &subject, None, None).unwrap();
+        report(&settings, &store, now(), &subject, None, None).unwrap()
+    }
+
+    #[test]
+    fn remaining_is_zero_not_negative_when_a_lowered_limit_is_below_the_spend() {
+        let r = daily_100_report("alice", 150);
         let b = &r.user.unwrap().budgets[0];
         assert_eq!((b.limit, b.used, b.remaining), (100, 150, 0));
         assert!(r.team.is_none());
@@ -609,17 +614,7 @@ mod tests {
 
     #[test]
     fn the_table_shows_each_budget_with_the_key_that_set_it() {
-        let settings = test_settings("[policy.defaults]\ndaily_credits = 100\n");
-        let store = Fake {
-            spent: vec![(Scope::User, "bob", Period::Day, 40)],
-            ..Fake::default()
-        };
-        let subject = Subject {
-            user: Some("bob".into()),
-            team: None,
-        };
-        let r = report(&settings, &store, now(), &subject, None, None).unwrap();
-        let table = to_table(&r);
+        let table = to_table(&daily_100_report("bob", 40));
         assert!(
             table.contains(
                 "budget daily user (2026-11-26): 40 of 100 used, 60 left  [policy.defaults.daily_credits]"
