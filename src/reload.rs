@@ -248,3 +248,96 @@ pub async fn watch_file(state: web::Data<AppState>, path: PathBuf) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Settings as a file would hold them (no validation: `restart_only` compares, it does not judge).
+    fn settings(text: &str) -> Settings {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn each_key_read_at_start_is_named_when_a_reload_changes_it() {
+        let base = settings("");
+        for (text, key) in [
+            ("[server]\nlisten = \"0.0.0.0:9000\"", "server.listen"),
+            (
+                "[server]\nmetrics_listen = \"127.0.0.1:9090\"",
+                "server.metrics_listen",
+            ),
+            ("[server]\nworkers = 2", "server.workers"),
+            ("[upstream]\nmode = \"vidu\"", "upstream.mode"),
+            (
+                "[upstream]\nconnect_timeout_ms = 1",
+                "upstream.connect_timeout_ms",
+            ),
+            (
+                "[upstream]\nrequest_timeout_ms = 1",
+                "upstream.request_timeout_ms",
+            ),
+            (
+                "[upstream]\npool_idle_timeout_ms = 1",
+                "upstream.pool_idle_timeout_ms",
+            ),
+            ("[state]\nbackend = \"redis\"", "state.backend"),
+            (
+                "[state]\nledger_path = \"other.sqlite3\"",
+                "state.ledger_path",
+            ),
+            (
+                "[state]\nredis_url = \"redis://other:6379/0\"",
+                "state.redis_url",
+            ),
+            (
+                "[telemetry]\nlog_format = \"pretty\"",
+                "telemetry.log_format",
+            ),
+        ] {
+            assert_eq!(restart_only(&base, &settings(text)), [key], "{text}");
+        }
+        let both = settings("[server]\nworkers = 2\n[state]\nledger_path = \"other.sqlite3\"");
+        assert_eq!(
+            restart_only(&base, &both),
+            ["server.workers", "state.ledger_path"]
+        );
+    }
+
+    #[test]
+    fn limits_rules_and_secrets_other_than_the_redis_url_apply_without_a_restart() {
+        let base = settings("");
+        let changed = settings(
+            r#"
+[server]
+max_body_bytes = 1000
+body_read_timeout_ms = 5
+
+[upstream]
+base_url = "https://api.vidu.com"
+api_key = "rotated"
+
+[auth]
+hs256_secret = "rotated-secret"
+leeway_secs = 0
+
+[policy]
+timezone = "UTC"
+
+[policy.defaults]
+daily_credits = 100
+
+[telemetry]
+log_level = "debug"
+"#,
+        );
+        assert!(restart_only(&base, &changed).is_empty());
+        assert!(restart_only(&changed, &base).is_empty());
+    }
+
+    #[test]
+    fn what_asked_for_a_reload_is_named_for_the_log() {
+        assert_eq!(Trigger::Signal.to_string(), "SIGHUP");
+        assert_eq!(Trigger::FileChange.to_string(), "config file changed");
+    }
+}

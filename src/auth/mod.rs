@@ -116,6 +116,7 @@ impl Authenticator {
             _ => Jwks::new(
                 url.clone(),
                 ttl,
+                clock.clone(),
                 metrics.jwks_fetches.clone(),
                 metrics.jwks_keys.clone(),
             ),

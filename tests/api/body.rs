@@ -1,4 +1,4 @@
-//! Request bodies under a deadline and a cap (issue 10, item 4): raw TCP clients on loopback that stall, trickle,
+//! Request bodies under a deadline and a cap: raw TCP clients on loopback that stall, trickle,
 //! upload slowly but steadily, or crowd the buffer.
 
 use std::io::{Read, Write};
@@ -10,11 +10,11 @@ use serde_json::Value;
 use crate::helpers::*;
 
 /// T = 1 s, R = 64 KiB/s.
-fn config(mock: &MockVidu, extra: &str) -> String {
-    base_config(&mock.url).replace(
-        "[server]\n",
-        &format!("[server]\nbody_read_timeout_ms = 1000\nbody_min_bytes_per_sec = 65536\n{extra}"),
-    )
+fn config(mock: &MockVidu) -> TestConfig {
+    TestApp::builder(mock).server(|s| {
+        s.body_read_timeout_ms = 1000;
+        s.body_min_bytes_per_sec = 65536;
+    })
 }
 
 /// A JSON object of exactly `len` bytes that the quote endpoint accepts (padded with spaces).
@@ -157,7 +157,7 @@ fn assert_408(res: &RawResponse, needle: &str) {
 #[actix_web::test]
 async fn a_body_that_never_arrives_is_cut_off_with_408_and_the_connection_closed() {
     let mock = MockVidu::start().await;
-    let app = TestApp::spawn(&config(&mock, "")).await;
+    let app = config(&mock).spawn().await;
     let (port, token) = (app.port, app.token("alice", "marketing"));
     let (elapsed, res, closed) = blocking(move || {
         let mut raw = Raw::post(port, "/gateway/v1/img2video/quote", &token, 100_000);
@@ -178,7 +178,7 @@ async fn a_body_that_never_arrives_is_cut_off_with_408_and_the_connection_closed
 #[actix_web::test]
 async fn a_body_trickling_a_byte_every_200_ms_is_cut_off_within_the_deadline() {
     let mock = MockVidu::start().await;
-    let app = TestApp::spawn(&config(&mock, "")).await;
+    let app = config(&mock).spawn().await;
     let (port, token) = (app.port, app.token("alice", "marketing"));
     let (elapsed, res, closed) = blocking(move || {
         let body = quote_body(1000);
@@ -213,7 +213,7 @@ async fn a_body_trickling_a_byte_every_200_ms_is_cut_off_within_the_deadline() {
 #[actix_web::test]
 async fn a_chunked_body_trickling_after_its_408_does_not_hold_the_connection() {
     let mock = MockVidu::start().await;
-    let app = TestApp::spawn(&config(&mock, "")).await;
+    let app = config(&mock).spawn().await;
     let (port, token) = (app.port, app.token("alice", "marketing"));
     let (res, closed) = blocking(move || {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -246,7 +246,7 @@ async fn a_chunked_body_trickling_after_its_408_does_not_hold_the_connection() {
 #[actix_web::test]
 async fn a_body_that_stalls_midway_is_cut_off_although_its_bytes_earned_more_time() {
     let mock = MockVidu::start().await;
-    let app = TestApp::spawn(&config(&mock, "")).await;
+    let app = config(&mock).spawn().await;
     let (port, token) = (app.port, app.token("alice", "marketing"));
     let (elapsed, res) = blocking(move || {
         // 1 MiB at once earns 16 s at 64 KiB/s; a pause of T = 1 s still ends it.
@@ -267,7 +267,7 @@ async fn a_body_that_stalls_midway_is_cut_off_although_its_bytes_earned_more_tim
 #[actix_web::test]
 async fn a_slow_but_steady_upload_above_the_minimum_rate_passes() {
     let mock = MockVidu::start().await;
-    let app = TestApp::spawn(&config(&mock, "")).await;
+    let app = config(&mock).spawn().await;
     let (port, token) = (app.port, app.token("alice", "marketing"));
     let (elapsed, res) = blocking(move || {
         // 192 KiB at ~96 KiB/s: about 2 s, twice T, above R = 64 KiB/s.
@@ -291,11 +291,13 @@ async fn a_slow_but_steady_upload_above_the_minimum_rate_passes() {
 #[actix_web::test]
 async fn bodies_beyond_max_buffered_body_bytes_get_503_with_retry_after() {
     let mock = MockVidu::start().await;
-    let app = TestApp::spawn(&config(
-        &mock,
-        "max_body_bytes = 65536\nmax_buffered_body_bytes = 100000\n",
-    ))
-    .await;
+    let app = config(&mock)
+        .server(|s| {
+            s.max_body_bytes = 65536;
+            s.max_buffered_body_bytes = 100_000;
+        })
+        .spawn()
+        .await;
     let (port, token) = (app.port, app.token("alice", "marketing"));
     let (crowded, first, after) = blocking(move || {
         // A stalled upload holds 60 000 of the 100 000 bytes...

@@ -1,4 +1,4 @@
-//! `deploy/` as far as it can run here (issue 10, item 14): the `healthcheck` subcommand the Dockerfile uses,
+//! `deploy/` as far as it can run here: the `healthcheck` subcommand the Dockerfile uses,
 //! the Dockerfile's ports and health check against the container's effective config, and the systemd unit's
 //! paths and permissions against its own install steps under `DynamicUser=yes`.
 
@@ -32,7 +32,7 @@ fn strings(v: &[&str]) -> Vec<String> {
 #[actix_web::test]
 async fn the_healthcheck_subcommand_exits_0_against_a_running_gateway() {
     let mock = MockVidu::start().await;
-    let app = TestApp::spawn(&base_config(&mock.url)).await;
+    let app = TestApp::builder(&mock).spawn().await;
     let url = format!("http://127.0.0.1:{}/healthz", app.port);
     let (code, out, err) = cli(strings(&["healthcheck", "--url", &url]), vec![]).await;
     assert_eq!(code, 0, "{err}");
@@ -74,7 +74,7 @@ async fn the_healthcheck_subcommand_exits_1_on_a_closed_port_an_error_status_or_
     );
 
     let mock = MockVidu::start().await;
-    let app = TestApp::spawn(&base_config(&mock.url)).await;
+    let app = TestApp::builder(&mock).spawn().await;
     let url = format!("http://127.0.0.1:{}/no-such-path", app.port);
     let (code, _, err) = cli(strings(&["healthcheck", "--url", &url]), vec![]).await;
     assert_eq!(code, 1);
