@@ -33,7 +33,11 @@ impl AppState {
 
     pub async fn authenticate(&self, req: &HttpRequest) -> Result<Identity, GatewayError> {
         let auth = self.auth();
-        match auth.authenticate(req).await {
+        let authorization = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        match auth.authenticate(authorization).await {
             Ok(id) => {
                 if let Some(span) = req.extensions().get::<RootSpan>() {
                     span.record("user", id.user.as_str());

@@ -1,7 +1,11 @@
 //! Request bodies: declared-length check, content type, and reading under `server.max_body_bytes` into one
-//! buffer (sized from `Content-Length`, so a large image is received once and never copied again).
+//! buffer (sized from `Content-Length`, so a large image is received once and never copied again). Deadlines and
+//! the cap on buffered bodies are the [`guard`] middleware's.
+
+pub mod guard;
 
 use actix_web::HttpRequest;
+use actix_web::error::PayloadError;
 use actix_web::http::header;
 use actix_web::web;
 use bytes::{Bytes, BytesMut};
@@ -57,18 +61,27 @@ pub async fn read(
 ) -> Result<Bytes, GatewayError> {
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(8 * 1024).min(limit));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| match e {
-            actix_web::error::PayloadError::Overflow => GatewayError::PayloadTooLarge { limit },
-            other => {
-                GatewayError::BadRequest(format!("the request body could not be read: {other}"))
-            }
-        })?;
+        let chunk = chunk.map_err(|e| payload_error(e, limit))?;
         if buf.len() + chunk.len() > limit {
             return Err(GatewayError::PayloadTooLarge { limit });
         }
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
+}
+
+/// The caller-facing error of a failed body read: the guard's own refusal (408, 503), 413, else 400.
+fn payload_error(e: PayloadError, limit: usize) -> GatewayError {
+    match e {
+        PayloadError::Overflow => GatewayError::PayloadTooLarge { limit },
+        PayloadError::Io(io) => match guard::refusal(io) {
+            Ok(refused) => refused,
+            Err(io) => {
+                GatewayError::BadRequest(format!("the request body could not be read: {io}"))
+            }
+        },
+        other => GatewayError::BadRequest(format!("the request body could not be read: {other}")),
+    }
 }
 
 /// 400 `BadRequest` unless the body is UTF-8 JSON whose top level is an object.

@@ -1,7 +1,11 @@
-//! The command line: `serve`, `check-config`, `token`.
+//! The command line: `serve`, `check-config`, `usage`, `token`, `healthcheck`.
 
-use std::path::PathBuf;
+mod healthcheck;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -71,9 +75,9 @@ pub enum Command {
         /// A role (the `auth.roles_claim` claim); repeat for several.
         #[arg(long = "role")]
         roles: Vec<String>,
-        /// Lifetime in seconds.
-        #[arg(long, default_value_t = 3600)]
-        ttl: u64,
+        /// Lifetime in seconds; negative mints an already expired token (tests), e.g. --ttl=-120.
+        #[arg(long, default_value_t = 3600, allow_negative_numbers = true)]
+        ttl: i64,
         /// Sign with this PEM private key (RSA → RS256, EC P-256 → ES256, P-384 → ES384, Ed25519 → EdDSA)
         /// instead of the HS secret: tokens for a gateway configured with public keys (tests, benchmarks).
         #[arg(long, value_name = "PEM")]
@@ -81,6 +85,19 @@ pub enum Command {
         /// `kid` header to put in the token (with --private-key).
         #[arg(long)]
         kid: Option<String>,
+    },
+    /// Exit 0 when the gateway answers 200 on /healthz, else 1 (container health checks: no shell or curl
+    /// needed). Probes --url, else server.listen of the configuration (0.0.0.0 and [::] on loopback).
+    Healthcheck {
+        /// Configuration whose server.listen to probe (only that key is read; VIDU_GW__SERVER__LISTEN wins).
+        #[arg(long, value_name = "PATH", conflicts_with = "url")]
+        config: Option<PathBuf>,
+        /// Probe this http:// URL instead, e.g. http://127.0.0.1:8080/healthz.
+        #[arg(long)]
+        url: Option<String>,
+        /// Give up after this many milliseconds (connect, send and read together).
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
     },
 }
 
@@ -105,6 +122,53 @@ pub fn run(cli: Cli) -> ExitCode {
             private_key,
             kid,
         } => token(config, &sub, team.as_deref(), &roles, ttl, private_key, kid),
+        Command::Healthcheck {
+            config,
+            url,
+            timeout_ms,
+        } => health(config.as_deref(), url.as_deref(), timeout_ms),
+    }
+}
+
+/// Writes a command's output to stdout. A reader that went away (`… | head -c 600`) ends the command quietly
+/// with success: it has what it wanted. Any other write error is reported on stderr.
+fn emit(text: &str) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: cannot write the output: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn health(config_path: Option<&Path>, url: Option<&str>, timeout_ms: u64) -> ExitCode {
+    let env_listen = std::env::var(format!("{}__SERVER__LISTEN", config::ENV_PREFIX)).ok();
+    let target = match url {
+        Some(url) => healthcheck::Target::from_url(url),
+        None => healthcheck::listen_address(config_path, env_listen)
+            .and_then(|listen| healthcheck::Target::from_listen(&listen)),
+    };
+    let target = match target {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let shown = format!("http://{}{}", target.authority, target.path);
+    match healthcheck::probe(&target, Duration::from_millis(timeout_ms.max(1))) {
+        Ok(200) => emit(&format!("healthy: {shown} answered 200\n")),
+        Ok(status) => {
+            eprintln!("unhealthy: {shown} answered {status}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {shown}: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -135,10 +199,7 @@ fn usage(
     }
     let ledger_path = &config.settings.state.ledger_path;
     if !ledger_path.exists() {
-        eprintln!(
-            "error: no ledger at {} (state.ledger_path): the gateway has not served a request with this configuration",
-            ledger_path.display()
-        );
+        eprintln!("error: {}", missing_ledger(&config, ledger_path));
         return ExitCode::from(1);
     }
     let ledger = match crate::state::ledger::Ledger::open_read_only(ledger_path) {
@@ -157,16 +218,11 @@ fn usage(
         from,
         to,
     ) {
-        Ok(r) => {
-            match format {
-                Format::Table => print!("{}", crate::usage::to_table(&r)),
-                Format::Csv => print!("{}", crate::usage::to_csv(&r)),
-                Format::Json => {
-                    println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default())
-                }
-            }
-            ExitCode::SUCCESS
-        }
+        Ok(r) => emit(&match format {
+            Format::Table => crate::usage::to_table(&r),
+            Format::Csv => crate::usage::to_csv(&r),
+            Format::Json => format!("{}\n", serde_json::to_string_pretty(&r).unwrap_or_default()),
+        }),
         Err(e) => {
             eprintln!("error: cannot read the ledger: {e}");
             ExitCode::from(1)
@@ -174,12 +230,30 @@ fn usage(
     }
 }
 
+/// Which file `usage` looked for and how to point it at the gateway's: a relative `state.ledger_path` is
+/// resolved from the directory the command runs in, which need not be the gateway's.
+fn missing_ledger(config: &LoadedConfig, ledger_path: &Path) -> String {
+    let absolute = std::path::absolute(ledger_path).unwrap_or_else(|_| ledger_path.to_owned());
+    let relative = if ledger_path.is_relative() {
+        ", relative to the current directory"
+    } else {
+        ""
+    };
+    format!(
+        "no ledger at {} (state.ledger_path = {:?} in {}{relative}): either the gateway has not served a \
+         request with this configuration, or it runs with another one — pass --config with the gateway's \
+         configuration file (and run from the gateway's working directory when its state.ledger_path is relative)",
+        absolute.display(),
+        ledger_path.display().to_string(),
+        config.origin
+    )
+}
+
 fn check_config(path: Option<PathBuf>) -> ExitCode {
     match load(path) {
         Ok(c) => {
-            print!("{}", c.redacted_toml());
             eprintln!("ok: {} is valid (version {})", c.origin, c.version);
-            ExitCode::SUCCESS
+            emit(&c.redacted_toml())
         }
         Err(code) => code,
     }
@@ -190,7 +264,7 @@ fn token(
     sub: &str,
     team: Option<&str>,
     roles: &[String],
-    ttl: u64,
+    ttl: i64,
     private_key: Option<PathBuf>,
     kid: Option<String>,
 ) -> ExitCode {
@@ -212,10 +286,7 @@ fn token(
         None => crate::auth::mint::mint(&config.settings.auth, &claims),
     };
     match minted {
-        Ok(t) => {
-            println!("{t}");
-            ExitCode::SUCCESS
-        }
+        Ok(t) => emit(&format!("{t}\n")),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)

@@ -67,6 +67,9 @@ pub enum GatewayError {
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The request body did not arrive in time (`server.body_read_timeout_ms`, `server.body_min_bytes_per_sec`).
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("{0}")]
     PolicyConflict(String),
     #[error("{message}")]
@@ -101,6 +104,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed(_) => "MethodNotAllowed",
             GatewayError::PayloadTooLarge { .. } => "PayloadTooLarge",
             GatewayError::UnsupportedMediaType(_) => "UnsupportedMediaType",
+            GatewayError::RequestTimeout(_) => "RequestTimeout",
             GatewayError::PolicyConflict(_) => "PolicyConflict",
             GatewayError::Limited { reason, .. } => reason.as_str(),
             GatewayError::UpstreamUnavailable(_) => "UpstreamUnavailable",
@@ -182,7 +186,7 @@ impl PendingEnvelope {
                 "UnsupportedMediaType",
                 "send Content-Type: application/json",
             ),
-            408 => ("BadRequest", "the request was not received in time"),
+            408 => ("RequestTimeout", "the request was not received in time"),
             503 => ("ServiceUnavailable", "the gateway is not ready"),
             _ if status.is_client_error() => ("BadRequest", "the request could not be processed"),
             _ => (
@@ -211,6 +215,7 @@ impl ResponseError for GatewayError {
             GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            GatewayError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::PolicyConflict(_) => StatusCode::UNPROCESSABLE_ENTITY,
             GatewayError::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
@@ -259,6 +264,10 @@ impl ResponseError for GatewayError {
             }
             GatewayError::Internal(cause) => {
                 tracing::error!(error = ?cause, "internal error");
+            }
+            // The rest of the body may still be on its way: this connection is not reused.
+            GatewayError::RequestTimeout(_) => {
+                res.force_close();
             }
             _ => {}
         }

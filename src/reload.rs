@@ -2,7 +2,10 @@
 //! file is validated first and swapped in atomically; an invalid one keeps the old configuration running, is
 //! logged with the key at fault and counted in `vidu_gateway_config_reloads_total{outcome}`. Counters and
 //! budgets live in the state store, so a reload never resets them, and a changed limit applies at once.
+//! One change is one reload: a load that would read exactly what the last attempt read (file, environment,
+//! the files it names) is skipped, so an edit followed by SIGHUP is not reloaded again by the file watcher.
 
+use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +25,24 @@ pub enum Outcome {
     Applied { version: String },
     Unchanged,
     Invalid(String),
+}
+
+/// What asked for a reload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// SIGHUP: the operator asked.
+    Signal,
+    /// The file watcher saw the file's content change.
+    FileChange,
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Trigger::Signal => "SIGHUP",
+            Trigger::FileChange => "config file changed",
+        })
+    }
 }
 
 /// Keys read once at start: a reload that changes them is refused (they need a restart).
@@ -67,31 +88,51 @@ fn restart_only(old: &Settings, new: &Settings) -> Vec<&'static str> {
     keys
 }
 
-/// Reloads from where the running configuration came from (its file, or the built-in one).
-pub fn reload(state: &AppState) -> Outcome {
+/// Reloads from where the running configuration came from (its file, or the built-in one), unless nothing it
+/// would read has changed since the last attempt.
+pub fn reload(state: &AppState, trigger: Trigger) -> Outcome {
+    let mut attempted = state.config.attempted();
     let current = state.config.current();
     let path = match &current.origin {
         Origin::File(p) => Some(p.clone()),
         Origin::Builtin => None,
     };
-    let outcome = match config::load(path.as_deref()) {
-        Err(e) => Outcome::Invalid(e.to_string()),
-        Ok(new) => apply(state, &current, new),
-    };
-    let label = match &outcome {
-        Outcome::Applied { .. } => "applied",
-        Outcome::Unchanged => "unchanged",
-        Outcome::Invalid(_) => "invalid",
-    };
-    state
-        .metrics
-        .config_reloads
-        .get_or_create(&OutcomeLabels { outcome: label })
-        .inc();
-    match &outcome {
-        Outcome::Applied { version } => {
-            tracing::info!(config = %current.origin, version = %version, previous = %current.version, "configuration reloaded")
+    let attempt = config::load_attempt(path.as_deref());
+    if attempt.inputs.is_some() && attempt.inputs == *attempted {
+        match trigger {
+            Trigger::Signal => {
+                tracing::info!(
+                    config = %current.origin,
+                    version_in_force = %current.version,
+                    "SIGHUP: the config file, its environment and the files it names are unchanged since the last \
+                     reload attempt; nothing to do"
+                );
+                count(state, "unchanged");
+            }
+            Trigger::FileChange => {
+                tracing::debug!("config file content already loaded");
+            }
         }
+        return Outcome::Unchanged;
+    }
+    *attempted = attempt.inputs;
+    tracing::info!(config = %current.origin, trigger = %trigger, "reloading the configuration");
+    let mut secrets_changed = Vec::new();
+    let outcome = match attempt.result {
+        Err(e) => Outcome::Invalid(e.to_string()),
+        Ok(new) => {
+            secrets_changed = current.settings.changed_secrets(&new.settings);
+            apply(state, &current, new)
+        }
+    };
+    match &outcome {
+        Outcome::Applied { version } => tracing::info!(
+            config = %current.origin,
+            version = %version,
+            previous = %current.version,
+            secrets_changed = %secrets_changed.join(","),
+            "configuration reloaded"
+        ),
         Outcome::Unchanged => tracing::debug!("configuration unchanged"),
         Outcome::Invalid(why) => tracing::error!(
             config = %current.origin,
@@ -100,11 +141,28 @@ pub fn reload(state: &AppState) -> Outcome {
             "configuration reload refused; the previous configuration stays in force"
         ),
     }
+    count(
+        state,
+        match &outcome {
+            Outcome::Applied { .. } => "applied",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Invalid(_) => "invalid",
+        },
+    );
     outcome
 }
 
+fn count(state: &AppState, outcome: &'static str) {
+    state
+        .metrics
+        .config_reloads
+        .get_or_create(&OutcomeLabels { outcome })
+        .inc();
+}
+
 fn apply(state: &AppState, current: &LoadedConfig, new: LoadedConfig) -> Outcome {
-    if new.version == current.version {
+    // Not the version: it leaves out secrets and the listen addresses, and a change to those is a change.
+    if new.same_settings(current) {
         return Outcome::Unchanged;
     }
     let restart = restart_only(&current.settings, &new.settings);
@@ -147,25 +205,31 @@ fn apply(state: &AppState, current: &LoadedConfig, new: LoadedConfig) -> Outcome
     Outcome::Applied { version }
 }
 
-/// Reloads on every SIGHUP (the binary's `serve` runs this).
+/// Reloads on every SIGHUP (the binary's `serve` runs this). The handler is installed when this is called, not
+/// when the returned future first runs: SIGHUP's default action ends the process, and one sent as soon as the
+/// gateway says it is listening must reload it, not kill it.
 #[cfg(unix)]
-pub async fn on_sighup(state: web::Data<AppState>) {
+pub fn on_sighup(state: web::Data<AppState>) -> impl std::future::Future<Output = ()> {
     use actix_web::rt::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP: reload by editing the config file instead");
-        return;
-    };
-    while hup.recv().await.is_some() {
-        tracing::info!("SIGHUP: reloading the configuration");
-        reload(&state);
+    let hup = signal(SignalKind::hangup());
+    async move {
+        let Ok(mut hup) = hup else {
+            tracing::warn!("cannot listen for SIGHUP: reload by editing the config file instead");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            reload(&state, Trigger::Signal);
+        }
     }
 }
 
 /// Watches the config file by content (robust to editors that replace the file and to symlink swaps such as
-/// Kubernetes ConfigMaps) and reloads once it has been stable for one poll interval.
+/// Kubernetes ConfigMaps) and reloads once it has been stable for one poll interval. The first content it reads
+/// is offered to `reload` too, which skips it when it is what the gateway started with: an edit made between the
+/// start and the watcher's first look is not missed.
 pub async fn watch_file(state: web::Data<AppState>, path: PathBuf) {
     let read = |p: &PathBuf| std::fs::read(p).ok();
-    let mut applied = read(&path);
+    let mut applied: Option<Vec<u8>> = None;
     let mut pending: Option<Vec<u8>> = None;
     loop {
         actix_web::rt::time::sleep(POLL_INTERVAL).await;
@@ -176,12 +240,104 @@ pub async fn watch_file(state: web::Data<AppState>, path: PathBuf) {
         }
         match (&pending, &now) {
             (Some(p), Some(n)) if p == n => {
-                tracing::info!(config = %path.display(), "config file changed: reloading");
-                reload(&state);
+                reload(&state, Trigger::FileChange);
                 applied = now;
                 pending = None;
             }
             _ => pending = now,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Settings as a file would hold them (no validation: `restart_only` compares, it does not judge).
+    fn settings(text: &str) -> Settings {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn each_key_read_at_start_is_named_when_a_reload_changes_it() {
+        let base = settings("");
+        for (text, key) in [
+            ("[server]\nlisten = \"0.0.0.0:9000\"", "server.listen"),
+            (
+                "[server]\nmetrics_listen = \"127.0.0.1:9090\"",
+                "server.metrics_listen",
+            ),
+            ("[server]\nworkers = 2", "server.workers"),
+            ("[upstream]\nmode = \"vidu\"", "upstream.mode"),
+            (
+                "[upstream]\nconnect_timeout_ms = 1",
+                "upstream.connect_timeout_ms",
+            ),
+            (
+                "[upstream]\nrequest_timeout_ms = 1",
+                "upstream.request_timeout_ms",
+            ),
+            (
+                "[upstream]\npool_idle_timeout_ms = 1",
+                "upstream.pool_idle_timeout_ms",
+            ),
+            ("[state]\nbackend = \"redis\"", "state.backend"),
+            (
+                "[state]\nledger_path = \"other.sqlite3\"",
+                "state.ledger_path",
+            ),
+            (
+                "[state]\nredis_url = \"redis://other:6379/0\"",
+                "state.redis_url",
+            ),
+            (
+                "[telemetry]\nlog_format = \"pretty\"",
+                "telemetry.log_format",
+            ),
+        ] {
+            assert_eq!(restart_only(&base, &settings(text)), [key], "{text}");
+        }
+        let both = settings("[server]\nworkers = 2\n[state]\nledger_path = \"other.sqlite3\"");
+        assert_eq!(
+            restart_only(&base, &both),
+            ["server.workers", "state.ledger_path"]
+        );
+    }
+
+    #[test]
+    fn limits_rules_and_secrets_other_than_the_redis_url_apply_without_a_restart() {
+        let base = settings("");
+        let changed = settings(
+            r#"
+[server]
+max_body_bytes = 1000
+body_read_timeout_ms = 5
+
+[upstream]
+base_url = "https://api.vidu.com"
+api_key = "rotated"
+
+[auth]
+hs256_secret = "rotated-secret"
+leeway_secs = 0
+
+[policy]
+timezone = "UTC"
+
+[policy.defaults]
+daily_credits = 100
+
+[telemetry]
+log_level = "debug"
+"#,
+        );
+        assert!(restart_only(&base, &changed).is_empty());
+        assert!(restart_only(&changed, &base).is_empty());
+    }
+
+    #[test]
+    fn what_asked_for_a_reload_is_named_for_the_log() {
+        assert_eq!(Trigger::Signal.to_string(), "SIGHUP");
+        assert_eq!(Trigger::FileChange.to_string(), "config file changed");
     }
 }

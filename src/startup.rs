@@ -3,6 +3,7 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
@@ -12,6 +13,7 @@ use tracing_actix_web::TracingLogger;
 
 use crate::app_state::AppState;
 use crate::auth::Authenticator;
+use crate::body::{self, guard::BufferedBodies};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{LiveConfig, LoadedConfig, StateBackend, UpstreamMode};
 use crate::metrics::Metrics;
@@ -24,6 +26,11 @@ use crate::telemetry::GatewayRootSpan;
 use crate::vidu::client::ViduClient;
 use crate::vidu::sandbox::Sandbox;
 use crate::vidu::upstream::Upstream;
+
+/// Time a client has to send a request's head (line and headers).
+const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a closing connection may linger, reading and discarding, before it is shut down.
+const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What tests (and embedders) may replace.
 #[derive(Clone)]
@@ -114,6 +121,7 @@ impl Application {
         if let crate::config::Origin::File(path) = &state.config.current().origin {
             actix_web::rt::spawn(crate::reload::watch_file(state.clone(), path.clone()));
         }
+        let buffered_bodies = web::Data::from(BufferedBodies::new());
         let metrics_on_main = metrics_listener.is_none();
         let factory_state = state.clone();
         let factory_metrics = metrics.clone();
@@ -131,11 +139,20 @@ impl Application {
                 .app_data(factory_state.clone())
                 .app_data(web::Data::new(factory_metrics.clone()))
                 .app_data(web::Data::new(upstream))
+                .app_data(buffered_bodies.clone())
+                .app_data(routes::query_config())
                 .wrap(TracingLogger::<GatewayRootSpan>::new())
                 .wrap(from_fn(request_context))
+                // Outermost: it holds an unfinished body until the final response is sent.
+                .wrap(from_fn(body::guard::guard))
                 .configure(|cfg| routes::configure(cfg, metrics_on_main))
                 .default_service(web::to(routes::not_found))
         })
+        // Request heads: all headers within 5 s, else actix answers 408 and closes (bodies: body::guard).
+        .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+        // After a response that closes the connection (408, 413, 503 on an unread body), the rest of what the
+        // client sends is read and discarded for at most this long, so it can read the answer; then close.
+        .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
         .shutdown_timeout(settings.server.shutdown_timeout_secs)
         .listen(listener)?;
         if settings.server.workers > 0 {

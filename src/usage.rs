@@ -406,3 +406,253 @@ pub fn to_table(report: &Report) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+    use crate::config::test_settings;
+
+    /// A store with fixed spend per (scope, subject, period), recording the usage filters it is asked for.
+    #[derive(Default)]
+    struct Fake {
+        spent: Vec<(Scope, &'static str, Period, u64)>,
+        days: Vec<UsageRow>,
+        asked: RefCell<Vec<UsageFilter>>,
+        keys: RefCell<Vec<BudgetKey>>,
+    }
+
+    impl UsageSource for Fake {
+        fn used(&self, key: &BudgetKey) -> Result<u64, String> {
+            self.keys.borrow_mut().push(key.clone());
+            Ok(self
+                .spent
+                .iter()
+                .find(|(s, who, p, _)| *s == key.scope && *who == key.subject && *p == key.period)
+                .map_or(0, |&(.., n)| n))
+        }
+        fn usage(&self, filter: &UsageFilter) -> Result<Vec<UsageRow>, String> {
+            self.asked.borrow_mut().push(filter.clone());
+            Ok(self.days.clone())
+        }
+    }
+
+    fn day(day: &str, admitted: u64, off_peak: u64, settled: u64) -> UsageRow {
+        UsageRow {
+            day: day.into(),
+            admitted,
+            off_peak_requests: off_peak,
+            credits_settled: settled,
+            ..UsageRow::default()
+        }
+    }
+
+    fn identity(user: &str, team: Option<&str>) -> Identity {
+        Identity {
+            user: user.into(),
+            team: team.map(str::to_owned),
+            roles: Vec::new(),
+            is_admin: false,
+        }
+    }
+
+    /// 16:30 UTC on 25 November is 00:30 on the 26th in Shanghai, the default policy time zone.
+    fn now() -> Timestamp {
+        "2026-11-25T16:30:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn a_caller_without_names_gets_their_own_user_and_team_and_names_are_taken_as_given() {
+        let own = Subject::resolve(&identity("alice", Some("mkt")), None, None);
+        assert_eq!(
+            (own.user.as_deref(), own.team.as_deref()),
+            (Some("alice"), Some("mkt"))
+        );
+        let named = Subject::resolve(&identity("root", Some("ops")), None, Some("sales".into()));
+        assert_eq!((named.user, named.team.as_deref()), (None, Some("sales")));
+    }
+
+    #[test]
+    fn totals_add_up_the_days_and_the_off_peak_share_is_of_admitted_requests() {
+        let t = totals(&[day("2026-11-25", 3, 1, 100), day("2026-11-26", 1, 1, 40)]);
+        assert_eq!(
+            (t.admitted, t.off_peak_requests, t.credits_settled),
+            (4, 2, 140)
+        );
+        assert_eq!(t.off_peak_share, 0.5);
+        assert_eq!(
+            totals(&[]).off_peak_share,
+            0.0,
+            "no admitted request: no share"
+        );
+    }
+
+    #[test]
+    fn budgets_are_the_rules_in_force_on_the_local_day_with_the_key_that_set_them() {
+        let settings = test_settings(
+            "[policy.defaults]\ndaily_credits = 100\n[policy.teams.mkt]\nteam_daily_credits = 1000\nteam_monthly_credits = 5000\n",
+        );
+        let store = Fake {
+            spent: vec![
+                (Scope::User, "alice", Period::Day, 55),
+                (Scope::Team, "mkt", Period::Day, 300),
+            ],
+            days: vec![day("2026-11-26", 2, 0, 55)],
+            ..Fake::default()
+        };
+        let subject = Subject {
+            user: Some("alice".into()),
+            team: Some("mkt".into()),
+        };
+        let from = Some("2026-11-01".to_owned());
+        let r = report(&settings, &store, now(), &subject, from.clone(), None).unwrap();
+
+        let user = r.user.as_ref().unwrap();
+        assert_eq!(user.name, "alice");
+        assert_eq!(user.budgets.len(), 1, "no monthly budget is set for users");
+        let b = &user.budgets[0];
+        assert_eq!(
+            (b.scope, b.period, b.period_key.as_str()),
+            ("user", "daily", "2026-11-26")
+        );
+        assert_eq!((b.limit, b.used, b.remaining), (100, 55, 45));
+        assert_eq!(b.source, "policy.defaults.daily_credits");
+        assert_eq!(user.totals.admitted, 2);
+
+        let team = r.team.as_ref().unwrap();
+        let got: Vec<_> = team
+            .budgets
+            .iter()
+            .map(|b| (b.period, b.period_key.as_str(), b.limit, b.remaining))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("daily", "2026-11-26", 1000, 700),
+                ("monthly", "2026-11", 5000, 5000)
+            ]
+        );
+        assert_eq!(
+            team.budgets[1].source,
+            "policy.teams.mkt.team_monthly_credits"
+        );
+        assert!(r.all.is_none(), "the whole key only when no one is named");
+
+        let asked: Vec<_> = store
+            .asked
+            .borrow()
+            .iter()
+            .map(|f| (f.user.clone(), f.team.clone(), f.from.clone(), f.to.clone()))
+            .collect();
+        assert_eq!(
+            asked,
+            [
+                (Some("alice".into()), None, from.clone(), None),
+                (None, Some("mkt".into()), from, None)
+            ],
+            "each section's days are its own"
+        );
+    }
+
+    /// The report on `user` alone, with a daily budget of 100 credits of which `spent` are used today.
+    fn daily_100_report(user: &'static str, spent: u64) -> Report {
+        let settings = test_settings("[policy.defaults]\ndaily_credits = 100\n");
+        let store = Fake {
+            spent: vec![(Scope::User, user, Period::Day, spent)],
+            ..Fake::default()
+        };
+        let subject = Subject {
+            user: Some(user.into()),
+            team: None,
+        };
+        report(&settings, &store, now(), &subject, None, None).unwrap()
+    }
+
+    #[test]
+    fn remaining_is_zero_not_negative_when_a_lowered_limit_is_below_the_spend() {
+        let r = daily_100_report("alice", 150);
+        let b = &r.user.unwrap().budgets[0];
+        assert_eq!((b.limit, b.used, b.remaining), (100, 150, 0));
+        assert!(r.team.is_none());
+    }
+
+    #[test]
+    fn naming_no_one_reports_the_whole_key_against_the_global_budget() {
+        let settings = test_settings("[policy.global]\nmonthly_credits = 9000\n");
+        let store = Fake {
+            spent: vec![(Scope::Global, "", Period::Month, 1200)],
+            days: vec![day("2026-11-25", 7, 0, 1200)],
+            ..Fake::default()
+        };
+        let r = report(&settings, &store, now(), &Subject::default(), None, None).unwrap();
+        assert!(r.user.is_none() && r.team.is_none());
+        let all = r.all.as_ref().unwrap();
+        assert_eq!(all.name, "all");
+        assert_eq!(all.budgets.len(), 1);
+        let b = &all.budgets[0];
+        assert_eq!(
+            (b.scope, b.period, b.period_key.as_str()),
+            ("global", "monthly", "2026-11")
+        );
+        assert_eq!((b.limit, b.remaining), (9000, 7800));
+        assert_eq!(b.source, "policy.global.monthly_credits");
+        let f = &store.asked.borrow()[0];
+        assert!(f.user.is_none() && f.team.is_none());
+        assert_eq!(
+            r.sections().map(|(scope, _)| scope).collect::<Vec<_>>(),
+            ["all"]
+        );
+    }
+
+    #[test]
+    fn csv_quotes_names_that_need_it_and_lists_rejections_by_reason() {
+        let mut d = day("2026-11-25", 2, 1, 80);
+        d.rejected = 3;
+        d.rejected_by_reason = [
+            ("CreditBudgetExhausted".to_owned(), 2),
+            ("TooManyRequests".to_owned(), 1),
+        ]
+        .into_iter()
+        .collect();
+        let section = |name: &str| Section {
+            name: name.into(),
+            budgets: Vec::new(),
+            totals: totals(std::slice::from_ref(&d)),
+            days: vec![d.clone()],
+        };
+        let r = Report {
+            user: Some(section("a,\"b\"")),
+            team: Some(section("mkt")),
+            all: None,
+        };
+        let csv = to_csv(&r);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert!(lines[0].starts_with("scope,name,day,admitted,rejected,"));
+        assert_eq!(
+            lines[1],
+            "user,\"a,\"\"b\"\"\",2026-11-25,2,3,0,80,0,0,1,CreditBudgetExhausted=2;TooManyRequests=1"
+        );
+        assert!(lines[2].starts_with("team,mkt,2026-11-25,"), "{csv}");
+        assert_eq!(lines.len(), 3);
+
+        let table = to_table(&r);
+        assert!(table.contains("user a,\"b\"\n"), "{table}");
+        assert!(
+            table.contains("CreditBudgetExhausted=2 TooManyRequests=1"),
+            "{table}"
+        );
+        assert!(table.contains("off-peak share 50%"), "{table}");
+    }
+
+    #[test]
+    fn the_table_shows_each_budget_with_the_key_that_set_it() {
+        let table = to_table(&daily_100_report("bob", 40));
+        assert!(
+            table.contains(
+                "budget daily user (2026-11-26): 40 of 100 used, 60 left  [policy.defaults.daily_credits]"
+            ),
+            "{table}"
+        );
+    }
+}

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::future::{Either, select};
 use prometheus_client::metrics::counter::Counter;
@@ -13,7 +13,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Notify, watch};
 
-use super::keys::{VerifyKey, parse_jwks};
+use super::key::{VerifyKey, parse_jwks};
+use crate::clock::SharedClock;
 use crate::metrics::OutcomeLabels;
 
 /// Least time between two fetches.
@@ -30,12 +31,19 @@ struct Status {
     loaded: bool,
     fetching: bool,
     last_error: Option<String>,
-    last_trigger: Option<Instant>,
+    last_trigger: Option<jiff::Timestamp>,
+}
+
+/// Time from `from` to `to` on the clock; none when the clock went back.
+fn elapsed(from: jiff::Timestamp, to: jiff::Timestamp) -> Duration {
+    Duration::try_from(to.duration_since(from)).unwrap_or(Duration::ZERO)
 }
 
 pub struct Jwks {
     url: String,
     ttl: Duration,
+    /// What the refetch cooldown is measured on (the app's clock: tests move it instead of waiting).
+    clock: SharedClock,
     keys: RwLock<Arc<Vec<VerifyKey>>>,
     status: Mutex<Status>,
     wake: Notify,
@@ -51,12 +59,14 @@ impl Jwks {
     pub fn new(
         url: String,
         ttl: Duration,
+        clock: SharedClock,
         fetches: Family<OutcomeLabels, Counter>,
         key_count: Gauge,
     ) -> Arc<Self> {
         Arc::new(Self {
             url,
             ttl,
+            clock,
             keys: RwLock::new(Arc::new(Vec::new())),
             status: Mutex::default(),
             wake: Notify::new(),
@@ -100,11 +110,12 @@ impl Jwks {
         let mut seen = self.generation.subscribe();
         {
             let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            let now = self.clock.now();
             let cooled = s
                 .last_trigger
-                .is_none_or(|t| t.elapsed() >= REFETCH_COOLDOWN);
+                .is_none_or(|t| elapsed(t, now) >= REFETCH_COOLDOWN);
             if cooled {
-                s.last_trigger = Some(Instant::now());
+                s.last_trigger = Some(now);
                 self.wake.notify_one();
             } else if !s.fetching {
                 return false;
@@ -132,15 +143,18 @@ impl Jwks {
     pub async fn run(self: Arc<Self>) {
         let client = awc::Client::builder().timeout(FETCH_TIMEOUT).finish();
         let mut backoff = REFETCH_COOLDOWN;
-        let mut last_start: Option<Instant> = None;
+        let mut last_start: Option<jiff::Timestamp> = None;
+        let mut woken = false;
         while !self.stopped.load(Ordering::Relaxed) {
-            if let Some(t) = last_start {
-                let since = t.elapsed();
+            // A timed wait is never shorter than the cooldown (the backoff starts at it, `auth.jwks_refresh_secs`
+            // is at least 1 s); a wake-up for an unknown kid may come right after a fetch.
+            if woken && let Some(t) = last_start {
+                let since = elapsed(t, self.clock.now());
                 if since < REFETCH_COOLDOWN {
                     actix_web::rt::time::sleep(REFETCH_COOLDOWN - since).await;
                 }
             }
-            last_start = Some(Instant::now());
+            last_start = Some(self.clock.now());
             self.set_fetching(true);
             let ok = self.fetch_once(&client).await;
             self.set_fetching(false);
@@ -157,8 +171,9 @@ impl Jwks {
                 w
             };
             let sleep = std::pin::pin!(actix_web::rt::time::sleep(wait));
-            let woken = std::pin::pin!(self.wake.notified());
-            if let Either::Right(_) = select(sleep, woken).await {
+            let notified = std::pin::pin!(self.wake.notified());
+            woken = matches!(select(sleep, notified).await, Either::Right(_));
+            if woken {
                 tracing::debug!(url = %self.url, "JWKS refetch requested for an unknown kid");
             }
         }

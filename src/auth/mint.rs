@@ -15,7 +15,8 @@ pub struct Claims<'a> {
     pub sub: &'a str,
     pub team: Option<&'a str>,
     pub roles: &'a [String],
-    pub ttl_secs: u64,
+    /// Seconds from `now` to `exp`; negative mints an already expired token (for tests).
+    pub ttl_secs: i64,
     pub now: jiff::Timestamp,
 }
 
@@ -37,7 +38,7 @@ pub fn mint(auth: &AuthSettings, claims: &Claims<'_>) -> anyhow::Result<String> 
     let key = EncodingKey::from_secret(auth.hs256_secret.expose().as_bytes());
     Ok(jsonwebtoken::encode(
         &Header::new(alg),
-        &claims_value(auth, claims),
+        &claims_value(auth, claims)?,
         &key,
     )?)
 }
@@ -65,7 +66,7 @@ pub fn mint_with_key(
     header.kid = kid.map(str::to_owned);
     Ok(jsonwebtoken::encode(
         &header,
-        &claims_value(auth, claims),
+        &claims_value(auth, claims)?,
         &key,
     )?)
 }
@@ -104,7 +105,15 @@ fn private_key_algorithm(pem: &[u8]) -> Option<Algorithm> {
     }
 }
 
-fn claims_value(auth: &AuthSettings, c: &Claims<'_>) -> Value {
+/// The claims of a token, refusing one the gateway itself would refuse for want of a team.
+fn claims_value(auth: &AuthSettings, c: &Claims<'_>) -> anyhow::Result<Value> {
+    if auth.require_team && c.team.is_none_or(str::is_empty) {
+        anyhow::bail!(
+            "--team is required: auth.require_team = true, so the gateway refuses tokens without a team \
+             (the {:?} claim); pass --team <team>",
+            auth.team_claim
+        );
+    }
     let iat = c.now.as_second();
     let mut claims = Value::Object(Map::new());
     set_path(&mut claims, &auth.user_claim, Value::from(c.sub));
@@ -122,7 +131,7 @@ fn claims_value(auth: &AuthSettings, c: &Claims<'_>) -> Value {
     set_path(
         &mut claims,
         "exp",
-        Value::from(iat.saturating_add(i64::try_from(c.ttl_secs).unwrap_or(i64::MAX / 2))),
+        Value::from(iat.saturating_add(c.ttl_secs)),
     );
     if !auth.issuer.is_empty() {
         set_path(&mut claims, "iss", Value::from(auth.issuer.as_str()));
@@ -130,7 +139,7 @@ fn claims_value(auth: &AuthSettings, c: &Claims<'_>) -> Value {
     if !auth.audience.is_empty() {
         set_path(&mut claims, "aud", Value::from(auth.audience.as_str()));
     }
-    claims
+    Ok(claims)
 }
 
 fn set_path(claims: &mut Value, path: &str, value: Value) {

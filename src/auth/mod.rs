@@ -6,14 +6,13 @@ pub mod claims;
 mod compact;
 pub mod crypto;
 pub mod jwks;
+mod key;
 mod keys;
 pub mod mint;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::HttpRequest;
-use actix_web::http::header;
 use jsonwebtoken::{Algorithm, errors::ErrorKind};
 use serde_json::Value;
 
@@ -22,7 +21,8 @@ use crate::config::AuthSettings;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use jwks::Jwks;
-pub use keys::{KeySet, parse_algorithm};
+pub use key::parse_algorithm;
+pub use keys::KeySet;
 
 /// `Authorization` schemes that carry the JWT: the standard one, and Vidu's (`Token <key>`).
 const TOKEN_SCHEMES: [&str; 2] = ["Bearer", "Token"];
@@ -116,6 +116,7 @@ impl Authenticator {
             _ => Jwks::new(
                 url.clone(),
                 ttl,
+                clock.clone(),
                 metrics.jwks_fetches.clone(),
                 metrics.jwks_keys.clone(),
             ),
@@ -137,18 +138,21 @@ impl Authenticator {
     /// The token of a request, or why there is none. `Authorization: Bearer <JWT>`, or `Token <JWT>` as Vidu's
     /// clients send their key (a client works after changing only its base URL and key): the same token, the
     /// same checks, the same errors.
-    pub fn bearer(req: &HttpRequest) -> Result<&str, AuthFailure> {
+    pub fn bearer(authorization: Option<&[u8]>) -> Result<&str, AuthFailure> {
         let missing = |message: &str| AuthFailure {
             reason: "missing_token",
             message: message.into(),
             token_sent: false,
         };
-        let value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
+        let value = authorization.ok_or_else(|| {
             missing("missing token: send Authorization: Bearer <token> (or Token <token>)")
         })?;
-        let value = value.to_str().map_err(|_| {
-            AuthFailure::invalid("malformed", "the Authorization header is not valid ASCII")
-        })?;
+        let value = std::str::from_utf8(value)
+            .ok()
+            .filter(|v| v.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)))
+            .ok_or_else(|| {
+                AuthFailure::invalid("malformed", "the Authorization header is not valid ASCII")
+            })?;
         let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
         if !TOKEN_SCHEMES.iter().any(|s| scheme.eq_ignore_ascii_case(s)) {
             return Err(missing(
@@ -165,9 +169,12 @@ impl Authenticator {
         Ok(token)
     }
 
-    /// Verifies the request's bearer token.
-    pub async fn authenticate(&self, req: &HttpRequest) -> Result<Identity, AuthFailure> {
-        self.verify(Self::bearer(req)?).await
+    /// Verifies the token of an `Authorization` header value (absent: `None`).
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&[u8]>,
+    ) -> Result<Identity, AuthFailure> {
+        self.verify(Self::bearer(authorization)?).await
     }
 
     /// Verifies one token: size, header, algorithm allow-list, key (refetching the JWKS once for an unknown

@@ -1,16 +1,19 @@
 //! Configuration: load a TOML file (or the built-in one), apply `VIDU_GW__SECTION__KEY` overrides, read `*_file`
 //! secrets, fill code defaults, and `validate()` — every problem reported with the key at fault.
 
+mod env;
 mod live;
+mod schema;
 mod secret;
 mod settings;
+mod shape;
 mod validate;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use config::{Environment, File, FileFormat};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 pub use live::LiveConfig;
@@ -28,14 +31,6 @@ pub const DEV_HS256_SECRET: &str = "vidu-gateway-development-secret-do-not-use-i
 /// Prefix of environment overrides: `VIDU_GW__UPSTREAM__API_KEY` sets `upstream.api_key`.
 pub const ENV_PREFIX: &str = "VIDU_GW";
 
-/// Keys whose environment value is a comma-separated list.
-const ENV_LIST_KEYS: &[&str] = &[
-    "auth.algorithms",
-    "auth.public_key_files",
-    "policy.defaults.models",
-    "policy.defaults.immediate_hours",
-];
-
 /// Where a configuration came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Origin {
@@ -52,7 +47,8 @@ impl fmt::Display for Origin {
     }
 }
 
-/// A configuration that could not be loaded: each line names the key at fault and what to change.
+/// A configuration that could not be loaded: each line names the key at fault and what to change. No message
+/// quotes the file's text (a line may hold a secret).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -62,11 +58,32 @@ pub enum ConfigError {
     },
     #[error("{origin}: {message}")]
     Parse { origin: Origin, message: String },
-    #[error("{origin} is invalid:\n  - {}", problems.join("\n  - "))]
+    #[error("{} is invalid:\n  - {}", subject(origin, problems), problems.join("\n  - "))]
     Invalid {
         origin: Origin,
         problems: Vec<String>,
     },
+}
+
+/// What is invalid: the file, or the file with its environment overrides when a variable is to blame.
+fn subject(origin: &Origin, problems: &[String]) -> String {
+    if problems.iter().any(|p| p.starts_with(env::BLAME)) {
+        format!("{origin} with its {ENV_PREFIX}__* environment overrides")
+    } else {
+        origin.to_string()
+    }
+}
+
+/// A digest of everything a load read: the file's bytes, the environment overrides and the files the
+/// configuration names (`Settings::files_read`). Equal digests: a reload would read exactly the same again.
+/// Kept in memory only and never shown (it covers secrets).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct InputDigest([u8; 32]);
+
+impl fmt::Debug for InputDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("InputDigest(..)")
+    }
 }
 
 /// A validated configuration and what identifies it.
@@ -74,8 +91,11 @@ pub enum ConfigError {
 pub struct LoadedConfig {
     pub settings: Settings,
     pub origin: Origin,
-    /// Short hash of the effective (redacted) configuration; shown in `/gateway/v1/config` and the logs.
+    /// Short hash of the effective configuration, secrets redacted (`version_of`); shown in `/readyz`,
+    /// `/gateway/v1/config` and the logs.
     pub version: String,
+    /// What this configuration was loaded from.
+    pub inputs: InputDigest,
 }
 
 impl LoadedConfig {
@@ -88,20 +108,73 @@ impl LoadedConfig {
     pub fn uses_dev_secret(&self) -> bool {
         self.settings.auth.hs256_secret.expose() == DEV_HS256_SECRET
     }
+
+    /// True when `other` is the same effective configuration, secrets included.
+    pub fn same_settings(&self, other: &LoadedConfig) -> bool {
+        self.settings.changed_secrets(&other.settings).is_empty()
+            && self.redacted_toml() == other.redacted_toml()
+    }
 }
 
 impl Settings {
     pub fn redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
+
+    /// Every secret, by key.
+    pub fn secrets(&self) -> [(&'static str, &Secret); 3] {
+        [
+            ("upstream.api_key", &self.upstream.api_key),
+            ("auth.hs256_secret", &self.auth.hs256_secret),
+            ("state.redis_url", &self.state.redis_url),
+        ]
+    }
+
+    /// The keys of the secrets whose values differ in `other` (names only: values are never shown).
+    pub fn changed_secrets(&self, other: &Settings) -> Vec<&'static str> {
+        self.secrets()
+            .into_iter()
+            .zip(other.secrets())
+            .filter(|((_, a), (_, b))| a != b)
+            .map(|((key, _), _)| key)
+            .collect()
+    }
+
+    /// Every file read when this configuration is loaded or put in force (secrets, public keys, a JWKS file):
+    /// a change to any of them is a change of the configuration's inputs (a key added here that names a file
+    /// belongs in this list).
+    pub fn files_read(&self) -> Vec<&Path> {
+        let mut files: Vec<&Path> = [
+            self.upstream.api_key_file.as_deref(),
+            self.auth.hs256_secret_file.as_deref(),
+            self.auth.jwks_file.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        files.extend(self.auth.public_key_files.iter().map(PathBuf::as_path));
+        files
+    }
+}
+
+/// One load: a digest of what it read (`None` when the file could not be read) and what came of it.
+#[derive(Debug)]
+pub struct Attempt {
+    pub inputs: Option<InputDigest>,
+    pub result: Result<LoadedConfig, ConfigError>,
 }
 
 /// Loads `path` (or the built-in file) with the process environment's overrides.
 pub fn load(path: Option<&Path>) -> Result<LoadedConfig, ConfigError> {
+    load_attempt(path).result
+}
+
+/// `load`, with the digest of what was read (for a reload to tell whether anything changed).
+pub fn load_attempt(path: Option<&Path>) -> Attempt {
     let env: HashMap<String, String> = std::env::vars()
         .filter(|(k, _)| k.starts_with(ENV_PREFIX))
         .collect();
-    load_with_env(path, env)
+    attempt_with_env(path, env)
 }
 
 /// Loads `path` (or the built-in file) with the given environment (only `VIDU_GW__*` entries are read).
@@ -109,17 +182,30 @@ pub fn load_with_env(
     path: Option<&Path>,
     env: HashMap<String, String>,
 ) -> Result<LoadedConfig, ConfigError> {
+    attempt_with_env(path, env).result
+}
+
+fn attempt_with_env(path: Option<&Path>, env: HashMap<String, String>) -> Attempt {
     let (text, origin) = match path {
         None => (BUILTIN_CONFIG.to_owned(), Origin::Builtin),
-        Some(p) => (
-            std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                path: p.to_owned(),
-                source,
-            })?,
-            Origin::File(p.to_owned()),
-        ),
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(text) => (text, Origin::File(p.to_owned())),
+            Err(source) => {
+                return Attempt {
+                    inputs: None,
+                    result: Err(ConfigError::Read {
+                        path: p.to_owned(),
+                        source,
+                    }),
+                };
+            }
+        },
     };
-    load_from_str(&text, origin, env)
+    let (inputs, result) = load_inputs(&text, origin, &env);
+    Attempt {
+        inputs: Some(inputs),
+        result,
+    }
 }
 
 /// The layering itself: `text` (TOML), then environment overrides, then `*_file` secrets, seed catalog and checks.
@@ -128,59 +214,164 @@ pub fn load_from_str(
     origin: Origin,
     env: HashMap<String, String>,
 ) -> Result<LoadedConfig, ConfigError> {
-    let parse_err = |e: &dyn fmt::Display| ConfigError::Parse {
-        origin: origin.clone(),
-        message: e.to_string(),
-    };
-    // Parse once with toml first: its errors carry line and column, config-rs's do not.
-    toml::from_str::<toml::Table>(text).map_err(|e| parse_err(&e))?;
-    let mut environment = Environment::with_prefix(ENV_PREFIX)
-        .prefix_separator("__")
-        .separator("__")
-        .try_parsing(true)
-        .list_separator(",")
-        .source(Some(env.into_iter().collect()));
-    for key in ENV_LIST_KEYS {
-        environment = environment.with_list_parse_key(key);
-    }
-    let raw = config::Config::builder()
-        .add_source(File::from_str(text, FileFormat::Toml))
-        .add_source(environment)
-        .build()
-        .map_err(|e| parse_err(&e))?;
-    let mut settings: Settings = raw.try_deserialize().map_err(|e| parse_err(&e))?;
+    load_inputs(text, origin, &env).1
+}
 
+fn load_inputs(
+    text: &str,
+    origin: Origin,
+    env: &HashMap<String, String>,
+) -> (InputDigest, Result<LoadedConfig, ConfigError>) {
+    let mut digest = Sha256::new();
+    digest.update(text.as_bytes());
+    let sorted: BTreeMap<&String, &String> = env.iter().collect();
+    for (k, v) in sorted {
+        for part in [k, v] {
+            digest.update([0u8]);
+            digest.update(part.as_bytes());
+        }
+    }
+    let result = layer(text, &origin, env, &mut digest);
+    let inputs = InputDigest(digest.finalize().into());
+    let result = result.map(|settings| LoadedConfig {
+        version: version_of(&settings),
+        settings,
+        origin,
+        inputs,
+    });
+    (inputs, result)
+}
+
+/// Parses, applies the environment, checks the shape, converts, reads the `*_file` secrets and validates; every
+/// problem of every stage is reported together. The files the configuration names are added to `digest`.
+fn layer(
+    text: &str,
+    origin: &Origin,
+    env: &HashMap<String, String>,
+    digest: &mut Sha256,
+) -> Result<Settings, ConfigError> {
+    let mut doc = parse_toml(text).map_err(|message| ConfigError::Parse {
+        origin: origin.clone(),
+        message,
+    })?;
+    let invalid = |problems| ConfigError::Invalid {
+        origin: origin.clone(),
+        problems,
+    };
     let mut problems = Vec::new();
-    settings.read_secret_files(&mut problems);
+    let from_env = env::apply(&mut doc, env, &mut problems);
+    let shape = shape::check(&mut doc, &from_env);
+    problems.extend(shape.problems);
+    let mut settings = match Settings::deserialize(toml::Value::Table(doc)) {
+        Ok(s) => s,
+        Err(e) => {
+            // Not expected once the shape is checked; the message may quote a value: quotes are not shown.
+            problems.push(without_quoted_text(e.message()));
+            return Err(invalid(problems));
+        }
+    };
+    for file in settings.files_read() {
+        digest.update([0u8]);
+        digest.update(file.as_os_str().as_encoded_bytes());
+        match std::fs::read(file) {
+            Ok(bytes) => digest.update(Sha256::digest(&bytes)),
+            Err(e) => digest.update(format!("{:?}", e.kind()).as_bytes()),
+        }
+    }
+    let mut semantic = Vec::new();
+    settings.read_secret_files(&mut semantic);
     if settings.models.is_empty() {
         settings.models = crate::vidu::catalog::seed_catalog();
     }
-    validate::validate(&settings, &mut problems);
-    if !problems.is_empty() {
-        return Err(ConfigError::Invalid { origin, problems });
+    validate::validate(&settings, &mut semantic);
+    // A refused value was removed and its key took the code default: what validation says about that key now
+    // is noise beside the real problem, already reported.
+    semantic.retain(|p| !shape.removed.iter().any(|key| about(p, key)));
+    problems.extend(semantic);
+    if problems.is_empty() {
+        Ok(settings)
+    } else {
+        Err(invalid(problems))
     }
-    let version = version_of(&settings);
-    Ok(LoadedConfig {
-        settings,
-        origin,
-        version,
+}
+
+/// True when `problem` is about `key` (starts with it as a whole key).
+fn about(problem: &str, key: &str) -> bool {
+    problem
+        .strip_prefix(key)
+        .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_'))
+}
+
+/// Parses the file. A syntax error names the line, the column and the problem, never the text around it: the
+/// line may hold a secret (an unterminated `api_key = "…` is the classic).
+fn parse_toml(text: &str) -> Result<toml::Table, String> {
+    toml::from_str::<toml::Table>(text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|span| {
+                let (line, column) = line_column(text, span.start);
+                format!(" at line {line}, column {column}")
+            })
+            .unwrap_or_default();
+        format!(
+            "TOML syntax error{at}: {} (the line is not shown: it may hold a secret)",
+            e.message()
+        )
     })
 }
 
-/// A short hash of the effective configuration. Secrets are part of the digest (a rotated key is a new version)
-/// but cannot be recovered from 48 bits of a SHA-256.
-fn version_of(settings: &Settings) -> String {
-    let mut h = Sha256::new();
-    h.update(settings.redacted_toml().as_bytes());
-    for secret in [
-        &settings.upstream.api_key,
-        &settings.auth.hs256_secret,
-        &settings.state.redis_url,
-    ] {
-        h.update([0u8]);
-        h.update(secret.expose().as_bytes());
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.as_bytes().get(..offset).unwrap_or(text.as_bytes());
+    let line_start = before
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let column = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
+    (line, column)
+}
+
+/// `message` with any double-quoted text replaced by `"…"`: parser and serde messages quote values.
+fn without_quoted_text(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut parts = message.split('"');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
     }
-    let digest = h.finalize();
+    let rest: Vec<&str> = parts.collect();
+    for (i, part) in rest.iter().enumerate() {
+        if i % 2 == 0 {
+            // `part` is inside quotes: shown only when it closes (an odd trailing quote is kept as is).
+            if i + 1 < rest.len() {
+                out.push_str("\"…\"");
+            } else {
+                out.push('"');
+                out.push_str(part);
+            }
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
+}
+
+/// The configuration's version: a short hash of the effective configuration with every secret redacted and
+/// without `server.listen`/`server.metrics_listen` (replicas on one host differ there, DESIGN §6). It is never a
+/// function of a secret: configurations that differ only in a secret's value have the same version (a reload
+/// that rotates a secret is logged with the secret's key).
+pub fn version_of(settings: &Settings) -> String {
+    let mut value =
+        toml::Value::try_from(settings).unwrap_or(toml::Value::Table(toml::Table::new()));
+    if let Some(toml::Value::Table(server)) = value.get_mut("server") {
+        server.remove("listen");
+        server.remove("metrics_listen");
+    }
+    let text = toml::to_string(&value).unwrap_or_else(|_| settings.redacted_toml());
+    let digest = Sha256::digest(text.as_bytes());
     digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 

@@ -38,6 +38,15 @@ pub struct ServerSettings {
     pub metrics_listen: Option<String>,
     /// Worker threads; 0 = one per CPU core.
     pub workers: usize,
+    /// A request body must start arriving within this long once the gateway reads it, and may never pause
+    /// longer; 408 `RequestTimeout` otherwise.
+    pub body_read_timeout_ms: u64,
+    /// Beyond the first `body_read_timeout_ms`, a body must average at least this rate: each byte received
+    /// extends its deadline by 1/rate s. 0 = no extension (every body within `body_read_timeout_ms`).
+    pub body_min_bytes_per_sec: u64,
+    /// Bytes of request bodies buffered at once, across all connections; a body that does not fit gets 503
+    /// `ServiceUnavailable` with `Retry-After`.
+    pub max_buffered_body_bytes: usize,
 }
 
 impl Default for ServerSettings {
@@ -48,6 +57,9 @@ impl Default for ServerSettings {
             shutdown_timeout_secs: 30,
             metrics_listen: None,
             workers: 0,
+            body_read_timeout_ms: 10_000,
+            body_min_bytes_per_sec: 16 * 1024,
+            max_buffered_body_bytes: 320 * 1024 * 1024,
         }
     }
 }

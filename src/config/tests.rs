@@ -289,3 +289,307 @@ fn the_built_in_catalog_is_the_seed_catalog() {
     let c = load_with_env(None, HashMap::new()).unwrap();
     assert_eq!(c.settings.models, crate::vidu::catalog::seed_catalog());
 }
+
+// --- Issue 10, item 5: a syntax error never shows the source text (the line may hold a secret).
+
+#[test]
+fn a_syntax_error_names_the_line_and_the_problem_but_never_shows_the_text() {
+    for text in [
+        format!("{MINIMAL}[upstream]\napi_key = \"SECRET-0123456789\nmode = \"vidu\"\n"),
+        format!("{MINIMAL}[upstream]\napi_key = SECRET-0123456789\n"),
+        format!("{MINIMAL}[upstream]\napi_key = 'SECRET-0123456789\n"),
+        format!("{MINIMAL}[upstream]\napi_key = \"SECRET-0123456789\" and-more\n"),
+        "[auth]\nalgorithms = [\"HS256\"]\n\n\nhs256_secret = \"SECRET-0123456789\n".to_owned(),
+    ] {
+        let msg = problems(file(&text));
+        assert!(msg.contains("TOML syntax error at line 5, column"), "{msg}");
+        assert!(!msg.contains("SECRET"), "the line is echoed: {msg}");
+    }
+}
+
+// --- Item 8: the published version is not a function of the secrets.
+
+#[test]
+fn the_version_is_not_a_function_of_the_secrets() {
+    let base = format!(
+        "{MINIMAL}[upstream]\nmode = \"vidu\"\nbase_url = \"https://api.vidu.cn\"\napi_key = \"key-one\"\n"
+    );
+    let a = file(&base).unwrap();
+    let other_secrets = base.replace("key-one", "key-two").replace(
+        "0123456789abcdef0123456789abcdef",
+        "fedcba9876543210fedcba9876543210",
+    );
+    let b = load_from_str(
+        &other_secrets,
+        Origin::Builtin,
+        env(&[("VIDU_GW__STATE__REDIS_URL", "redis://:pw@10.0.0.1:6379/1")]),
+    )
+    .unwrap();
+    assert_eq!(a.version, b.version, "only secrets differ");
+    assert!(!a.same_settings(&b), "a reload still sees the change");
+    assert_eq!(
+        a.settings.changed_secrets(&b.settings),
+        ["upstream.api_key", "auth.hs256_secret", "state.redis_url"]
+    );
+    // Replicas on one host differ in their listen addresses (DESIGN §6).
+    let c = file(&format!(
+        "{base}[server]\nlisten = \"127.0.0.1:9999\"\nmetrics_listen = \"127.0.0.1:9998\"\n"
+    ))
+    .unwrap();
+    assert_eq!(a.version, c.version);
+    let d = file(&format!("{base}[server]\nmax_body_bytes = 1000\n")).unwrap();
+    assert_ne!(
+        a.version, d.version,
+        "a non-secret setting is part of the version"
+    );
+}
+
+// --- Item 11 (part): a key sent as a header value must fit in one.
+
+#[test]
+fn an_api_key_that_cannot_be_a_header_value_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("key.pem");
+    std::fs::write(
+        &pem,
+        "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let text = format!(
+        "{MINIMAL}[upstream]\nmode = \"vidu\"\napi_key_file = \"{}\"\n",
+        pem.display()
+    );
+    let msg = problems(file(&text));
+    assert!(
+        msg.contains(&format!(
+            "upstream.api_key_file: {} holds several lines",
+            pem.display()
+        )),
+        "{msg}"
+    );
+    assert!(!msg.contains("MIIEv"), "the content is not shown: {msg}");
+
+    for (value, why) in [
+        ("Token abc123", "holds a space"),
+        ("abc\u{7}123", "holds control characters"),
+        ("clé-123", "holds non-ASCII characters"),
+    ] {
+        let msg = problems(load_from_str(
+            &format!("{MINIMAL}[upstream]\nmode = \"vidu\"\n"),
+            Origin::Builtin,
+            env(&[("VIDU_GW__UPSTREAM__API_KEY", value)]),
+        ));
+        assert!(msg.contains(&format!("upstream.api_key {why}")), "{msg}");
+        assert!(!msg.contains(value), "{msg}");
+    }
+    let ok = file(&format!(
+        "{MINIMAL}[upstream]\nmode = \"vidu\"\napi_key = \"vda_0123-abc.XYZ\"\n"
+    ));
+    assert!(ok.is_ok(), "{:?}", ok.err());
+}
+
+// --- Item 13: values of the wrong type are errors, all reported at once, in the config's words.
+
+#[test]
+fn values_of_the_wrong_type_are_refused_not_coerced() {
+    let text = format!(
+        "{MINIMAL}[policy.defaults]\ndaily_credits = 200.5\nmonthly_credits = \"200\"\nrequests_per_minute = true\nmax_duration = \"5\"\n"
+    );
+    let msg = problems(file(&text));
+    for needle in [
+        "policy.defaults.daily_credits = 200.5: must be a whole number",
+        "policy.defaults.monthly_credits = \"200\": must be a number, not a string: write 200 without quotes",
+        "policy.defaults.requests_per_minute must be a whole number, not true/false",
+        "policy.defaults.max_duration = \"5\": must be a number, not a string: write 5 without quotes",
+    ] {
+        assert!(msg.contains(needle), "{needle}: {msg}");
+    }
+    let msg = problems(file(&format!("{MINIMAL}[server]\nlisten = 8080\n")));
+    assert!(
+        msg.contains("server.listen must be a string (in quotes), not a whole number"),
+        "{msg}"
+    );
+    let msg = problems(file(&format!("{MINIMAL}require_team = \"false\"\n")));
+    assert!(
+        msg.contains("auth.require_team = \"false\": must be true or false"),
+        "{msg}"
+    );
+    let msg = problems(file(&format!(
+        "{MINIMAL}[policy.defaults]\nmodels = \"viduq2\"\n"
+    )));
+    assert!(
+        msg.contains("policy.defaults.models must be a list"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn enum_values_and_negative_numbers_are_explained_in_the_configs_words() {
+    let msg = problems(file(&format!(
+        "{MINIMAL}[policy.defaults]\noff_peak = \"fallbak\"\ndaily_credits = -5\n[upstream]\nmode = \"vido\"\n[policy.teams.t]\nteam_burst = 4294967296\n"
+    )));
+    for needle in [
+        "policy.defaults.off_peak = \"fallbak\": use one of allow, force, forbid, fallback",
+        "policy.defaults.daily_credits = -5: must be 0 or more",
+        "upstream.mode = \"vido\": use one of sandbox, vidu",
+        "policy.teams.t.team_burst = 4294967296: must be at most 4294967295",
+    ] {
+        assert!(msg.contains(needle), "{needle}: {msg}");
+    }
+    for rust in ["64-bit", "variant", "expected u", "invalid type"] {
+        assert!(!msg.contains(rust), "Rust's words ({rust}): {msg}");
+    }
+}
+
+#[test]
+fn structural_and_semantic_problems_are_reported_together() {
+    let msg = problems(file(&format!(
+        "{MINIMAL}[server]\nlisen = \"x\"\nlisten = \"nowhere\"\nmax_body_bytes = \"big\"\n[policy]\ntimezone = \"Mars/Olympus\"\n"
+    )));
+    for needle in [
+        "server.lisen is not a known key (did you mean server.listen?)",
+        "server.max_body_bytes must be a whole number, not a string",
+        "server.listen = \"nowhere\" is not an address:port",
+        "policy.timezone = \"Mars/Olympus\"",
+    ] {
+        assert!(msg.contains(needle), "{needle}: {msg}");
+    }
+    assert_eq!(msg.matches("\n  - ").count(), 4, "{msg}");
+}
+
+#[test]
+fn unknown_keys_far_from_any_known_one_list_what_the_table_accepts() {
+    let msg = problems(file(&format!("{MINIMAL}[validation]\nmode = \"x\"\n")));
+    assert!(
+        msg.contains("validation.mode is not a known key; [validation] accepts unknown_fields"),
+        "{msg}"
+    );
+    let msg = problems(file(&format!(
+        "{MINIMAL}[policy.users.\"a@b.c\"]\ndayly_credits = 1\n"
+    )));
+    assert!(
+        msg.contains("policy.users.\"a@b.c\".dayly_credits is not a known key (did you mean policy.users.\"a@b.c\".daily_credits?)"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_catalog_entry_names_its_missing_keys_and_its_bad_prices() {
+    let msg = problems(file(&format!(
+        "{MINIMAL}[models.m]\nresolutions = [\"720p\"]\ndefault_resolution = \"720p\"\ncredits = {{ base = {{ \"720p\" = -1 }}, per_second = {{ \"720p\" = \"x\" }} }}\n[pricing]\noff_peak_factor = true\n"
+    )));
+    for needle in [
+        "models.m.durations is required in [models.m]",
+        "models.m.credits.base.720p: `-1` is not a non-negative decimal number",
+        "models.m.credits.per_second.720p: `x` is not a non-negative decimal number",
+        "pricing.off_peak_factor cannot be true/false",
+    ] {
+        assert!(msg.contains(needle), "{needle}: {msg}");
+    }
+}
+
+#[test]
+fn an_unknown_environment_variable_is_blamed_on_the_environment() {
+    let msg = problems(load_from_str(
+        MINIMAL,
+        Origin::File("/etc/gw.toml".into()),
+        env(&[
+            ("VIDU_GW__SERVER__LISTN", "secret-looking-value"),
+            ("VIDU_GW__UPSTREAM", "x"),
+        ]),
+    ));
+    assert!(
+        msg.starts_with("/etc/gw.toml with its VIDU_GW__* environment overrides is invalid"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("environment variable VIDU_GW__SERVER__LISTN: server.listn is not a known key (did you mean server.listen?)"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("environment variable VIDU_GW__UPSTREAM: upstream is a table, not a value"),
+        "{msg}"
+    );
+    assert!(!msg.contains("secret-looking-value"), "{msg}");
+}
+
+#[test]
+fn environment_values_are_parsed_to_the_type_the_key_takes() {
+    let c = load_from_str(
+        MINIMAL,
+        Origin::Builtin,
+        env(&[
+            ("VIDU_GW__POLICY__DEFAULTS__DAILY_CREDITS", "200"),
+            ("VIDU_GW__POLICY__TEAMS__MKT__TEAM_BURST", " 7 "),
+            ("VIDU_GW__POLICY__DEFAULTS__OFF_PEAK", "force"),
+            ("VIDU_GW__PRICING__OFF_PEAK_FACTOR", "0.3"),
+            ("VIDU_GW__AUTH__REQUIRE_TEAM", "FALSE"),
+            ("VIDU_GW__POLICY__DEFAULTS__MODELS", "viduq2, viduq1"),
+        ]),
+    )
+    .unwrap();
+    let s = &c.settings;
+    assert_eq!(s.policy.defaults.daily_credits, Some(200));
+    assert_eq!(s.policy.teams["mkt"].team_burst, Some(7));
+    assert_eq!(s.policy.defaults.off_peak, Some(OffPeakMode::Force));
+    assert_eq!(s.pricing.off_peak_factor.to_string(), "0.3");
+    assert!(!s.auth.require_team);
+    assert_eq!(
+        s.policy.defaults.models.as_deref(),
+        Some(&["viduq2".to_owned(), "viduq1".to_owned()][..])
+    );
+
+    let msg = problems(load_from_str(
+        MINIMAL,
+        Origin::Builtin,
+        env(&[
+            ("VIDU_GW__POLICY__DEFAULTS__DAILY_CREDITS", "lots"),
+            ("VIDU_GW__POLICY__DEFAULTS__MONTHLY_CREDITS", "-5"),
+            ("VIDU_GW__AUTH__REQUIRE_TEAM", "yes"),
+        ]),
+    ));
+    for needle in [
+        "environment variable VIDU_GW__POLICY__DEFAULTS__DAILY_CREDITS: policy.defaults.daily_credits must be a whole number",
+        "environment variable VIDU_GW__POLICY__DEFAULTS__MONTHLY_CREDITS: policy.defaults.monthly_credits = -5: must be 0 or more",
+        "environment variable VIDU_GW__AUTH__REQUIRE_TEAM: auth.require_team must be true or false",
+    ] {
+        assert!(msg.contains(needle), "{needle}: {msg}");
+    }
+    assert!(!msg.contains("lots"), "{msg}");
+}
+
+// --- Item 19: the enterprise key never travels in clear text.
+
+#[test]
+fn plain_http_to_the_real_vidu_is_refused_unless_the_host_is_loopback() {
+    let with = |mode: &str, url: &str| {
+        file(&format!(
+            "{MINIMAL}[upstream]\nmode = \"{mode}\"\nbase_url = \"{url}\"\napi_key = \"k\"\n"
+        ))
+    };
+    let msg = problems(with("vidu", "http://api.vidu.cn"));
+    assert!(
+        msg.contains("upstream.base_url = \"http://api.vidu.cn\": the enterprise key would travel in clear text; use https://"),
+        "{msg}"
+    );
+    assert!(with("vidu", "http://10.1.2.3:8080").is_err());
+    assert!(with("vidu", "http://localhost.evil.example").is_err());
+    for ok in [
+        "https://api.vidu.cn",
+        "http://127.0.0.1:9000",
+        "http://127.8.9.10",
+        "http://localhost:8080",
+        "http://LOCALHOST",
+        "http://[::1]:8080",
+    ] {
+        assert!(
+            with("vidu", ok).is_ok(),
+            "{ok}: {:?}",
+            with("vidu", ok).err()
+        );
+    }
+    assert!(
+        with("sandbox", "http://api.vidu.cn").is_ok(),
+        "no key is sent in sandbox mode"
+    );
+}

@@ -51,6 +51,19 @@ fn server(s: &ServerSettings, p: &mut Vec<String>) {
     if s.max_body_bytes == 0 {
         p.push("server.max_body_bytes must be at least 1".into());
     }
+    if s.body_read_timeout_ms == 0 {
+        p.push(
+            "server.body_read_timeout_ms must be at least 1 (a body that stalls must be cut off)"
+                .into(),
+        );
+    }
+    if s.max_buffered_body_bytes < s.max_body_bytes {
+        p.push(format!(
+            "server.max_buffered_body_bytes = {} is below server.max_body_bytes = {}: a body of the largest \
+             accepted size could never be read; raise it to at least {}",
+            s.max_buffered_body_bytes, s.max_body_bytes, s.max_body_bytes
+        ));
+    }
 }
 
 /// Longest `upstream.pool_idle_timeout_ms`: a typical upstream idle timeout.
@@ -66,6 +79,29 @@ fn upstream(u: &UpstreamSettings, p: &mut Vec<String>) {
             "upstream.base_url = {:?} is not an http(s) URL such as \"https://api.vidu.cn\"",
             u.base_url
         )),
+    }
+    if u.mode == UpstreamMode::Vidu
+        && let Ok(uri) = u.base_url.parse::<awc::http::Uri>()
+        && uri.scheme_str() == Some("http")
+        && !uri.host().is_some_and(is_loopback_host)
+    {
+        p.push(format!(
+            "upstream.base_url = {:?}: the enterprise key would travel in clear text; use https:// (plain \
+             http:// is accepted only for a loopback host: 127.0.0.0/8, ::1, localhost)",
+            u.base_url
+        ));
+    }
+    if u.api_key.is_set()
+        && let Some(why) = unfit_for_header(u.api_key.expose())
+    {
+        let key = match &u.api_key_file {
+            Some(file) => format!("upstream.api_key_file: {}", file.display()),
+            None => "upstream.api_key".to_owned(),
+        };
+        p.push(format!(
+            "{key} {why}: the key is sent as the header `Authorization: Token <key>`, so it must be the key \
+             alone, on one line"
+        ));
     }
     if u.mode == UpstreamMode::Vidu && !u.api_key.is_set() {
         p.push(
@@ -87,6 +123,36 @@ fn upstream(u: &UpstreamSettings, p: &mut Vec<String>) {
              Vidu's idle timeout, e.g. 15000 (the default)",
             u.pool_idle_timeout_ms
         ));
+    }
+}
+
+/// 127.0.0.0/8, ::1 (also as `::ffff:127.x.y.z`) and `localhost`: plain http stays on the machine.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => ip.is_loopback(),
+        Ok(std::net::IpAddr::V6(ip)) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        Err(_) => false,
+    }
+}
+
+/// Why a secret cannot be sent as (part of) an HTTP header value, if it cannot. The value is never quoted.
+fn unfit_for_header(value: &str) -> Option<&'static str> {
+    if value.contains(['\n', '\r']) {
+        Some("holds several lines (a PEM file, or several keys?)")
+    } else if value.chars().any(char::is_control) {
+        Some("holds control characters, which an HTTP header cannot carry")
+    } else if !value.is_ascii() {
+        Some("holds non-ASCII characters, which an HTTP header cannot carry reliably")
+    } else if value.contains(' ') {
+        Some("holds a space (give the key alone, without the \"Token \" scheme)")
+    } else {
+        None
     }
 }
 

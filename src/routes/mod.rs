@@ -32,6 +32,18 @@ pub fn configure(cfg: &mut web::ServiceConfig, metrics_here: bool) {
     }
 }
 
+/// A query string the handler's parameters cannot be read from (`?user=a&user=b`, an unknown parameter type): a
+/// 400 that says what is wrong with the query, not with the body.
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|err, req| {
+        GatewayError::BadRequest(format!(
+            "the query string of {} cannot be read ({err}): send each parameter at most once, e.g. ?user=alice",
+            req.path()
+        ))
+        .into()
+    })
+}
+
 /// Unknown path: 404 `NotFound` in the envelope.
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, GatewayError> {
     Err(GatewayError::NotFound(format!(

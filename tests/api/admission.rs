@@ -9,8 +9,9 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
+/// A gateway in front of `mock` with `policy` (TOML, as an operator writes it).
 async fn app(mock: &MockVidu, policy: &str) -> TestApp {
-    TestApp::spawn(&format!("{}\n{policy}", base_config(&mock.url))).await
+    TestApp::builder(mock).toml(policy).spawn().await
 }
 
 fn q2() -> Value {
@@ -59,7 +60,7 @@ async fn the_request_past_the_burst_is_refused_with_retry_after_and_other_users_
     assert_eq!(mock.received().len(), 5);
 }
 
-/// Issue 10 item 18: a 429 says which part of the rate limit refused — the burst, or the per-minute rate — with
+/// A 429 says which part of the rate limit refused — the burst, or the per-minute rate — with
 /// both figures.
 #[actix_web::test]
 async fn a_rate_refusal_says_whether_the_burst_or_the_per_minute_rate_is_used_up() {
@@ -280,12 +281,11 @@ async fn vidu_refusals_release_the_reservation() {
 #[actix_web::test]
 async fn a_vidu_timeout_frees_the_slot_and_keeps_the_reservation_as_unknown() {
     let mock = MockVidu::start().await;
-    let cfg =
-        base_config(&mock.url).replace("request_timeout_ms = 2000", "request_timeout_ms = 300");
-    let app = TestApp::spawn(&format!(
-        "{cfg}\n[policy.defaults]\nmax_in_flight = 1\ndaily_credits = 1000\n"
-    ))
-    .await;
+    let app = TestApp::builder(&mock)
+        .upstream(|u| u.request_timeout_ms = 300)
+        .toml("[policy.defaults]\nmax_in_flight = 1\ndaily_credits = 1000\n")
+        .spawn()
+        .await;
     let alice = app.token("alice", "t");
     mock.respond(|_| Reply::json(200, created_task("1", 55)).delayed(Duration::from_millis(1000)));
     let (status, _, _) = app.create(&alice, &q2()).await;
@@ -333,12 +333,16 @@ async fn a_caller_hanging_up_mid_request_frees_the_slot_and_the_task_is_still_re
         StatusCode::OK,
         "the slot came back when Vidu answered"
     );
+    // Owned by alice, so the query reaches Vidu (the mock answers it with its current reply).
+    let before = mock.received().len();
     let (status, _, task) = app.get("/ent/v2/tasks/9001/creations", &alice).await;
-    assert_ne!(
+    assert_eq!(
         status,
-        StatusCode::NOT_FOUND,
+        StatusCode::OK,
         "the abandoned request's task is owned by alice: {task}"
     );
+    assert_eq!(mock.received().len(), before + 1);
+    assert_eq!(mock.received()[before].path, "/ent/v2/tasks/9001/creations");
 }
 
 #[actix_web::test]

@@ -1,15 +1,19 @@
 //! Identity: every algorithm, key source, time and claim check, the classic attacks, and JWKS rotation.
 
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpResponse, HttpServer, web};
+use jiff::SignedDuration;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
+use vidu_gateway::auth::jwks::REFETCH_COOLDOWN;
+use vidu_gateway::config::{AuthSettings, Secret};
 
 use crate::helpers::*;
 
@@ -50,27 +54,43 @@ fn sign(alg: Algorithm, key: &str, kid: Option<&str>, claims: &Value) -> String 
     jsonwebtoken::encode(&header, claims, &private_key(alg, key)).unwrap()
 }
 
-fn auth_config(mock: &MockVidu, auth: &str) -> String {
-    let base = base_config(&mock.url);
-    let start = base.find("[auth]").unwrap();
-    let end = base.find("[state]").unwrap();
-    format!(
-        "{}[auth]\nadmin_role = \"gw-admin\"\n{auth}\n{}",
-        &base[..start],
-        &base[end..]
-    )
+/// A fixture key file.
+fn fix(name: &str) -> PathBuf {
+    Path::new(FIX).join(name)
 }
 
-fn pem_keys_config(mock: &MockVidu, extra: &str) -> String {
-    auth_config(
-        mock,
-        &format!(
-            r#"algorithms = ["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]
-hs256_secret = "{HS_SECRET}"
-public_key_files = ["{FIX}/rsa1.pub.pem", "{FIX}/ec256.pub.pem", "{FIX}/ec384.pub.pem", "{FIX}/ed25519.pub.pem"]
-{extra}"#
-        ),
-    )
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// The base configuration whose `[auth]` holds only `admin_role = "gw-admin"` and what `keys` sets.
+fn auth_config(mock: &MockVidu, keys: impl FnOnce(&mut AuthSettings)) -> TestConfig {
+    TestApp::builder(mock).auth(|a| {
+        *a = AuthSettings {
+            admin_role: "gw-admin".into(),
+            ..AuthSettings::default()
+        };
+        keys(a);
+    })
+}
+
+/// Every supported algorithm: the HS test secret and the RSA, EC P-256/P-384 and Ed25519 public keys.
+fn pem_keys(mock: &MockVidu) -> TestConfig {
+    auth_config(mock, |a| {
+        a.algorithms = strings(&[
+            "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "ES256", "ES384",
+            "EdDSA",
+        ]);
+        a.hs256_secret = Secret::new(HS_SECRET);
+        a.public_key_files = [
+            "rsa1.pub.pem",
+            "ec256.pub.pem",
+            "ec384.pub.pem",
+            "ed25519.pub.pem",
+        ]
+        .map(fix)
+        .into();
+    })
 }
 
 async fn status_of(app: &TestApp, token: &str) -> (StatusCode, Value, Vec<(String, String)>) {
@@ -92,7 +112,7 @@ async fn assert_refused(app: &TestApp, token: &str, needle: &str) {
 #[actix_web::test]
 async fn every_supported_algorithm_is_accepted_with_its_key() {
     let mock = MockVidu::start().await;
-    let app = TestApp::spawn(&pem_keys_config(&mock, "")).await;
+    let app = pem_keys(&mock).spawn().await;
     let cases = [
         (Algorithm::HS256, "hs"),
         (Algorithm::HS384, "hs"),
@@ -115,7 +135,7 @@ async fn every_supported_algorithm_is_accepted_with_its_key() {
 #[actix_web::test]
 async fn a_token_signed_with_another_key_is_refused() {
     let mock = MockVidu::start().await;
-    let app = TestApp::spawn(&pem_keys_config(&mock, "")).await;
+    let app = pem_keys(&mock).spawn().await;
     assert_refused(
         &app,
         &sign(Algorithm::RS256, "rsa2", None, &claims()),
@@ -123,10 +143,11 @@ async fn a_token_signed_with_another_key_is_refused() {
     )
     .await;
     // An algorithm outside the allow-list.
-    let app2 = TestApp::spawn(&auth_config(
-        &mock,
-        &format!("algorithms = [\"ES256\"]\npublic_key_files = [\"{FIX}/ec256.pub.pem\"]"),
-    ))
+    let app2 = auth_config(&mock, |a| {
+        a.algorithms = strings(&["ES256"]);
+        a.public_key_files = vec![fix("ec256.pub.pem")];
+    })
+    .spawn()
     .await;
     assert_refused(
         &app2,
@@ -140,7 +161,7 @@ async fn a_token_signed_with_another_key_is_refused() {
 #[actix_web::test]
 async fn time_claims_are_checked_with_the_configured_leeway() {
     let mock = MockVidu::start().await;
-    let app = TestApp::spawn(&pem_keys_config(&mock, "leeway_secs = 60")).await;
+    let app = pem_keys(&mock).auth(|a| a.leeway_secs = 60).spawn().await;
     let t = now();
     let with = |extra: Value| {
         let mut c = json!({"sub": "alice", "team": "marketing", "exp": t + 600});
@@ -173,7 +194,7 @@ async fn time_claims_are_checked_with_the_configured_leeway() {
     );
     assert_refused(&app, &no_exp, "no `exp` claim").await;
 
-    let strict = TestApp::spawn(&pem_keys_config(&mock, "leeway_secs = 0")).await;
+    let strict = pem_keys(&mock).auth(|a| a.leeway_secs = 0).spawn().await;
     assert_refused(&strict, &with(json!({"exp": t - 30})), "expired at").await;
     assert_refused(&strict, &with(json!({"nbf": t + 30})), "not valid before").await;
 }
@@ -181,11 +202,13 @@ async fn time_claims_are_checked_with_the_configured_leeway() {
 #[actix_web::test]
 async fn issuer_and_audience_are_checked_when_configured() {
     let mock = MockVidu::start().await;
-    let app = TestApp::spawn(&pem_keys_config(
-        &mock,
-        "issuer = \"https://idp.example.com\"\naudience = \"vidu-gateway\"",
-    ))
-    .await;
+    let app = pem_keys(&mock)
+        .auth(|a| {
+            a.issuer = "https://idp.example.com".into();
+            a.audience = "vidu-gateway".into();
+        })
+        .spawn()
+        .await;
     let t = now() + 600;
     let tok = |c: Value| sign(Algorithm::RS256, "rsa1", None, &c);
     let good = json!({"sub": "a", "team": "t", "exp": t, "iss": "https://idp.example.com", "aud": "vidu-gateway"});
@@ -216,11 +239,12 @@ fn b64(v: &[u8]) -> String {
 #[actix_web::test]
 async fn alg_none_and_the_hs_rs_confusion_attack_are_refused() {
     let mock = MockVidu::start().await;
-    let rs_only = auth_config(
-        &mock,
-        &format!("algorithms = [\"RS256\"]\npublic_key_files = [\"{FIX}/rsa1.pub.pem\"]"),
-    );
-    let app = TestApp::spawn(&rs_only).await;
+    let app = auth_config(&mock, |a| {
+        a.algorithms = strings(&["RS256"]);
+        a.public_key_files = vec![fix("rsa1.pub.pem")];
+    })
+    .spawn()
+    .await;
     let payload = b64(claims().to_string().as_bytes());
     for header in [
         r#"{"alg":"none","typ":"JWT"}"#,
@@ -240,13 +264,12 @@ async fn alg_none_and_the_hs_rs_confusion_attack_are_refused() {
     .unwrap();
     assert_refused(&app, &forged, "not allowed").await;
     // Even when HS256 is allowed, the RSA key is never used as an HMAC secret.
-    let both = auth_config(
-        &mock,
-        &format!(
-            "algorithms = [\"HS256\", \"RS256\"]\npublic_key_files = [\"{FIX}/rsa1.pub.pem\"]"
-        ),
-    );
-    let app = TestApp::spawn(&both).await;
+    let app = auth_config(&mock, |a| {
+        a.algorithms = strings(&["HS256", "RS256"]);
+        a.public_key_files = vec![fix("rsa1.pub.pem")];
+    })
+    .spawn()
+    .await;
     assert_refused(&app, &forged, "no configured key verifies HS256").await;
     assert!(mock.received().is_empty());
 }
@@ -254,7 +277,7 @@ async fn alg_none_and_the_hs_rs_confusion_attack_are_refused() {
 #[actix_web::test]
 async fn an_unknown_kid_falls_back_to_keys_without_a_kid_only() {
     let mock = MockVidu::start().await;
-    let app = TestApp::spawn(&pem_keys_config(&mock, "")).await;
+    let app = pem_keys(&mock).spawn().await;
     let ok = sign(Algorithm::RS256, "rsa1", Some("some-kid"), &claims());
     assert_eq!(
         status_of(&app, &ok).await.0,
@@ -268,11 +291,14 @@ async fn an_unknown_kid_falls_back_to_keys_without_a_kid_only() {
 #[actix_web::test]
 async fn nested_claim_paths_and_array_teams_map_to_the_identity() {
     let mock = MockVidu::start().await;
-    let cfg = pem_keys_config(
-        &mock,
-        "user_claim = \"preferred_username\"\nteam_claim = \"org.teams\"\nroles_claim = \"realm_access.roles\"",
-    );
-    let app = TestApp::spawn(&cfg).await;
+    let app = pem_keys(&mock)
+        .auth(|a| {
+            a.user_claim = "preferred_username".into();
+            a.team_claim = "org.teams".into();
+            a.roles_claim = "realm_access.roles".into();
+        })
+        .spawn()
+        .await;
     let c = json!({"preferred_username": "bob", "org": {"teams": ["design", "ops"]},
                    "realm_access": {"roles": ["user", "gw-admin"]}, "exp": now() + 600});
     let token = sign(Algorithm::ES256, "ec256", None, &c);
@@ -294,15 +320,17 @@ async fn nested_claim_paths_and_array_teams_map_to_the_identity() {
 }
 
 /// Where an IdP lets users name their own attributes, a top-level claim literally called `realm_access.roles`
-/// must not stand in for the nested path (issue 10 item 9: admin spoofing).
+/// must not stand in for the nested path (admin spoofing).
 #[actix_web::test]
 async fn a_literal_claim_named_like_a_dotted_path_is_not_the_nested_claim() {
     let mock = MockVidu::start().await;
-    let cfg = pem_keys_config(
-        &mock,
-        "team_claim = \"org.team\"\nroles_claim = \"realm_access.roles\"",
-    );
-    let app = TestApp::spawn(&cfg).await;
+    let app = pem_keys(&mock)
+        .auth(|a| {
+            a.team_claim = "org.team".into();
+            a.roles_claim = "realm_access.roles".into();
+        })
+        .spawn()
+        .await;
     let spoofed = json!({"sub": "mallory", "org": {"team": "t"}, "realm_access.roles": ["gw-admin"],
                          "realm_access": {"roles": ["user"]}, "exp": now() + 600});
     let (status, _, body) = app
@@ -339,11 +367,11 @@ async fn a_literal_claim_named_like_a_dotted_path_is_not_the_nested_claim() {
 }
 
 /// RFC 7515 §4.1.11: a recipient must refuse a JWS whose `crit` lists an extension it does not understand, and
-/// the gateway understands none (issue 10 item 10).
+/// the gateway understands none.
 #[actix_web::test]
 async fn a_token_with_a_crit_header_is_refused() {
     let mock = MockVidu::start().await;
-    let app = TestApp::spawn(&pem_keys_config(&mock, "")).await;
+    let app = pem_keys(&mock).spawn().await;
     for crit in [json!(["exp"]), json!(["b64"]), json!([]), Value::Null] {
         let mut header = Header::new(Algorithm::RS256);
         header.extras.insert("crit", crit.clone());
@@ -371,11 +399,13 @@ async fn a_token_with_a_crit_header_is_refused() {
 #[actix_web::test]
 async fn tokens_living_longer_than_the_configured_cap_are_refused() {
     let mock = MockVidu::start().await;
-    let app = TestApp::spawn(&pem_keys_config(
-        &mock,
-        "max_token_lifetime_secs = 3600\nleeway_secs = 30",
-    ))
-    .await;
+    let app = pem_keys(&mock)
+        .auth(|a| {
+            a.max_token_lifetime_secs = Some(3600);
+            a.leeway_secs = 30;
+        })
+        .spawn()
+        .await;
     let now = vidu_gateway::clock::Clock::now(&*app.clock).as_second();
     let token = |c: &Value| sign(Algorithm::ES256, "ec256", None, c);
 
@@ -418,7 +448,7 @@ async fn tokens_living_longer_than_the_configured_cap_are_refused() {
     assert!(msg.contains("7200") && msg.contains("no `iat`"), "{msg}");
 
     // Unset: no cap.
-    let uncapped = TestApp::spawn(&pem_keys_config(&mock, "")).await;
+    let uncapped = pem_keys(&mock).spawn().await;
     assert_eq!(status_of(&uncapped, &token(&day)).await.0, StatusCode::OK);
     assert_eq!(
         status_of(
@@ -433,16 +463,10 @@ async fn tokens_living_longer_than_the_configured_cap_are_refused() {
 
 #[test]
 fn a_zero_token_lifetime_cap_is_refused_at_load() {
-    let cfg = format!(
-        "{}\n",
-        base_config("http://127.0.0.1:9")
-            .replace("[auth]\n", "[auth]\nmax_token_lifetime_secs = 0\n")
-    );
-    let Err(err) = vidu_gateway::config::load_from_str(
-        &cfg,
-        vidu_gateway::config::Origin::Builtin,
-        Default::default(),
-    ) else {
+    let Err(err) = TestConfig::new("http://127.0.0.1:9")
+        .toml("[auth]\nmax_token_lifetime_secs = 0")
+        .load()
+    else {
         panic!("max_token_lifetime_secs = 0 was accepted");
     };
     let err = format!("{err:#}");
@@ -466,12 +490,12 @@ async fn create_with_authorization(
 }
 
 /// Vidu's clients hard-code `Authorization: Token <key>`: with a company JWT as "the key", such a client works
-/// after changing only its base URL and key (issue 10 item 21, DESIGN §3). Same verification, same errors;
+/// after changing only its base URL and key. Same verification, same errors;
 /// `WWW-Authenticate` still names Bearer.
 #[actix_web::test]
 async fn a_jwt_sent_with_the_vidu_token_scheme_is_treated_exactly_like_bearer() {
     let mock = MockVidu::start().await;
-    let app = TestApp::spawn(&pem_keys_config(&mock, "")).await;
+    let app = pem_keys(&mock).spawn().await;
     let good = sign(Algorithm::RS256, "rsa1", None, &claims());
     for scheme in ["Token", "token", "TOKEN", "Bearer"] {
         let (status, _, body) = create_with_authorization(&app, &format!("{scheme} {good}")).await;
@@ -531,7 +555,10 @@ async fn a_jwt_sent_with_the_vidu_token_scheme_is_treated_exactly_like_bearer() 
 #[actix_web::test]
 async fn a_token_without_a_team_is_refused_naming_the_claim_unless_teams_are_optional() {
     let mock = MockVidu::start().await;
-    let app = TestApp::spawn(&pem_keys_config(&mock, "team_claim = \"grp\"")).await;
+    let app = pem_keys(&mock)
+        .auth(|a| a.team_claim = "grp".into())
+        .spawn()
+        .await;
     let c = json!({"sub": "a", "exp": now() + 600});
     assert_refused(
         &app,
@@ -546,7 +573,10 @@ async fn a_token_without_a_team_is_refused_naming_the_claim_unless_teams_are_opt
         "no team claim",
     )
     .await;
-    let app = TestApp::spawn(&pem_keys_config(&mock, "require_team = false")).await;
+    let app = pem_keys(&mock)
+        .auth(|a| a.require_team = false)
+        .spawn()
+        .await;
     assert_eq!(
         status_of(&app, &sign(Algorithm::RS256, "rsa1", None, &c))
             .await
@@ -558,7 +588,7 @@ async fn a_token_without_a_team_is_refused_naming_the_claim_unless_teams_are_opt
 #[actix_web::test]
 async fn an_oversized_token_is_refused_before_parsing() {
     let mock = MockVidu::start().await;
-    let app = TestApp::spawn(&pem_keys_config(&mock, "")).await;
+    let app = pem_keys(&mock).spawn().await;
     let mut c = claims();
     c["pad"] = json!("x".repeat(9000));
     assert_refused(
@@ -572,7 +602,7 @@ async fn an_oversized_token_is_refused_before_parsing() {
 #[actix_web::test]
 async fn auth_failures_are_counted_by_reason() {
     let mock = MockVidu::start().await;
-    let app = TestApp::spawn(&pem_keys_config(&mock, "")).await;
+    let app = pem_keys(&mock).spawn().await;
     let expired = sign(
         Algorithm::RS256,
         "rsa1",
@@ -708,21 +738,25 @@ async fn wait_ready(app: &TestApp) {
     panic!("never ready");
 }
 
-fn jwks_config(mock: &MockVidu, idp: &Idp) -> String {
-    auth_config(
-        mock,
-        &format!(
-            "algorithms = [\"RS256\", \"ES256\"]\njwks_url = \"{}\"\njwks_refresh_secs = 3600",
-            idp.url
-        ),
-    )
+/// Moves the gateway's clock past the least time between two JWKS fetches (no waiting).
+fn past_the_refetch_cooldown(app: &TestApp) {
+    app.clock
+        .advance(SignedDuration::try_from(REFETCH_COOLDOWN).unwrap());
+}
+
+fn jwks_config(mock: &MockVidu, idp: &Idp) -> TestConfig {
+    auth_config(mock, |a| {
+        a.algorithms = strings(&["RS256", "ES256"]);
+        a.jwks_url = Some(idp.url.clone());
+        a.jwks_refresh_secs = 3600;
+    })
 }
 
 #[actix_web::test]
 async fn a_rotated_key_is_accepted_on_first_sight_and_forged_kids_do_not_hammer_the_idp() {
     let mock = MockVidu::start().await;
     let idp = Idp::start(Some(set(vec![jwk(Algorithm::RS256, "rsa1", "k1")]))).await;
-    let app = TestApp::spawn(&jwks_config(&mock, &idp)).await;
+    let app = jwks_config(&mock, &idp).spawn().await;
     wait_ready(&app).await;
     assert_eq!(idp.fetches(), 1);
     assert_eq!(
@@ -734,7 +768,7 @@ async fn a_rotated_key_is_accepted_on_first_sight_and_forged_kids_do_not_hammer_
 
     // The IdP rotates: k2 (an EC key) replaces k1. The first token with k2 triggers one refetch and passes.
     idp.serve(Some(set(vec![jwk(Algorithm::ES256, "ec256", "k2")])));
-    actix_web::rt::time::sleep(Duration::from_millis(1100)).await; // past the refetch cooldown
+    past_the_refetch_cooldown(&app);
     let (status, body, _) = status_of(
         &app,
         &sign(Algorithm::ES256, "ec256", Some("k2"), &claims()),
@@ -779,10 +813,10 @@ async fn a_rotated_key_is_accepted_on_first_sight_and_forged_kids_do_not_hammer_
 async fn an_idp_outage_keeps_the_last_good_keys_working() {
     let mock = MockVidu::start().await;
     let idp = Idp::start(Some(set(vec![jwk(Algorithm::RS256, "rsa1", "k1")]))).await;
-    let app = TestApp::spawn(&jwks_config(&mock, &idp)).await;
+    let app = jwks_config(&mock, &idp).spawn().await;
     wait_ready(&app).await;
     idp.serve(None); // the IdP now answers 503
-    actix_web::rt::time::sleep(Duration::from_millis(1100)).await;
+    past_the_refetch_cooldown(&app);
     // An unknown kid triggers a refetch, which fails (the token is refused: no key has kid k9)…
     let before = idp.fetches();
     assert_refused(
@@ -820,8 +854,9 @@ async fn an_idp_outage_keeps_the_last_good_keys_working() {
 async fn start_up_with_the_idp_down_serves_401s_and_recovers_when_it_returns() {
     let mock = MockVidu::start().await;
     let idp = Idp::start(None).await;
-    let app = TestApp::spawn(&jwks_config(&mock, &idp)).await;
-    actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    let app = jwks_config(&mock, &idp).spawn().await;
+    // The gateway has asked the IdP once (and been refused).
+    until(|| idp.fetches() >= 1).await;
     let (status, headers, body) = app.get_open("/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_envelope(status, &headers, &body, "ServiceUnavailable");
@@ -856,13 +891,11 @@ async fn a_jwks_file_is_a_key_source_too() {
         set(vec![jwk(Algorithm::EdDSA, "ed25519", "file-k")]).to_string(),
     )
     .unwrap();
-    let app = TestApp::spawn(&auth_config(
-        &mock,
-        &format!(
-            "algorithms = [\"EdDSA\"]\njwks_file = \"{}\"",
-            path.display()
-        ),
-    ))
+    let app = auth_config(&mock, |a| {
+        a.algorithms = strings(&["EdDSA"]);
+        a.jwks_file = Some(path.clone());
+    })
+    .spawn()
     .await;
     assert_eq!(
         status_of(
@@ -890,7 +923,7 @@ async fn a_jwks_file_is_a_key_source_too() {
 #[actix_web::test]
 async fn the_token_command_signs_with_a_private_key_for_public_key_gateways() {
     let mock = MockVidu::start().await;
-    let app = TestApp::spawn(&pem_keys_config(&mock, "")).await;
+    let app = pem_keys(&mock).spawn().await;
     for key in ["rsa1", "ec256", "ec384", "ed25519"] {
         let pem = format!("{FIX}/{key}.key.pem");
         let (code, out, err) = run_cli(
@@ -925,7 +958,7 @@ async fn the_token_command_signs_with_a_private_key_for_public_key_gateways() {
 #[actix_web::test]
 async fn a_remembered_verification_still_expires_on_time() {
     let mock = MockVidu::start().await;
-    let app = TestApp::spawn(&pem_keys_config(&mock, "leeway_secs = 0")).await;
+    let app = pem_keys(&mock).auth(|a| a.leeway_secs = 0).spawn().await;
     // On the gateway's clock, which started at spawn (the wall clock may be seconds ahead on a busy machine).
     let exp = vidu_gateway::clock::Clock::now(&*app.clock).as_second() + 60;
     let token = sign(
@@ -948,14 +981,14 @@ async fn a_remembered_verification_still_expires_on_time() {
 async fn a_remembered_verification_is_redone_after_the_jwks_changes() {
     let mock = MockVidu::start().await;
     let idp = Idp::start(Some(set(vec![jwk(Algorithm::RS256, "rsa1", "k1")]))).await;
-    let app = TestApp::spawn(&jwks_config(&mock, &idp)).await;
+    let app = jwks_config(&mock, &idp).spawn().await;
     wait_ready(&app).await;
     let token = sign(Algorithm::RS256, "rsa1", Some("k1"), &claims());
     assert_eq!(status_of(&app, &token).await.0, StatusCode::OK);
     // The IdP withdraws k1; the next fetch (triggered by an unknown kid) drops it, and the cached
     // verification of the k1 token no longer counts.
     idp.serve(Some(set(vec![jwk(Algorithm::ES256, "ec256", "k2")])));
-    actix_web::rt::time::sleep(Duration::from_millis(1100)).await;
+    past_the_refetch_cooldown(&app);
     assert_eq!(
         status_of(
             &app,

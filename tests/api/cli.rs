@@ -1,6 +1,13 @@
 //! The command line: `check-config` exit codes and redaction, `token`.
 
+use vidu_gateway::config::Secret;
+
 use crate::helpers::*;
+
+/// The base test configuration against the real Vidu's address (never called: these tests only load it).
+fn vidu() -> TestConfig {
+    TestConfig::new("https://api.vidu.cn")
+}
 
 fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> String {
     let p = dir.path().join(name);
@@ -21,11 +28,11 @@ fn check_config_accepts_the_built_in_file_and_redacts_its_secret() {
 fn check_config_prints_no_secret_given_inline_by_env_or_by_file() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = write(&dir, "vidu.key", "  file-vidu-key-abcdef\n");
-    let cfg = base_config("https://api.vidu.cn").replace(
-        &format!("api_key = \"{VIDU_KEY}\""),
-        &format!("api_key_file = \"{key_file}\""),
-    );
-    let path = write(&dir, "gw.toml", &cfg);
+    let cfg = vidu().upstream(|u| {
+        u.api_key = Secret::default();
+        u.api_key_file = Some(key_file.clone().into());
+    });
+    let path = write(&dir, "gw.toml", &cfg.text());
     let (code, out, err) = run_cli(
         &["check-config", "--config", &path],
         &[(
@@ -50,30 +57,28 @@ fn check_config_prints_no_secret_given_inline_by_env_or_by_file() {
 #[test]
 fn check_config_exits_non_zero_and_names_the_key_at_fault() {
     let dir = tempfile::tempdir().unwrap();
+    let invalid = |fragment: &str| vidu().toml(fragment).text();
     let cases = [
+        (invalid("[server]\nlisten_port = 1"), "listen_port"),
         (
-            base_config("https://api.vidu.cn").replace("[server]\n", "[server]\nlisten_port = 1\n"),
-            "listen_port",
-        ),
-        (
-            base_config("https://api.vidu.cn").replace(&format!("api_key = \"{VIDU_KEY}\""), ""),
+            vidu().upstream(|u| u.api_key = Secret::default()).text(),
             "upstream.api_key is required when upstream.mode = \"vidu\"",
         ),
         (
-            base_config("https://api.vidu.cn")
-                .replace("connect_timeout_ms = 1000", "connect_timeout_ms = \"soon\""),
+            invalid("[upstream]\nconnect_timeout_ms = \"soon\""),
             "connect_timeout_ms",
         ),
         (
-            base_config("https://api.vidu.cn")
-                .replace("algorithms = [\"HS256\"]", "algorithms = [\"none\"]"),
+            invalid("[auth]\nalgorithms = [\"none\"]"),
             "\"none\" is never accepted",
         ),
-        (base_config("not a url"), "upstream.base_url"),
         (
-            format!(
-                "{}\n[models.x]\ndurations = {{ min = 5, max = 4, default = 5 }}\nresolutions = []\ndefault_resolution = \"720p\"\ncredits = {{ base = {{}}, per_second = {{}} }}\n",
-                base_config("https://api.vidu.cn")
+            invalid("[upstream]\nbase_url = \"not a url\""),
+            "upstream.base_url",
+        ),
+        (
+            invalid(
+                "[models.x]\ndurations = { min = 5, max = 4, default = 5 }\nresolutions = []\ndefault_resolution = \"720p\"\ncredits = { base = {}, per_second = {} }\n",
             ),
             "models.x.durations",
         ),
@@ -93,6 +98,81 @@ fn check_config_exits_non_zero_and_names_the_key_at_fault() {
     let (code, _, err) = run_cli(&["check-config", "--config", "/nonexistent/gw.toml"], &[]);
     assert_eq!(code, 1);
     assert!(err.contains("/nonexistent/gw.toml"));
+}
+
+/// A syntax error is reported by line and column only: the parser's excerpt of the line would print the secret
+/// on it.
+#[test]
+fn check_config_names_the_line_of_a_syntax_error_but_never_prints_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A defect of the text itself: an unterminated string.
+    let base = vidu().text();
+    for (secret, line_of) in [(VIDU_KEY, "api_key"), (HS_SECRET, "hs256_secret")] {
+        let broken = base.replace(&format!("\"{secret}\""), &format!("\"{secret}"));
+        assert_ne!(broken, base);
+        let line = broken.lines().position(|l| l.starts_with(line_of)).unwrap() + 1;
+        let path = write(&dir, "broken.toml", &broken);
+        let (code, out, err) = run_cli(&["check-config", "--config", &path], &[]);
+        assert_eq!(code, 1, "{err}");
+        assert!(!err.contains(secret) && !out.contains(secret), "{err}");
+        assert!(
+            err.contains(&format!("TOML syntax error at line {line}, column")),
+            "{err}"
+        );
+    }
+}
+
+/// The key is sent as `Authorization: Token <key>`; a PEM (several lines) never can be.
+#[test]
+fn check_config_refuses_an_api_key_file_of_several_lines_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = write(
+        &dir,
+        "vidu.pem",
+        "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\n-----END PRIVATE KEY-----\n",
+    );
+    let cfg = vidu().upstream(|u| {
+        u.api_key = Secret::default();
+        u.api_key_file = Some(key_file.clone().into());
+    });
+    let path = write(&dir, "gw.toml", &cfg.text());
+    let (code, _, err) = run_cli(&["check-config", "--config", &path], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "upstream.api_key_file: {key_file} holds several lines"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("MIIEvQ"), "{err}");
+}
+
+/// A variable that names no key is the environment's fault, and is named.
+#[test]
+fn check_config_blames_an_unknown_variable_on_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "gw.toml", &vidu().text());
+    let (code, _, err) = run_cli(
+        &["check-config", "--config", &path],
+        &[
+            ("VIDU_GW__UPSTREAM__API_KEYFILE", "/run/secrets/k"),
+            ("VIDU_GW__POLICY__DEFAULTS__DAILY_CREDITS", "200"),
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("with its VIDU_GW__* environment overrides is invalid"),
+        "{err}"
+    );
+    assert!(
+        err.contains("environment variable VIDU_GW__UPSTREAM__API_KEYFILE: upstream.api_keyfile is not a known key (did you mean upstream.api_key_file?)"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("\n  - ").count(),
+        1,
+        "the number key accepts \"200\": {err}"
+    );
 }
 
 #[test]
@@ -151,4 +231,152 @@ fn token_mints_a_token_the_gateway_accepts() {
     assert_eq!(data.claims["roles"], serde_json::json!(["a", "b"]));
     let ttl = data.claims["exp"].as_i64().unwrap() - data.claims["iat"].as_i64().unwrap();
     assert_eq!(ttl, 60);
+}
+
+#[test]
+fn check_config_refuses_a_body_buffer_cap_below_the_largest_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = vidu().toml(
+        "[server]\nmax_body_bytes = 1000\nmax_buffered_body_bytes = 999\nbody_read_timeout_ms = 0\n",
+    );
+    let path = write(&dir, "gw.toml", &cfg.text());
+    let (code, _, err) = run_cli(&["check-config", "--config", &path], &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("server.max_buffered_body_bytes = 999 is below server.max_body_bytes = 1000"),
+        "{err}"
+    );
+    assert!(
+        err.contains("server.body_read_timeout_ms must be at least 1"),
+        "{err}"
+    );
+}
+
+/// Runs the binary with its stdout on a pipe whose reader is already gone (`… | head -c 0`, deterministic):
+/// (exit code, stderr).
+fn run_into_closed_pipe(
+    args: &[&str],
+    envs: &[(&str, &str)],
+    cwd: &std::path::Path,
+) -> (i32, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vidu-gateway"));
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_remove("RUST_LOG")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn usage_and_token_exit_quietly_when_the_reader_of_their_output_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger.sqlite3");
+    drop(vidu_gateway::state::ledger::Ledger::open(&ledger).unwrap());
+    let ledger = ledger.display().to_string();
+    let env = [("VIDU_GW__STATE__LEDGER_PATH", ledger.as_str())];
+    for format in ["json", "table", "csv"] {
+        let (code, err) = run_into_closed_pipe(&["usage", "--format", format], &env, dir.path());
+        assert_eq!(code, 0, "usage --format {format}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(err.is_empty(), "quiet: {err}");
+    }
+    let (code, err) =
+        run_into_closed_pipe(&["token", "--sub", "a", "--team", "t"], &[], dir.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(err.is_empty(), "quiet: {err}");
+    let (code, err) = run_into_closed_pipe(&["check-config"], &[], dir.path());
+    assert_eq!(code, 0, "check-config: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // And a reader that takes only the first bytes, as `| head -c 600` does.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vidu-gateway"))
+        .args(["usage", "--format", "json"])
+        .env("VIDU_GW__STATE__LEDGER_PATH", &ledger)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 10];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut first).unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
+
+#[test]
+fn usage_without_a_ledger_names_the_file_it_looked_for_and_the_config_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_vidu-gateway"));
+    let out = cmd
+        .arg("usage")
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let expected = dir
+        .path()
+        .canonicalize()
+        .unwrap()
+        .join("data/ledger.sqlite3");
+    let looked_for = dir.path().join("data/ledger.sqlite3");
+    assert!(
+        err.contains(&expected.display().to_string())
+            || err.contains(&looked_for.display().to_string()),
+        "the absolute path: {err}"
+    );
+    assert!(err.contains("relative"), "{err}");
+    assert!(err.contains("--config"), "{err}");
+}
+
+#[test]
+fn token_requires_a_team_when_the_config_requires_one() {
+    let (code, out, err) = run_cli(&["token", "--sub", "alice"], &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.is_empty());
+    assert!(err.contains("--team is required"), "{err}");
+    assert!(err.contains("auth.require_team"), "{err}");
+    let (code, out, err) = run_cli(
+        &["token", "--sub", "alice"],
+        &[("VIDU_GW__AUTH__REQUIRE_TEAM", "false")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.trim().starts_with("eyJ"));
+}
+
+#[actix_web::test]
+async fn token_mints_an_already_expired_token_with_a_negative_ttl() {
+    let mock = MockVidu::start().await;
+    let config = TestApp::builder(&mock);
+    let app = config.clone().spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(&dir, "gw.toml", &config.text());
+    for ttl in [["--ttl=-120"].as_slice(), ["--ttl", "-120"].as_slice()] {
+        let mut args = vec!["token", "--config", &cfg, "--sub", "alice", "--team", "t"];
+        args.extend_from_slice(ttl);
+        let (code, out, err) = run_cli(&args, &[]);
+        assert_eq!(code, 0, "{ttl:?}: {err}");
+        let (status, headers, body) = app.get("/gateway/v1/usage", out.trim()).await;
+        assert_eq!(status.as_u16(), 401, "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("expired"),
+            "{body}"
+        );
+        assert!(
+            header(&headers, "www-authenticate")
+                .unwrap()
+                .contains("invalid_token")
+        );
+    }
 }

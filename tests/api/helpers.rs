@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,7 +14,10 @@ use bytes::Bytes;
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
 use vidu_gateway::clock::{ManualClock, SharedClock};
-use vidu_gateway::config::{LoadedConfig, Origin, load_from_str};
+use vidu_gateway::config::{
+    AuthSettings, ConfigError, LoadedConfig, Origin, ServerSettings, Settings, StateSettings,
+    TelemetrySettings, UpstreamSettings, load_from_str,
+};
 use vidu_gateway::startup::{Application, Options};
 
 pub const VIDU_KEY: &str = "vidu-test-enterprise-key-0123456789";
@@ -144,10 +148,28 @@ impl MockVidu {
     }
 }
 
-/// The base test configuration: real upstream mode against `upstream_url`, HS256 test secret, no limits.
-pub fn base_config(upstream_url: &str) -> String {
-    format!(
-        r#"
+/// The configuration a test gateway runs with: the base settings (the real upstream mode against the mock, the
+/// HS256 test secret, no limits, `log_level = "warn"`, the ledger in a temporary directory this value owns),
+/// changed by typed edits, then written out as a TOML file and loaded by the real loader — so settings the loader
+/// refuses fail here as they would in a file.
+///
+/// Clones share the temporary directory (and so the ledger); it is removed when the last clone, and the last
+/// gateway started from one, is gone.
+#[derive(Clone)]
+pub struct TestConfig {
+    settings: Settings,
+    /// TOML laid over the typed settings when the file is written (tables merge key by key).
+    overlay: toml::Table,
+    /// Holds the ledger; removed when the last clone (and the last gateway started from one) is gone.
+    _dir: Arc<tempfile::TempDir>,
+}
+
+impl TestConfig {
+    /// The base configuration against `upstream_url`.
+    pub fn new(upstream_url: &str) -> Self {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let base = format!(
+            r#"
 [server]
 listen = "127.0.0.1:0"
 
@@ -163,30 +185,98 @@ algorithms = ["HS256"]
 hs256_secret = "{HS_SECRET}"
 admin_role = "gw-admin"
 
-[state]
-ledger_path = "{ledger}"
-
 [telemetry]
 log_level = "warn"
-"#,
-        ledger = std::env::temp_dir()
-            .join(format!("vidu-gw-test-{}.sqlite3", uuid_like()))
-            .display()
-    )
+"#
+        );
+        // The file's settings before loading: no seed catalog filled in, no validation yet (`load` does both).
+        let mut settings: Settings = toml::from_str(&base).unwrap();
+        settings.state.ledger_path = dir.path().join("ledger.sqlite3");
+        Self {
+            settings,
+            overlay: toml::Table::new(),
+            _dir: dir,
+        }
+    }
+
+    pub fn settings(mut self, edit: impl FnOnce(&mut Settings)) -> Self {
+        edit(&mut self.settings);
+        self
+    }
+
+    pub fn server(self, edit: impl FnOnce(&mut ServerSettings)) -> Self {
+        self.settings(|s| edit(&mut s.server))
+    }
+
+    pub fn upstream(self, edit: impl FnOnce(&mut UpstreamSettings)) -> Self {
+        self.settings(|s| edit(&mut s.upstream))
+    }
+
+    pub fn auth(self, edit: impl FnOnce(&mut AuthSettings)) -> Self {
+        self.settings(|s| edit(&mut s.auth))
+    }
+
+    pub fn state(self, edit: impl FnOnce(&mut StateSettings)) -> Self {
+        self.settings(|s| edit(&mut s.state))
+    }
+
+    pub fn telemetry(self, edit: impl FnOnce(&mut TelemetrySettings)) -> Self {
+        self.settings(|s| edit(&mut s.telemetry))
+    }
+
+    /// TOML laid over the settings when the file is written, key by key: policies as an operator writes them
+    /// (`[policy.defaults]` tables), and values no typed setting can hold (a wrong type, an unknown key) for the
+    /// tests of the loader's messages. A key set here wins over a typed edit of the same key.
+    pub fn toml(mut self, fragment: &str) -> Self {
+        let fragment: toml::Table = toml::from_str(fragment).unwrap();
+        merge(&mut self.overlay, fragment);
+        self
+    }
+
+    /// The configuration file's text: every setting written out, secrets in clear.
+    pub fn text(&self) -> String {
+        let toml::Value::Table(mut doc) = toml::Value::try_from(&self.settings).unwrap() else {
+            unreachable!("settings are a table")
+        };
+        // `Secret` serialises redacted: the file gets the values.
+        for (key, secret) in self.settings.secrets() {
+            let (section, name) = key.split_once('.').unwrap();
+            let table = doc
+                .get_mut(section)
+                .and_then(toml::Value::as_table_mut)
+                .unwrap();
+            table.insert(name.to_owned(), secret.expose().into());
+        }
+        merge(&mut doc, self.overlay.clone());
+        toml::to_string(&doc).unwrap()
+    }
+
+    /// Loads `text()` as the gateway would load the file (no environment overrides).
+    pub fn load(&self) -> Result<LoadedConfig, ConfigError> {
+        load_from_str(&self.text(), Origin::Builtin, Default::default())
+    }
+
+    /// The ledger file (in this configuration's temporary directory unless a test moved it).
+    pub fn ledger(&self) -> PathBuf {
+        self.settings.state.ledger_path.clone()
+    }
+
+    /// Spawns the gateway in this process on port 0.
+    pub async fn spawn(self) -> TestApp {
+        TestApp::spawn(self).await
+    }
 }
 
-fn uuid_like() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-pub fn load(text: &str) -> LoadedConfig {
-    load_from_str(text, Origin::Builtin, Default::default()).unwrap_or_else(|e| panic!("{e}"))
+/// Lays `over` onto `base`: tables merge key by key, any other value replaces.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
 }
 
 #[allow(dead_code)]
@@ -197,17 +287,25 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     pub handle: actix_web::dev::ServerHandle,
     pub metrics_port: Option<u16>,
+    /// What the gateway was started with (it also keeps the ledger's temporary directory alive).
+    pub config: TestConfig,
 }
 
 impl TestApp {
-    /// Spawns the gateway in this process on port 0 with `config` (TOML text).
-    pub async fn spawn(config: &str) -> Self {
+    /// The base configuration against `mock`, to change and then `spawn()`.
+    pub fn builder(mock: &MockVidu) -> TestConfig {
+        TestConfig::new(&mock.url)
+    }
+
+    /// Spawns the gateway in this process on port 0 with `config`, on a manual clock set to the current time.
+    pub async fn spawn(config: TestConfig) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         // As `main` does: ring for JWT signatures, before any token is minted here.
         vidu_gateway::auth::crypto::install();
+        let loaded = config.load().unwrap_or_else(|e| panic!("{e}"));
         let clock = ManualClock::new(jiff::Timestamp::now());
         let shared: SharedClock = clock.clone();
-        let app = Application::build_with(load(config), Options { clock: shared }).unwrap();
+        let app = Application::build_with(loaded, Options { clock: shared }).unwrap();
         let port = app.port();
         let metrics_port = app.metrics_port();
         let handle = app.handle();
@@ -221,6 +319,7 @@ impl TestApp {
             clock,
             handle,
             metrics_port,
+            config,
         }
     }
 
@@ -358,19 +457,36 @@ pub fn assert_envelope(
     assert!(!body["message"].as_str().unwrap().is_empty());
 }
 
-/// The real binary, started with `config` written to a file; its stderr is captured line by line.
+/// Waits until `condition` holds (polling every 10 ms), for at most 5 s.
+pub async fn until(condition: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the condition did not hold within 5 s"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The real binary, started with a configuration written to a file; its stderr is captured line by line.
 pub struct Binary {
     pub child: Child,
     pub port: u16,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Holds the configuration file.
     dir: tempfile::TempDir,
+    /// The configuration's own directory (its ledger), kept while the binary runs.
+    _config: TestConfig,
 }
 
 impl Binary {
-    pub fn start(config: &str, envs: &[(&str, &str)]) -> Self {
+    /// Starts `vidu-gateway serve --config <file>` with `config`'s text and `envs`, logging at info; returns once
+    /// it logs the port it listens on.
+    pub async fn start(config: &TestConfig, envs: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gateway.toml");
-        std::fs::write(&path, config).unwrap();
+        std::fs::write(&path, config.text()).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vidu-gateway"));
         cmd.arg("serve").arg("--config").arg(&path);
         // The "listening" line (with the port) is logged at info.
@@ -386,26 +502,54 @@ impl Binary {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let log: Arc<Mutex<Vec<String>>> = Arc::default();
-        let (tx, rx) = std::sync::mpsc::channel();
         let log2 = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("vidu-gateway listening") {
-                    let v: Value = serde_json::from_str(&line).unwrap_or_default();
-                    let _ = tx.send(v["port"].as_u64().unwrap_or(0) as u16);
-                }
                 log2.lock().unwrap().push(line);
             }
         });
-        let port = rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("gateway did not start: {:?}", log.lock().unwrap()));
-        Self {
+        let mut bin = Self {
             child,
-            port,
+            port: 0,
             log,
             dir,
+            _config: config.clone(),
+        };
+        let line = bin
+            .wait_for_line(Duration::from_secs(20), |l| {
+                l.contains("vidu-gateway listening")
+            })
+            .await
+            .unwrap_or_else(|| panic!("gateway did not start: {}", bin.logs()));
+        let v: Value = serde_json::from_str(&line).unwrap_or_default();
+        bin.port = v["port"].as_u64().unwrap_or(0) as u16;
+        bin
+    }
+
+    /// The first log line that satisfies `pred`, waiting for it at most `within`.
+    pub async fn wait_for_line(
+        &self,
+        within: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(line) = self.log.lock().unwrap().iter().find(|l| pred(l)) {
+                return Some(line.clone());
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The logs once a line contains `needle` (waiting at most 5 s).
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        self.wait_for_line(Duration::from_secs(5), |l| l.contains(needle))
+            .await
+            .unwrap_or_else(|| panic!("no log line with {needle:?}: {}", self.logs()));
+        self.logs()
     }
 
     /// The config file the binary was started with (tests rewrite it to reload).
@@ -432,13 +576,13 @@ impl Binary {
     }
 
     /// Waits for the process to exit (at most `within`), returning its exit code.
-    pub fn wait(&mut self, within: Duration) -> Option<i32> {
+    pub async fn wait(&mut self, within: Duration) -> Option<i32> {
         let deadline = std::time::Instant::now() + within;
         while std::time::Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code();
             }
-            std::thread::sleep(Duration::from_millis(20));
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
         }
         None
     }
@@ -474,4 +618,46 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The harness itself: typed edits and TOML reach the gateway through the real loader, which refuses what it
+/// would refuse in a file; the ledger's temporary directory goes with the last configuration holding it.
+#[test]
+fn a_test_config_is_loaded_like_a_file_and_removes_its_directory() {
+    let cfg = TestConfig::new("http://127.0.0.1:9")
+        .server(|s| s.max_body_bytes = 1234)
+        .toml("[policy.defaults]\ndaily_credits = 7");
+    let loaded = cfg.load().unwrap();
+    assert_eq!(loaded.settings.server.max_body_bytes, 1234);
+    assert!(
+        loaded
+            .redacted_toml()
+            .contains("[policy.defaults]\ndaily_credits = 7"),
+        "{}",
+        loaded.redacted_toml()
+    );
+    assert_eq!(loaded.settings.upstream.api_key.expose(), VIDU_KEY);
+    assert_eq!(loaded.settings.auth.hs256_secret.expose(), HS_SECRET);
+    assert!(!loaded.settings.models.is_empty(), "the seed catalog");
+
+    let refused = cfg
+        .clone()
+        .server(|s| s.max_buffered_body_bytes = 1000)
+        .load()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains(
+            "server.max_buffered_body_bytes = 1000 is below server.max_body_bytes = 1234"
+        ),
+        "{refused}"
+    );
+
+    let dir = cfg.ledger().parent().unwrap().to_owned();
+    assert!(dir.starts_with(std::env::temp_dir()) && dir.is_dir());
+    let clone = cfg.clone();
+    drop(cfg);
+    assert!(dir.is_dir(), "a clone still holds it");
+    drop(clone);
+    assert!(!dir.exists());
 }

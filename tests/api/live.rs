@@ -1,24 +1,20 @@
 //! The real binary over time: spend survives a restart, config reloads (SIGHUP, file change) apply at once
 //! without resetting counters, an invalid reload keeps the old config serving, and `usage` reads the ledger.
 
-use std::path::Path;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use serde_json::{Value, json};
 
+use vidu_gateway::config::Secret;
+use vidu_gateway::reload;
+
 use crate::helpers::*;
 
-fn config(mock: &MockVidu, ledger: &Path, daily: u64) -> String {
-    let base = base_config(&mock.url);
-    let start = base.find("[state]").unwrap();
-    let end = base.find("[telemetry]").unwrap();
-    format!(
-        "{}[state]\nledger_path = \"{}\"\n\n{}\n[policy.defaults]\ndaily_credits = {daily}\n",
-        &base[..start],
-        ledger.display(),
-        &base[end..]
-    )
+/// `base` (its ledger shared by every variant) with `daily` as each user's daily credit budget.
+fn config(base: &TestConfig, daily: u64) -> TestConfig {
+    base.clone()
+        .toml(&format!("[policy.defaults]\ndaily_credits = {daily}"))
 }
 
 async fn create(bin_url: &str, token: &str) -> (StatusCode, Value) {
@@ -45,6 +41,34 @@ async fn config_version(bin_url: &str) -> String {
     body["version"].as_str().unwrap().to_owned()
 }
 
+/// `vidu_gateway_config_reloads_total{outcome}` (0 when not exported yet).
+async fn reloads(bin_url: &str, outcome: &str) -> u64 {
+    let mut res = awc::Client::default()
+        .get(format!("{bin_url}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    let text = String::from_utf8(res.body().await.unwrap().to_vec()).unwrap();
+    let prefix = format!("vidu_gateway_config_reloads_total{{outcome=\"{outcome}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+async fn wait_for_reloads(bin_url: &str, outcome: &str, n: u64) {
+    for _ in 0..100 {
+        if reloads(bin_url, outcome).await >= n {
+            return;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no {n} reloads with outcome {outcome}");
+}
+
+fn log_lines(bin: &Binary, needle: &str) -> usize {
+    bin.logs().lines().filter(|l| l.contains(needle)).count()
+}
+
 async fn wait_for_version_change(bin_url: &str, old: &str) -> String {
     for _ in 0..100 {
         let v = config_version(bin_url).await;
@@ -60,17 +84,16 @@ async fn wait_for_version_change(bin_url: &str, old: &str) -> String {
 async fn spend_survives_a_restart_on_the_same_ledger() {
     let mock = MockVidu::start().await;
     mock.respond(|_| Reply::json(200, created_task("1", 55)));
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = dir.path().join("ledger.sqlite3");
-    let cfg = config(&mock, &ledger, 100);
+    let base = TestApp::builder(&mock);
+    let cfg = config(&base, 100);
     let token = mint(json!({"sub": "alice", "team": "mkt"}));
-    let mut bin = Binary::start(&cfg, &[]);
+    let mut bin = Binary::start(&cfg, &[]).await;
     assert_eq!(create(&bin.url(), &token).await.0, StatusCode::OK);
     bin.signal("TERM");
-    assert_eq!(bin.wait(Duration::from_secs(10)), Some(0));
+    assert_eq!(bin.wait(Duration::from_secs(10)).await, Some(0));
     drop(bin);
 
-    let bin = Binary::start(&cfg, &[]);
+    let bin = Binary::start(&cfg, &[]).await;
     let (status, body) = create(&bin.url(), &token).await;
     assert_eq!(
         status,
@@ -85,15 +108,14 @@ async fn spend_survives_a_restart_on_the_same_ledger() {
 async fn a_reload_that_lowers_a_budget_applies_at_once_without_resetting_spend() {
     let mock = MockVidu::start().await;
     mock.respond(|_| Reply::json(200, created_task("1", 55)));
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = dir.path().join("ledger.sqlite3");
-    let bin = Binary::start(&config(&mock, &ledger, 1000), &[]);
+    let base = TestApp::builder(&mock);
+    let bin = Binary::start(&config(&base, 1000), &[]).await;
     let token = mint(json!({"sub": "alice", "team": "mkt"}));
     assert_eq!(create(&bin.url(), &token).await.0, StatusCode::OK);
     let v1 = config_version(&bin.url()).await;
 
     // SIGHUP after rewriting the file: 55 used, the new limit is 100 → the next 55 does not fit.
-    std::fs::write(bin.config_path(), config(&mock, &ledger, 100)).unwrap();
+    std::fs::write(bin.config_path(), config(&base, 100).text()).unwrap();
     bin.signal("HUP");
     let v2 = wait_for_version_change(&bin.url(), &v1).await;
     let (status, body) = create(&bin.url(), &token).await;
@@ -112,7 +134,7 @@ async fn a_reload_that_lowers_a_budget_applies_at_once_without_resetting_spend()
     // An invalid file is refused: the running config (v2) keeps serving.
     std::fs::write(bin.config_path(), "[server]\nlisten_port = 1\n").unwrap();
     bin.signal("HUP");
-    actix_web::rt::time::sleep(Duration::from_millis(1500)).await;
+    wait_for_reloads(&bin.url(), "invalid", 1).await;
     assert_eq!(config_version(&bin.url()).await, v2);
     let mut res = awc::Client::default()
         .get(format!("{}/metrics", bin.url()))
@@ -130,7 +152,7 @@ async fn a_reload_that_lowers_a_budget_applies_at_once_without_resetting_spend()
     );
 
     // Editing the file is enough (no signal): raising the limit admits the request again.
-    std::fs::write(bin.config_path(), config(&mock, &ledger, 200)).unwrap();
+    std::fs::write(bin.config_path(), config(&base, 200).text()).unwrap();
     wait_for_version_change(&bin.url(), &v2).await;
     assert_eq!(create(&bin.url(), &token).await.0, StatusCode::OK);
 }
@@ -140,23 +162,26 @@ async fn a_reload_that_lowers_a_budget_applies_at_once_without_resetting_spend()
 #[actix_web::test]
 async fn a_reload_that_rotates_the_enterprise_key_applies_to_the_next_call() {
     let mock = MockVidu::start().await;
-    let dir = tempfile::tempdir().unwrap();
     // One worker, so the call after the reload goes through the client that made the call before it.
-    let cfg = config(&mock, &dir.path().join("ledger.sqlite3"), 1000).replace(
-        "listen = \"127.0.0.1:0\"",
-        "listen = \"127.0.0.1:0\"\nworkers = 1",
-    );
-    assert!(cfg.contains("workers = 1"));
-    let bin = Binary::start(&cfg, &[]);
+    let cfg = config(&TestApp::builder(&mock), 1000).server(|s| s.workers = 1);
+    let bin = Binary::start(&cfg, &[]).await;
     let token = mint(json!({"sub": "alice", "team": "mkt"}));
     assert_eq!(create(&bin.url(), &token).await.0, StatusCode::OK);
     let v1 = config_version(&bin.url()).await;
 
-    let rotated = cfg.replace(VIDU_KEY, "rotated-enterprise-key");
-    assert_ne!(rotated, cfg);
-    std::fs::write(bin.config_path(), rotated).unwrap();
+    let rotated = cfg
+        .clone()
+        .upstream(|u| u.api_key = Secret::new("rotated-enterprise-key"));
+    std::fs::write(bin.config_path(), rotated.text()).unwrap();
     bin.signal("HUP");
-    wait_for_version_change(&bin.url(), &v1).await;
+    wait_for_reloads(&bin.url(), "applied", 1).await;
+    assert_eq!(
+        config_version(&bin.url()).await,
+        v1,
+        "the published version is not a function of the secrets"
+    );
+    bin.wait_for_log(r#""secrets_changed":"upstream.api_key""#)
+        .await;
     assert_eq!(create(&bin.url(), &token).await.0, StatusCode::OK);
     let auths: Vec<String> = mock
         .received()
@@ -172,16 +197,85 @@ async fn a_reload_that_rotates_the_enterprise_key_applies_to_the_next_call() {
     );
 }
 
+/// One edit announced twice (SIGHUP, and the file watcher seeing the new content) is one reload: logged once,
+/// counted once, whichever comes first.
+#[actix_web::test]
+async fn one_edit_and_a_sighup_reload_once() {
+    let mock = MockVidu::start().await;
+    let base = TestApp::builder(&mock);
+    let bin = Binary::start(&config(&base, 1000), &[]).await;
+    let url = bin.url();
+    // Longer than the watcher needs to see a change (a poll, then a stable poll).
+    let watcher_settles = Duration::from_millis(4 * reload::POLL_INTERVAL.as_millis() as u64);
+
+    // The gateway has been running for a while (its file watcher has read the file once)...
+    actix_web::rt::time::sleep(2 * reload::POLL_INTERVAL).await;
+    // ...when an invalid edit is made, then SIGHUP sent at once; the watcher sees the same edit a moment later.
+    std::fs::write(bin.config_path(), "[server]\nlisten_port = 1\n").unwrap();
+    bin.signal("HUP");
+    wait_for_reloads(&url, "invalid", 1).await;
+    actix_web::rt::time::sleep(watcher_settles).await;
+    assert_eq!(reloads(&url, "invalid").await, 1, "{}", bin.logs());
+    assert_eq!(log_lines(&bin, "configuration reload refused"), 1);
+
+    // A valid edit, then SIGHUP.
+    std::fs::write(bin.config_path(), config(&base, 500).text()).unwrap();
+    bin.signal("HUP");
+    wait_for_reloads(&url, "applied", 1).await;
+    actix_web::rt::time::sleep(watcher_settles).await;
+    assert_eq!(reloads(&url, "applied").await, 1);
+    assert_eq!(reloads(&url, "unchanged").await, 0, "{}", bin.logs());
+    assert_eq!(log_lines(&bin, "reloading the configuration"), 2);
+
+    // The other order: the watcher reloads an edit, and a SIGHUP after it has nothing left to do.
+    std::fs::write(bin.config_path(), config(&base, 400).text()).unwrap();
+    wait_for_reloads(&url, "applied", 2).await;
+    bin.signal("HUP");
+    wait_for_reloads(&url, "unchanged", 1).await;
+    assert_eq!(reloads(&url, "applied").await, 2);
+    assert_eq!(log_lines(&bin, "reloading the configuration"), 3);
+    assert_eq!(log_lines(&bin, "configuration reloaded"), 2);
+}
+
+/// A TOML syntax error on a secret's line (an unterminated string) is logged by line and column; the line's text,
+/// and so the secret, is not.
+#[actix_web::test]
+async fn a_reload_with_a_syntax_error_logs_the_line_never_its_text() {
+    let mock = MockVidu::start().await;
+    let cfg = config(&TestApp::builder(&mock), 1000);
+    let bin = Binary::start(&cfg, &[]).await;
+    // A defect of the text itself: an unterminated string.
+    let cfg = cfg.text();
+    let broken = cfg.replace(
+        &format!("api_key = \"{VIDU_KEY}\""),
+        &format!("api_key = \"{VIDU_KEY}"),
+    );
+    assert_ne!(broken, cfg);
+    let line = broken
+        .lines()
+        .position(|l| l.starts_with("api_key"))
+        .unwrap()
+        + 1;
+    std::fs::write(bin.config_path(), broken).unwrap();
+    bin.signal("HUP");
+    let logs = bin.wait_for_log("configuration reload refused").await;
+    assert!(!logs.contains(VIDU_KEY), "the secret is logged: {logs}");
+    assert!(
+        logs.contains(&format!("TOML syntax error at line {line}, column")),
+        "{logs}"
+    );
+}
+
 #[actix_web::test]
 async fn the_usage_command_reports_what_was_spent() {
     let mock = MockVidu::start().await;
     mock.respond(|_| Reply::json(200, created_task("1", 40)));
+    let base = TestApp::builder(&mock);
+    let cfg = config(&base, 100);
     let dir = tempfile::tempdir().unwrap();
-    let ledger = dir.path().join("ledger.sqlite3");
-    let cfg = config(&mock, &ledger, 100);
     let cfg_path = dir.path().join("gw.toml");
-    std::fs::write(&cfg_path, &cfg).unwrap();
-    let bin = Binary::start(&cfg, &[]);
+    std::fs::write(&cfg_path, cfg.text()).unwrap();
+    let bin = Binary::start(&cfg, &[]).await;
     let alice = mint(json!({"sub": "alice", "team": "mkt"}));
     let bob = mint(json!({"sub": "bob", "team": "sales"}));
     assert_eq!(create(&bin.url(), &alice).await.0, StatusCode::OK);

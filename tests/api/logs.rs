@@ -4,18 +4,19 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use vidu_gateway::config::LogFormat;
+
 use crate::helpers::*;
 
 #[test]
 fn pretty_logs_to_a_pipe_have_no_ansi_escapes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.toml");
-    let config = base_config("http://127.0.0.1:9").replace(
-        "[telemetry]\nlog_level = \"warn\"",
-        "[telemetry]\nlog_level = \"info\"\nlog_format = \"pretty\"",
-    );
-    assert!(config.contains("log_format = \"pretty\""));
-    std::fs::write(&path, config).unwrap();
+    let config = TestConfig::new("http://127.0.0.1:9").telemetry(|t| {
+        t.log_level = "info".into();
+        t.log_format = LogFormat::Pretty;
+    });
+    std::fs::write(&path, config.text()).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_vidu-gateway"))
         .arg("serve")
         .arg("--config")

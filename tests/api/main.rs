@@ -5,7 +5,9 @@
 mod admission;
 mod auth;
 mod binary;
+mod body;
 mod cli;
+mod deploy;
 mod docs;
 mod helpers;
 mod ledger_reads;

@@ -8,14 +8,10 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-async fn app_with(mock: &MockVidu, extra: &str) -> TestApp {
-    TestApp::spawn(&format!("{}\n{extra}", base_config(&mock.url))).await
-}
-
 #[actix_web::test]
 async fn vidu_receives_the_enterprise_key_and_never_the_callers_token_or_cookies() {
     let mock = MockVidu::start().await;
-    let app = app_with(&mock, "").await;
+    let app = TestApp::builder(&mock).spawn().await;
     let token = app.token("alice", "marketing");
     let mut res = app
         .client
@@ -56,7 +52,7 @@ async fn vidu_receives_the_enterprise_key_and_never_the_callers_token_or_cookies
 #[actix_web::test]
 async fn the_body_arrives_byte_for_byte() {
     let mock = MockVidu::start().await;
-    let app = app_with(&mock, "").await;
+    let app = TestApp::builder(&mock).spawn().await;
     // Odd spacing, key order, escapes and non-ASCII: any re-serialisation would change these bytes.
     let body = "{ \"prompt\":\"caf\\u00e9 \u{1F431}\",\n  \"images\" : [\"https://example.com/a.png\"],\"model\":\"viduq2\" , \"duration\":5}";
     let (status, _, _) = app
@@ -69,7 +65,7 @@ async fn the_body_arrives_byte_for_byte() {
 #[actix_web::test]
 async fn vidus_own_error_envelopes_come_back_unchanged() {
     let mock = MockVidu::start().await;
-    let app = app_with(&mock, "").await;
+    let app = TestApp::builder(&mock).spawn().await;
     for (status, reason) in [
         (400, "CreditInsufficient"),
         (429, "QuotaExceeded"),
@@ -91,7 +87,9 @@ async fn an_unreachable_vidu_is_502_upstream_unavailable() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     }; // closed again: connections are refused
-    let app = TestApp::spawn(&base_config(&format!("http://127.0.0.1:{port}"))).await;
+    let app = TestConfig::new(&format!("http://127.0.0.1:{port}"))
+        .spawn()
+        .await;
     let (status, headers, body) = app.create(&app.token("a", "t"), &small_request()).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_envelope(status, &headers, &body, "UpstreamUnavailable");
@@ -106,10 +104,10 @@ async fn an_unreachable_vidu_is_502_upstream_unavailable() {
 #[actix_web::test]
 async fn a_slow_vidu_is_504_and_the_create_is_not_retried() {
     let mock = MockVidu::start().await;
-    let app = TestApp::spawn(
-        &base_config(&mock.url).replace("request_timeout_ms = 2000", "request_timeout_ms = 300"),
-    )
-    .await;
+    let app = TestApp::builder(&mock)
+        .upstream(|u| u.request_timeout_ms = 300)
+        .spawn()
+        .await;
     mock.respond(|_| Reply::json(200, created_task("1", 1)).delayed(Duration::from_millis(1500)));
     let (status, headers, body) = app.create(&app.token("a", "t"), &small_request()).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
@@ -128,10 +126,10 @@ fn body_of_len(len: usize) -> String {
 #[actix_web::test]
 async fn a_body_at_the_limit_passes_and_one_byte_more_is_413() {
     let mock = MockVidu::start().await;
-    let app = TestApp::spawn(
-        &base_config(&mock.url).replace("[server]\n", "[server]\nmax_body_bytes = 2000\n"),
-    )
-    .await;
+    let app = TestApp::builder(&mock)
+        .server(|s| s.max_body_bytes = 2000)
+        .spawn()
+        .await;
     let token = app.token("a", "t");
     let (status, _, body) = app
         .post("/ent/v2/img2video", &token, body_of_len(2000))
@@ -153,10 +151,10 @@ async fn a_body_at_the_limit_passes_and_one_byte_more_is_413() {
 #[actix_web::test]
 async fn a_chunked_body_over_the_limit_is_413_while_reading() {
     let mock = MockVidu::start().await;
-    let app = TestApp::spawn(
-        &base_config(&mock.url).replace("[server]\n", "[server]\nmax_body_bytes = 2000\n"),
-    )
-    .await;
+    let app = TestApp::builder(&mock)
+        .server(|s| s.max_body_bytes = 2000)
+        .spawn()
+        .await;
     let chunks: Vec<Result<Bytes, std::io::Error>> = body_of_len(5000)
         .into_bytes()
         .chunks(700)
@@ -179,7 +177,7 @@ async fn a_chunked_body_over_the_limit_is_413_while_reading() {
 #[actix_web::test]
 async fn a_non_json_content_type_is_415() {
     let mock = MockVidu::start().await;
-    let app = app_with(&mock, "").await;
+    let app = TestApp::builder(&mock).spawn().await;
     let mut res = app
         .client
         .post(format!("{}/ent/v2/img2video", app.url))
@@ -203,7 +201,7 @@ async fn a_non_json_content_type_is_415() {
 #[actix_web::test]
 async fn unknown_paths_wrong_methods_and_malformed_json_get_the_envelope() {
     let mock = MockVidu::start().await;
-    let app = app_with(&mock, "").await;
+    let app = TestApp::builder(&mock).spawn().await;
     let token = app.token("a", "t");
 
     let (status, headers, body) = app.get("/ent/v2/nope", &token).await;
@@ -234,7 +232,7 @@ async fn unknown_paths_wrong_methods_and_malformed_json_get_the_envelope() {
 #[actix_web::test]
 async fn a_sane_request_id_round_trips_and_an_insane_one_is_replaced() {
     let mock = MockVidu::start().await;
-    let app = app_with(&mock, "").await;
+    let app = TestApp::builder(&mock).spawn().await;
     let token = app.token("a", "t");
     let send = |id: &'static str| {
         app.client
@@ -285,7 +283,7 @@ async fn a_sane_request_id_round_trips_and_an_insane_one_is_replaced() {
 #[actix_web::test]
 async fn no_token_or_a_bad_token_is_401_and_nothing_is_forwarded() {
     let mock = MockVidu::start().await;
-    let app = app_with(&mock, "").await;
+    let app = TestApp::builder(&mock).spawn().await;
     let mut res = app
         .client
         .post(format!("{}/ent/v2/img2video", app.url))
@@ -332,7 +330,7 @@ async fn no_token_or_a_bad_token_is_401_and_nothing_is_forwarded() {
 #[actix_web::test]
 async fn task_query_and_cancel_are_forwarded_to_their_vidu_paths() {
     let mock = MockVidu::start().await;
-    let app = app_with(&mock, "").await;
+    let app = TestApp::builder(&mock).spawn().await;
     let token = app.token("a", "t");
     mock.respond(|r| {
         if r.path.ends_with("/creations") {
@@ -387,7 +385,7 @@ async fn task_query_and_cancel_are_forwarded_to_their_vidu_paths() {
 #[actix_web::test]
 async fn metrics_count_requests_and_upstream_outcomes() {
     let mock = MockVidu::start().await;
-    let app = app_with(&mock, "").await;
+    let app = TestApp::builder(&mock).spawn().await;
     app.create(&app.token("a", "t"), &small_request()).await;
     app.create("bad", &small_request()).await;
     let text = app.metrics_text().await;
@@ -409,11 +407,10 @@ async fn metrics_count_requests_and_upstream_outcomes() {
 #[actix_web::test]
 async fn metrics_move_to_their_own_listener_when_configured() {
     let mock = MockVidu::start().await;
-    let app = TestApp::spawn(
-        &base_config(&mock.url)
-            .replace("[server]\n", "[server]\nmetrics_listen = \"127.0.0.1:0\"\n"),
-    )
-    .await;
+    let app = TestApp::builder(&mock)
+        .server(|s| s.metrics_listen = Some("127.0.0.1:0".into()))
+        .spawn()
+        .await;
     let (status, _, _) = app.get_open("/metrics").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "not on the main listener");
     let port = app.metrics_port.unwrap();
@@ -429,7 +426,7 @@ async fn metrics_move_to_their_own_listener_when_configured() {
 #[actix_web::test]
 async fn health_and_readiness_need_no_token() {
     let mock = MockVidu::start().await;
-    let app = app_with(&mock, "").await;
+    let app = TestApp::builder(&mock).spawn().await;
     let (status, _, body) = app.get_open("/healthz").await;
     assert_eq!(
         (status, body["status"].clone()),
@@ -443,7 +440,7 @@ async fn health_and_readiness_need_no_token() {
 #[actix_web::test]
 async fn the_config_endpoint_is_for_admins_and_redacts_secrets() {
     let mock = MockVidu::start().await;
-    let app = app_with(&mock, "").await;
+    let app = TestApp::builder(&mock).spawn().await;
     let (status, headers, body) = app.get("/gateway/v1/config", &app.token("a", "t")).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_envelope(status, &headers, &body, "Forbidden");
@@ -462,7 +459,7 @@ async fn the_config_endpoint_is_for_admins_and_redacts_secrets() {
 #[actix_web::test]
 async fn a_cancel_sends_vidu_the_gateways_own_body_never_the_callers() {
     let mock = MockVidu::start().await;
-    let app = app_with(&mock, "").await;
+    let app = TestApp::builder(&mock).spawn().await;
     let alice = app.token("alice", "t");
     mock.respond(|r| {
         if r.path.ends_with("/cancel") {
@@ -492,7 +489,7 @@ async fn a_cancel_sends_vidu_the_gateways_own_body_never_the_callers() {
 #[actix_web::test]
 async fn an_upstream_echoing_the_enterprise_key_never_gets_it_to_the_caller() {
     let mock = MockVidu::start().await;
-    let app = app_with(&mock, "").await;
+    let app = TestApp::builder(&mock).spawn().await;
     let token = app.token("alice", "t");
     // Whatever sits at base_url echoes the request's Authorization header in its body and its headers.
     mock.respond(|r| {

@@ -4,20 +4,21 @@ use actix_web::http::StatusCode;
 use jiff::SignedDuration;
 use serde_json::json;
 
+use vidu_gateway::config::UpstreamMode;
+
 use crate::helpers::*;
 
-fn sandbox_config(complete_after: u64) -> String {
-    base_config("http://127.0.0.1:9")
-        .replace("mode = \"vidu\"", "mode = \"sandbox\"")
-        .replace(
-            "request_timeout_ms = 2000",
-            &format!("request_timeout_ms = 2000\nsandbox_complete_after_secs = {complete_after}"),
-        )
+/// The sandbox upstream, completing tasks `complete_after` seconds after their creation.
+fn sandbox_config(complete_after: u64) -> TestConfig {
+    TestConfig::new("http://127.0.0.1:9").upstream(|u| {
+        u.mode = UpstreamMode::Sandbox;
+        u.sandbox_complete_after_secs = complete_after;
+    })
 }
 
 #[actix_web::test]
 async fn a_sandbox_task_goes_from_created_through_processing_to_success() {
-    let app = TestApp::spawn(&sandbox_config(10)).await;
+    let app = sandbox_config(10).spawn().await;
     let token = app.token("alice", "marketing");
     let req = json!({"model": "viduq3-pro", "images": ["https://example.com/a.png"], "duration": 8,
                      "resolution": "1080p", "payload": "my-ref", "audio": false});
@@ -62,7 +63,7 @@ async fn a_sandbox_task_goes_from_created_through_processing_to_success() {
 
 #[actix_web::test]
 async fn the_sandbox_applies_model_defaults_like_vidu() {
-    let app = TestApp::spawn(&sandbox_config(10)).await;
+    let app = sandbox_config(10).spawn().await;
     let token = app.token("alice", "marketing");
     let (_, _, task) = app
         .post(
@@ -90,7 +91,7 @@ async fn the_sandbox_applies_model_defaults_like_vidu() {
 
 #[actix_web::test]
 async fn an_unfinished_sandbox_task_can_be_cancelled_and_a_finished_one_cannot() {
-    let app = TestApp::spawn(&sandbox_config(10)).await;
+    let app = sandbox_config(10).spawn().await;
     let token = app.token("alice", "marketing");
     let create =
         json!({"model": "viduq2", "images": ["https://e.com/a.png"], "off_peak": true}).to_string();
@@ -119,7 +120,7 @@ async fn an_unfinished_sandbox_task_can_be_cancelled_and_a_finished_one_cannot()
 
 #[actix_web::test]
 async fn unknown_sandbox_tasks_get_vidus_404_task_not_found() {
-    let app = TestApp::spawn(&sandbox_config(10)).await;
+    let app = sandbox_config(10).spawn().await;
     let token = app.token("alice", "marketing");
     for path in ["/ent/v2/tasks/999/creations", "/ent/v2/tasks/abc/creations"] {
         let (status, _, body) = app.get(path, &token).await;
@@ -136,7 +137,7 @@ async fn unknown_sandbox_tasks_get_vidus_404_task_not_found() {
 
 #[actix_web::test]
 async fn a_request_vidu_would_refuse_is_refused_before_it_reaches_the_sandbox() {
-    let app = TestApp::spawn(&sandbox_config(10)).await;
+    let app = sandbox_config(10).spawn().await;
     let token = app.token("alice", "marketing");
     let (status, _, body) = app
         .post(

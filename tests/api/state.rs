@@ -1,32 +1,19 @@
 //! The memory backend's ledger as ops meet it: a ledger file deleted or replaced under a running gateway is
 //! noticed (readyz, admission per `state.on_unavailable`), a task id reused by the upstream keeps its first owner,
-//! and the team budget metric reports the team's budget.
+//! the team budget metric reports the team's budget, and usage queries are read strictly.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use serde_json::json;
 
+use vidu_gateway::config::OnUnavailable;
+
 use crate::helpers::*;
 
-/// `base_config` with the ledger at `ledger`, `on_unavailable` set, and `extra` appended.
-fn config(mock: &MockVidu, ledger: &Path, on_unavailable: &str, extra: &str) -> String {
-    let base: String = base_config(&mock.url)
-        .lines()
-        .map(|l| {
-            if l.starts_with("ledger_path") {
-                format!(
-                    "ledger_path = \"{}\"\non_unavailable = \"{on_unavailable}\"",
-                    ledger.display()
-                )
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    format!("{base}\n{extra}")
+/// The base configuration with `state.on_unavailable` set.
+fn config(mock: &MockVidu, on_unavailable: OnUnavailable) -> TestConfig {
+    TestApp::builder(mock).state(|s| s.on_unavailable = on_unavailable)
 }
 
 /// Polls `/readyz` until it answers 503 (the guard looks every 200 ms while idle).
@@ -45,9 +32,9 @@ async fn readyz_refuses(app: &TestApp) -> serde_json::Value {
 #[actix_web::test]
 async fn a_deleted_ledger_makes_readyz_fail_naming_it_and_fail_closed_refuses() {
     let mock = MockVidu::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = dir.path().join("ledger.sqlite3");
-    let app = TestApp::spawn(&config(&mock, &ledger, "fail_closed", "")).await;
+    let cfg = config(&mock, OnUnavailable::FailClosed);
+    let ledger = cfg.ledger();
+    let app = cfg.spawn().await;
     let alice = app.token("alice", "t");
     assert_eq!(app.create(&alice, &small_request()).await.0, StatusCode::OK);
     assert_eq!(app.get_open("/readyz").await.0, StatusCode::OK);
@@ -72,13 +59,13 @@ async fn a_deleted_ledger_makes_readyz_fail_naming_it_and_fail_closed_refuses() 
 #[actix_web::test]
 async fn a_replaced_ledger_under_fail_open_keeps_admitting() {
     let mock = MockVidu::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = dir.path().join("ledger.sqlite3");
-    let app = TestApp::spawn(&config(&mock, &ledger, "fail_open", "")).await;
+    let cfg = config(&mock, OnUnavailable::FailOpen);
+    let ledger = cfg.ledger();
+    let app = cfg.spawn().await;
     let alice = app.token("alice", "t");
     assert_eq!(app.create(&alice, &small_request()).await.0, StatusCode::OK);
 
-    let other = dir.path().join("restored-from-backup.sqlite3");
+    let other = ledger.with_file_name("restored-from-backup.sqlite3");
     std::fs::write(&other, b"").unwrap();
     std::fs::rename(&other, &ledger).unwrap();
     let body = readyz_refuses(&app).await;
@@ -107,14 +94,10 @@ async fn a_task_id_the_upstream_hands_out_twice_stays_with_its_first_owner() {
             Reply::json(200, created_task("dup-1", 25))
         }
     });
-    let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn(&config(
-        &mock,
-        &dir.path().join("ledger.sqlite3"),
-        "fail_closed",
-        "[policy]\nteam_can_read_tasks = false\n",
-    ))
-    .await;
+    let app = config(&mock, OnUnavailable::FailClosed)
+        .toml("[policy]\nteam_can_read_tasks = false\n")
+        .spawn()
+        .await;
     let (alice, mallory) = (app.token("alice", "a"), app.token("mallory", "m"));
     assert_eq!(app.create(&alice, &small_request()).await.0, StatusCode::OK);
     assert_eq!(
@@ -134,14 +117,10 @@ async fn a_task_id_the_upstream_hands_out_twice_stays_with_its_first_owner() {
 async fn the_team_budget_metric_reports_the_team_budget() {
     let mock = MockVidu::start().await;
     mock.respond(|_| Reply::json(200, created_task("t-1", 55)));
-    let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn(&config(
-        &mock,
-        &dir.path().join("ledger.sqlite3"),
-        "fail_closed",
-        "[policy.defaults]\ndaily_credits = 100\n[policy.teams.mkt]\nteam_daily_credits = 1000\n",
-    ))
-    .await;
+    let app = config(&mock, OnUnavailable::FailClosed)
+        .toml("[policy.defaults]\ndaily_credits = 100\n[policy.teams.mkt]\nteam_daily_credits = 1000\n")
+        .spawn()
+        .await;
     // viduq2 720p 5 s: 55 credits each; alice's own budget (100) is tighter than the team's.
     let body = json!({"model": "viduq2", "images": ["https://example.com/a.png"], "duration": 5});
     let (status, headers, _) = app.create(&app.token("alice", "mkt"), &body).await;
@@ -156,4 +135,26 @@ async fn the_team_budget_metric_reports_the_team_budget() {
         text.contains("vidu_gateway_budget_remaining_credits{team=\"mkt\"} 890"),
         "{text}"
     );
+}
+
+/// A parameter sent twice is a mistake in the query, and the answer says so (not "send a JSON object body").
+#[actix_web::test]
+async fn a_duplicated_query_parameter_is_a_400_about_the_query() {
+    let mock = MockVidu::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(&config(
+        &mock,
+        &dir.path().join("ledger.sqlite3"),
+        "fail_closed",
+        "",
+    ))
+    .await;
+    let (status, headers, body) = app
+        .get("/gateway/v1/usage?user=a&user=b", &app.admin_token())
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_envelope(status, &headers, &body, "BadRequest");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("query string"), "{message}");
+    assert!(message.contains("duplicate field `user`"), "{message}");
 }

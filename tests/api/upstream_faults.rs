@@ -159,8 +159,9 @@ async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> 
     Ok(())
 }
 
-async fn app_for(upstream: &RawUpstream, extra: &str) -> TestApp {
-    TestApp::spawn(&format!("{}\n{extra}", base_config(&upstream.url))).await
+/// The base configuration against `upstream`.
+fn config_for(upstream: &RawUpstream) -> TestConfig {
+    TestConfig::new(&upstream.url)
 }
 
 async fn user_totals(app: &TestApp, token: &str) -> Value {
@@ -175,7 +176,7 @@ async fn user_totals(app: &TestApp, token: &str) -> Value {
 async fn a_close_or_reset_after_vidu_read_the_create_keeps_the_reservation_unknown() {
     for ending in [Ending::Fin, Ending::Reset] {
         let upstream = RawUpstream::start(Behaviour::CloseAfterRequest(ending));
-        let app = app_for(&upstream, "").await;
+        let app = config_for(&upstream).spawn().await;
         let token = app.token("alice", "t");
         let (status, headers, body) = app.create(&token, &small_request()).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY, "{ending:?}: {body}");
@@ -214,11 +215,10 @@ async fn over_50_creates_no_connection_is_reused_after_its_pool_idle_timeout() {
             idle: Duration::from_millis(80),
             ending,
         });
-        let app = TestApp::spawn(&base_config(&upstream.url).replace(
-            "request_timeout_ms = 2000",
-            "request_timeout_ms = 2000\npool_idle_timeout_ms = 25",
-        ))
-        .await;
+        let app = config_for(&upstream)
+            .upstream(|u| u.pool_idle_timeout_ms = 25)
+            .spawn()
+            .await;
         let token = app.token("alice", "t");
         let pauses = [0, 10, 50, 77, 78, 79];
         for i in 0..50 {
@@ -254,7 +254,7 @@ async fn connections_the_upstream_dropped_while_idle_are_never_used_for_a_create
             idle: Duration::from_millis(30),
             ending,
         });
-        let app = app_for(&upstream, "").await;
+        let app = config_for(&upstream).spawn().await;
         let token = app.token("alice", "t");
         for i in 0..12 {
             let (status, _, body) = app.create(&token, &small_request()).await;
@@ -287,11 +287,10 @@ async fn pooled_connections_idle_longer_than_the_pool_timeout_are_not_reused() {
         idle: Duration::from_secs(30),
         ending: Ending::Fin,
     });
-    let app = TestApp::spawn(&base_config(&upstream.url).replace(
-        "request_timeout_ms = 2000",
-        "request_timeout_ms = 2000\npool_idle_timeout_ms = 100",
-    ))
-    .await;
+    let app = config_for(&upstream)
+        .upstream(|u| u.pool_idle_timeout_ms = 100)
+        .spawn()
+        .await;
     let token = app.token("alice", "t");
     let (status, _, _) = app.create(&token, &small_request()).await;
     assert_eq!(status, StatusCode::OK);
