@@ -141,14 +141,7 @@ async fn the_team_budget_metric_reports_the_team_budget() {
 #[actix_web::test]
 async fn a_duplicated_query_parameter_is_a_400_about_the_query() {
     let mock = MockVidu::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn(&config(
-        &mock,
-        &dir.path().join("ledger.sqlite3"),
-        "fail_closed",
-        "",
-    ))
-    .await;
+    let app = config(&mock, OnUnavailable::FailClosed).spawn().await;
     let (status, headers, body) = app
         .get("/gateway/v1/usage?user=a&user=b", &app.admin_token())
         .await;
