@@ -9,7 +9,6 @@ use crate::auth::Identity;
 use crate::config::Settings;
 use crate::policy::periods::{periods, timezone};
 use crate::policy::resolve::{team_limits, user_rules};
-use crate::state::ledger::Ledger;
 use crate::state::{BudgetKey, Period, Reports, Scope, StoreError, UsageFilter, UsageRow};
 
 /// Whose usage: a user, a team, or both (a caller's own view).
@@ -264,20 +263,21 @@ pub async fn collect(
     Ok(Report { user, team, all })
 }
 
-/// [`collect`] from a ledger file read directly (the `usage` command; every read answers at once).
+/// [`collect`] from a source whose every answer is ready at once: a ledger file read directly (the `usage`
+/// command).
 pub fn report(
     settings: &Settings,
-    ledger: &Ledger,
+    source: &dyn Reports,
     now: Timestamp,
     subject: &Subject,
     from: Option<String>,
     to: Option<String>,
 ) -> Result<Report, String> {
-    collect(settings, ledger, now, subject, from, to)
+    collect(settings, source, now, subject, from, to)
         .now_or_never()
         .unwrap_or_else(|| {
             Err(StoreError::Read(
-                "a ledger file read did not answer at once".into(),
+                "a report source did not answer at once".into(),
             ))
         })
         .map_err(|e| e.to_string())
@@ -411,8 +411,11 @@ pub fn to_table(report: &Report) -> String {
 mod tests {
     use std::cell::RefCell;
 
+    use futures_util::future::ready;
+
     use super::*;
     use crate::config::test_settings;
+    use crate::state::Answer;
 
     /// A store with fixed spend per (scope, subject, period), recording the usage filters it is asked for.
     #[derive(Default)]
@@ -423,18 +426,25 @@ mod tests {
         keys: RefCell<Vec<BudgetKey>>,
     }
 
-    impl UsageSource for Fake {
-        fn used(&self, key: &BudgetKey) -> Result<u64, String> {
-            self.keys.borrow_mut().push(key.clone());
-            Ok(self
-                .spent
+    impl Reports for Fake {
+        fn used<'a>(&'a self, keys: &'a [BudgetKey]) -> Answer<'a, Vec<u64>> {
+            self.keys.borrow_mut().extend(keys.iter().cloned());
+            let used = keys
                 .iter()
-                .find(|(s, who, p, _)| *s == key.scope && *who == key.subject && *p == key.period)
-                .map_or(0, |&(.., n)| n))
+                .map(|key| {
+                    self.spent
+                        .iter()
+                        .find(|(s, who, p, _)| {
+                            *s == key.scope && *who == key.subject && *p == key.period
+                        })
+                        .map_or(0, |&(.., n)| n)
+                })
+                .collect();
+            ready(Ok(used)).boxed()
         }
-        fn usage(&self, filter: &UsageFilter) -> Result<Vec<UsageRow>, String> {
+        fn usage<'a>(&'a self, filter: &'a UsageFilter) -> Answer<'a, Vec<UsageRow>> {
             self.asked.borrow_mut().push(filter.clone());
-            Ok(self.days.clone())
+            ready(Ok(self.days.clone())).boxed()
         }
     }
 

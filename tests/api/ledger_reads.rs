@@ -25,20 +25,10 @@ fn fill_ledger(path: &Path) {
     .unwrap();
 }
 
-fn config(mock: &MockVidu, ledger: &Path) -> String {
-    let base: String = base_config(&mock.url)
-        .lines()
-        .map(|l| {
-            if l.starts_with("ledger_path") {
-                format!("ledger_path = \"{}\"", ledger.display())
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    // Every create has a daily and a monthly budget: a user's first create loads them from the ledger.
-    format!("{base}\n[policy.defaults]\ndaily_credits = 100000\nmonthly_credits = 1000000\n")
+/// Every create has a daily and a monthly budget: a user's first create loads them from the ledger.
+fn config(mock: &MockVidu) -> TestConfig {
+    TestApp::builder(mock)
+        .toml("[policy.defaults]\ndaily_credits = 100000\nmonthly_credits = 1000000\n")
 }
 
 fn q2() -> serde_json::Value {
@@ -53,10 +43,9 @@ fn median(mut v: Vec<Duration>) -> Duration {
 #[actix_web::test]
 async fn creates_are_not_held_behind_a_slow_usage_report() {
     let mock = MockVidu::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = dir.path().join("ledger.sqlite3");
-    fill_ledger(&ledger);
-    let app = TestApp::spawn(&config(&mock, &ledger)).await;
+    let config = config(&mock);
+    fill_ledger(&config.ledger());
+    let app = config.spawn().await;
 
     // Creates alone: each by a user seen for the first time.
     let mut alone = Vec::new();
