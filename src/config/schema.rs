@@ -7,6 +7,11 @@
 //! it again with fields left out until serde stops asking for one. A value whose type the probe cannot describe
 //! (a custom type that takes "anything", such as a price) is checked by `Schema::check`, which deserializes that one
 //! value, in place, with everything else a placeholder.
+//!
+//! A type that parses its value (a time zone, a URL, an hour window, a limit of at least 1) refuses the probe's
+//! placeholder (`""`, `0`). The probe then knows that key's value is *parsed*: it probes again with that key left
+//! out (its table's default, an empty list) to describe the rest, and `Schema::parsed` tells the shape check to let
+//! the type itself judge each value given there.
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -22,7 +27,7 @@ use serde::de::{
 use super::settings::Settings;
 
 /// One step of a path through the schema.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Seg {
     /// A field of a struct (a fixed key of a table).
     Field(&'static str),
@@ -64,6 +69,8 @@ pub struct Field {
 #[derive(Debug)]
 pub struct Schema {
     kinds: HashMap<Vec<Seg>, Kind>,
+    /// Keys whose type parses the value, refusing some values of the right TOML type.
+    parsed: BTreeSet<Vec<Seg>>,
 }
 
 impl Schema {
@@ -77,10 +84,19 @@ impl Schema {
         self.kinds.get(path)
     }
 
+    /// True when the type at `path` parses its value: a value of the right TOML type may still be refused, and
+    /// only `check` can tell.
+    pub fn parsed(&self, path: &[Seg]) -> bool {
+        self.parsed.contains(path)
+    }
+
     /// Deserializes `value` as the type at `path`: `Err` carries the type's own message.
     pub fn check(&self, path: &[Seg], value: &toml::Value) -> Result<(), String> {
+        let mut omit = self.parsed.clone();
+        omit.remove(path);
         let ctx = Ctx {
             feed: Some((path.to_vec(), value.clone())),
+            omit,
             ..Ctx::default()
         };
         match ctx.run() {
@@ -90,35 +106,51 @@ impl Schema {
     }
 
     fn probe() -> Schema {
-        let ctx = Ctx::default();
-        // Only the probe's own placeholders are deserialized here: an error would be a probe bug, and the
-        // schema is then as complete as the probe got (the strict deserialization after the checks still runs).
-        let _ = ctx.run();
-        let mut kinds = ctx.kinds.into_inner();
+        let mut kinds = HashMap::new();
+        let mut parsed = BTreeSet::new();
+        loop {
+            let ctx = Ctx {
+                omit: parsed.clone(),
+                ..Ctx::default()
+            };
+            let result = ctx.run();
+            for (path, kind) in ctx.kinds.into_inner() {
+                kinds.entry(path).or_insert(kind);
+            }
+            match result {
+                // A parsed value refused its placeholder: probe the rest without it.
+                Err(ProbeError::Refused(path)) if parsed.insert(path.clone()) => {}
+                // Otherwise only the probe's own placeholders were deserialized: an error would be a probe bug,
+                // and the schema is then as complete as the probe got (the strict deserialization after the
+                // checks still runs).
+                _ => break,
+            }
+        }
         let structs: Vec<Vec<Seg>> = kinds
             .iter()
             .filter(|(_, k)| matches!(k, Kind::Struct(_)))
             .map(|(p, _)| p.clone())
             .collect();
         for path in structs {
-            let required = required_fields(&path);
+            let required = required_fields(&path, &parsed);
             if let Some(Kind::Struct(fields)) = kinds.get_mut(&path) {
                 for f in fields {
                     f.required = required.contains(f.name);
                 }
             }
         }
-        Schema { kinds }
+        Schema { kinds, parsed }
     }
 }
 
 /// The fields serde refuses to do without in the struct at `path`: probe it with none of its fields, then with
 /// the missing one added, until it is complete.
-fn required_fields(path: &[Seg]) -> BTreeSet<&'static str> {
+fn required_fields(path: &[Seg], omit: &BTreeSet<Vec<Seg>>) -> BTreeSet<&'static str> {
     let mut present = BTreeSet::new();
     loop {
         let ctx = Ctx {
             only: Some((path.to_vec(), present.clone())),
+            omit: omit.clone(),
             ..Ctx::default()
         };
         match ctx.run() {
@@ -135,6 +167,8 @@ struct Ctx {
     only: Option<(Vec<Seg>, BTreeSet<&'static str>)>,
     /// The value at this path is this one, deserialized for real.
     feed: Option<(Vec<Seg>, toml::Value)>,
+    /// These values are left out: a key absent, a list or a map empty.
+    omit: BTreeSet<Vec<Seg>>,
 }
 
 impl Ctx {
@@ -154,8 +188,21 @@ impl Ctx {
             Some((at, value)) if *at == path => seed
                 .deserialize(value.clone())
                 .map_err(|e| ProbeError::Fed(e.message().to_owned())),
-            _ => seed.deserialize(Probe { ctx: self, path }),
+            // The type refused its placeholder (the innermost value that did is blamed).
+            _ => seed
+                .deserialize(Probe {
+                    ctx: self,
+                    path: path.clone(),
+                })
+                .map_err(|e| match e {
+                    ProbeError::Other(_) => ProbeError::Refused(path),
+                    e => e,
+                }),
         }
+    }
+
+    fn omitted(&self, path: &[Seg]) -> bool {
+        self.omit.contains(path)
     }
 }
 
@@ -165,6 +212,8 @@ enum ProbeError {
     Missing(&'static str),
     /// The fed value was refused, with this message.
     Fed(String),
+    /// The type at this path refused the probe's placeholder.
+    Refused(Vec<Seg>),
     Other(String),
 }
 
@@ -172,6 +221,7 @@ impl fmt::Display for ProbeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ProbeError::Missing(field) => write!(f, "missing field {field}"),
+            ProbeError::Refused(path) => write!(f, "the placeholder is refused at {path:?}"),
             ProbeError::Fed(m) | ProbeError::Other(m) => f.write_str(m),
         }
     }
@@ -324,10 +374,11 @@ impl<'de> Deserializer<'de> for Probe<'_> {
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ProbeError> {
         self.record(Kind::List);
         let elem = self.with(Seg::Elem);
+        let left = usize::from(!self.ctx.omitted(&elem));
         visitor.visit_seq(Elements {
             ctx: self.ctx,
             path: elem,
-            left: 1,
+            left,
         })
     }
 
@@ -357,10 +408,15 @@ impl<'de> Deserializer<'de> for Probe<'_> {
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ProbeError> {
         self.record(Kind::Map);
         let entry = self.with(Seg::Entry);
+        let keys = if self.ctx.omitted(&entry) {
+            Vec::new()
+        } else {
+            vec!["*"]
+        };
         visitor.visit_map(Entries {
             ctx: self.ctx,
             path: entry,
-            keys: vec!["*"],
+            keys,
         })
     }
 
@@ -379,14 +435,15 @@ impl<'de> Deserializer<'de> for Probe<'_> {
                 })
                 .collect(),
         ));
-        let keys = match &self.ctx.only {
-            Some((at, only)) if *at == self.path => fields
-                .iter()
-                .copied()
-                .filter(|f| only.contains(f))
-                .collect(),
-            _ => fields.to_vec(),
-        };
+        let keys = fields
+            .iter()
+            .copied()
+            .filter(|f| match &self.ctx.only {
+                Some((at, only)) if *at == self.path => only.contains(f),
+                _ => true,
+            })
+            .filter(|f| !self.ctx.omitted(&self.with(Seg::Field(f))))
+            .collect();
         let path = self.path.clone();
         visitor.visit_map(Entries {
             ctx: self.ctx,
