@@ -127,10 +127,7 @@ pub fn admit(
             }
         }
         Err(r) => {
-            let p = crate::policy::periods::periods(
-                ctx.now,
-                &crate::policy::periods::timezone(&ctx.settings.policy.timezone),
-            );
+            let p = crate::policy::periods::periods(ctx.now, ctx.settings.policy.timezone.tz());
             ctx.store.record_rejection(
                 &LedgerEntry {
                     request_id: ctx.request_id.to_owned(),

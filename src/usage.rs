@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::auth::Identity;
 use crate::config::Settings;
-use crate::policy::periods::{periods, timezone};
+use crate::policy::periods::periods;
 use crate::policy::resolve::{team_limits, user_rules};
 use crate::state::ledger::Ledger;
 use crate::state::{AdmissionStore, BudgetKey, Period, Scope, UsageFilter, UsageRow};
@@ -151,7 +151,7 @@ pub fn report(
     from: Option<String>,
     to: Option<String>,
 ) -> Result<Report, String> {
-    let p = periods(now, &timezone(&settings.policy.timezone));
+    let p = periods(now, settings.policy.timezone.tz());
     let (from_all, to_all) = (from.clone(), to.clone());
     let user = match &subject.user {
         None => None,

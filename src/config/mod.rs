@@ -8,6 +8,7 @@ mod secret;
 mod settings;
 mod shape;
 mod validate;
+mod values;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -19,6 +20,7 @@ use sha2::{Digest, Sha256};
 pub use live::LiveConfig;
 pub use secret::{REDACTED, Secret};
 pub use settings::*;
+pub use values::{BaseUrl, Zone};
 
 /// The built-in configuration (`config/default.toml`), compiled into the binary: sandbox upstream and a
 /// development HS256 secret. Used when `--config` is not given.

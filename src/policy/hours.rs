@@ -1,12 +1,18 @@
-//! `immediate_hours` windows such as `"09:00-19:00"` (end exclusive; a window may wrap past midnight).
+//! `immediate_hours` windows such as `"09:00-19:00"` (end exclusive; a window may wrap past midnight), parsed
+//! when the configuration is loaded: a window that does not parse is refused there, naming the key, and never
+//! reaches a request. This module depends on nothing of the gateway's (the configuration holds its type).
 
 use std::fmt;
 
-/// A daily window in local time, as minutes after midnight; `end < start` wraps past midnight.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A daily window in local time, as minutes after midnight; `end < start` wraps past midnight. Shown and
+/// written back as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HourWindow {
     start: u16,
     end: u16,
+    text: String,
 }
 
 impl HourWindow {
@@ -26,7 +32,11 @@ impl HourWindow {
         if start == end || start == 24 * 60 {
             return Err(format!("{text:?} is empty: start and end must differ"));
         }
-        Ok(Self { start, end })
+        Ok(Self {
+            start,
+            end,
+            text: text.to_owned(),
+        })
     }
 
     /// Whether `minute_of_day` (0..1440) lies inside the window.
@@ -39,16 +49,29 @@ impl HourWindow {
     }
 }
 
+/// Seconds from `minute` until one of `windows` next opens (at least a minute ahead; a day when none ever does).
+pub fn secs_until_open(windows: &[HourWindow], minute: u16) -> u64 {
+    (1..=1440u16)
+        .find(|d| windows.iter().any(|w| w.contains((minute + d) % 1440)))
+        .map(|d| u64::from(d) * 60)
+        .unwrap_or(86_400)
+}
+
 impl fmt::Display for HourWindow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:02}:{:02}-{:02}:{:02}",
-            self.start / 60,
-            self.start % 60,
-            self.end / 60,
-            self.end % 60
-        )
+        f.write_str(&self.text)
+    }
+}
+
+impl Serialize for HourWindow {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for HourWindow {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        HourWindow::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 
@@ -89,5 +112,33 @@ mod tests {
             HourWindow::parse("18:00-24:00").unwrap().to_string(),
             "18:00-24:00"
         );
+    }
+
+    #[test]
+    fn a_window_is_parsed_when_read_and_written_back_as_configured() {
+        #[derive(Debug, Deserialize, Serialize)]
+        struct Hours {
+            immediate_hours: Vec<HourWindow>,
+        }
+        let h: Hours =
+            toml::from_str("immediate_hours = [\"09:00 - 19:00\", \"22:00-06:00\"]").unwrap();
+        assert!(h.immediate_hours[0].contains(9 * 60));
+        assert_eq!(h.immediate_hours[0].to_string(), "09:00 - 19:00");
+        assert_eq!(
+            toml::to_string(&h).unwrap().trim(),
+            "immediate_hours = [\"09:00 - 19:00\", \"22:00-06:00\"]"
+        );
+        let e = toml::from_str::<Hours>("immediate_hours = [\"9-17\"]").unwrap_err();
+        assert_eq!(
+            e.message(),
+            "\"9-17\" is not a window such as \"09:00-19:00\""
+        );
+    }
+
+    #[test]
+    fn the_next_window_opens_at_its_start() {
+        let w = [HourWindow::parse("09:00-19:00").unwrap()];
+        assert_eq!(secs_until_open(&w, 20 * 60), 13 * 3600);
+        assert_eq!(secs_until_open(&w, 8 * 60 + 59), 60);
     }
 }

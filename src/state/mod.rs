@@ -10,6 +10,7 @@ pub mod rate;
 pub mod writer;
 
 use std::fmt;
+use std::num::NonZeroU32;
 
 pub use ledger::{TaskRecord, UsageFilter, UsageRow};
 
@@ -70,8 +71,8 @@ pub struct BudgetKey {
 pub struct RateSpec {
     pub scope: Scope,
     pub subject: String,
-    pub per_minute: u32,
-    pub burst: u32,
+    pub per_minute: NonZeroU32,
+    pub burst: NonZeroU32,
     /// The config key that set it, for messages.
     pub source: String,
 }
