@@ -669,4 +669,56 @@ mod tests {
         let e = schema.check(&path, &toml::Value::Integer(-1)).unwrap_err();
         assert!(e.contains("not a non-negative decimal"), "{e}");
     }
+
+    #[test]
+    fn the_schema_knows_which_keys_parse_their_value() {
+        use Seg::*;
+        let schema = Schema::of_settings();
+        for (path, kind) in [
+            (vec![Field("policy"), Field("timezone")], Kind::Str),
+            (vec![Field("upstream"), Field("base_url")], Kind::Str),
+            (
+                vec![
+                    Field("policy"),
+                    Field("defaults"),
+                    Field("immediate_hours"),
+                    Elem,
+                ],
+                Kind::Str,
+            ),
+            (
+                vec![Field("policy"), Field("teams"), Entry, Field("team_burst")],
+                Kind::Int {
+                    min: 0,
+                    max: i128::from(u32::MAX),
+                },
+            ),
+            (
+                vec![Field("policy"), Field("global"), Field("max_in_flight")],
+                Kind::Int {
+                    min: 0,
+                    max: i128::from(u32::MAX),
+                },
+            ),
+        ] {
+            assert!(schema.parsed(&path), "{path:?}");
+            assert_eq!(schema.kind(&path), Some(&kind), "{path:?}");
+        }
+        for plain in [
+            vec![Field("server"), Field("listen")],
+            vec![Field("policy"), Field("defaults"), Field("daily_credits")],
+        ] {
+            assert!(!schema.parsed(&plain), "{plain:?}");
+        }
+        // The type judges a value given there.
+        let zone = [Field("policy"), Field("timezone")];
+        assert!(schema.check(&zone, &"Europe/Berlin".into()).is_ok());
+        let e = schema.check(&zone, &"Mars/Olympus".into()).unwrap_err();
+        assert!(e.contains("is not an IANA time zone"), "{e}");
+        // Keys after a parsed one are still described (the probe went on without it).
+        assert_eq!(
+            schema.kind(&[Field("policy"), Field("team_can_read_tasks")]),
+            Some(&Kind::Bool)
+        );
+    }
 }
