@@ -90,13 +90,23 @@ impl Schema {
         self.parsed.contains(path)
     }
 
-    /// Deserializes `value` as the type at `path`: `Err` carries the type's own message.
+    /// True when the field at `path` is one its table cannot do without.
+    fn required(&self, path: &[Seg]) -> bool {
+        match path.split_last() {
+            Some((Seg::Field(name), table)) => matches!(
+                self.kinds.get(table),
+                Some(Kind::Struct(fields)) if fields.iter().any(|f| f.name == *name && f.required)
+            ),
+            _ => false,
+        }
+    }
+
+    /// Deserializes `value` as the type at `path`: `Err` carries the type's own message. Only the tables on the
+    /// way to `path` are visited, with the fields they cannot do without.
     pub fn check(&self, path: &[Seg], value: &toml::Value) -> Result<(), String> {
-        let mut omit = self.parsed.clone();
-        omit.remove(path);
         let ctx = Ctx {
             feed: Some((path.to_vec(), value.clone())),
-            omit,
+            within: Some(self),
             ..Ctx::default()
         };
         match ctx.run() {
@@ -110,7 +120,7 @@ impl Schema {
         let mut parsed = BTreeSet::new();
         loop {
             let ctx = Ctx {
-                omit: parsed.clone(),
+                omit: Some(&parsed),
                 ..Ctx::default()
             };
             let result = ctx.run();
@@ -150,7 +160,7 @@ fn required_fields(path: &[Seg], omit: &BTreeSet<Vec<Seg>>) -> BTreeSet<&'static
     loop {
         let ctx = Ctx {
             only: Some((path.to_vec(), present.clone())),
-            omit: omit.clone(),
+            omit: Some(omit),
             ..Ctx::default()
         };
         match ctx.run() {
@@ -161,17 +171,20 @@ fn required_fields(path: &[Seg], omit: &BTreeSet<Vec<Seg>>) -> BTreeSet<&'static
 }
 
 #[derive(Default)]
-struct Ctx {
+struct Ctx<'s> {
     kinds: RefCell<HashMap<Vec<Seg>, Kind>>,
     /// The struct at this path yields only these fields.
     only: Option<(Vec<Seg>, BTreeSet<&'static str>)>,
     /// The value at this path is this one, deserialized for real.
     feed: Option<(Vec<Seg>, toml::Value)>,
     /// These values are left out: a key absent, a list or a map empty.
-    omit: BTreeSet<Vec<Seg>>,
+    omit: Option<&'s BTreeSet<Vec<Seg>>>,
+    /// With a feed, the schema already known: everything not on the way to the fed value and not required is
+    /// left out.
+    within: Option<&'s Schema>,
 }
 
-impl Ctx {
+impl Ctx<'_> {
     fn run(&self) -> Result<Settings, ProbeError> {
         Settings::deserialize(Probe {
             ctx: self,
@@ -202,7 +215,11 @@ impl Ctx {
     }
 
     fn omitted(&self, path: &[Seg]) -> bool {
-        self.omit.contains(path)
+        match (&self.feed, self.within) {
+            (Some((at, _)), _) if at.starts_with(path) => false,
+            (Some(_), Some(schema)) => !schema.required(path),
+            _ => self.omit.is_some_and(|omit| omit.contains(path)),
+        }
     }
 }
 
@@ -240,7 +257,7 @@ impl de::Error for ProbeError {
 }
 
 struct Probe<'c> {
-    ctx: &'c Ctx,
+    ctx: &'c Ctx<'c>,
     path: Vec<Seg>,
 }
 
@@ -476,7 +493,7 @@ impl<'de> Deserializer<'de> for Probe<'_> {
 
 /// A list of `left` placeholder elements.
 struct Elements<'c> {
-    ctx: &'c Ctx,
+    ctx: &'c Ctx<'c>,
     path: Vec<Seg>,
     left: usize,
 }
@@ -498,7 +515,7 @@ impl<'de> SeqAccess<'de> for Elements<'_> {
 
 /// A struct's fields (each at `path + Field(key)`), or one map entry `"*"` (at `path`, already `… + Entry`).
 struct Entries<'c> {
-    ctx: &'c Ctx,
+    ctx: &'c Ctx<'c>,
     path: Vec<Seg>,
     keys: Vec<&'static str>,
 }
