@@ -2,6 +2,7 @@
 //! secrets, fill code defaults, and `validate()` — every problem reported with the key at fault.
 
 mod env;
+mod hours;
 mod live;
 mod schema;
 mod secret;
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+pub use hours::HourWindow;
 pub use live::LiveConfig;
 pub use secret::{REDACTED, Secret};
 pub use settings::*;

@@ -1,6 +1,6 @@
 //! The typed configuration: every key, its code default, and nothing else (unknown keys are errors). Values that
-//! can be wrong are parsed here, at load, into types that cannot be (`values.rs`, `policy::hours`): nothing after
-//! the load checks them again.
+//! can be wrong are parsed here, at load, into types that cannot be (`values.rs`, `hours.rs`): nothing after the
+//! load checks them again.
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
@@ -8,9 +8,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::hours::HourWindow;
 use super::secret::Secret;
 use super::values::{BaseUrl, Zone, at_least_one};
-use crate::policy::hours::HourWindow;
 use crate::vidu::pricing::Decimal;
 
 /// The whole configuration file. Each section falls back to its code default when absent.

@@ -42,7 +42,7 @@ fn keys_missing_from_a_file_take_their_code_defaults() {
     assert_eq!(s.server.max_body_bytes, 20 * 1024 * 1024);
     assert_eq!(s.upstream.request_timeout_ms, 30_000);
     assert_eq!(s.auth.leeway_secs, 60);
-    assert_eq!(s.policy.timezone.name(), "Asia/Shanghai");
+    assert_eq!(s.policy.timezone.as_str(), "Asia/Shanghai");
     assert_eq!(s.policy.defaults.off_peak, Some(OffPeakMode::Allow));
     assert_eq!(
         s.policy.defaults.daily_credits, None,
@@ -602,6 +602,22 @@ fn plain_http_to_the_real_vidu_is_refused_unless_the_host_is_loopback() {
 // --- Parse, don't validate: values that can be wrong are parsed at load, into types that cannot be; what cannot
 // parse is refused there, naming the key, in the config's words.
 
+/// The minimal file with `extra` appended, loaded.
+fn loads(extra: &str) -> LoadedConfig {
+    file(&format!("{MINIMAL}{extra}")).unwrap()
+}
+
+/// Sets `var` to `value` over the minimal file and expects `problem`, blamed on the variable.
+fn assert_problem_from_env(var: &str, value: &str, problem: &str) {
+    let msg = problems(load_from_str(
+        MINIMAL,
+        Origin::Builtin,
+        env(&[(var, value)]),
+    ));
+    let expected = format!("environment variable {var}: {problem}");
+    assert!(msg.contains(&expected), "{expected}: {msg}");
+}
+
 /// The problems of an invalid configuration, one per line.
 fn problem_lines(result: Result<LoadedConfig, ConfigError>) -> Vec<String> {
     match result {
@@ -640,14 +656,10 @@ fn a_limit_of_zero_is_refused_at_load_naming_the_key() {
     expected.sort();
     assert_eq!(lines, expected, "each once, and nothing else");
 
-    let msg = problems(load_from_str(
-        MINIMAL,
-        Origin::Builtin,
-        env(&[("VIDU_GW__POLICY__DEFAULTS__BURST", "0")]),
-    ));
-    assert!(
-        msg.contains("environment variable VIDU_GW__POLICY__DEFAULTS__BURST: policy.defaults.burst must be at least 1 (leave it out for no limit)"),
-        "{msg}"
+    assert_problem_from_env(
+        "VIDU_GW__POLICY__DEFAULTS__BURST",
+        "0",
+        "policy.defaults.burst must be at least 1 (leave it out for no limit)",
     );
 }
 
@@ -676,10 +688,7 @@ fn limits_load_as_non_zero_numbers_and_print_as_written() {
 
 #[test]
 fn a_time_zone_is_found_at_load_and_a_bad_one_is_refused_naming_the_key() {
-    let c = file(&format!(
-        "{MINIMAL}[policy]\ntimezone = \"Europe/Berlin\"\n"
-    ))
-    .unwrap();
+    let c = loads("[policy]\ntimezone = \"Europe/Berlin\"\n");
     assert_eq!(
         c.settings.policy.timezone.tz(),
         &jiff::tz::TimeZone::get("Europe/Berlin").unwrap()
@@ -693,23 +702,16 @@ fn a_time_zone_is_found_at_load_and_a_bad_one_is_refused_naming_the_key() {
         lines,
         ["policy.timezone = \"Mars/Olympus\" is not an IANA time zone such as \"Asia/Shanghai\""]
     );
-    let msg = problems(load_from_str(
-        MINIMAL,
-        Origin::Builtin,
-        env(&[("VIDU_GW__POLICY__TIMEZONE", "Nowhere/Land")]),
-    ));
-    assert!(
-        msg.contains("environment variable VIDU_GW__POLICY__TIMEZONE: policy.timezone = \"Nowhere/Land\" is not an IANA time zone"),
-        "{msg}"
+    assert_problem_from_env(
+        "VIDU_GW__POLICY__TIMEZONE",
+        "Nowhere/Land",
+        "policy.timezone = \"Nowhere/Land\" is not an IANA time zone",
     );
 }
 
 #[test]
 fn hour_windows_are_parsed_at_load_and_a_bad_one_is_refused_naming_the_key() {
-    let c = file(&format!(
-        "{MINIMAL}[policy.defaults]\nimmediate_hours = [\"09:00 - 19:00\", \"22:00-02:00\"]\n"
-    ))
-    .unwrap();
+    let c = loads("[policy.defaults]\nimmediate_hours = [\"09:00 - 19:00\", \"22:00-02:00\"]\n");
     let hours = c
         .settings
         .policy
@@ -739,26 +741,16 @@ fn hour_windows_are_parsed_at_load_and_a_bad_one_is_refused_naming_the_key() {
             "policy.users.\"a@b.c\".immediate_hours: \"25:00-26:00\" is not a window such as \"09:00-19:00\"",
         ]
     );
-    let msg = problems(load_from_str(
-        MINIMAL,
-        Origin::Builtin,
-        env(&[(
-            "VIDU_GW__POLICY__DEFAULTS__IMMEDIATE_HOURS",
-            "09:00-19:00, 7-8",
-        )]),
-    ));
-    assert!(
-        msg.contains("environment variable VIDU_GW__POLICY__DEFAULTS__IMMEDIATE_HOURS: policy.defaults.immediate_hours: \"7-8\" is not a window"),
-        "{msg}"
+    assert_problem_from_env(
+        "VIDU_GW__POLICY__DEFAULTS__IMMEDIATE_HOURS",
+        "09:00-19:00, 7-8",
+        "policy.defaults.immediate_hours: \"7-8\" is not a window",
     );
 }
 
 #[test]
 fn the_upstream_url_is_parsed_at_load_and_a_bad_one_is_refused_naming_the_key() {
-    let c = file(&format!(
-        "{MINIMAL}[upstream]\nbase_url = \"http://127.0.0.1:9000/\"\n"
-    ))
-    .unwrap();
+    let c = loads("[upstream]\nbase_url = \"http://127.0.0.1:9000/\"\n");
     assert_eq!(
         c.settings.upstream.base_url.as_str(),
         "http://127.0.0.1:9000/"

@@ -1,14 +1,40 @@
 //! Setting values parsed once, at load, into types that cannot hold a wrong value: a limit that is never 0, the
-//! time zone itself (not its name), the upstream URL. A value that does not parse is refused while the file is
-//! checked, with the key named (`shape.rs` puts the key in front of the message written here); each type
-//! writes itself back exactly as it was written, so `check-config` and `/gateway/v1/config` print the file's text.
+//! time zone itself (not its name), the upstream URL (and, in `hours.rs`, the hour windows). A value that does
+//! not parse is refused while the file is checked, with the key named (`shape.rs` puts the key in front of the
+//! message written here); each type writes itself back exactly as it was written, so `check-config` and
+//! `/gateway/v1/config` print the file's text.
 
-use std::fmt;
 use std::num::NonZeroU32;
 
 use jiff::tz::TimeZone;
 use serde::de::Error as _;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer};
+
+/// `Display`, `Serialize` and `Deserialize` of a setting parsed from a string (`$ty::parse(&str) -> Result<$ty,
+/// String>`, the message saying what is wrong with the value) that writes back the text it was given
+/// (`$ty::as_str`).
+macro_rules! written_as_given {
+    ($ty:ty) => {
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                <$ty>::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+pub(super) use written_as_given;
 
 /// Why a limit of 0 is refused: a key that limits must allow something.
 pub const ZERO_LIMIT: &str = "must be at least 1 (leave it out for no limit)";
@@ -46,7 +72,7 @@ impl Zone {
     }
 
     /// The name as configured (`"Asia/Shanghai"`).
-    pub fn name(&self) -> &str {
+    pub fn as_str(&self) -> &str {
         &self.name
     }
 
@@ -67,23 +93,7 @@ impl Default for Zone {
     }
 }
 
-impl fmt::Display for Zone {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.name)
-    }
-}
-
-impl Serialize for Zone {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.name)
-    }
-}
-
-impl<'de> Deserialize<'de> for Zone {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Zone::parse(&String::deserialize(d)?).map_err(D::Error::custom)
-    }
-}
+written_as_given!(Zone);
 
 /// `upstream.base_url`: an absolute http(s) URL with a host and no query, parsed at load. The path of each call is
 /// appended to it.
@@ -138,23 +148,7 @@ impl Default for BaseUrl {
     }
 }
 
-impl fmt::Display for BaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
-    }
-}
-
-impl Serialize for BaseUrl {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.text)
-    }
-}
-
-impl<'de> Deserialize<'de> for BaseUrl {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        BaseUrl::parse(&String::deserialize(d)?).map_err(D::Error::custom)
-    }
-}
+written_as_given!(BaseUrl);
 
 #[cfg(test)]
 mod tests {
@@ -163,7 +157,7 @@ mod tests {
     #[test]
     fn a_zone_is_found_once_and_prints_its_name() {
         let z = Zone::parse("Europe/Berlin").unwrap();
-        assert_eq!(z.name(), "Europe/Berlin");
+        assert_eq!(z.as_str(), "Europe/Berlin");
         assert_eq!(z.tz(), &TimeZone::get("Europe/Berlin").unwrap());
         assert_eq!(
             toml::Value::try_from(&z).unwrap().as_str(),

@@ -1,9 +1,9 @@
 //! Access rules and off-peak policy: decided before any counter moves. Refusals name the rule and the table
 //! that set it; a forced `off_peak` is applied only when the model can run it (never by changing `audio`).
 
+use crate::config::HourWindow;
 use crate::config::{ModelSpec, OffPeakMode};
 use crate::error::{GatewayError, LimitReason};
-use crate::policy::hours::secs_until_open;
 use crate::policy::resolve::UserRules;
 use crate::vidu::catalog::resolution_rank;
 
@@ -127,7 +127,7 @@ pub fn decide_off_peak(
                     windows.join(", "),
                     hours.key("immediate_hours")
                 ));
-                wait = Some(secs_until_open(&hours.value, state.minute_of_day));
+                wait = Some(secs_until_window(&hours.value, state.minute_of_day));
             }
             if let Some(cap) = &rules.immediate_daily_credits
                 && state.immediate_used + state.immediate_estimate > cap.value
@@ -168,6 +168,14 @@ fn convert(req: &RequestFacts<'_>, why: String) -> Result<OffPeak, GatewayError>
         )));
     }
     Ok(OffPeak::Applied(why))
+}
+
+/// Seconds from `minute` until the next window opens.
+fn secs_until_window(windows: &[HourWindow], minute: u16) -> u64 {
+    (1..=1440u16)
+        .find(|d| windows.iter().any(|w| w.contains((minute + d) % 1440)))
+        .map(|d| u64::from(d) * 60)
+        .unwrap_or(86_400)
 }
 
 #[cfg(test)]

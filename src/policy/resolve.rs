@@ -4,8 +4,7 @@
 use std::fmt;
 use std::num::NonZeroU32;
 
-use crate::config::{OffPeakMode, Settings, TeamPolicy, UserPolicy};
-use crate::policy::hours::HourWindow;
+use crate::config::{HourWindow, OffPeakMode, Settings, TeamPolicy, UserPolicy};
 
 /// Which table a rule came from.
 #[derive(Clone, Debug, PartialEq, Eq)]

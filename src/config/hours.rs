@@ -1,10 +1,8 @@
 //! `immediate_hours` windows such as `"09:00-19:00"` (end exclusive; a window may wrap past midnight), parsed
 //! when the configuration is loaded: a window that does not parse is refused there, naming the key, and never
-//! reaches a request. This module depends on nothing of the gateway's (the configuration holds its type).
+//! reaches a request. Policy (`policy::access`) decides with them whether a request may run immediately.
 
-use std::fmt;
-
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use super::values::written_as_given;
 
 /// A daily window in local time, as minutes after midnight; `end < start` wraps past midnight. Shown and
 /// written back as configured.
@@ -39,6 +37,11 @@ impl HourWindow {
         })
     }
 
+    /// The window as configured.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
     /// Whether `minute_of_day` (0..1440) lies inside the window.
     pub fn contains(&self, minute_of_day: u16) -> bool {
         if self.start < self.end {
@@ -49,31 +52,7 @@ impl HourWindow {
     }
 }
 
-/// Seconds from `minute` until one of `windows` next opens (at least a minute ahead; a day when none ever does).
-pub fn secs_until_open(windows: &[HourWindow], minute: u16) -> u64 {
-    (1..=1440u16)
-        .find(|d| windows.iter().any(|w| w.contains((minute + d) % 1440)))
-        .map(|d| u64::from(d) * 60)
-        .unwrap_or(86_400)
-}
-
-impl fmt::Display for HourWindow {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
-    }
-}
-
-impl Serialize for HourWindow {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.text)
-    }
-}
-
-impl<'de> Deserialize<'de> for HourWindow {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        HourWindow::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
-    }
-}
+written_as_given!(HourWindow);
 
 #[cfg(test)]
 mod tests {
@@ -116,6 +95,8 @@ mod tests {
 
     #[test]
     fn a_window_is_parsed_when_read_and_written_back_as_configured() {
+        use serde::{Deserialize, Serialize};
+
         #[derive(Debug, Deserialize, Serialize)]
         struct Hours {
             immediate_hours: Vec<HourWindow>,
@@ -133,12 +114,5 @@ mod tests {
             e.message(),
             "\"9-17\" is not a window such as \"09:00-19:00\""
         );
-    }
-
-    #[test]
-    fn the_next_window_opens_at_its_start() {
-        let w = [HourWindow::parse("09:00-19:00").unwrap()];
-        assert_eq!(secs_until_open(&w, 20 * 60), 13 * 3600);
-        assert_eq!(secs_until_open(&w, 8 * 60 + 59), 60);
     }
 }
