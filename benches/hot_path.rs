@@ -34,7 +34,7 @@ use vidu_gateway::config::{AuthSettings, Origin, Secret, Settings, load_from_str
 use vidu_gateway::create::{Context, admit};
 use vidu_gateway::metrics::Metrics;
 use vidu_gateway::policy::admission::prepare;
-use vidu_gateway::policy::periods::{periods, timezone};
+use vidu_gateway::policy::periods::periods;
 use vidu_gateway::state::memory::MemoryStore;
 use vidu_gateway::state::*;
 use vidu_gateway::vidu::pricing::{Decimal, EstimateInput, estimate};
@@ -199,12 +199,14 @@ fn bench_pricing(c: &mut Criterion) {
 
 /// The admission request of the benchmark's policy: 3 rates, 3 slots, 6 budgets.
 fn admission_request() -> AdmissionRequest {
-    let p = periods(jiff::Timestamp::now(), &timezone("Asia/Shanghai"));
+    let zone = jiff::tz::TimeZone::get("Asia/Shanghai").unwrap_or_else(|e| panic!("zone: {e}"));
+    let p = periods(jiff::Timestamp::now(), &zone);
+    let limit = std::num::NonZeroU32::new(100_000_000).unwrap_or_else(|| panic!("a limit of 0"));
     let rate = |scope, subject: &str| RateSpec {
         scope,
         subject: subject.into(),
-        per_minute: 100_000_000,
-        burst: 100_000_000,
+        per_minute: limit,
+        burst: limit,
         source: "policy.defaults.requests_per_minute".into(),
     };
     let slot = |scope, subject: &str| SlotSpec {

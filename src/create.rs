@@ -111,10 +111,7 @@ pub async fn admit(
             }
         }
         Err(r) => {
-            let p = crate::policy::periods::periods(
-                ctx.now,
-                &crate::policy::periods::timezone(&ctx.settings.policy.timezone),
-            );
+            let p = crate::policy::periods::periods(ctx.now, ctx.settings.policy.timezone.tz());
             let recorded = ctx
                 .store
                 .record_rejection(RejectionRecord {

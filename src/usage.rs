@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::auth::Identity;
 use crate::config::Settings;
-use crate::policy::periods::{periods, timezone};
+use crate::policy::periods::periods;
 use crate::policy::resolve::{team_limits, user_rules};
 use crate::state::{BudgetKey, Period, Reports, Scope, StoreError, UsageFilter, UsageRow};
 
@@ -158,7 +158,7 @@ pub async fn collect(
     from: Option<String>,
     to: Option<String>,
 ) -> Result<Report, StoreError> {
-    let p = periods(now, &timezone(&settings.policy.timezone));
+    let p = periods(now, settings.policy.timezone.tz());
     let filter = |user: Option<&String>, team: Option<&String>| UsageFilter {
         user: user.cloned(),
         team: team.cloned(),

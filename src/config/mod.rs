@@ -2,12 +2,14 @@
 //! secrets, fill code defaults, and `validate()` — every problem reported with the key at fault.
 
 mod env;
+mod hours;
 mod live;
 mod schema;
 mod secret;
 mod settings;
 mod shape;
 mod validate;
+mod values;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -16,9 +18,11 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+pub use hours::HourWindow;
 pub use live::LiveConfig;
 pub use secret::{REDACTED, Secret};
 pub use settings::*;
+pub use values::{BaseUrl, Zone};
 
 /// The built-in configuration (`config/default.toml`), compiled into the binary: sandbox upstream and a
 /// development HS256 secret. Used when `--config` is not given.

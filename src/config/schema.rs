@@ -7,6 +7,11 @@
 //! it again with fields left out until serde stops asking for one. A value whose type the probe cannot describe
 //! (a custom type that takes "anything", such as a price) is checked by `Schema::check`, which deserializes that one
 //! value, in place, with everything else a placeholder.
+//!
+//! A type that parses its value (a time zone, a URL, an hour window, a limit of at least 1) refuses the probe's
+//! placeholder (`""`, `0`). The probe then knows that key's value is *parsed*: it probes again with that key left
+//! out (its table's default, an empty list) to describe the rest, and `Schema::parsed` tells the shape check to let
+//! the type itself judge each value given there.
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -22,7 +27,7 @@ use serde::de::{
 use super::settings::Settings;
 
 /// One step of a path through the schema.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Seg {
     /// A field of a struct (a fixed key of a table).
     Field(&'static str),
@@ -64,6 +69,8 @@ pub struct Field {
 #[derive(Debug)]
 pub struct Schema {
     kinds: HashMap<Vec<Seg>, Kind>,
+    /// Keys whose type parses the value, refusing some values of the right TOML type.
+    parsed: BTreeSet<Vec<Seg>>,
 }
 
 impl Schema {
@@ -77,10 +84,29 @@ impl Schema {
         self.kinds.get(path)
     }
 
-    /// Deserializes `value` as the type at `path`: `Err` carries the type's own message.
+    /// True when the type at `path` parses its value: a value of the right TOML type may still be refused, and
+    /// only `check` can tell.
+    pub fn parsed(&self, path: &[Seg]) -> bool {
+        self.parsed.contains(path)
+    }
+
+    /// True when the field at `path` is one its table cannot do without.
+    fn required(&self, path: &[Seg]) -> bool {
+        match path.split_last() {
+            Some((Seg::Field(name), table)) => matches!(
+                self.kinds.get(table),
+                Some(Kind::Struct(fields)) if fields.iter().any(|f| f.name == *name && f.required)
+            ),
+            _ => false,
+        }
+    }
+
+    /// Deserializes `value` as the type at `path`: `Err` carries the type's own message. Only the tables on the
+    /// way to `path` are visited, with the fields they cannot do without.
     pub fn check(&self, path: &[Seg], value: &toml::Value) -> Result<(), String> {
         let ctx = Ctx {
             feed: Some((path.to_vec(), value.clone())),
+            within: Some(self),
             ..Ctx::default()
         };
         match ctx.run() {
@@ -90,35 +116,51 @@ impl Schema {
     }
 
     fn probe() -> Schema {
-        let ctx = Ctx::default();
-        // Only the probe's own placeholders are deserialized here: an error would be a probe bug, and the
-        // schema is then as complete as the probe got (the strict deserialization after the checks still runs).
-        let _ = ctx.run();
-        let mut kinds = ctx.kinds.into_inner();
+        let mut kinds = HashMap::new();
+        let mut parsed = BTreeSet::new();
+        loop {
+            let ctx = Ctx {
+                omit: Some(&parsed),
+                ..Ctx::default()
+            };
+            let result = ctx.run();
+            for (path, kind) in ctx.kinds.into_inner() {
+                kinds.entry(path).or_insert(kind);
+            }
+            match result {
+                // A parsed value refused its placeholder: probe the rest without it.
+                Err(ProbeError::Refused(path)) if parsed.insert(path.clone()) => {}
+                // Otherwise only the probe's own placeholders were deserialized: an error would be a probe bug,
+                // and the schema is then as complete as the probe got (the strict deserialization after the
+                // checks still runs).
+                _ => break,
+            }
+        }
         let structs: Vec<Vec<Seg>> = kinds
             .iter()
             .filter(|(_, k)| matches!(k, Kind::Struct(_)))
             .map(|(p, _)| p.clone())
             .collect();
         for path in structs {
-            let required = required_fields(&path);
+            let required = required_fields(&path, &parsed);
             if let Some(Kind::Struct(fields)) = kinds.get_mut(&path) {
                 for f in fields {
                     f.required = required.contains(f.name);
                 }
             }
         }
-        Schema { kinds }
+        Schema { kinds, parsed }
     }
 }
 
 /// The fields serde refuses to do without in the struct at `path`: probe it with none of its fields, then with
 /// the missing one added, until it is complete.
-fn required_fields(path: &[Seg]) -> BTreeSet<&'static str> {
+fn required_fields(path: &[Seg], omit: &BTreeSet<Vec<Seg>>) -> BTreeSet<&'static str> {
     let mut present = BTreeSet::new();
     loop {
         let ctx = Ctx {
             only: Some((path.to_vec(), present.clone())),
+            omit: Some(omit),
             ..Ctx::default()
         };
         match ctx.run() {
@@ -129,15 +171,20 @@ fn required_fields(path: &[Seg]) -> BTreeSet<&'static str> {
 }
 
 #[derive(Default)]
-struct Ctx {
+struct Ctx<'s> {
     kinds: RefCell<HashMap<Vec<Seg>, Kind>>,
     /// The struct at this path yields only these fields.
     only: Option<(Vec<Seg>, BTreeSet<&'static str>)>,
     /// The value at this path is this one, deserialized for real.
     feed: Option<(Vec<Seg>, toml::Value)>,
+    /// These values are left out: a key absent, a list or a map empty.
+    omit: Option<&'s BTreeSet<Vec<Seg>>>,
+    /// With a feed, the schema already known: everything not on the way to the fed value and not required is
+    /// left out.
+    within: Option<&'s Schema>,
 }
 
-impl Ctx {
+impl Ctx<'_> {
     fn run(&self) -> Result<Settings, ProbeError> {
         Settings::deserialize(Probe {
             ctx: self,
@@ -154,7 +201,24 @@ impl Ctx {
             Some((at, value)) if *at == path => seed
                 .deserialize(value.clone())
                 .map_err(|e| ProbeError::Fed(e.message().to_owned())),
-            _ => seed.deserialize(Probe { ctx: self, path }),
+            // The type refused its placeholder (the innermost value that did is blamed).
+            _ => seed
+                .deserialize(Probe {
+                    ctx: self,
+                    path: path.clone(),
+                })
+                .map_err(|e| match e {
+                    ProbeError::Other(_) => ProbeError::Refused(path),
+                    e => e,
+                }),
+        }
+    }
+
+    fn omitted(&self, path: &[Seg]) -> bool {
+        match (&self.feed, self.within) {
+            (Some((at, _)), _) if at.starts_with(path) => false,
+            (Some(_), Some(schema)) => !schema.required(path),
+            _ => self.omit.is_some_and(|omit| omit.contains(path)),
         }
     }
 }
@@ -165,6 +229,8 @@ enum ProbeError {
     Missing(&'static str),
     /// The fed value was refused, with this message.
     Fed(String),
+    /// The type at this path refused the probe's placeholder.
+    Refused(Vec<Seg>),
     Other(String),
 }
 
@@ -172,6 +238,7 @@ impl fmt::Display for ProbeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ProbeError::Missing(field) => write!(f, "missing field {field}"),
+            ProbeError::Refused(path) => write!(f, "the placeholder is refused at {path:?}"),
             ProbeError::Fed(m) | ProbeError::Other(m) => f.write_str(m),
         }
     }
@@ -190,7 +257,7 @@ impl de::Error for ProbeError {
 }
 
 struct Probe<'c> {
-    ctx: &'c Ctx,
+    ctx: &'c Ctx<'c>,
     path: Vec<Seg>,
 }
 
@@ -324,10 +391,11 @@ impl<'de> Deserializer<'de> for Probe<'_> {
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ProbeError> {
         self.record(Kind::List);
         let elem = self.with(Seg::Elem);
+        let left = usize::from(!self.ctx.omitted(&elem));
         visitor.visit_seq(Elements {
             ctx: self.ctx,
             path: elem,
-            left: 1,
+            left,
         })
     }
 
@@ -357,10 +425,15 @@ impl<'de> Deserializer<'de> for Probe<'_> {
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ProbeError> {
         self.record(Kind::Map);
         let entry = self.with(Seg::Entry);
+        let keys = if self.ctx.omitted(&entry) {
+            Vec::new()
+        } else {
+            vec!["*"]
+        };
         visitor.visit_map(Entries {
             ctx: self.ctx,
             path: entry,
-            keys: vec!["*"],
+            keys,
         })
     }
 
@@ -379,14 +452,15 @@ impl<'de> Deserializer<'de> for Probe<'_> {
                 })
                 .collect(),
         ));
-        let keys = match &self.ctx.only {
-            Some((at, only)) if *at == self.path => fields
-                .iter()
-                .copied()
-                .filter(|f| only.contains(f))
-                .collect(),
-            _ => fields.to_vec(),
-        };
+        let keys = fields
+            .iter()
+            .copied()
+            .filter(|f| match &self.ctx.only {
+                Some((at, only)) if *at == self.path => only.contains(f),
+                _ => true,
+            })
+            .filter(|f| !self.ctx.omitted(&self.with(Seg::Field(f))))
+            .collect();
         let path = self.path.clone();
         visitor.visit_map(Entries {
             ctx: self.ctx,
@@ -419,7 +493,7 @@ impl<'de> Deserializer<'de> for Probe<'_> {
 
 /// A list of `left` placeholder elements.
 struct Elements<'c> {
-    ctx: &'c Ctx,
+    ctx: &'c Ctx<'c>,
     path: Vec<Seg>,
     left: usize,
 }
@@ -441,7 +515,7 @@ impl<'de> SeqAccess<'de> for Elements<'_> {
 
 /// A struct's fields (each at `path + Field(key)`), or one map entry `"*"` (at `path`, already `… + Entry`).
 struct Entries<'c> {
-    ctx: &'c Ctx,
+    ctx: &'c Ctx<'c>,
     path: Vec<Seg>,
     keys: Vec<&'static str>,
 }
@@ -611,5 +685,57 @@ mod tests {
         );
         let e = schema.check(&path, &toml::Value::Integer(-1)).unwrap_err();
         assert!(e.contains("not a non-negative decimal"), "{e}");
+    }
+
+    #[test]
+    fn the_schema_knows_which_keys_parse_their_value() {
+        use Seg::*;
+        let schema = Schema::of_settings();
+        for (path, kind) in [
+            (vec![Field("policy"), Field("timezone")], Kind::Str),
+            (vec![Field("upstream"), Field("base_url")], Kind::Str),
+            (
+                vec![
+                    Field("policy"),
+                    Field("defaults"),
+                    Field("immediate_hours"),
+                    Elem,
+                ],
+                Kind::Str,
+            ),
+            (
+                vec![Field("policy"), Field("teams"), Entry, Field("team_burst")],
+                Kind::Int {
+                    min: 0,
+                    max: i128::from(u32::MAX),
+                },
+            ),
+            (
+                vec![Field("policy"), Field("global"), Field("max_in_flight")],
+                Kind::Int {
+                    min: 0,
+                    max: i128::from(u32::MAX),
+                },
+            ),
+        ] {
+            assert!(schema.parsed(&path), "{path:?}");
+            assert_eq!(schema.kind(&path), Some(&kind), "{path:?}");
+        }
+        for plain in [
+            vec![Field("server"), Field("listen")],
+            vec![Field("policy"), Field("defaults"), Field("daily_credits")],
+        ] {
+            assert!(!schema.parsed(&plain), "{plain:?}");
+        }
+        // The type judges a value given there.
+        let zone = [Field("policy"), Field("timezone")];
+        assert!(schema.check(&zone, &"Europe/Berlin".into()).is_ok());
+        let e = schema.check(&zone, &"Mars/Olympus".into()).unwrap_err();
+        assert!(e.contains("is not an IANA time zone"), "{e}");
+        // Keys after a parsed one are still described (the probe went on without it).
+        assert_eq!(
+            schema.kind(&[Field("policy"), Field("team_can_read_tasks")]),
+            Some(&Kind::Bool)
+        );
     }
 }

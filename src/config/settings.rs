@@ -1,11 +1,16 @@
-//! The typed configuration (DESIGN §5): every key, its code default, and nothing else (unknown keys are errors).
+//! The typed configuration: every key, its code default, and nothing else (unknown keys are errors). Values that
+//! can be wrong are parsed here, at load, into types that cannot be (`values.rs`, `hours.rs`): nothing after the
+//! load checks them again.
 
 use std::collections::BTreeMap;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::hours::HourWindow;
 use super::secret::Secret;
+use super::values::{BaseUrl, Zone, at_least_one};
 use crate::vidu::pricing::Decimal;
 
 /// The whole configuration file. Each section falls back to its code default when absent.
@@ -78,7 +83,7 @@ pub enum UpstreamMode {
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamSettings {
     pub mode: UpstreamMode,
-    pub base_url: String,
+    pub base_url: BaseUrl,
     pub api_key: Secret,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key_file: Option<PathBuf>,
@@ -93,7 +98,7 @@ impl Default for UpstreamSettings {
     fn default() -> Self {
         Self {
             mode: UpstreamMode::Sandbox,
-            base_url: "https://api.vidu.cn".into(),
+            base_url: BaseUrl::default(),
             api_key: Secret::default(),
             api_key_file: None,
             connect_timeout_ms: 3000,
@@ -236,7 +241,8 @@ pub enum OffPeakMode {
     Fallback,
 }
 
-/// Declares a policy struct: the per-user keys of `[policy.defaults]`, plus `extra` keys.
+/// Declares a policy struct: the per-user keys of `[policy.defaults]`, plus `extra` keys. A limit
+/// (`requests_per_minute`, `burst`, `max_in_flight`, and the `team_*` ones) is at least 1: 0 is refused at load.
 macro_rules! policy_struct {
     ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $extra:ident : $ety:ty,)* }) => {
         $(#[$meta])*
@@ -244,9 +250,12 @@ macro_rules! policy_struct {
         #[serde(deny_unknown_fields)]
         pub struct $name {
             $($(#[$fmeta])* #[serde(default, skip_serializing_if = "Option::is_none")] pub $extra: Option<$ety>,)*
-            #[serde(default, skip_serializing_if = "Option::is_none")] pub requests_per_minute: Option<u32>,
-            #[serde(default, skip_serializing_if = "Option::is_none")] pub burst: Option<u32>,
-            #[serde(default, skip_serializing_if = "Option::is_none")] pub max_in_flight: Option<u32>,
+            #[serde(default, deserialize_with = "at_least_one", skip_serializing_if = "Option::is_none")]
+            pub requests_per_minute: Option<NonZeroU32>,
+            #[serde(default, deserialize_with = "at_least_one", skip_serializing_if = "Option::is_none")]
+            pub burst: Option<NonZeroU32>,
+            #[serde(default, deserialize_with = "at_least_one", skip_serializing_if = "Option::is_none")]
+            pub max_in_flight: Option<NonZeroU32>,
             #[serde(default, skip_serializing_if = "Option::is_none")] pub daily_credits: Option<u64>,
             #[serde(default, skip_serializing_if = "Option::is_none")] pub monthly_credits: Option<u64>,
             #[serde(default, skip_serializing_if = "Option::is_none")] pub models: Option<Vec<String>>,
@@ -255,7 +264,7 @@ macro_rules! policy_struct {
             #[serde(default, skip_serializing_if = "Option::is_none")] pub allow_recommended_prompt: Option<bool>,
             #[serde(default, skip_serializing_if = "Option::is_none")] pub off_peak: Option<OffPeakMode>,
             #[serde(default, skip_serializing_if = "Option::is_none")] pub immediate_daily_credits: Option<u64>,
-            #[serde(default, skip_serializing_if = "Option::is_none")] pub immediate_hours: Option<Vec<String>>,
+            #[serde(default, skip_serializing_if = "Option::is_none")] pub immediate_hours: Option<Vec<HourWindow>>,
         }
     };
 }
@@ -268,9 +277,12 @@ policy_struct!(
 policy_struct!(
     /// `[policy.teams.<team>]`: team-wide aggregate limits, plus any per-user key for the team's members.
     TeamPolicy {
-        team_requests_per_minute: u32,
-        team_burst: u32,
-        team_max_in_flight: u32,
+        #[serde(deserialize_with = "at_least_one")]
+        team_requests_per_minute: NonZeroU32,
+        #[serde(deserialize_with = "at_least_one")]
+        team_burst: NonZeroU32,
+        #[serde(deserialize_with = "at_least_one")]
+        team_max_in_flight: NonZeroU32,
         team_daily_credits: u64,
         team_monthly_credits: u64,
     }
@@ -280,12 +292,24 @@ policy_struct!(
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GlobalPolicy {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requests_per_minute: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub burst: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_in_flight: Option<u32>,
+    #[serde(
+        default,
+        deserialize_with = "at_least_one",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub requests_per_minute: Option<NonZeroU32>,
+    #[serde(
+        default,
+        deserialize_with = "at_least_one",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub burst: Option<NonZeroU32>,
+    #[serde(
+        default,
+        deserialize_with = "at_least_one",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_in_flight: Option<NonZeroU32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daily_credits: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -295,7 +319,8 @@ pub struct GlobalPolicy {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicySettings {
-    pub timezone: String,
+    /// The calendar of budget days and months and of `immediate_hours`.
+    pub timezone: Zone,
     pub team_can_read_tasks: bool,
     pub defaults: UserPolicy,
     pub teams: BTreeMap<String, TeamPolicy>,
@@ -306,7 +331,7 @@ pub struct PolicySettings {
 impl Default for PolicySettings {
     fn default() -> Self {
         Self {
-            timezone: "Asia/Shanghai".into(),
+            timezone: Zone::default(),
             team_can_read_tasks: true,
             defaults: UserPolicy {
                 off_peak: Some(OffPeakMode::Allow),

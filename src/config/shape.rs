@@ -247,8 +247,31 @@ impl Walker<'_> {
         complete
     }
 
-    /// The problem with a single value, if any.
+    /// The problem with a single value, if any: its TOML type first, then, for a value its type parses (a time
+    /// zone, a URL, an hour window, a limit of at least 1), what the type says, after the key. A string's type
+    /// quotes the value (`policy.timezone = "Mars/Olympus" is not an IANA time zone …`, inside a list
+    /// `policy.defaults.immediate_hours: "9-17" is not a window …`); a number's says what it must be
+    /// (`policy.defaults.burst must be at least 1 …`).
     fn leaf(&self, kind: &Kind, spath: &[Seg], path: &str, v: &Value) -> Option<String> {
+        if let Some(problem) = self.leaf_type(kind, spath, path, v) {
+            return Some(problem);
+        }
+        if !self.schema.parsed(spath) {
+            return None;
+        }
+        let why = self.schema.check(spath, v).err()?;
+        Some(match (spath.last(), v) {
+            (Some(Seg::Elem), _) => {
+                let list = path.rsplit_once('[').map_or(path, |(list, _)| list);
+                format!("{list}: {why}")
+            }
+            (_, Value::String(_)) => format!("{path} = {why}"),
+            _ => format!("{path} {why}"),
+        })
+    }
+
+    /// The problem with a value's TOML type or range, if any.
+    fn leaf_type(&self, kind: &Kind, spath: &[Seg], path: &str, v: &Value) -> Option<String> {
         let unquote = |s: &str, what: &str| {
             format!(
                 "{path} = \"{s}\": must be {what}, not a string: write {} without quotes",

@@ -42,7 +42,7 @@ fn keys_missing_from_a_file_take_their_code_defaults() {
     assert_eq!(s.server.max_body_bytes, 20 * 1024 * 1024);
     assert_eq!(s.upstream.request_timeout_ms, 30_000);
     assert_eq!(s.auth.leeway_secs, 60);
-    assert_eq!(s.policy.timezone, "Asia/Shanghai");
+    assert_eq!(s.policy.timezone.as_str(), "Asia/Shanghai");
     assert_eq!(s.policy.defaults.off_peak, Some(OffPeakMode::Allow));
     assert_eq!(
         s.policy.defaults.daily_credits, None,
@@ -290,7 +290,7 @@ fn the_built_in_catalog_is_the_seed_catalog() {
     assert_eq!(c.settings.models, crate::vidu::catalog::seed_catalog());
 }
 
-// --- Issue 10, item 5: a syntax error never shows the source text (the line may hold a secret).
+// --- A syntax error never shows the source text (the line may hold a secret).
 
 #[test]
 fn a_syntax_error_names_the_line_and_the_problem_but_never_shows_the_text() {
@@ -307,7 +307,7 @@ fn a_syntax_error_names_the_line_and_the_problem_but_never_shows_the_text() {
     }
 }
 
-// --- Item 8: the published version is not a function of the secrets.
+// --- The published version is not a function of the secrets.
 
 #[test]
 fn the_version_is_not_a_function_of_the_secrets() {
@@ -331,7 +331,7 @@ fn the_version_is_not_a_function_of_the_secrets() {
         a.settings.changed_secrets(&b.settings),
         ["upstream.api_key", "auth.hs256_secret", "state.redis_url"]
     );
-    // Replicas on one host differ in their listen addresses (DESIGN §6).
+    // Replicas on one host differ in their listen addresses: those are not part of the version.
     let c = file(&format!(
         "{base}[server]\nlisten = \"127.0.0.1:9999\"\nmetrics_listen = \"127.0.0.1:9998\"\n"
     ))
@@ -344,7 +344,7 @@ fn the_version_is_not_a_function_of_the_secrets() {
     );
 }
 
-// --- Item 11 (part): a key sent as a header value must fit in one.
+// --- A key sent as a header value must fit in one.
 
 #[test]
 fn an_api_key_that_cannot_be_a_header_value_is_refused_naming_the_key() {
@@ -388,7 +388,7 @@ fn an_api_key_that_cannot_be_a_header_value_is_refused_naming_the_key() {
     assert!(ok.is_ok(), "{:?}", ok.err());
 }
 
-// --- Item 13: values of the wrong type are errors, all reported at once, in the config's words.
+// --- Values of the wrong type are errors, all reported at once, in the config's words.
 
 #[test]
 fn values_of_the_wrong_type_are_refused_not_coerced() {
@@ -530,7 +530,12 @@ fn environment_values_are_parsed_to_the_type_the_key_takes() {
     .unwrap();
     let s = &c.settings;
     assert_eq!(s.policy.defaults.daily_credits, Some(200));
-    assert_eq!(s.policy.teams["mkt"].team_burst, Some(7));
+    assert_eq!(
+        s.policy.teams["mkt"]
+            .team_burst
+            .map(std::num::NonZeroU32::get),
+        Some(7)
+    );
     assert_eq!(s.policy.defaults.off_peak, Some(OffPeakMode::Force));
     assert_eq!(s.pricing.off_peak_factor.to_string(), "0.3");
     assert!(!s.auth.require_team);
@@ -558,7 +563,7 @@ fn environment_values_are_parsed_to_the_type_the_key_takes() {
     assert!(!msg.contains("lots"), "{msg}");
 }
 
-// --- Item 19: the enterprise key never travels in clear text.
+// --- The enterprise key never travels in clear text.
 
 #[test]
 fn plain_http_to_the_real_vidu_is_refused_unless_the_host_is_loopback() {
@@ -592,4 +597,184 @@ fn plain_http_to_the_real_vidu_is_refused_unless_the_host_is_loopback() {
         with("sandbox", "http://api.vidu.cn").is_ok(),
         "no key is sent in sandbox mode"
     );
+}
+
+// --- Parse, don't validate: values that can be wrong are parsed at load, into types that cannot be; what cannot
+// parse is refused there, naming the key, in the config's words.
+
+/// The minimal file with `extra` appended, loaded.
+fn loads(extra: &str) -> LoadedConfig {
+    file(&format!("{MINIMAL}{extra}")).unwrap()
+}
+
+/// Sets `var` to `value` over the minimal file and expects `problem`, blamed on the variable.
+fn assert_problem_from_env(var: &str, value: &str, problem: &str) {
+    let msg = problems(load_from_str(
+        MINIMAL,
+        Origin::Builtin,
+        env(&[(var, value)]),
+    ));
+    let expected = format!("environment variable {var}: {problem}");
+    assert!(msg.contains(&expected), "{expected}: {msg}");
+}
+
+/// The problems of an invalid configuration, one per line.
+fn problem_lines(result: Result<LoadedConfig, ConfigError>) -> Vec<String> {
+    match result {
+        Err(ConfigError::Invalid { problems, .. }) => problems,
+        Err(other) => panic!("not a list of problems: {other}"),
+        Ok(_) => panic!("expected an invalid configuration"),
+    }
+}
+
+#[test]
+fn a_limit_of_zero_is_refused_at_load_naming_the_key() {
+    let lines = problem_lines(file(&format!(
+        "{MINIMAL}[policy.defaults]\nrequests_per_minute = 0\nburst = 0\nmax_in_flight = 0\n\
+         [policy.teams.mkt]\nburst = 0\nteam_requests_per_minute = 0\nteam_burst = 0\nteam_max_in_flight = 0\n\
+         [policy.users.\"a@b.c\"]\nrequests_per_minute = 0\n\
+         [policy.global]\nrequests_per_minute = 0\nburst = 0\nmax_in_flight = 0\n"
+    )));
+    let mut expected: Vec<String> = [
+        "policy.defaults.requests_per_minute",
+        "policy.defaults.burst",
+        "policy.defaults.max_in_flight",
+        "policy.teams.mkt.burst",
+        "policy.teams.mkt.team_requests_per_minute",
+        "policy.teams.mkt.team_burst",
+        "policy.teams.mkt.team_max_in_flight",
+        "policy.users.\"a@b.c\".requests_per_minute",
+        "policy.global.requests_per_minute",
+        "policy.global.burst",
+        "policy.global.max_in_flight",
+    ]
+    .iter()
+    .map(|key| format!("{key} must be at least 1 (leave it out for no limit)"))
+    .collect();
+    let mut lines = lines;
+    lines.sort();
+    expected.sort();
+    assert_eq!(lines, expected, "each once, and nothing else");
+
+    assert_problem_from_env(
+        "VIDU_GW__POLICY__DEFAULTS__BURST",
+        "0",
+        "policy.defaults.burst must be at least 1 (leave it out for no limit)",
+    );
+}
+
+#[test]
+fn limits_load_as_non_zero_numbers_and_print_as_written() {
+    let c = file(&format!(
+        "{MINIMAL}[policy.defaults]\nrequests_per_minute = 20\nburst = 5\nmax_in_flight = 2\n\
+         [policy.teams.mkt]\nteam_max_in_flight = 10\n[policy.global]\nrequests_per_minute = 600\n"
+    ))
+    .unwrap();
+    let p = &c.settings.policy;
+    assert_eq!(p.defaults.requests_per_minute.map(|n| n.get()), Some(20));
+    assert_eq!(p.teams["mkt"].team_max_in_flight.map(|n| n.get()), Some(10));
+    assert_eq!(p.global.requests_per_minute.map(|n| n.get()), Some(600));
+    let toml = c.redacted_toml();
+    for line in [
+        "requests_per_minute = 20",
+        "burst = 5",
+        "max_in_flight = 2",
+        "team_max_in_flight = 10",
+        "requests_per_minute = 600",
+    ] {
+        assert!(toml.contains(line), "{line}: {toml}");
+    }
+}
+
+#[test]
+fn a_time_zone_is_found_at_load_and_a_bad_one_is_refused_naming_the_key() {
+    let c = loads("[policy]\ntimezone = \"Europe/Berlin\"\n");
+    assert_eq!(
+        c.settings.policy.timezone.tz(),
+        &jiff::tz::TimeZone::get("Europe/Berlin").unwrap()
+    );
+    assert!(c.redacted_toml().contains("timezone = \"Europe/Berlin\""));
+
+    let lines = problem_lines(file(&format!(
+        "{MINIMAL}[policy]\ntimezone = \"Mars/Olympus\"\n"
+    )));
+    assert_eq!(
+        lines,
+        ["policy.timezone = \"Mars/Olympus\" is not an IANA time zone such as \"Asia/Shanghai\""]
+    );
+    assert_problem_from_env(
+        "VIDU_GW__POLICY__TIMEZONE",
+        "Nowhere/Land",
+        "policy.timezone = \"Nowhere/Land\" is not an IANA time zone",
+    );
+}
+
+#[test]
+fn hour_windows_are_parsed_at_load_and_a_bad_one_is_refused_naming_the_key() {
+    let c = loads("[policy.defaults]\nimmediate_hours = [\"09:00 - 19:00\", \"22:00-02:00\"]\n");
+    let hours = c
+        .settings
+        .policy
+        .defaults
+        .immediate_hours
+        .as_deref()
+        .unwrap();
+    assert!(hours[0].contains(9 * 60) && hours[1].contains(60) && !hours[1].contains(12 * 60));
+    let written: toml::Table = toml::from_str(&c.redacted_toml()).unwrap();
+    assert_eq!(
+        written["policy"]["defaults"]["immediate_hours"],
+        toml::Value::from(vec!["09:00 - 19:00", "22:00-02:00"]),
+        "written back as configured"
+    );
+
+    let mut lines = problem_lines(file(&format!(
+        "{MINIMAL}[policy.defaults]\nimmediate_hours = [\"09:00-19:00\", \"9-17\"]\n\
+         [policy.teams.t]\nimmediate_hours = [\"09:00-09:00\"]\n\
+         [policy.users.\"a@b.c\"]\nimmediate_hours = [\"25:00-26:00\"]\n"
+    )));
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "policy.defaults.immediate_hours: \"9-17\" is not a window such as \"09:00-19:00\"",
+            "policy.teams.t.immediate_hours: \"09:00-09:00\" is empty: start and end must differ",
+            "policy.users.\"a@b.c\".immediate_hours: \"25:00-26:00\" is not a window such as \"09:00-19:00\"",
+        ]
+    );
+    assert_problem_from_env(
+        "VIDU_GW__POLICY__DEFAULTS__IMMEDIATE_HOURS",
+        "09:00-19:00, 7-8",
+        "policy.defaults.immediate_hours: \"7-8\" is not a window",
+    );
+}
+
+#[test]
+fn the_upstream_url_is_parsed_at_load_and_a_bad_one_is_refused_naming_the_key() {
+    let c = loads("[upstream]\nbase_url = \"http://127.0.0.1:9000/\"\n");
+    assert_eq!(
+        c.settings.upstream.base_url.as_str(),
+        "http://127.0.0.1:9000/"
+    );
+    assert!(
+        c.redacted_toml()
+            .contains("base_url = \"http://127.0.0.1:9000/\""),
+        "{}",
+        c.redacted_toml()
+    );
+    for bad in [
+        "ftp://api.vidu.cn",
+        "not a url",
+        "",
+        "https://api.vidu.cn/?k=1",
+    ] {
+        let lines = problem_lines(file(&format!(
+            "{MINIMAL}[upstream]\nbase_url = \"{bad}\"\n"
+        )));
+        assert_eq!(
+            lines,
+            [format!(
+                "upstream.base_url = {bad:?} is not an http(s) URL such as \"https://api.vidu.cn\""
+            )]
+        );
+    }
 }

@@ -1,9 +1,9 @@
 //! Access rules and off-peak policy: decided before any counter moves. Refusals name the rule and the table
 //! that set it; a forced `off_peak` is applied only when the model can run it (never by changing `audio`).
 
+use crate::config::HourWindow;
 use crate::config::{ModelSpec, OffPeakMode};
 use crate::error::{GatewayError, LimitReason};
-use crate::policy::hours::HourWindow;
 use crate::policy::resolve::UserRules;
 use crate::vidu::catalog::resolution_rank;
 
@@ -85,7 +85,10 @@ pub struct FallbackState {
     pub secs_to_next_day: u64,
 }
 
-/// `allow | force | forbid | fallback` (DESIGN §5), `Prefer: off-peak=never`, and the audio conflict.
+/// `policy.*.off_peak`: `allow` passes the caller's choice, `force` runs every request off-peak, `forbid` refuses
+/// `off_peak: true`, `fallback` runs immediately while inside `immediate_hours` and the immediate budget, else
+/// off-peak; `Prefer: off-peak=never` turns a conversion into a refusal; audio a model cannot run off-peak is a
+/// conflict, never silently dropped.
 pub fn decide_off_peak(
     rules: &UserRules,
     req: &RequestFacts<'_>,
@@ -115,20 +118,16 @@ pub fn decide_off_peak(
         OffPeakMode::Fallback => {
             let mut reasons = Vec::new();
             let mut wait: Option<u64> = None;
-            if let Some(hours) = &rules.immediate_hours {
-                let windows: Vec<HourWindow> = hours
-                    .value
-                    .iter()
-                    .filter_map(|h| HourWindow::parse(h).ok())
-                    .collect();
-                if !windows.iter().any(|w| w.contains(state.minute_of_day)) {
-                    reasons.push(format!(
-                        "outside immediate hours {} ({})",
-                        hours.value.join(", "),
-                        hours.key("immediate_hours")
-                    ));
-                    wait = Some(secs_until_window(&windows, state.minute_of_day));
-                }
+            if let Some(hours) = &rules.immediate_hours
+                && !hours.value.iter().any(|w| w.contains(state.minute_of_day))
+            {
+                let windows: Vec<String> = hours.value.iter().map(ToString::to_string).collect();
+                reasons.push(format!(
+                    "outside immediate hours {} ({})",
+                    windows.join(", "),
+                    hours.key("immediate_hours")
+                ));
+                wait = Some(secs_until_window(&hours.value, state.minute_of_day));
             }
             if let Some(cap) = &rules.immediate_daily_credits
                 && state.immediate_used + state.immediate_estimate > cap.value

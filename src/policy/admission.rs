@@ -12,7 +12,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use super::access::{FallbackState, OffPeak, RequestFacts, check_access, decide_off_peak};
-use super::periods::{Periods, periods, timezone};
+use super::periods::{Periods, periods};
 use super::resolve::{TeamLimits, UserRules, team_limits, user_rules};
 use crate::auth::Identity;
 use crate::config::{OffPeakMode, Settings};
@@ -101,7 +101,7 @@ pub fn prepare<'a>(
     })?;
     let rules = user_rules(settings, &identity.user, identity.team.as_deref());
     let team = team_limits(settings, identity.team.as_deref());
-    let p = periods(now, &timezone(&settings.policy.timezone));
+    let p = periods(now, settings.policy.timezone.tz());
     let facts = RequestFacts {
         model: &params.model,
         spec,
@@ -262,7 +262,7 @@ fn buckets(
         req.slots.push(SlotSpec {
             scope: Scope::User,
             subject: user.into(),
-            max: m.value,
+            max: m.value.get(),
             source: m.key("max_in_flight"),
         });
     }
@@ -270,7 +270,7 @@ fn buckets(
         req.slots.push(SlotSpec {
             scope: Scope::Team,
             subject: t.into(),
-            max: m,
+            max: m.get(),
             source: team_key("team_max_in_flight"),
         });
     }
@@ -278,7 +278,7 @@ fn buckets(
         req.slots.push(SlotSpec {
             scope: Scope::Global,
             subject: String::new(),
-            max: m,
+            max: m.get(),
             source: "policy.global.max_in_flight".into(),
         });
     }

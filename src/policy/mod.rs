@@ -2,6 +2,5 @@
 
 pub mod access;
 pub mod admission;
-pub mod hours;
 pub mod periods;
 pub mod resolve;

@@ -1,4 +1,5 @@
-//! Budget periods: the calendar day and month in `policy.timezone`, keyed by date (no reset job to forget).
+//! Budget periods: the calendar day and month in `policy.timezone` (a zone found once, when the configuration is
+//! loaded), keyed by date (no reset job to forget).
 
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
@@ -15,21 +16,6 @@ pub struct Periods {
     pub secs_to_next_month: u64,
     /// Minutes after local midnight, for `immediate_hours`.
     pub minute_of_day: u16,
-}
-
-/// The zone of that name, looked up once per name (the lookup reads the tz database; this runs per request).
-pub fn timezone(name: &str) -> TimeZone {
-    static LAST: std::sync::Mutex<Option<(String, TimeZone)>> = std::sync::Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((n, tz)) = last.as_ref()
-        && n == name
-    {
-        return tz.clone();
-    }
-    // Validated at config load; UTC only if the tz database changed under a running process.
-    let tz = TimeZone::get(name).unwrap_or(TimeZone::UTC);
-    *last = Some((name.to_owned(), tz.clone()));
-    tz
 }
 
 fn start_of(date: Date, tz: &TimeZone) -> Option<Timestamp> {
@@ -63,6 +49,10 @@ mod tests {
 
     fn at(s: &str) -> Timestamp {
         s.parse().unwrap()
+    }
+
+    fn timezone(name: &str) -> TimeZone {
+        TimeZone::get(name).unwrap()
     }
 
     #[test]

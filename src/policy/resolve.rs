@@ -2,8 +2,9 @@
 //! `[policy.defaults]`, key by key, each value remembering which table set it (for messages that name it).
 
 use std::fmt;
+use std::num::NonZeroU32;
 
-use crate::config::{OffPeakMode, Settings, TeamPolicy, UserPolicy};
+use crate::config::{HourWindow, OffPeakMode, Settings, TeamPolicy, UserPolicy};
 
 /// Which table a rule came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,9 +40,9 @@ impl<T> Sourced<T> {
 /// Per-user rules in force for one identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserRules {
-    pub requests_per_minute: Option<Sourced<u32>>,
-    pub burst: Option<Sourced<u32>>,
-    pub max_in_flight: Option<Sourced<u32>>,
+    pub requests_per_minute: Option<Sourced<NonZeroU32>>,
+    pub burst: Option<Sourced<NonZeroU32>>,
+    pub max_in_flight: Option<Sourced<NonZeroU32>>,
     pub daily_credits: Option<Sourced<u64>>,
     pub monthly_credits: Option<Sourced<u64>>,
     pub models: Option<Sourced<Vec<String>>>,
@@ -50,15 +51,15 @@ pub struct UserRules {
     pub allow_recommended_prompt: Option<Sourced<bool>>,
     pub off_peak: Sourced<OffPeakMode>,
     pub immediate_daily_credits: Option<Sourced<u64>>,
-    pub immediate_hours: Option<Sourced<Vec<String>>>,
+    pub immediate_hours: Option<Sourced<Vec<HourWindow>>>,
 }
 
 /// Team-wide aggregate limits (`team_*` keys).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TeamLimits {
-    pub requests_per_minute: Option<u32>,
-    pub burst: Option<u32>,
-    pub max_in_flight: Option<u32>,
+    pub requests_per_minute: Option<NonZeroU32>,
+    pub burst: Option<NonZeroU32>,
+    pub max_in_flight: Option<NonZeroU32>,
     pub daily_credits: Option<u64>,
     pub monthly_credits: Option<u64>,
 }
@@ -109,6 +110,7 @@ pub fn user_rules(settings: &Settings, user: &str, team: Option<&str>) -> UserRu
             value: OffPeakMode::Allow,
             source: Source::Defaults,
         }),
+        // 0 and [] are how a table says "no immediate cap" and "no hour windows" over one that sets them.
         immediate_daily_credits: pick!(immediate_daily_credits).filter(|s| s.value > 0),
         immediate_hours: pick!(immediate_hours).filter(|s| !s.value.is_empty()),
     }
@@ -141,6 +143,7 @@ mod tests {
         );
         let r = user_rules(&s, "bob", Some("mkt"));
         assert_eq!(r.daily_credits.as_ref().unwrap().value, 50);
+        assert_eq!(r.requests_per_minute.as_ref().unwrap().value.get(), 10);
         assert_eq!(
             r.daily_credits.unwrap().key("daily_credits"),
             "policy.users.\"bob\".daily_credits"

@@ -111,8 +111,8 @@ impl Buckets for AdmissionRequest {
         self.rates.push(RateSpec {
             scope,
             subject: subject.into(),
-            per_minute,
-            burst,
+            per_minute: std::num::NonZeroU32::new(per_minute).expect("a test rate of at least 1"),
+            burst: std::num::NonZeroU32::new(burst).expect("a test burst of at least 1"),
             source: format!("{scope}.requests_per_minute"),
         });
         self

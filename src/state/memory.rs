@@ -358,13 +358,13 @@ impl Inner {
                     if tightest.as_ref().is_none_or(|t| remaining < t.remaining) {
                         tightest = Some(RateStatus {
                             scope: r.scope,
-                            per_minute: r.per_minute,
-                            burst: r.burst,
+                            per_minute: r.per_minute.get(),
+                            burst: r.burst.get(),
                             remaining,
                             reset_secs: if remaining > 0 {
                                 0
                             } else {
-                                60u64.div_ceil(u64::from(r.per_minute.max(1)))
+                                60u64.div_ceil(u64::from(r.per_minute.get()))
                             },
                         });
                     }
@@ -376,8 +376,8 @@ impl Inner {
                     undo.into_iter().rev().for_each(|u| u.undo());
                     return Err(Refusal::Rate {
                         scope: r.scope,
-                        per_minute: r.per_minute,
-                        burst: r.burst,
+                        per_minute: r.per_minute.get(),
+                        burst: r.burst.get(),
                         exhausted,
                         retry_after_secs: retry_after_secs.max(1),
                         source: r.source.clone(),

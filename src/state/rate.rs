@@ -97,7 +97,7 @@ pub enum Checked {
 
 pub struct RateLimits {
     clock: SharedClock,
-    limiters: HashMap<(u32, u32), Entry>,
+    limiters: HashMap<(NonZeroU32, NonZeroU32), Entry>,
     checks: u64,
 }
 
@@ -111,25 +111,17 @@ impl RateLimits {
     }
 
     /// One GCRA check of `key` under `per_minute`/`burst`. On success the token is taken; `undo` gives it back.
-    pub fn check(&mut self, key: String, per_minute: u32, burst: u32) -> Checked {
+    pub fn check(&mut self, key: String, per_minute: NonZeroU32, burst: NonZeroU32) -> Checked {
         self.checks += 1;
         if self.checks.is_multiple_of(4096) {
             self.prune();
         }
-        let (Some(rate), Some(burst_nz)) =
-            (NonZeroU32::new(per_minute), NonZeroU32::new(burst.max(1)))
-        else {
-            return Checked::Limited {
-                retry_after_secs: 60,
-                exhausted: Exhausted::PerMinute,
-            };
-        };
         let clock = self.clock.clone();
         let entry = self.limiters.entry((per_minute, burst)).or_insert_with(|| {
             let state = Tat::default();
             let limiter =
                 RateLimiter::<String, SnapshotStore, GovClock, NoOpMiddleware<Nanos>>::new(
-                    Quota::per_minute(rate).allow_burst(burst_nz),
+                    Quota::per_minute(per_minute).allow_burst(burst),
                     SnapshotStore(state.clone()),
                     GovClock(clock.clone()),
                 )
@@ -214,6 +206,10 @@ mod tests {
     use crate::clock::ManualClock;
     use jiff::{SignedDuration, Timestamp};
 
+    fn nz(n: u32) -> NonZeroU32 {
+        NonZeroU32::new(n).unwrap()
+    }
+
     fn limits() -> (RateLimits, Arc<ManualClock>) {
         let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).unwrap());
         (RateLimits::new(clock.clone()), clock)
@@ -224,29 +220,32 @@ mod tests {
         let (mut r, clock) = limits();
         for _ in 0..3 {
             assert!(matches!(
-                r.check("u".into(), 60, 3),
+                r.check("u".into(), nz(60), nz(3)),
                 Checked::Allowed { .. }
             ));
         }
-        match r.check("u".into(), 60, 3) {
+        match r.check("u".into(), nz(60), nz(3)) {
             Checked::Limited {
                 retry_after_secs, ..
             } => assert_eq!(retry_after_secs, 1),
             Checked::Allowed { .. } => panic!("over the burst"),
         }
         assert!(
-            matches!(r.check("other".into(), 60, 3), Checked::Allowed { .. }),
+            matches!(
+                r.check("other".into(), nz(60), nz(3)),
+                Checked::Allowed { .. }
+            ),
             "keys are independent"
         );
         clock.advance(SignedDuration::from_secs(1));
         assert!(matches!(
-            r.check("u".into(), 60, 3),
+            r.check("u".into(), nz(60), nz(3)),
             Checked::Allowed { .. }
         ));
     }
 
     fn exhausted(r: &mut RateLimits, per_minute: u32, burst: u32) -> Option<Exhausted> {
-        match r.check("u".into(), per_minute, burst) {
+        match r.check("u".into(), nz(per_minute), nz(burst)) {
             Checked::Allowed { .. } => None,
             Checked::Limited { exhausted, .. } => Some(exhausted),
         }
@@ -281,12 +280,18 @@ mod tests {
     #[test]
     fn undo_gives_the_token_back() {
         let (mut r, _) = limits();
-        let Checked::Allowed { undo, remaining } = r.check("u".into(), 1, 1) else {
+        let Checked::Allowed { undo, remaining } = r.check("u".into(), nz(1), nz(1)) else {
             panic!()
         };
         assert_eq!(remaining, 0);
         undo.undo();
-        assert!(matches!(r.check("u".into(), 1, 1), Checked::Allowed { .. }));
-        assert!(matches!(r.check("u".into(), 1, 1), Checked::Limited { .. }));
+        assert!(matches!(
+            r.check("u".into(), nz(1), nz(1)),
+            Checked::Allowed { .. }
+        ));
+        assert!(matches!(
+            r.check("u".into(), nz(1), nz(1)),
+            Checked::Limited { .. }
+        ));
     }
 }

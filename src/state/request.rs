@@ -2,6 +2,7 @@
 //! specs, not one code path per bucket kind), who asks, and the plan of how the request may run.
 
 use std::fmt;
+use std::num::NonZeroU32;
 
 /// Who a limit applies to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -93,8 +94,8 @@ impl BudgetKey {
 pub struct RateSpec {
     pub scope: Scope,
     pub subject: String,
-    pub per_minute: u32,
-    pub burst: u32,
+    pub per_minute: NonZeroU32,
+    pub burst: NonZeroU32,
     /// The config key that set it, for messages.
     pub source: String,
 }

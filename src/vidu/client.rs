@@ -178,7 +178,7 @@ impl ViduClient {
                 authorization(upstream).map_err(|e| UpstreamError::Connect(e.to_string()))?;
             let key = upstream.api_key.expose();
             *cached = Some(Rc::new(Target {
-                base_url: upstream.base_url.trim_end_matches('/').to_owned(),
+                base_url: upstream.base_url.as_str().trim_end_matches('/').to_owned(),
                 authorization,
                 key: (!key.is_empty()).then(|| Finder::new(key.as_bytes()).into_owned()),
                 config: current,

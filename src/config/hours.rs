@@ -1,12 +1,16 @@
-//! `immediate_hours` windows such as `"09:00-19:00"` (end exclusive; a window may wrap past midnight).
+//! `immediate_hours` windows such as `"09:00-19:00"` (end exclusive; a window may wrap past midnight), parsed
+//! when the configuration is loaded: a window that does not parse is refused there, naming the key, and never
+//! reaches a request. Policy (`policy::access`) decides with them whether a request may run immediately.
 
-use std::fmt;
+use super::values::written_as_given;
 
-/// A daily window in local time, as minutes after midnight; `end < start` wraps past midnight.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A daily window in local time, as minutes after midnight; `end < start` wraps past midnight. Shown and
+/// written back as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HourWindow {
     start: u16,
     end: u16,
+    text: String,
 }
 
 impl HourWindow {
@@ -26,7 +30,16 @@ impl HourWindow {
         if start == end || start == 24 * 60 {
             return Err(format!("{text:?} is empty: start and end must differ"));
         }
-        Ok(Self { start, end })
+        Ok(Self {
+            start,
+            end,
+            text: text.to_owned(),
+        })
+    }
+
+    /// The window as configured.
+    pub fn as_str(&self) -> &str {
+        &self.text
     }
 
     /// Whether `minute_of_day` (0..1440) lies inside the window.
@@ -39,18 +52,7 @@ impl HourWindow {
     }
 }
 
-impl fmt::Display for HourWindow {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:02}:{:02}-{:02}:{:02}",
-            self.start / 60,
-            self.start % 60,
-            self.end / 60,
-            self.end % 60
-        )
-    }
-}
+written_as_given!(HourWindow);
 
 #[cfg(test)]
 mod tests {
@@ -88,6 +90,29 @@ mod tests {
         assert_eq!(
             HourWindow::parse("18:00-24:00").unwrap().to_string(),
             "18:00-24:00"
+        );
+    }
+
+    #[test]
+    fn a_window_is_parsed_when_read_and_written_back_as_configured() {
+        use serde::{Deserialize, Serialize};
+
+        #[derive(Debug, Deserialize, Serialize)]
+        struct Hours {
+            immediate_hours: Vec<HourWindow>,
+        }
+        let h: Hours =
+            toml::from_str("immediate_hours = [\"09:00 - 19:00\", \"22:00-06:00\"]").unwrap();
+        assert!(h.immediate_hours[0].contains(9 * 60));
+        assert_eq!(h.immediate_hours[0].to_string(), "09:00 - 19:00");
+        assert_eq!(
+            toml::to_string(&h).unwrap().trim(),
+            "immediate_hours = [\"09:00 - 19:00\", \"22:00-06:00\"]"
+        );
+        let e = toml::from_str::<Hours>("immediate_hours = [\"9-17\"]").unwrap_err();
+        assert_eq!(
+            e.message(),
+            "\"9-17\" is not a window such as \"09:00-19:00\""
         );
     }
 }
