@@ -16,7 +16,7 @@ use crate::error::{GatewayError, UpstreamBody};
 use crate::metrics::{AdmissionLabels, CreditLabels, Metrics, TeamLabels};
 use crate::policy::admission::{Prepared, Verdict, prepare, refusal_error};
 use crate::state::{AdmissionStore, Grant, LedgerEntry, Settlement, SlotSpec};
-use crate::vidu::request::{Validated, validate};
+use crate::validate::{Validated, validate};
 use crate::vidu::upstream::{Endpoint, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
 
 pub static X_CREDITS_ESTIMATED: HeaderName = HeaderName::from_static("x-credits-estimated");
@@ -43,7 +43,7 @@ pub fn prefers_never_off_peak(prefer: Option<&str>) -> bool {
 }
 
 /// A validation rejection in the envelope.
-pub fn rejection_error(r: crate::vidu::request::Rejection) -> GatewayError {
+pub fn rejection_error(r: crate::validate::Rejection) -> GatewayError {
     if r.reason == "BadRequest" {
         return GatewayError::BadRequest(r.message);
     }

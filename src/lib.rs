@@ -3,6 +3,7 @@
 pub mod app_state;
 pub mod auth;
 pub mod body;
+pub mod catalog;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -17,4 +18,5 @@ pub mod startup;
 pub mod state;
 pub mod telemetry;
 pub mod usage;
+pub mod validate;
 pub mod vidu;

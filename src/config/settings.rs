@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::secret::Secret;
-use crate::vidu::pricing::Decimal;
+use crate::catalog::pricing::Decimal;
 
 /// The whole configuration file. Each section falls back to its code default when absent.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

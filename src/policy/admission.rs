@@ -12,7 +12,7 @@ use crate::auth::Identity;
 use crate::config::{OffPeakMode, Settings};
 use crate::error::{GatewayError, LimitReason};
 use crate::state::*;
-use crate::vidu::request::Effective;
+use crate::validate::Effective;
 
 /// A request ready for the admission decision.
 #[derive(Clone, Debug)]

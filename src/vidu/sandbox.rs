@@ -14,8 +14,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use super::pricing::{EstimateInput, estimate};
 use super::upstream::{UpstreamRequest, UpstreamResponse};
+use crate::catalog::pricing::{EstimateInput, estimate};
 use crate::clock::SharedClock;
 use crate::config::{LiveConfig, Settings};
 

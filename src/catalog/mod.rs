@@ -1,5 +1,7 @@
 //! The model catalog: the seed's four models (from Vidu's img2video page) and helpers to read catalog values.
 
+pub mod pricing;
+
 use std::collections::BTreeMap;
 
 use crate::config::ModelSpec;

@@ -12,7 +12,7 @@
 //!
 //! The per-field rules then run through `validator` (derive on [`Fields`], with the catalog entry of the requested
 //! model as context for the model-dependent rules and the off-peak/audio cross-field rule). `images[0]` is checked
-//! by [`crate::vidu::image::check_image`] directly (validator's error values would copy the image string). When
+//! by [`crate::validate::image::check_image`] directly (validator's error values would copy the image string). When
 //! `model` is missing or not in the catalog, the model-dependent rules (prompt length, duration, resolution,
 //! off-peak/audio) are skipped rather than reported against a guess.
 //!
@@ -39,6 +39,8 @@
 //!
 //! A body that is not UTF-8, not JSON or not an object is a `BadRequest` with no `fields`.
 
+pub mod image;
+
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -49,10 +51,10 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use validator::{Validate, ValidateArgs, ValidationError};
 
+use crate::catalog::pricing::{Decimal, EstimateInput, estimate};
 use crate::config::{ModelSpec, Settings, UnknownFields};
 use crate::error::FieldViolation;
-use crate::vidu::image::{ImageInfo, check_image};
-use crate::vidu::pricing::{Decimal, EstimateInput, estimate};
+use crate::validate::image::{ImageInfo, check_image};
 
 /// The fields of Vidu's img2video body, in the docs' order.
 pub const KNOWN_FIELDS: &[&str] = &[
@@ -1159,7 +1161,7 @@ pub fn rewrite_shared(body: &Bytes, set: &[(&str, serde_json::Value)], remove: &
 mod tests {
     use super::*;
     use crate::config::{BUILTIN_CONFIG, Origin, load_from_str};
-    use crate::vidu::image::test_images;
+    use crate::validate::image::test_images;
     use serde_json::{Value, json};
 
     const IMG: &str = "https://example.com/first-frame.png";
