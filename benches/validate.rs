@@ -9,7 +9,8 @@ use std::hint::black_box;
 use base64::Engine as _;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use vidu_gateway::config::{BUILTIN_CONFIG, Origin, Settings, load_from_str};
-use vidu_gateway::validate::{rewrite, validate};
+use vidu_gateway::forward::rewrite::rewrite;
+use vidu_gateway::validate::validate;
 
 fn settings() -> Settings {
     match load_from_str(BUILTIN_CONFIG, Origin::Builtin, Default::default()) {

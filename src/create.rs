@@ -16,7 +16,7 @@ use crate::error::{GatewayError, UpstreamBody};
 use crate::metrics::{AdmissionLabels, CreditLabels, Metrics, TeamLabels};
 use crate::policy::admission::{Prepared, Verdict, prepare, refusal_error};
 use crate::state::{AdmissionStore, Grant, LedgerEntry, Settlement, SlotSpec};
-use crate::validate::{Validated, validate};
+use crate::validate::{Reason, Validated, validate};
 use crate::vidu::upstream::{Endpoint, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
 
 pub static X_CREDITS_ESTIMATED: HeaderName = HeaderName::from_static("x-credits-estimated");
@@ -44,14 +44,7 @@ pub fn prefers_never_off_peak(prefer: Option<&str>) -> bool {
 
 /// A validation rejection in the envelope.
 pub fn rejection_error(r: crate::validate::Rejection) -> GatewayError {
-    if r.reason == "BadRequest" {
-        return GatewayError::BadRequest(r.message);
-    }
-    GatewayError::Validation {
-        reason: r.reason,
-        message: r.message,
-        fields: r.fields,
-    }
+    GatewayError::Validation(r)
 }
 
 /// An admitted request: what to send, and what was granted.
@@ -210,7 +203,7 @@ pub fn quote(
 ) -> Result<Value, GatewayError> {
     let validated = match validate(bytes, ctx.settings) {
         Ok(v) => v,
-        Err(r) if r.reason == "BadRequest" => return Err(GatewayError::BadRequest(r.message)),
+        Err(r) if r.reason == Reason::BadRequest => return Err(GatewayError::Validation(r)),
         Err(r) => {
             return Ok(serde_json::json!({
                 "valid": false,

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod create;
 pub mod error;
+pub mod forward;
 pub mod metrics;
 pub mod policy;
 pub mod reload;

@@ -1,65 +1,73 @@
-//! The model catalog: the seed's four models (from Vidu's img2video page) and helpers to read catalog values.
+//! The model catalog: what each model accepts and what it costs (`[models.<name>]`), the seed catalog, and the
+//! [`Model`] handle a validated request carries, so later phases never look a model up by name again.
 
 pub mod pricing;
 
 use std::collections::BTreeMap;
 
-use crate::config::ModelSpec;
+use serde::{Deserialize, Serialize, Serializer};
 
-/// The seed catalog, exactly as `config/default.toml` ships it (a test keeps the two equal).
-///
-/// Durations, resolutions, prompt limits and audio defaults are from Vidu's img2video page. Prices are estimates
-/// in credits (Vidu's reported `credits` are the truth): q3-pro and q3-turbo per second per resolution from Vidu's
-/// price list; q1 80 credits per 5 s 1080p task; plain `viduq2` has no public table, so its figures follow the
-/// q2 family's "base + per-second" shape (720p 5 + 10/s, 1080p 40 + 15/s, 540p 5/s).
-pub const SEED_CATALOG_TOML: &str = r#"
-[models.viduq2]
-durations = { min = 1, max = 10, default = 5 }
-resolutions = ["540p", "720p", "1080p"]
-default_resolution = "720p"
-prompt_max_chars = 2000
-audio_default = false
-off_peak_with_audio = false
-credits = { base = { "540p" = 0, "720p" = 5, "1080p" = 40 }, per_second = { "540p" = 5, "720p" = 10, "1080p" = 15 } }
+use pricing::{Decimal, Price};
 
-[models.viduq1]
-durations = { min = 5, max = 5, default = 5 }
-resolutions = ["1080p"]
-default_resolution = "1080p"
-prompt_max_chars = 2000
-audio_default = false
-off_peak_with_audio = false
-credits = { base = { "1080p" = 0 }, per_second = { "1080p" = 16 } }
+/// The catalog as configured: model name → entry.
+pub type Catalog = BTreeMap<String, ModelSpec>;
 
-[models.viduq3-turbo]
-durations = { min = 1, max = 16, default = 5 }
-resolutions = ["540p", "720p", "1080p"]
-default_resolution = "720p"
-prompt_max_chars = 2000
-audio_default = true
-off_peak_with_audio = false
-credits = { base = { "540p" = 0, "720p" = 0, "1080p" = 0 }, per_second = { "540p" = 7, "720p" = 12, "1080p" = 13 } }
+/// One catalog entry: what a model accepts and what it costs.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub durations: DurationRange,
+    pub resolutions: Vec<String>,
+    pub default_resolution: String,
+    #[serde(default = "default_prompt_max_chars")]
+    pub prompt_max_chars: usize,
+    #[serde(default)]
+    pub audio_default: bool,
+    #[serde(default)]
+    pub off_peak_with_audio: bool,
+    pub credits: CreditTable,
+}
 
-[models.viduq3-pro]
-durations = { min = 1, max = 16, default = 5 }
-resolutions = ["540p", "720p", "1080p"]
-default_resolution = "720p"
-prompt_max_chars = 2000
-audio_default = true
-off_peak_with_audio = false
-credits = { base = { "540p" = 0, "720p" = 0, "1080p" = 0 }, per_second = { "540p" = 9, "720p" = 20, "1080p" = 24 } }
-"#;
+fn default_prompt_max_chars() -> usize {
+    2000
+}
 
-/// The seed catalog, parsed.
-pub fn seed_catalog() -> BTreeMap<String, ModelSpec> {
-    #[derive(serde::Deserialize)]
-    struct Doc {
-        models: BTreeMap<String, ModelSpec>,
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DurationRange {
+    pub min: u32,
+    pub max: u32,
+    pub default: u32,
+}
+
+/// Per resolution: `estimate = base[res] + per_second[res] × duration`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreditTable {
+    pub base: BTreeMap<String, Decimal>,
+    pub per_second: BTreeMap<String, Decimal>,
+}
+
+/// The built-in configuration, whose `[models.*]` tables are the seed catalog: the one place it is written.
+const BUILT_IN_CONFIG: &str = include_str!("../../config/default.toml");
+
+/// The seed catalog: the four models of Vidu's img2video page, as the built-in configuration (`config/default.toml`)
+/// lists them. A configuration without any `[models.*]` table gets this catalog.
+pub fn seed_catalog() -> Result<Catalog, String> {
+    #[derive(Deserialize)]
+    struct BuiltIn {
+        models: Catalog,
     }
-    // The constant is covered by a unit test; an error here would be a build defect, not a runtime condition.
-    toml::from_str::<Doc>(SEED_CATALOG_TOML)
-        .map(|d| d.models)
-        .unwrap_or_default()
+    match toml::from_str::<BuiltIn>(BUILT_IN_CONFIG) {
+        Ok(b) if !b.models.is_empty() => Ok(b.models),
+        Ok(_) => Err(
+            "the built-in configuration has no [models.*] table: the seed catalog is empty".into(),
+        ),
+        Err(e) => Err(format!(
+            "the seed catalog in the built-in configuration does not parse: {}",
+            e.message()
+        )),
+    }
 }
 
 /// `"720p"` → 720; `None` for anything that is not `<digits>p`.
@@ -79,13 +87,89 @@ pub fn valid_model_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// A model of a catalog: its name and entry, borrowed from the catalog it was found in. Holding one means the
+/// model is in that catalog and its default resolution is offered with a price (configuration validation refuses
+/// a catalog where that is not so). Serialises as its name.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Model<'c> {
+    name: &'c str,
+    spec: &'c ModelSpec,
+    default: Offer<'c>,
+}
+
+impl<'c> Model<'c> {
+    /// The model called `name`, when `catalog` has a usable entry for it.
+    pub fn find(catalog: &'c Catalog, name: &str) -> Option<Self> {
+        let (name, spec) = catalog.get_key_value(name)?;
+        let default = offer(spec, &spec.default_resolution)?;
+        Some(Self {
+            name,
+            spec,
+            default,
+        })
+    }
+
+    pub fn name(&self) -> &'c str {
+        self.name
+    }
+
+    pub fn spec(&self) -> &'c ModelSpec {
+        self.spec
+    }
+
+    /// `resolution` as this model offers it, with its price; `None` when the model does not offer it.
+    pub fn offer(&self, resolution: &str) -> Option<Offer<'c>> {
+        offer(self.spec, resolution)
+    }
+
+    /// The resolution a request without one runs at.
+    pub fn default_offer(&self) -> Offer<'c> {
+        self.default
+    }
+}
+
+impl Serialize for Model<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name)
+    }
+}
+
+/// A resolution a model offers, with its price: only a [`Model`] hands these out, and only for a resolution in
+/// its list that its credit table prices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offer<'c> {
+    resolution: &'c str,
+    price: Price,
+}
+
+impl<'c> Offer<'c> {
+    pub fn resolution(&self) -> &'c str {
+        self.resolution
+    }
+
+    pub fn price(&self) -> Price {
+        self.price
+    }
+}
+
+fn offer<'c>(spec: &'c ModelSpec, resolution: &str) -> Option<Offer<'c>> {
+    let resolution = spec.resolutions.iter().find(|r| *r == resolution)?;
+    Some(Offer {
+        resolution,
+        price: Price {
+            base: *spec.credits.base.get(resolution)?,
+            per_second: *spec.credits.per_second.get(resolution)?,
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_seed_catalog_parses_to_the_four_models_of_the_docs_page() {
-        let c = seed_catalog();
+        let c = seed_catalog().unwrap();
         assert_eq!(
             c.keys().map(String::as_str).collect::<Vec<_>>(),
             ["viduq1", "viduq2", "viduq3-pro", "viduq3-turbo"]
@@ -103,5 +187,39 @@ mod tests {
         assert_eq!(resolution_rank("1080p"), Some(1080));
         assert_eq!(resolution_rank("p"), None);
         assert_eq!(resolution_rank("4k"), None);
+    }
+
+    #[test]
+    fn a_model_offers_the_resolutions_it_lists_and_prices() {
+        let c = seed_catalog().unwrap();
+        let m = Model::find(&c, "viduq2").unwrap();
+        assert_eq!(m.name(), "viduq2");
+        assert_eq!(m.default_offer().resolution(), "720p");
+        let p = m.offer("1080p").unwrap().price();
+        assert_eq!(
+            (p.base, p.per_second),
+            (Decimal::from_int(40), Decimal::from_int(15))
+        );
+        assert_eq!(m.offer("4k"), None);
+        assert!(Model::find(&c, "viduq9").is_none());
+        assert_eq!(serde_json::to_value(m).unwrap(), "viduq2");
+    }
+
+    #[test]
+    fn an_entry_that_does_not_price_its_resolutions_offers_none_of_the_unpriced() {
+        let mut c = seed_catalog().unwrap();
+        let spec = c.get_mut("viduq2").unwrap();
+        spec.credits.base.remove("1080p");
+        let m = Model::find(&c, "viduq2").unwrap();
+        assert_eq!(m.offer("1080p"), None);
+        c.get_mut("viduq2")
+            .unwrap()
+            .credits
+            .per_second
+            .remove("720p");
+        assert!(
+            Model::find(&c, "viduq2").is_none(),
+            "its default is unpriced"
+        );
     }
 }

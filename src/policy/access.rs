@@ -1,8 +1,8 @@
 //! Access rules and off-peak policy: decided before any counter moves. Refusals name the rule and the table
 //! that set it; a forced `off_peak` is applied only when the model can run it (never by changing `audio`).
 
-use crate::catalog::resolution_rank;
-use crate::config::{ModelSpec, OffPeakMode};
+use crate::catalog::{ModelSpec, resolution_rank};
+use crate::config::OffPeakMode;
 use crate::error::{GatewayError, LimitReason};
 use crate::policy::hours::HourWindow;
 use crate::policy::resolve::UserRules;

@@ -45,17 +45,14 @@ pub fn prepare(
     store: &dyn AdmissionStore,
     request_id: &str,
 ) -> Result<Prepared, GatewayError> {
-    let spec = settings.models.get(&params.model).ok_or_else(|| {
-        GatewayError::Internal(anyhow::anyhow!("validated model missing from the catalog"))
-    })?;
     let rules = user_rules(settings, &identity.user, identity.team.as_deref());
     let team = team_limits(settings, identity.team.as_deref());
     let p = periods(now, &timezone(&settings.policy.timezone));
     let facts = RequestFacts {
-        model: &params.model,
-        spec,
+        model: params.model.name(),
+        spec: params.model.spec(),
         duration: params.duration,
-        resolution: &params.resolution,
+        resolution: params.resolution,
         audio: params.audio,
         off_peak: params.off_peak,
         is_rec: params.is_rec,
@@ -106,7 +103,7 @@ pub fn prepare(
             team: team_name.clone(),
             day: p.day.clone(),
             month: p.month.clone(),
-            model: params.model.clone(),
+            model: params.model.name().to_owned(),
             off_peak,
         },
     };
