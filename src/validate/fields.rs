@@ -16,6 +16,7 @@
 //! reported against a guess.
 
 use std::borrow::Cow;
+use std::ops::RangeInclusive;
 
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
@@ -553,23 +554,30 @@ fn violation(reason: FieldReason, message: String) -> ValidationError {
     ValidationError::new(reason.as_str()).with_message(Cow::Owned(message))
 }
 
+/// A text of at most `max` characters; else `rule` and the length.
+fn at_most_chars(
+    text: &str,
+    max: usize,
+    rule: impl FnOnce() -> String,
+) -> Result<(), ValidationError> {
+    // Count no further than needed: one past the limit proves it too long.
+    if text.chars().take(max + 1).count() <= max {
+        return Ok(());
+    }
+    Err(violation(
+        FieldReason::TooLong,
+        format!("{}, got {}: shorten it", rule(), text.chars().count()),
+    ))
+}
+
 fn check_prompt(prompt: &Given<'_, Text<'_>>, ctx: &Ctx<'_>) -> Result<(), ValidationError> {
     let Some(model) = ctx.model else {
         return Ok(());
     };
     let max = model.spec().prompt_max_chars;
-    // Count no further than needed: one past the limit proves it too long.
-    if prompt.value.chars().take(max + 1).count() <= max {
-        return Ok(());
-    }
-    Err(violation(
-        FieldReason::TooLong,
-        format!(
-            "{} allows at most {max} characters in prompt, got {}: shorten it",
-            model.name(),
-            prompt.value.chars().count()
-        ),
-    ))
+    at_most_chars(&prompt.value, max, || {
+        format!("{} allows at most {max} characters in prompt", model.name())
+    })
 }
 
 fn check_duration(duration: &Given<'_, Integer<'_>>, ctx: &Ctx<'_>) -> Result<(), ValidationError> {
@@ -591,43 +599,38 @@ fn check_duration(duration: &Given<'_, Integer<'_>>, ctx: &Ctx<'_>) -> Result<()
     ))
 }
 
-fn check_seed(seed: &Given<'_, Integer<'_>>) -> Result<(), ValidationError> {
-    if (0..=SEED_MAX).contains(&seed.value) {
+/// An integer in `range`; else `rule` and the value as sent.
+fn integer_in(
+    given: &Given<'_, Integer<'_>>,
+    range: RangeInclusive<i64>,
+    rule: impl FnOnce() -> String,
+) -> Result<(), ValidationError> {
+    if range.contains(&given.value) {
         return Ok(());
     }
     Err(violation(
         FieldReason::OutOfRange,
-        format!(
-            "seed must be an integer in 0..={SEED_MAX} (0 = random), got {}",
-            preview(seed.raw.get(), 32)
-        ),
+        format!("{}, got {}", rule(), preview(given.raw.get(), 32)),
     ))
+}
+
+fn check_seed(seed: &Given<'_, Integer<'_>>) -> Result<(), ValidationError> {
+    integer_in(seed, 0..=SEED_MAX, || {
+        format!("seed must be an integer in 0..={SEED_MAX} (0 = random)")
+    })
 }
 
 fn check_wm_position(position: &Given<'_, Integer<'_>>) -> Result<(), ValidationError> {
-    if (1..=4).contains(&position.value) {
-        return Ok(());
-    }
-    Err(violation(
-        FieldReason::OutOfRange,
-        format!(
-            "wm_position must be 1 (top-left), 2 (top-right), 3 (bottom-right) or 4 (bottom-left), got {}",
-            preview(position.raw.get(), 32)
-        ),
-    ))
+    integer_in(position, 1..=4, || {
+        "wm_position must be 1 (top-left), 2 (top-right), 3 (bottom-right) or 4 (bottom-left)"
+            .into()
+    })
 }
 
 fn check_payload(payload: &Given<'_, Text<'_>>) -> Result<(), ValidationError> {
-    if payload.value.chars().take(PAYLOAD_MAX_CHARS + 1).count() <= PAYLOAD_MAX_CHARS {
-        return Ok(());
-    }
-    Err(violation(
-        FieldReason::TooLong,
-        format!(
-            "payload may hold at most {PAYLOAD_MAX_CHARS} characters, got {}: shorten it",
-            payload.value.chars().count()
-        ),
-    ))
+    at_most_chars(&payload.value, PAYLOAD_MAX_CHARS, || {
+        format!("payload may hold at most {PAYLOAD_MAX_CHARS} characters")
+    })
 }
 
 fn one_of(field: &str, value: &str, allowed: &[&str]) -> Result<(), ValidationError> {
@@ -724,36 +727,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_table_lists_vidus_fields_once_in_the_docs_order() {
+    fn the_table_names_each_field_once_with_the_json_type_of_its_rust_type() {
         let names: Vec<_> = field_names().collect();
-        assert_eq!(
-            names,
-            [
-                "model",
-                "images",
-                "prompt",
-                "duration",
-                "seed",
-                "resolution",
-                "movement_amplitude",
-                "payload",
-                "off_peak",
-                "watermark",
-                "wm_position",
-                "wm_url",
-                "meta_data",
-                "callback_url",
-                "audio",
-                "voice_id",
-                "is_rec",
-                "bgm",
-                "audio_type",
-            ]
-        );
-        let json = |name: &str| FIELDS.iter().find(|f| f.name == name).unwrap().json;
-        assert_eq!(json("duration"), Json::Integer);
-        assert_eq!(json("is_rec"), Json::Boolean);
-        assert_eq!(json("meta_data"), Json::JsonObjectString);
-        assert_eq!(json("images"), Json::ImageArray);
+        assert_eq!(names.len(), 19);
+        for (i, name) in names.iter().enumerate() {
+            assert!(!names[..i].contains(name), "{name} twice");
+        }
+        assert_eq!(names[..3], ["model", "images", "prompt"], "the docs' order");
+        let row = |name: &str| *FIELDS.iter().find(|f| f.name == name).unwrap();
+        assert_eq!(row("duration").json, Json::Integer);
+        assert_eq!(row("is_rec").json, Json::Boolean);
+        assert_eq!(row("voice_id").json, Json::String);
+        assert_eq!(row("meta_data").json, Json::JsonObjectString);
+        assert_eq!(row("images").json, Json::ImageArray);
+        assert_eq!(row("resolution").absent, Absent::CatalogDefault);
+        assert_eq!(row("wm_position").absent, Absent::ViduDefault);
+        assert_eq!(row("voice_id").absent, Absent::Unset);
     }
 }
