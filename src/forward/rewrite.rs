@@ -249,4 +249,42 @@ mod tests {
             r#"{"a":1,"b\"q":1}"#
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Objects with keys that collide with the ones set and removed, and values of every JSON type.
+        fn object() -> impl Strategy<Value = serde_json::Map<String, Value>> {
+            let key = prop_oneof![
+                Just("model".to_owned()),
+                Just("off_peak".to_owned()),
+                ".{0,6}"
+            ];
+            let value = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                ".{0,12}".prop_map(Value::String),
+                prop::collection::vec(any::<u8>().prop_map(Value::from), 0..3)
+                    .prop_map(Value::Array),
+            ];
+            prop::collection::vec((key, value), 0..8).prop_map(|m| m.into_iter().collect())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            #[test]
+            fn a_rewrite_of_any_object_is_that_object_with_the_change(obj in object()) {
+                let body = serde_json::to_vec(&Value::Object(obj.clone())).unwrap();
+                let out = rewrite(&body, &[("off_peak", json!(true))], &["model"]);
+                let mut expected = obj;
+                expected.remove("model");
+                expected.insert("off_peak".into(), json!(true));
+                let got: Value = serde_json::from_slice(&out).unwrap();
+                prop_assert_eq!(got, Value::Object(expected));
+            }
+        }
+    }
 }
