@@ -5,7 +5,7 @@
 //!   keys in `tests/fixtures/keys`): header, algorithm allow-list, key, signature, time claims, identity claims;
 //!   `jwt_verify_again/*`: the same token again through the same authenticator (what a cache of verified
 //!   tokens answers, when there is one);
-//! - `pricing/estimate`: `catalog::pricing::estimate`, and `pricing/effective_estimate` (catalog lookup included);
+//! - `pricing/estimate`: `catalog::pricing::estimate`, and `pricing/effective_estimate` (price found at validation);
 //! - `policy/prepare`: `policy::admission::prepare` — user/team rules, periods in the policy time zone, the
 //!   off-peak decision and the admission request with all its buckets;
 //! - `admission/admit`: `MemoryStore::admit` (one lock, 3 slot specs, 6 budgets, 3 GCRA rate specs, one SQLite
