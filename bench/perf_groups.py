@@ -26,7 +26,7 @@ GROUPS = [
     ("SQLite ledger (INSERT/UPDATE, WAL, locks)", r"rusqlite::|vidu_gateway::state::ledger"),
     ("admission store (lock, slots, budgets, GCRA)", r"vidu_gateway::state::|governor::"),
     ("policy (rules, periods, off-peak, buckets)", r"vidu_gateway::policy::|jiff::"),
-    ("validation (JSON parse, field rules, image header)", r"vidu_gateway::vidu::request|vidu_gateway::vidu::image|"
+    ("validation (JSON parse, field rules, image header)", r"vidu_gateway::validate::|"
      r"validator::|url::|imagesize::"),
     ("body read (copy into one buffer)", r"vidu_gateway::body::|img2video::read_authenticated"),
     ("awc upstream call (client, pool, h1 out)", r"awc::|actix_http::client|vidu_gateway::vidu::client|"
@@ -43,7 +43,7 @@ GROUPS = [
 # Checked first, anywhere on the stack: work done on behalf of these callers, whatever it calls (forward_body
 # re-runs the same parser as validate, so leaf-first matching would count it as validation).
 ANCHORS = [
-    ("forward body (rewrite check: re-parse + copy)", r"Validated::forward_body|vidu::request::rewrite"),
+    ("forward body (rewrite check: re-parse + copy)", r"Validated::forward_body|forward::rewrite::rewrite"),
 ]
 GROUPS = ANCHORS + GROUPS
 COMPILED = [(name, re.compile(p)) for name, p in GROUPS]

@@ -5,7 +5,7 @@
 //!   keys in `tests/fixtures/keys`): header, algorithm allow-list, key, signature, time claims, identity claims;
 //!   `jwt_verify_again/*`: the same token again through the same authenticator (what a cache of verified
 //!   tokens answers, when there is one);
-//! - `pricing/estimate`: `vidu::pricing::estimate`, and `pricing/effective_estimate` (catalog lookup included);
+//! - `pricing/estimate`: `catalog::pricing::estimate`, and `pricing/effective_estimate` (price found at validation);
 //! - `policy/prepare`: `policy::admission::prepare` — user/team rules, periods in the policy time zone, the
 //!   off-peak decision and the admission request with all its buckets;
 //! - `admission/admit`: `MemoryStore::admit` (one lock, 3 slot specs, 6 budgets, 3 GCRA rate specs, one write
@@ -29,6 +29,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt as _;
 use vidu_gateway::auth::mint::{Claims, mint, mint_with_key};
 use vidu_gateway::auth::{Authenticator, Identity};
+use vidu_gateway::catalog::pricing::{Decimal, EstimateInput, estimate};
 use vidu_gateway::clock::{SharedClock, SystemClock};
 use vidu_gateway::config::{AuthSettings, Origin, Secret, Settings, load_from_str};
 use vidu_gateway::create::{Context, admit};
@@ -37,8 +38,7 @@ use vidu_gateway::policy::admission::prepare;
 use vidu_gateway::policy::periods::periods;
 use vidu_gateway::state::memory::MemoryStore;
 use vidu_gateway::state::*;
-use vidu_gateway::vidu::pricing::{Decimal, EstimateInput, estimate};
-use vidu_gateway::vidu::request::validate;
+use vidu_gateway::validate::validate;
 
 /// The small request of the HTTP benchmark (../shared/bench/bench.sh).
 const SMALL: &[u8] = br#"{"model":"viduq2","images":["https://example.com/first-frame.png"],"prompt":"a cat surfing a wave at sunset","duration":5,"resolution":"720p"}"#;

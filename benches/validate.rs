@@ -1,4 +1,4 @@
-//! Micro-benchmark of `vidu::request::validate`: a small request and a ~15 MB data-URI request.
+//! Micro-benchmark of `validate::validate`: a small request and a ~15 MB data-URI request.
 //!
 //! Run: `cargo bench --bench validate`. The 15 MB case measures the whole check — UTF-8 and JSON scan of the
 //! body, base64 alphabet scan of the image, header-prefix decode — which must stay far below a network round trip
@@ -9,7 +9,8 @@ use std::hint::black_box;
 use base64::Engine as _;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use vidu_gateway::config::{BUILTIN_CONFIG, Origin, Settings, load_from_str};
-use vidu_gateway::vidu::request::{rewrite, validate};
+use vidu_gateway::forward::rewrite::rewrite;
+use vidu_gateway::validate::validate;
 
 fn settings() -> Settings {
     match load_from_str(BUILTIN_CONFIG, Origin::Builtin, Default::default()) {

@@ -17,7 +17,7 @@ use crate::metrics::{AdmissionLabels, CreditLabels, Metrics, TeamLabels};
 use crate::policy::admission::{Decided, Refused, Verdict, prepare, unavailable};
 use crate::settle::{Pending, settlement_of};
 use crate::state::{Grant, Mode, RejectionRecord, Store};
-use crate::vidu::request::{Validated, validate};
+use crate::validate::{Reason, Validated, validate};
 use crate::vidu::upstream::{Endpoint, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
 
 pub static X_CREDITS_ESTIMATED: HeaderName = HeaderName::from_static("x-credits-estimated");
@@ -44,15 +44,8 @@ pub fn prefers_never_off_peak(prefer: Option<&str>) -> bool {
 }
 
 /// A validation rejection in the envelope.
-pub fn rejection_error(r: crate::vidu::request::Rejection) -> GatewayError {
-    if r.reason == "BadRequest" {
-        return GatewayError::BadRequest(r.message);
-    }
-    GatewayError::Validation {
-        reason: r.reason,
-        message: r.message,
-        fields: r.fields,
-    }
+pub fn rejection_error(r: crate::validate::Rejection) -> GatewayError {
+    GatewayError::Validation(r)
 }
 
 /// An admitted request: what to send, and what was granted.
@@ -171,7 +164,7 @@ pub async fn quote(
 ) -> Result<Value, GatewayError> {
     let validated = match validate(bytes, ctx.settings) {
         Ok(v) => v,
-        Err(r) if r.reason == "BadRequest" => return Err(GatewayError::BadRequest(r.message)),
+        Err(r) if r.reason == Reason::BadRequest => return Err(GatewayError::Validation(r)),
         Err(r) => {
             return Ok(serde_json::json!({
                 "valid": false,

@@ -1,4 +1,5 @@
-//! `GatewayError`: every error the gateway itself produces, rendered in Vidu's envelope (DESIGN §4).
+//! `GatewayError`: every error the gateway itself produces, rendered in Vidu's envelope
+//! (`{"code", "reason", "message", "metadata": {"trace_id", "source": "gateway", "fields"}}`).
 //!
 //! A handler returns `GatewayError`; `error_response` builds the status and headers and stores the envelope in
 //! the response's extensions; the request-context middleware writes it with `metadata.trace_id` (the request id),
@@ -9,13 +10,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
-/// One validation problem: `{"field": "duration", "reason": "OutOfRange", "message": "..."}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct FieldViolation {
-    pub field: String,
-    pub reason: &'static str,
-    pub message: String,
-}
+use crate::validate::{FieldViolation, Rejection};
 
 /// Rate-limit style 429 reasons (all carry `Retry-After`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,12 +36,9 @@ impl LimitReason {
 pub enum GatewayError {
     #[error("{0}")]
     BadRequest(String),
-    #[error("{message}")]
-    Validation {
-        reason: &'static str,
-        message: String,
-        fields: Vec<FieldViolation>,
-    },
+    /// A body refused by validation (`BadRequest` when it is not a JSON object at all).
+    #[error("{}", .0.message)]
+    Validation(Rejection),
     #[error("{message}")]
     Unauthorized {
         message: String,
@@ -96,7 +88,7 @@ impl GatewayError {
     pub fn reason(&self) -> &'static str {
         match self {
             GatewayError::BadRequest(_) => "BadRequest",
-            GatewayError::Validation { reason, .. } => reason,
+            GatewayError::Validation(r) => r.reason.as_str(),
             GatewayError::Unauthorized { .. } => "Unauthorized",
             GatewayError::Forbidden(_) => "Forbidden",
             GatewayError::TaskNotFound => "TaskNotFound",
@@ -206,9 +198,7 @@ impl PendingEnvelope {
 impl ResponseError for GatewayError {
     fn status_code(&self) -> StatusCode {
         match self {
-            GatewayError::BadRequest(_) | GatewayError::Validation { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            GatewayError::BadRequest(_) | GatewayError::Validation(_) => StatusCode::BAD_REQUEST,
             GatewayError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::TaskNotFound | GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -272,7 +262,7 @@ impl ResponseError for GatewayError {
             _ => {}
         }
         let fields = match self {
-            GatewayError::Validation { fields, .. } => fields.clone(),
+            GatewayError::Validation(r) => r.fields.clone(),
             _ => Vec::new(),
         };
         let mut res = res.finish();
@@ -325,6 +315,30 @@ mod tests {
         assert_eq!(e.reason(), "CreditBudgetExhausted");
         let res = e.error_response();
         assert_eq!(res.headers().get(header::RETRY_AFTER).unwrap(), "5");
+    }
+
+    #[test]
+    fn a_validation_rejection_renders_its_reason_and_fields() {
+        let settings = crate::config::Settings::default();
+        let rendered = |body: &[u8]| {
+            let e =
+                GatewayError::Validation(crate::validate::validate(body, &settings).unwrap_err());
+            assert_eq!(e.status_code(), StatusCode::BAD_REQUEST);
+            let env = e
+                .error_response()
+                .extensions()
+                .get::<PendingEnvelope>()
+                .cloned()
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&env.render("t")).unwrap()
+        };
+        let v = rendered(b"{");
+        assert_eq!(v["reason"], "BadRequest");
+        assert!(v["metadata"].get("fields").is_none());
+        let v = rendered(br#"{"model": "viduq2"}"#);
+        assert_eq!(v["reason"], "FieldLacking");
+        assert_eq!(v["metadata"]["fields"][0]["field"], "images");
+        assert_eq!(v["metadata"]["fields"][0]["reason"], "Missing");
     }
 
     #[test]

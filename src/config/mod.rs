@@ -285,7 +285,10 @@ fn layer(
     let mut semantic = Vec::new();
     settings.read_secret_files(&mut semantic);
     if settings.models.is_empty() {
-        settings.models = crate::vidu::catalog::seed_catalog();
+        match crate::catalog::seed_catalog() {
+            Ok(seed) => settings.models = seed,
+            Err(e) => semantic.push(e),
+        }
     }
     validate::validate(&settings, &mut semantic);
     // A refused value was removed and its key took the code default: what validation says about that key now

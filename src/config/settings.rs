@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::hours::HourWindow;
 use super::secret::Secret;
 use super::values::{BaseUrl, Zone, at_least_one};
-use crate::vidu::pricing::Decimal;
+use crate::catalog::Catalog;
+use crate::catalog::pricing::PricingSettings;
 
 /// The whole configuration file. Each section falls back to its code default when absent.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
@@ -21,8 +22,8 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     pub auth: AuthSettings,
     pub validation: ValidationSettings,
-    /// The model catalog; empty here means "the seed's four models" (filled in by `Settings::finish`).
-    pub models: BTreeMap<String, ModelSpec>,
+    /// The model catalog; empty here means the seed catalog (filled in when the configuration is loaded).
+    pub models: Catalog,
     pub pricing: PricingSettings,
     pub policy: PolicySettings,
     pub state: StateSettings,
@@ -173,58 +174,6 @@ pub enum UnknownFields {
 #[serde(deny_unknown_fields, default)]
 pub struct ValidationSettings {
     pub unknown_fields: UnknownFields,
-}
-
-/// One catalog entry: what a model accepts and what it costs.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSpec {
-    pub durations: DurationRange,
-    pub resolutions: Vec<String>,
-    pub default_resolution: String,
-    #[serde(default = "default_prompt_max_chars")]
-    pub prompt_max_chars: usize,
-    #[serde(default)]
-    pub audio_default: bool,
-    #[serde(default)]
-    pub off_peak_with_audio: bool,
-    pub credits: CreditTable,
-}
-
-fn default_prompt_max_chars() -> usize {
-    2000
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct DurationRange {
-    pub min: u32,
-    pub max: u32,
-    pub default: u32,
-}
-
-/// Per resolution: `estimate = base[res] + per_second[res] × duration`.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreditTable {
-    pub base: BTreeMap<String, Decimal>,
-    pub per_second: BTreeMap<String, Decimal>,
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PricingSettings {
-    pub off_peak_factor: Decimal,
-    pub recommended_prompt_credits: u32,
-}
-
-impl Default for PricingSettings {
-    fn default() -> Self {
-        Self {
-            off_peak_factor: Decimal::parse("0.5").unwrap_or(Decimal::ONE),
-            recommended_prompt_credits: 10,
-        }
-    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]

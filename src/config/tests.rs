@@ -48,7 +48,7 @@ fn keys_missing_from_a_file_take_their_code_defaults() {
         s.policy.defaults.daily_credits, None,
         "no budget unless configured"
     );
-    assert_eq!(s.models, crate::vidu::catalog::seed_catalog());
+    assert_eq!(s.models, crate::catalog::seed_catalog().unwrap());
     assert!(!c.uses_dev_secret());
 }
 
@@ -287,7 +287,7 @@ fn the_version_changes_with_the_effective_config() {
 #[test]
 fn the_built_in_catalog_is_the_seed_catalog() {
     let c = load_with_env(None, HashMap::new()).unwrap();
-    assert_eq!(c.settings.models, crate::vidu::catalog::seed_catalog());
+    assert_eq!(c.settings.models, crate::catalog::seed_catalog().unwrap());
 }
 
 // --- A syntax error never shows the source text (the line may hold a secret).

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use super::settings::*;
-use crate::vidu::catalog::{resolution_rank, valid_model_name};
+use crate::catalog::{resolution_rank, valid_model_name};
 
 /// JWT algorithms the gateway can verify.
 pub const KNOWN_ALGORITHMS: &[&str] = &[

@@ -1,11 +1,10 @@
 //! Access rules and off-peak policy: decided before any counter moves. Refusals name the rule and the table
 //! that set it; a forced `off_peak` is applied only when the model can run it (never by changing `audio`).
 
-use crate::config::HourWindow;
-use crate::config::{ModelSpec, OffPeakMode};
+use crate::catalog::{ModelSpec, resolution_rank};
+use crate::config::{HourWindow, OffPeakMode};
 use crate::error::{GatewayError, LimitReason};
 use crate::policy::resolve::UserRules;
-use crate::vidu::catalog::resolution_rank;
 
 /// What the policy looks at in a (validated, defaults-applied) request.
 #[derive(Clone, Debug)]

@@ -18,7 +18,7 @@ use crate::auth::Identity;
 use crate::config::{OffPeakMode, Settings};
 use crate::error::{GatewayError, LimitReason};
 use crate::state::*;
-use crate::vidu::request::Effective;
+use crate::validate::Effective;
 
 /// A request ready for the admission decision.
 pub struct Prepared<'a> {
@@ -96,17 +96,14 @@ pub fn prepare<'a>(
     now: Timestamp,
     request_id: &str,
 ) -> Result<Prepared<'a>, GatewayError> {
-    let spec = settings.models.get(&params.model).ok_or_else(|| {
-        GatewayError::Internal(anyhow::anyhow!("validated model missing from the catalog"))
-    })?;
     let rules = user_rules(settings, &identity.user, identity.team.as_deref());
     let team = team_limits(settings, identity.team.as_deref());
     let p = periods(now, settings.policy.timezone.tz());
     let facts = RequestFacts {
-        model: &params.model,
-        spec,
+        model: params.model.name(),
+        spec: params.model.spec(),
         duration: params.duration,
-        resolution: &params.resolution,
+        resolution: params.resolution,
         audio: params.audio,
         off_peak: params.off_peak,
         is_rec: params.is_rec,
@@ -125,7 +122,7 @@ pub fn prepare<'a>(
         team: team_name,
         day: p.day.clone(),
         month: p.month.clone(),
-        model: params.model.clone(),
+        model: params.model.name().to_owned(),
     };
     let immediate_cap = rules
         .immediate_daily_credits
@@ -519,7 +516,7 @@ impl Verdict {
 mod tests {
     use super::*;
     use crate::config::test_settings;
-    use crate::vidu::request::validate;
+    use crate::validate::validate;
 
     fn alice() -> Identity {
         Identity {
@@ -530,7 +527,7 @@ mod tests {
         }
     }
 
-    fn params(s: &Settings, body: &str) -> Effective {
+    fn params<'a>(s: &'a Settings, body: &'a str) -> Effective<'a> {
         match validate(body.as_bytes(), s) {
             Ok(v) => v.params,
             Err(r) => panic!("{}", r.message),
@@ -629,10 +626,8 @@ mod tests {
         assert!(fallback_plan(&p).if_covered.is_some());
         assert_eq!(fallback_plan(&p).if_short, None);
         // Sent off-peak already: nothing to decide.
-        let off: Effective = self::params(
-            &s,
-            &Q2.replace("\"duration\"", "\"off_peak\": true, \"duration\""),
-        );
+        let off_body = Q2.replace("\"duration\"", "\"off_peak\": true, \"duration\"");
+        let off: Effective = self::params(&s, &off_body);
         let p = prepare(&s, &alice(), &off, false, morning(), "r").unwrap();
         assert!(matches!(p.request.plan, Plan::Fixed(OFF_PEAK_28)));
     }

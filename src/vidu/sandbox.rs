@@ -14,10 +14,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use super::pricing::{EstimateInput, estimate};
 use super::upstream::{UpstreamRequest, UpstreamResponse};
+use crate::catalog::Model;
 use crate::clock::SharedClock;
-use crate::config::{LiveConfig, Settings};
+use crate::config::LiveConfig;
 
 /// Tasks kept before the oldest are forgotten (the sandbox is for integration, not storage).
 const MAX_TASKS: usize = 100_000;
@@ -117,9 +117,10 @@ impl Sandbox {
                 request_id,
             );
         };
-        let Some(model) = settings.models.get(&model_name) else {
+        let Some(model) = Model::find(&settings.models, &model_name) else {
             return invalid("model");
         };
+        let spec = model.spec();
         let images = match b.images {
             None => {
                 return vidu_error(
@@ -139,28 +140,27 @@ impl Sandbox {
             }
             Some(i) => i,
         };
-        let duration = b.duration.unwrap_or(model.durations.default);
-        if !(model.durations.min..=model.durations.max).contains(&duration) {
+        let duration = b.duration.unwrap_or(spec.durations.default);
+        if !(spec.durations.min..=spec.durations.max).contains(&duration) {
             return invalid("duration");
         }
-        let resolution = b
-            .resolution
-            .unwrap_or_else(|| model.default_resolution.clone());
-        if !model.resolutions.contains(&resolution) {
-            return invalid("resolution");
-        }
-        let audio = b.audio.unwrap_or(model.audio_default);
+        let offer = match &b.resolution {
+            None => model.default_offer(),
+            Some(r) => match model.offer(r) {
+                Some(offer) => offer,
+                None => return invalid("resolution"),
+            },
+        };
+        let audio = b.audio.unwrap_or(spec.audio_default);
         let off_peak = b.off_peak.unwrap_or(false);
-        if off_peak && audio && !model.off_peak_with_audio {
+        if off_peak && audio && !spec.off_peak_with_audio {
             return invalid("off_peak");
         }
-        let credits = sandbox_estimate(
-            settings,
-            &model_name,
-            &resolution,
+        let credits = offer.price().estimate(
             duration,
             off_peak,
             b.is_rec == Some(true),
+            &settings.pricing,
         );
         let seed = match b.seed {
             Some(s) if s != 0 => s,
@@ -177,7 +177,7 @@ impl Sandbox {
             "images": images,
             "duration": duration,
             "seed": seed,
-            "resolution": resolution,
+            "resolution": offer.resolution(),
             "movement_amplitude": b.movement_amplitude.unwrap_or_else(|| "auto".into()),
             "payload": payload,
             "off_peak": off_peak,
@@ -271,28 +271,6 @@ impl Sandbox {
     }
 }
 
-fn sandbox_estimate(
-    s: &Settings,
-    model: &str,
-    res: &str,
-    duration: u32,
-    off_peak: bool,
-    is_rec: bool,
-) -> u64 {
-    let Some(m) = s.models.get(model) else {
-        return 0;
-    };
-    estimate(&EstimateInput {
-        base: m.credits.base.get(res).copied().unwrap_or_default(),
-        per_second: m.credits.per_second.get(res).copied().unwrap_or_default(),
-        duration_secs: duration,
-        off_peak,
-        off_peak_factor: s.pricing.off_peak_factor,
-        is_rec,
-        recommended_prompt_credits: s.pricing.recommended_prompt_credits,
-    })
-}
-
 fn json_response(status: StatusCode, body: &Value) -> UpstreamResponse {
     UpstreamResponse {
         status,
@@ -381,5 +359,32 @@ mod tests {
             assert!(answer["metadata"].get("source").is_none());
         }
         assert_eq!(create(&s, json!({"model": "viduq2", "images": img})).0, 200);
+    }
+
+    /// The simulator charges what the gateway estimates: one pricing for both.
+    #[test]
+    fn the_simulator_charges_the_gateways_estimate() {
+        let s = sandbox();
+        let config = s.config.current();
+        for extra in [
+            json!({}),
+            json!({"model": "viduq3-pro", "duration": 16, "resolution": "1080p"}),
+            json!({"off_peak": true, "is_rec": true}),
+            json!({"model": "viduq1"}),
+        ] {
+            let mut body = json!({"model": "viduq2", "images": ["https://e.com/a.png"]});
+            if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+                b.extend(e.clone());
+            }
+            let bytes = body.to_string();
+            let validated = crate::validate::validate(bytes.as_bytes(), &config.settings).unwrap();
+            let (status, answer) = create(&s, body.clone());
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(
+                answer["credits"],
+                validated.params.estimate(&config.settings),
+                "{body}"
+            );
+        }
     }
 }

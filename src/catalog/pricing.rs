@@ -1,4 +1,6 @@
-//! Credit prices as exact decimals and the estimate of DESIGN §9: `ceil((base + per_second × d) × factor) + rec`.
+//! Credit prices as exact decimals and the one estimate of a task's credits:
+//! `ceil((base + per_second × duration) × (off_peak ? off_peak_factor : 1)) + (is_rec ? recommended_prompt_credits : 0)`,
+//! computed exactly in integers (ceil(40 × 0.3) is 12, where binary floating point gives 13).
 
 use std::fmt;
 
@@ -89,6 +91,51 @@ impl<'de> Deserialize<'de> for Decimal {
             Raw::Text(t) => t,
         };
         Decimal::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[pricing]`: what the estimate adds to a model's prices.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PricingSettings {
+    pub off_peak_factor: Decimal,
+    pub recommended_prompt_credits: u32,
+}
+
+impl Default for PricingSettings {
+    fn default() -> Self {
+        Self {
+            off_peak_factor: Decimal::parse("0.5").unwrap_or(Decimal::ONE),
+            recommended_prompt_credits: 10,
+        }
+    }
+}
+
+/// What a model charges at one resolution (from its credit table; see [`crate::catalog::Offer`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Price {
+    pub base: Decimal,
+    pub per_second: Decimal,
+}
+
+impl Price {
+    /// The estimate of a task at this price.
+    pub fn estimate(
+        self,
+        duration_secs: u32,
+        off_peak: bool,
+        is_rec: bool,
+        pricing: &PricingSettings,
+    ) -> u64 {
+        estimate(&EstimateInput {
+            base: self.base,
+            per_second: self.per_second,
+            duration_secs,
+            off_peak,
+            off_peak_factor: pricing.off_peak_factor,
+            is_rec,
+            recommended_prompt_credits: pricing.recommended_prompt_credits,
+        })
     }
 }
 

@@ -1,8 +1,8 @@
 //! Checks of `images[0]` (an http(s) URL or a base64 data URI) without fetching or decoding the whole image.
 //!
-//! What is accepted (Vidu's img2video page, DESIGN §9):
+//! What is accepted (Vidu's img2video page):
 //! - an absolute `http://` or `https://` URL with a host, without spaces or control characters. The gateway never
-//!   fetches it (DESIGN §7): Vidu does, and reports `ImageDownloadFailure` itself.
+//!   fetches it (it fetches no caller-supplied URL): Vidu does, and reports `ImageDownloadFailure` itself.
 //! - `data:image/<png|jpeg|jpg|webp>;base64,<data>` (scheme and media type case-insensitive, no other
 //!   parameters), where `<data>` is padded standard base64 (`A–Z a–z 0–9 + /`, `=` only as the last one or two
 //!   characters, length a multiple of 4). Whitespace and line breaks inside the base64 are refused (Vidu's examples
@@ -24,6 +24,8 @@ use std::borrow::Cow;
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use serde::Serialize;
+
+use super::members::preview;
 
 /// Largest decoded image accepted: 50 MiB (Vidu: "max image size 50 MB").
 pub const MAX_DECODED_BYTES: u64 = 50 * 1024 * 1024;
@@ -407,14 +409,6 @@ pub fn check_dimensions(width: u32, height: u32) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// At most `max` characters of `s`, with an ellipsis when cut.
-fn preview(s: &str, max: usize) -> Cow<'_, str> {
-    match s.char_indices().nth(max) {
-        None => Cow::Borrowed(s),
-        Some((i, _)) => Cow::Owned(format!("{}…", &s[..i])),
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,3 @@
+//! Forwarding to Vidu: the body as it is sent.
+
+pub mod rewrite;
