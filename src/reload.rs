@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use actix_web::web;
 
-use crate::app_state::AppState;
 use crate::auth::Authenticator;
 use crate::config::{self, LoadedConfig, Origin, Settings};
+use crate::http::app_state::AppState;
 use crate::metrics::OutcomeLabels;
 
 /// How often the config file is checked for changes.

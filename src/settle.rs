@@ -6,9 +6,9 @@ use std::sync::Arc;
 use futures_util::FutureExt as _;
 use serde_json::Value;
 
+use crate::forward::upstream::{UpstreamError, UpstreamResponse};
 use crate::metrics::{CreditLabels, Metrics, TeamLabels};
 use crate::state::{Grant, Settlement, Store};
-use crate::vidu::upstream::{UpstreamError, UpstreamResponse};
 
 /// What Vidu's answer means for the reservation.
 pub fn settlement_of(

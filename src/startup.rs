@@ -11,21 +11,21 @@ use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use tracing_actix_web::TracingLogger;
 
-use crate::app_state::AppState;
 use crate::auth::Authenticator;
-use crate::body::{self, guard::BufferedBodies};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{LiveConfig, LoadedConfig, StateBackend, UpstreamMode};
+use crate::forward::client::ViduClient;
+use crate::forward::sandbox::Sandbox;
+use crate::forward::upstream::Upstream;
+use crate::http::app_state::AppState;
+use crate::http::request_context::request_context;
+use crate::http::routes;
 use crate::metrics::Metrics;
-use crate::request_context::request_context;
-use crate::routes;
+use crate::read::{self, guard::BufferedBodies};
 use crate::state::Store;
 use crate::state::fail_open::FailOpen;
 use crate::state::memory::MemoryStore;
 use crate::telemetry::GatewayRootSpan;
-use crate::vidu::client::ViduClient;
-use crate::vidu::sandbox::Sandbox;
-use crate::vidu::upstream::Upstream;
 
 /// Time a client has to send a request's head (line and headers).
 const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -144,7 +144,7 @@ impl Application {
                 .wrap(TracingLogger::<GatewayRootSpan>::new())
                 .wrap(from_fn(request_context))
                 // Outermost: it holds an unfinished body until the final response is sent.
-                .wrap(from_fn(body::guard::guard))
+                .wrap(from_fn(read::guard::guard))
                 .configure(|cfg| routes::configure(cfg, metrics_on_main))
                 .default_service(web::to(routes::not_found))
         })

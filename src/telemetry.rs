@@ -10,7 +10,7 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
 use crate::config::{LogFormat, TelemetrySettings};
-use crate::request_context::RequestId;
+use crate::http::request_context::RequestId;
 
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `telemetry.log_level`. `pretty` colours its
 /// output only when stderr is a terminal: a file or a pipe gets plain text, without ANSI escapes.

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::clock::SharedClock;
 use crate::config::AuthSettings;
-use crate::error::GatewayError;
+use crate::http::error::GatewayError;
 use crate::metrics::Metrics;
 use jwks::Jwks;
 pub use key::parse_algorithm;

@@ -3,7 +3,7 @@
 
 use crate::catalog::{ModelSpec, resolution_rank};
 use crate::config::{HourWindow, OffPeakMode};
-use crate::error::{GatewayError, LimitReason};
+use crate::http::error::{GatewayError, LimitReason};
 use crate::policy::resolve::UserRules;
 
 /// What the policy looks at in a (validated, defaults-applied) request.

@@ -1,14 +1,8 @@
-//! The upstream seen by the routes: one `send` for the real Vidu API and the sandbox alike.
-
-use std::sync::Arc;
-use std::time::Instant;
+//! The wire types of one exchange with Vidu — which endpoint, the request as sent, the answer, how it failed — a
+//! leaf that the client, the sandbox and the upstream switch all build on (so none of them depends on another).
 
 use actix_web::http::{Method, StatusCode};
 use bytes::Bytes;
-
-use super::client::ViduClient;
-use super::sandbox::Sandbox;
-use crate::metrics::{EndpointLabels, Metrics, UpstreamLabels};
 
 /// Which Vidu endpoint a call is for (metric label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,42 +53,4 @@ pub enum UpstreamError {
     /// No (complete) answer in time: the task may exist.
     #[error("Vidu did not answer in time")]
     Timeout,
-}
-
-/// The real API (one pooled HTTP client per worker) or the shared in-process simulator.
-pub enum Upstream {
-    Vidu(ViduClient),
-    Sandbox(Arc<Sandbox>),
-}
-
-impl Upstream {
-    pub async fn send(
-        &self,
-        req: UpstreamRequest,
-        metrics: &Metrics,
-    ) -> Result<UpstreamResponse, UpstreamError> {
-        let started = Instant::now();
-        let endpoint = req.endpoint.label();
-        let result = match self {
-            Upstream::Vidu(client) => client.send(req, metrics).await,
-            Upstream::Sandbox(sandbox) => Ok(sandbox.handle(&req)),
-        };
-        let outcome = match &result {
-            Ok(r) if r.status.is_success() => "2xx",
-            Ok(r) if r.status.is_client_error() => "4xx",
-            Ok(_) => "5xx",
-            Err(UpstreamError::Timeout) => "timeout",
-            Err(UpstreamError::Connect(_)) => "connect_error",
-            Err(UpstreamError::Broken(_)) => "broken",
-        };
-        metrics
-            .upstream_requests
-            .get_or_create(&UpstreamLabels { endpoint, outcome })
-            .inc();
-        metrics
-            .upstream_duration
-            .get_or_create(&EndpointLabels { endpoint })
-            .observe(started.elapsed().as_secs_f64());
-        result
-    }
 }

@@ -11,7 +11,7 @@ use actix_web::web;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
-use crate::error::GatewayError;
+use crate::http::error::GatewayError;
 
 /// 413 at once when the declared `Content-Length` is over the limit (nothing is read).
 pub fn check_declared_length(

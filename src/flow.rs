@@ -10,15 +10,17 @@ use actix_web::http::{Method, StatusCode};
 use bytes::Bytes;
 use serde_json::Value;
 
+use crate::admit::{Decided, Refused, Verdict, prepare, unavailable};
 use crate::auth::Identity;
 use crate::config::Settings;
-use crate::error::{GatewayError, UpstreamBody};
+use crate::forward::upstream::{
+    Endpoint, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse,
+};
+use crate::http::error::{GatewayError, UpstreamBody};
 use crate::metrics::{AdmissionLabels, CreditLabels, Metrics, TeamLabels};
-use crate::policy::admission::{Decided, Refused, Verdict, prepare, unavailable};
 use crate::settle::{Pending, settlement_of};
 use crate::state::{Grant, Mode, RejectionRecord, Store};
 use crate::validate::{Reason, Validated, validate};
-use crate::vidu::upstream::{Endpoint, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse};
 
 pub static X_CREDITS_ESTIMATED: HeaderName = HeaderName::from_static("x-credits-estimated");
 pub static X_CREDITS_REMAINING: HeaderName = HeaderName::from_static("x-credits-remaining");

@@ -5,11 +5,11 @@ use actix_web::http::Method;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::forward;
-use crate::app_state::AppState;
 use crate::auth::Identity;
-use crate::body;
-use crate::error::GatewayError;
-use crate::vidu::upstream::{Endpoint, Upstream};
+use crate::forward::upstream::{Endpoint, Upstream};
+use crate::http::app_state::AppState;
+use crate::http::error::GatewayError;
+use crate::read;
 
 /// What Vidu gets on cancel, always: the task is named by the path alone.
 const CANCEL_BODY: &[u8] = b"{}";
@@ -88,16 +88,16 @@ pub async fn cancel(
     state: web::Data<AppState>,
     upstream: web::Data<Upstream>,
 ) -> Result<HttpResponse, GatewayError> {
-    let declared = body::check_declared_length(&req, MAX_CANCEL_BODY)?;
+    let declared = read::check_declared_length(&req, MAX_CANCEL_BODY)?;
     let identity = state.authenticate(&req).await?;
     let id = task_id(&path)?;
     may_access(&state, &identity, id, false).await?;
     // The caller's body is read (and must be a JSON object, as Vidu's would require) but never forwarded:
     // ownership was checked on the path's id, so nothing the caller wrote may reach Vidu beside it.
-    let bytes = body::read(payload, declared, MAX_CANCEL_BODY).await?;
+    let bytes = read::read(payload, declared, MAX_CANCEL_BODY).await?;
     if !bytes.is_empty() {
-        body::require_json_content_type(&req)?;
-        body::require_json_object(&bytes)?;
+        read::require_json_content_type(&req)?;
+        read::require_json_object(&bytes)?;
     }
     drop(bytes);
     forward(

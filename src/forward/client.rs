@@ -21,8 +21,8 @@ use bytes::Bytes;
 use futures_util::Stream;
 use memchr::memmem::Finder;
 
-use super::upstream::{UpstreamError, UpstreamRequest, UpstreamResponse};
-use super::wire::{WatchedConnector, counting_writes};
+use super::connector::{WatchedConnector, counting_writes};
+use super::exchange::{UpstreamError, UpstreamRequest, UpstreamResponse};
 use crate::config::{LiveConfig, LoadedConfig, UpstreamSettings};
 use crate::metrics::{EndpointLabels, Metrics};
 

@@ -3,8 +3,8 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
-use crate::app_state::AppState;
-use crate::error::GatewayError;
+use crate::http::app_state::AppState;
+use crate::http::error::GatewayError;
 
 /// `GET /gateway/v1/config` (admins): the effective configuration, secrets redacted, with its version.
 pub async fn config(

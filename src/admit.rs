@@ -11,12 +11,12 @@
 use jiff::Timestamp;
 use serde::Serialize;
 
-use super::access::{FallbackState, OffPeak, RequestFacts, check_access, decide_off_peak};
-use super::periods::{Periods, periods};
-use super::resolve::{TeamLimits, UserRules, team_limits, user_rules};
 use crate::auth::Identity;
 use crate::config::{OffPeakMode, Settings};
-use crate::error::{GatewayError, LimitReason};
+use crate::http::error::{GatewayError, LimitReason};
+use crate::policy::access::{FallbackState, OffPeak, RequestFacts, check_access, decide_off_peak};
+use crate::policy::periods::{Periods, periods};
+use crate::policy::resolve::{TeamLimits, UserRules, team_limits, user_rules};
 use crate::state::*;
 use crate::validate::Effective;
 

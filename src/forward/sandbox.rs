@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use super::upstream::{UpstreamRequest, UpstreamResponse};
+use super::exchange::{UpstreamRequest, UpstreamResponse};
 use crate::catalog::Model;
 use crate::clock::SharedClock;
 use crate::config::LiveConfig;
@@ -315,7 +315,7 @@ mod tests {
 
     fn create(s: &Sandbox, body: serde_json::Value) -> (u16, serde_json::Value) {
         let res = s.handle(&UpstreamRequest {
-            endpoint: super::super::upstream::Endpoint::Img2Video,
+            endpoint: super::super::exchange::Endpoint::Img2Video,
             method: Method::POST,
             path: "/ent/v2/img2video".into(),
             body: Bytes::from(body.to_string()),

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 
-use crate::app_state::AppState;
-use crate::error::GatewayError;
+use crate::http::app_state::AppState;
+use crate::http::error::GatewayError;
 use crate::metrics::Metrics;
 
 /// The process is alive and answering.

@@ -34,9 +34,9 @@ use actix_web::{Error, HttpMessage, web};
 use bytes::Bytes;
 use futures_util::Stream;
 
-use crate::app_state::AppState;
 use crate::config::ServerSettings;
-use crate::error::GatewayError;
+use crate::http::app_state::AppState;
+use crate::http::error::GatewayError;
 
 /// Bytes of request bodies buffered right now, across every worker and connection.
 #[derive(Debug, Default)]

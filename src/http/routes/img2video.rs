@@ -6,13 +6,13 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 
-use crate::app_state::{AppState, request_id};
 use crate::auth::Identity;
-use crate::body;
 use crate::config::LoadedConfig;
-use crate::create::{self, Context};
-use crate::error::GatewayError;
-use crate::vidu::upstream::Upstream;
+use crate::flow::{self, Context};
+use crate::forward::upstream::Upstream;
+use crate::http::app_state::{AppState, request_id};
+use crate::http::error::GatewayError;
+use crate::read;
 
 /// What both handlers start from: the configuration in force for the whole request (read once), the caller,
 /// the body (steps 1–2 of the flow and the read of step 3), and the request id.
@@ -31,10 +31,10 @@ impl Started {
     ) -> Result<Self, GatewayError> {
         let config = state.config.current();
         let limit = config.settings.server.max_body_bytes;
-        let declared = body::check_declared_length(req, limit)?;
+        let declared = read::check_declared_length(req, limit)?;
         let identity = state.authenticate(req).await?;
-        body::require_json_content_type(req)?;
-        let bytes = body::read(payload, declared, limit).await?;
+        read::require_json_content_type(req)?;
+        let bytes = read::read(payload, declared, limit).await?;
         Ok(Self {
             config,
             identity,
@@ -55,7 +55,7 @@ impl Started {
 }
 
 fn prefer_never(req: &HttpRequest) -> bool {
-    create::prefers_never_off_peak(req.headers().get("prefer").and_then(|v| v.to_str().ok()))
+    flow::prefers_never_off_peak(req.headers().get("prefer").and_then(|v| v.to_str().ok()))
 }
 
 pub async fn create(
@@ -65,7 +65,7 @@ pub async fn create(
     upstream: web::Data<Upstream>,
 ) -> Result<HttpResponse, GatewayError> {
     let started = Started::read(&req, payload, &state).await?;
-    let admitted = match create::admit(
+    let admitted = match flow::admit(
         &started.context(&state),
         &started.identity,
         &started.bytes,
@@ -74,7 +74,7 @@ pub async fn create(
     .await
     {
         Ok(a) => a,
-        Err(refused) => return Ok(create::refused_response(refused)),
+        Err(refused) => return Ok(flow::refused_response(refused)),
     };
     let Started {
         config,
@@ -84,9 +84,9 @@ pub async fn create(
     } = started;
     // A rewritten body is a new buffer: the caller's can go before the upstream call.
     drop(bytes);
-    let headers = create::admission_headers(&admitted.decided);
+    let headers = flow::admission_headers(&admitted.decided);
     let timeout_ms = config.settings.upstream.request_timeout_ms;
-    let answer = create::forward_admitted(
+    let answer = flow::forward_admitted(
         upstream,
         state.store.clone(),
         state.metrics.clone(),
@@ -96,7 +96,7 @@ pub async fn create(
     )
     .await;
     let mut res = match answer {
-        Ok(a) => create::upstream_response(a),
+        Ok(a) => flow::upstream_response(a),
         Err(e) => actix_web::ResponseError::error_response(&super::upstream_error(e, timeout_ms)),
     };
     for (name, value) in headers {
@@ -111,7 +111,7 @@ pub async fn quote(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
     let started = Started::read(&req, payload, &state).await?;
-    let verdict = create::quote(
+    let verdict = flow::quote(
         &started.context(&state),
         &started.identity,
         &started.bytes,

@@ -9,9 +9,9 @@ use actix_web::http::Method;
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 
-use crate::app_state::{AppState, request_id};
-use crate::error::GatewayError;
-use crate::vidu::upstream::{Endpoint, Upstream, UpstreamError, UpstreamRequest};
+use crate::forward::upstream::{Endpoint, Upstream, UpstreamError, UpstreamRequest};
+use crate::http::app_state::{AppState, request_id};
+use crate::http::error::GatewayError;
 
 /// Every route of the main listener.
 pub fn configure(cfg: &mut web::ServiceConfig, metrics_here: bool) {
@@ -76,7 +76,7 @@ pub async fn forward(
         .send(call, &state.metrics)
         .await
         .map_err(|e| upstream_error(e, timeout_ms))?;
-    Ok(crate::create::upstream_response(answer))
+    Ok(crate::flow::upstream_response(answer))
 }
 
 /// The caller-facing error of a failed upstream call.

@@ -11,7 +11,7 @@ use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, web};
 
-use crate::error::{PendingEnvelope, UpstreamBody};
+use crate::http::error::{PendingEnvelope, UpstreamBody};
 use crate::metrics::{HttpLabels, Metrics, RouteLabels};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

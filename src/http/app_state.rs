@@ -8,11 +8,11 @@ use tracing_actix_web::RootSpan;
 use crate::auth::{Authenticator, Identity};
 use crate::clock::SharedClock;
 use crate::config::LiveConfig;
-use crate::error::GatewayError;
+use crate::forward::sandbox::Sandbox;
+use crate::http::error::GatewayError;
+use crate::http::request_context::RequestId;
 use crate::metrics::{Metrics, ReasonLabels};
-use crate::request_context::RequestId;
 use crate::state::Store;
-use crate::vidu::sandbox::Sandbox;
 
 pub struct AppState {
     pub config: Arc<LiveConfig>,

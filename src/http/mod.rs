@@ -1,0 +1,8 @@
+//! The HTTP edge: the one error type and its Vidu envelope (`error`), the request id middleware
+//! (`request_context`), what every worker shares and the caller's identity as an extractor (`app_state`), and
+//! the thin handlers (`routes`). Nothing below this module takes an actix type.
+
+pub mod app_state;
+pub mod error;
+pub mod request_context;
+pub mod routes;
