@@ -25,12 +25,12 @@ GROUPS = [
      r"ed25519|hmac::|vidu_gateway::auth::"),
     ("SQLite ledger (INSERT/UPDATE, WAL, locks)", r"rusqlite::|vidu_gateway::state::ledger"),
     ("admission store (lock, slots, budgets, GCRA)", r"vidu_gateway::state::|governor::"),
-    ("policy (rules, periods, off-peak, buckets)", r"vidu_gateway::policy::|jiff::"),
+    ("policy (rules, periods, off-peak, buckets)", r"vidu_gateway::policy::|vidu_gateway::admit::|jiff::"),
     ("validation (JSON parse, field rules, image header)", r"vidu_gateway::validate::|"
      r"validator::|url::|imagesize::"),
-    ("body read (copy into one buffer)", r"vidu_gateway::body::|img2video::read_authenticated"),
-    ("awc upstream call (client, pool, h1 out)", r"awc::|actix_http::client|vidu_gateway::vidu::client|"
-     r"vidu_gateway::vidu::upstream|actix_tls::"),
+    ("body read (copy into one buffer)", r"vidu_gateway::read::|img2video::read_authenticated"),
+    ("awc upstream call (client, pool, h1 out)", r"awc::|actix_http::client|vidu_gateway::forward::client|"
+     r"vidu_gateway::forward::upstream|actix_tls::"),
     ("metrics (prometheus-client)", r"prometheus_client::|vidu_gateway::metrics"),
     ("logging/tracing", r"^tracing|tracing_subscriber|tracing_actix_web|tracing_core|sharded_slab|"
      r"vidu_gateway::telemetry"),
