@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/run.sh - the gateway beside nginx and a direct call, in one run, on this machine (issue 6, DESIGN §8).
+# bench/run.sh - the gateway beside nginx and a direct call, in one run, on this machine.
 #
 #   bash bench/run.sh              # full run (~13 min): builds, measures, prints the table, writes bench/results/latest.txt
 #   QUICK=1 bash bench/run.sh      # smoke run (~3 min): DURATION=3s REPEATS=1, writes nothing into the repo

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""bench/summary.py - one table from the harness runs of bench/run.sh, with the ratios and the DESIGN §8 bars.
+"""bench/summary.py - one table from the harness runs of bench/run.sh, with the ratios and the performance bars.
 
     summary.py --run main=DIR [--run quote=DIR] [--run half=DIR] [--run mem16=DIR]
                [--start empty=JSON] [--start full=JSON] [--ledger-rows N] [--gateway NAME]
@@ -165,8 +165,8 @@ def main():
         if r is not None:
             print(f"  RSS after the {kind} run (load stopped, before shutdown): {r:.1f} MiB")
 
-    # ---------------------------------------------------------------- bars (DESIGN §8, issue 6)
-    print("\nbars (DESIGN §8):")
+    # ---------------------------------------------------------------- the performance bars
+    print("\nbars (the performance targets, README \"Performance\"):")
     def verdict(ok):
         return "MET    " if ok else "NOT MET"
     for c in ("16", "64"):

@@ -396,7 +396,7 @@ fn bench_policy_and_admission(c: &mut Criterion) {
                     request_id: "0f6c3b2ae9d54b1c8e0f7a6b5c4d3e2f",
                 };
                 let admitted = block_on(admit(&ctx, &id, black_box(&body), false))
-                    .unwrap_or_else(|r| panic!("refused: {:?}", r.error));
+                    .unwrap_or_else(|r| panic!("refused: {:?}", r));
                 finish(store.as_ref(), admitted.decided.granted, charged());
                 admitted.body
             },

@@ -13,8 +13,8 @@ use serde::Serialize;
 
 use crate::auth::Identity;
 use crate::config::{OffPeakMode, Settings};
-use crate::http::error::{GatewayError, LimitReason};
 use crate::policy::access::{FallbackState, OffPeak, RequestFacts, check_access, decide_off_peak};
+use crate::policy::denial::{Denial, LimitReason};
 use crate::policy::periods::{Periods, periods};
 use crate::policy::resolve::{TeamLimits, UserRules, team_limits, user_rules};
 use crate::state::*;
@@ -44,11 +44,7 @@ struct FallbackPolicy<'a> {
 }
 
 impl FallbackPolicy<'_> {
-    fn decide(
-        &self,
-        immediate_used: u64,
-        immediate_estimate: u64,
-    ) -> Result<OffPeak, GatewayError> {
+    fn decide(&self, immediate_used: u64, immediate_estimate: u64) -> Result<OffPeak, Denial> {
         decide_off_peak(
             &self.rules,
             &self.facts,
@@ -76,13 +72,13 @@ pub struct Decided {
 /// A refused request.
 #[derive(Debug)]
 pub struct Refused {
-    pub error: GatewayError,
+    pub error: Denial,
     /// The run the store refused, with why policy turned `off_peak` on; `None` when policy refused first.
     pub run: Option<(Run, Option<String>)>,
 }
 
-impl From<GatewayError> for Refused {
-    fn from(error: GatewayError) -> Self {
+impl From<Denial> for Refused {
+    fn from(error: Denial) -> Self {
         Self { error, run: None }
     }
 }
@@ -95,7 +91,7 @@ pub fn prepare<'a>(
     prefer_never: bool,
     now: Timestamp,
     request_id: &str,
-) -> Result<Prepared<'a>, GatewayError> {
+) -> Result<Prepared<'a>, Denial> {
     let rules = user_rules(settings, &identity.user, identity.team.as_deref());
     let team = team_limits(settings, identity.team.as_deref());
     let p = periods(now, settings.policy.timezone.tz());
@@ -153,7 +149,7 @@ pub fn prepare<'a>(
             };
             // Policy for each answer of the store: a budget with nothing used and nothing to cover, and one
             // already over its limit.
-            let run_for = |answer: Result<OffPeak, GatewayError>| match answer {
+            let run_for = |answer: Result<OffPeak, Denial>| match answer {
                 Ok(OffPeak::AsSent) => Some(run(params.off_peak)),
                 Ok(OffPeak::Applied(_)) => Some(run(true)),
                 Err(_) => None,
@@ -218,7 +214,7 @@ impl Prepared<'_> {
         let Some(run) = decision.run else {
             // Policy refused for the budget's answer: its error says what the budget held.
             return Err(Refused::from(applied.err().unwrap_or_else(|| {
-                GatewayError::Internal(anyhow::anyhow!(
+                Denial::Internal(anyhow::anyhow!(
                     "the store found no run where the off-peak policy allows one"
                 ))
             })));
@@ -399,21 +395,21 @@ fn rate_source(per_minute: String, burst: Option<String>) -> String {
 }
 
 /// The caller-facing error of an admission the store could not decide.
-pub fn unavailable(e: &StoreError) -> GatewayError {
-    GatewayError::ServiceUnavailable {
+pub fn unavailable(e: &StoreError) -> Denial {
+    Denial::Unavailable {
         message: format!("the gateway's state backend is unavailable ({e}); retry shortly"),
         retry_after_secs: 5,
     }
 }
 
 /// The caller-facing error of a refusal.
-pub fn refusal_error(r: &Refusal, estimate: u64) -> GatewayError {
+pub fn refusal_error(r: &Refusal, estimate: u64) -> Denial {
     match r {
         // `Prepared::conclude` answers with the off-peak policy's own error.
-        Refusal::NoRun => GatewayError::Internal(anyhow::anyhow!(
+        Refusal::NoRun => Denial::Internal(anyhow::anyhow!(
             "a fallback plan without a run reached the refusal message"
         )),
-        Refusal::Concurrency { scope, max, source } => GatewayError::Limited {
+        Refusal::Concurrency { scope, max, source } => Denial::Limited {
             reason: LimitReason::ConcurrencyLimited,
             message: format!(
                 "too many requests in flight: the {scope} limit is {max} at once ({source}); retry when one finishes"
@@ -426,7 +422,7 @@ pub fn refusal_error(r: &Refusal, estimate: u64) -> GatewayError {
             used,
             retry_after_secs,
             source,
-        } => GatewayError::Limited {
+        } => Denial::Limited {
             reason: LimitReason::CreditBudgetExhausted,
             message: format!(
                 "the {} {} credit budget cannot cover this request: {used} of {limit} credits used, this request \
@@ -444,7 +440,7 @@ pub fn refusal_error(r: &Refusal, estimate: u64) -> GatewayError {
             exhausted,
             retry_after_secs,
             source,
-        } => GatewayError::Limited {
+        } => Denial::Limited {
             reason: LimitReason::TooManyRequests,
             message: format!(
                 "rate limit: the {scope} limit is {per_minute} requests per minute with a burst of {burst} \
@@ -489,12 +485,12 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    pub fn refused(e: &GatewayError, off_peak: bool, estimate: u64) -> Self {
+    pub fn refused(e: &Denial, off_peak: bool, estimate: u64) -> Self {
         let retry = match e {
-            GatewayError::Limited {
+            Denial::Limited {
                 retry_after_secs, ..
             }
-            | GatewayError::ServiceUnavailable {
+            | Denial::Unavailable {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
             _ => None,
@@ -717,7 +713,7 @@ mod tests {
             .unwrap_err();
         assert!(r.run.is_none());
         match r.error {
-            GatewayError::Limited {
+            Denial::Limited {
                 reason,
                 message,
                 retry_after_secs,

@@ -4,9 +4,7 @@
 
 use std::sync::Arc;
 
-use actix_web::HttpResponse;
-use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::http::{Method, StatusCode};
+use actix_web::http::Method;
 use bytes::Bytes;
 use serde_json::Value;
 
@@ -16,17 +14,10 @@ use crate::config::Settings;
 use crate::forward::upstream::{
     Endpoint, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse,
 };
-use crate::http::error::{GatewayError, UpstreamBody};
 use crate::metrics::{AdmissionLabels, CreditLabels, Metrics, TeamLabels};
 use crate::settle::{Pending, settlement_of};
 use crate::state::{Grant, Mode, RejectionRecord, Store};
-use crate::validate::{Reason, Validated, validate};
-
-pub static X_CREDITS_ESTIMATED: HeaderName = HeaderName::from_static("x-credits-estimated");
-pub static X_CREDITS_REMAINING: HeaderName = HeaderName::from_static("x-credits-remaining");
-pub static X_OFF_PEAK_APPLIED: HeaderName = HeaderName::from_static("x-off-peak-applied");
-pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+use crate::validate::{Reason, Rejection, Validated, validate};
 
 /// Everything the handler needs from the gateway's shared state.
 pub struct Context<'a> {
@@ -45,26 +36,35 @@ pub fn prefers_never_off_peak(prefer: Option<&str>) -> bool {
     })
 }
 
-/// A validation rejection in the envelope.
-pub fn rejection_error(r: crate::validate::Rejection) -> GatewayError {
-    GatewayError::Validation(r)
+/// Why a create was not forwarded.
+#[derive(Debug)]
+pub enum NotAdmitted {
+    /// The body breaks Vidu's rules or the catalog.
+    Invalid(Rejection),
+    /// Policy or the store refused it.
+    Refused(Refused),
+}
+
+impl NotAdmitted {
+    /// The reason the caller sees, for metrics and the rejection record.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            NotAdmitted::Invalid(r) => r.reason.as_str(),
+            NotAdmitted::Refused(r) => r.error.reason(),
+        }
+    }
+}
+
+impl From<Refused> for NotAdmitted {
+    fn from(r: Refused) -> Self {
+        NotAdmitted::Refused(r)
+    }
 }
 
 /// An admitted request: what to send, and what was granted.
 pub struct Admitted {
     pub body: Bytes,
     pub decided: Decided,
-}
-
-/// A refused create as the caller sees it: the error, and the estimate of the run the store refused.
-pub fn refused_response(refused: Refused) -> HttpResponse {
-    let mut res = actix_web::ResponseError::error_response(&refused.error);
-    if let Some((run, _)) = refused.run
-        && let Ok(v) = HeaderValue::from_str(&run.estimate.to_string())
-    {
-        res.headers_mut().insert(X_CREDITS_ESTIMATED.clone(), v);
-    }
-    res
 }
 
 /// Validate, apply policy, admit (reserving credits and taking slots). Refusals are recorded in the ledger and
@@ -74,12 +74,12 @@ pub async fn admit(
     identity: &Identity,
     bytes: &Bytes,
     prefer_never: bool,
-) -> Result<Admitted, Refused> {
+) -> Result<Admitted, NotAdmitted> {
     let team_label = team_label(identity);
     let result = admit_inner(ctx, identity, bytes, prefer_never).await;
     let (outcome, reason) = match &result {
         Ok(_) => ("admitted", "Admitted"),
-        Err(r) => ("rejected", r.error.reason()),
+        Err(r) => ("rejected", r.reason()),
     };
     ctx.metrics
         .admissions
@@ -113,7 +113,7 @@ pub async fn admit(
                     user: identity.user.clone(),
                     team: identity.team.clone().unwrap_or_default(),
                     day: p.day,
-                    reason: r.error.reason().to_owned(),
+                    reason: r.reason().to_owned(),
                 })
                 .await;
             if let Err(e) = recorded {
@@ -129,8 +129,8 @@ async fn admit_inner(
     identity: &Identity,
     bytes: &Bytes,
     prefer_never: bool,
-) -> Result<Admitted, Refused> {
-    let validated: Validated<'_> = validate(bytes, ctx.settings).map_err(rejection_error)?;
+) -> Result<Admitted, NotAdmitted> {
+    let validated: Validated<'_> = validate(bytes, ctx.settings).map_err(NotAdmitted::Invalid)?;
     let prepared = prepare(
         ctx.settings,
         identity,
@@ -138,7 +138,8 @@ async fn admit_inner(
         prefer_never,
         ctx.now,
         ctx.request_id,
-    )?;
+    )
+    .map_err(Refused::from)?;
     let decision = ctx
         .store
         .admit(&prepared.request, Mode::Take)
@@ -157,16 +158,17 @@ async fn admit_inner(
     Ok(Admitted { body, decided })
 }
 
-/// The quote: validation and policy as a create would see them, never forwarded, nothing taken.
+/// The quote: validation and policy as a create would see them, never forwarded, nothing taken. Only a body
+/// that is not a JSON object at all is an error; every other verdict is the answer.
 pub async fn quote(
     ctx: &Context<'_>,
     identity: &Identity,
     bytes: &Bytes,
     prefer_never: bool,
-) -> Result<Value, GatewayError> {
+) -> Result<Value, Rejection> {
     let validated = match validate(bytes, ctx.settings) {
         Ok(v) => v,
-        Err(r) if r.reason == Reason::BadRequest => return Err(GatewayError::Validation(r)),
+        Err(r) if r.reason == Reason::BadRequest => return Err(r),
         Err(r) => {
             return Ok(serde_json::json!({
                 "valid": false,
@@ -234,7 +236,7 @@ pub async fn quote(
 
 /// Forward the admitted request and settle. Runs detached from the caller's connection.
 pub async fn forward_admitted(
-    upstream: actix_web::web::Data<Upstream>,
+    upstream: Arc<Upstream>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     identity: &Identity,
@@ -271,58 +273,6 @@ pub async fn forward_admitted(
             "the upstream call was aborted".into(),
         ))
     })
-}
-
-/// The headers of an admission-checked answer (computed before forwarding, set on whatever comes back).
-pub fn admission_headers(decided: &Decided) -> Vec<(HeaderName, HeaderValue)> {
-    let grant = &decided.granted;
-    let mut h = Vec::with_capacity(5);
-    let mut put = |name: &HeaderName, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            h.push((name.clone(), v));
-        }
-    };
-    put(&X_CREDITS_ESTIMATED, decided.run.estimate.to_string());
-    if let Some(left) = grant.remaining_credits {
-        put(&X_CREDITS_REMAINING, left.to_string());
-    }
-    if let Some(why) = &decided.off_peak_applied {
-        // Header values are visible ASCII: keep the reason readable, drop anything else.
-        let ascii: String = why
-            .chars()
-            .map(|c| {
-                if c.is_ascii_graphic() || c == ' ' {
-                    c
-                } else {
-                    '?'
-                }
-            })
-            .collect();
-        put(&X_OFF_PEAK_APPLIED, ascii);
-    }
-    if let Some(r) = &grant.rate {
-        put(
-            &RATELIMIT_POLICY,
-            format!("\"{}\";q={};w=60", r.scope, r.per_minute),
-        );
-        put(
-            &RATELIMIT,
-            format!("\"{}\";r={};t={}", r.scope, r.remaining, r.reset_secs),
-        );
-    }
-    h
-}
-
-/// Vidu's answer as the caller's response.
-pub fn upstream_response(answer: UpstreamResponse) -> HttpResponse {
-    let status = StatusCode::from_u16(answer.status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut res = HttpResponse::build(status);
-    if let Some(ct) = answer.content_type {
-        res.insert_header((actix_web::http::header::CONTENT_TYPE, ct));
-    }
-    let mut res = res.body(answer.body);
-    res.extensions_mut().insert(UpstreamBody);
-    res
 }
 
 /// Team label for metrics (never user ids).

@@ -12,7 +12,7 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    // Exactly one rustls provider, installed before any client is built (STACK.md trap 1).
+    // Exactly one rustls provider, installed before any client is built (with two providers compiled in, rustls panics at the first TLS connection unless one is installed).
     let _ = rustls::crypto::ring::default_provider().install_default();
     // Likewise for JWT signatures, before jsonwebtoken's first use picks its default.
     vidu_gateway::auth::crypto::install();

@@ -51,7 +51,7 @@ impl KeySet {
         self.jwks.as_ref()
     }
 
-    /// Verifies with the keys DESIGN §9 allows for this `alg` and `kid`: a `kid` found among JWKS keys selects
+    /// Verifies with the keys allowed for this `alg` and `kid`: a `kid` found among JWKS keys selects
     /// that key only; a `kid` found nowhere falls back to the keys without a `kid` (PEM, secret); no `kid`: every
     /// key of the family. Returns `None` when no key applies.
     pub fn with_candidates<T>(

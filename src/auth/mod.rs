@@ -18,7 +18,6 @@ use serde_json::Value;
 
 use crate::clock::SharedClock;
 use crate::config::AuthSettings;
-use crate::http::error::GatewayError;
 use crate::metrics::Metrics;
 use jwks::Jwks;
 pub use key::parse_algorithm;
@@ -55,15 +54,6 @@ impl AuthFailure {
             reason,
             message: message.into(),
             token_sent: true,
-        }
-    }
-}
-
-impl From<AuthFailure> for GatewayError {
-    fn from(f: AuthFailure) -> Self {
-        GatewayError::Unauthorized {
-            message: f.message,
-            invalid_token: f.token_sent,
         }
     }
 }

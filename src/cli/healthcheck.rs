@@ -1,5 +1,5 @@
 //! `vidu-gateway healthcheck`: one `GET /healthz` over a plain TCP connection, exit 0 on 200 and 1 otherwise —
-//! for container health checks in images without a shell or curl (DESIGN §11, issue 10 item 14).
+//! for container health checks in images without a shell or curl.
 //!
 //! The address is `--url`, else the configuration's `server.listen` (from the file or the built-in one, with the
 //! `VIDU_GW__SERVER__LISTEN` override; `0.0.0.0`/`[::]` are probed on loopback). Only that key is read: a probe

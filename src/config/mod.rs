@@ -367,7 +367,7 @@ fn without_quoted_text(message: &str) -> String {
 }
 
 /// The configuration's version: a short hash of the effective configuration with every secret redacted and
-/// without `server.listen`/`server.metrics_listen` (replicas on one host differ there, DESIGN §6). It is never a
+/// without `server.listen`/`server.metrics_listen` (replicas on one host listen on different ports). It is never a
 /// function of a secret: configurations that differ only in a secret's value have the same version (a reload
 /// that rotates a secret is logged with the secret's key).
 pub fn version_of(settings: &Settings) -> String {

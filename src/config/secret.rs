@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// What a set secret looks like in `check-config` output and in `/gateway/v1/config`.
 pub const REDACTED: &str = "<redacted>";
 
-/// A secret string. `""` means unset (DESIGN §9). `Debug`, `Display` and `Serialize` never show the value.
+/// A secret string. `""` means unset (an empty inline value, env override or file counts as not given). `Debug`, `Display` and `Serialize` never show the value.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
 

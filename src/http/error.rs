@@ -12,25 +12,9 @@ use serde::Serialize;
 
 use crate::validate::{FieldViolation, Rejection};
 
-/// Rate-limit style 429 reasons (all carry `Retry-After`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LimitReason {
-    TooManyRequests,
-    ConcurrencyLimited,
-    CreditBudgetExhausted,
-    OffPeakRequired,
-}
-
-impl LimitReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LimitReason::TooManyRequests => "TooManyRequests",
-            LimitReason::ConcurrencyLimited => "ConcurrencyLimited",
-            LimitReason::CreditBudgetExhausted => "CreditBudgetExhausted",
-            LimitReason::OffPeakRequired => "OffPeakRequired",
-        }
-    }
-}
+use crate::auth::AuthFailure;
+use crate::policy::denial::Denial;
+pub use crate::policy::denial::LimitReason;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -82,6 +66,41 @@ pub enum GatewayError {
     /// A bug or an unexpected failure: the caller sees an opaque message, the cause goes to the log.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+}
+
+impl From<AuthFailure> for GatewayError {
+    fn from(f: AuthFailure) -> Self {
+        GatewayError::Unauthorized {
+            message: f.message,
+            invalid_token: f.token_sent,
+        }
+    }
+}
+
+impl From<Denial> for GatewayError {
+    fn from(d: Denial) -> Self {
+        match d {
+            Denial::Forbidden(m) => GatewayError::Forbidden(m),
+            Denial::PolicyConflict(m) => GatewayError::PolicyConflict(m),
+            Denial::Limited {
+                reason,
+                message,
+                retry_after_secs,
+            } => GatewayError::Limited {
+                reason,
+                message,
+                retry_after_secs,
+            },
+            Denial::Unavailable {
+                message,
+                retry_after_secs,
+            } => GatewayError::ServiceUnavailable {
+                message,
+                retry_after_secs,
+            },
+            Denial::Internal(e) => GatewayError::Internal(e),
+        }
+    }
 }
 
 impl GatewayError {

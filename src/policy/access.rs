@@ -3,7 +3,7 @@
 
 use crate::catalog::{ModelSpec, resolution_rank};
 use crate::config::{HourWindow, OffPeakMode};
-use crate::http::error::{GatewayError, LimitReason};
+use crate::policy::denial::{Denial, LimitReason};
 use crate::policy::resolve::UserRules;
 
 /// What the policy looks at in a (validated, defaults-applied) request.
@@ -19,11 +19,11 @@ pub struct RequestFacts<'a> {
 }
 
 /// 403 unless the model, duration, resolution and recommended-prompt use are allowed for this user.
-pub fn check_access(rules: &UserRules, req: &RequestFacts<'_>) -> Result<(), GatewayError> {
+pub fn check_access(rules: &UserRules, req: &RequestFacts<'_>) -> Result<(), Denial> {
     if let Some(models) = &rules.models
         && !models.value.iter().any(|m| m == req.model)
     {
-        return Err(GatewayError::Forbidden(format!(
+        return Err(Denial::Forbidden(format!(
             "model {} is not allowed for you ({} = [{}]): use one of those",
             req.model,
             models.key("models"),
@@ -33,7 +33,7 @@ pub fn check_access(rules: &UserRules, req: &RequestFacts<'_>) -> Result<(), Gat
     if let Some(max) = &rules.max_duration
         && req.duration > max.value
     {
-        return Err(GatewayError::Forbidden(format!(
+        return Err(Denial::Forbidden(format!(
             "duration {} s is over your limit ({} = {}): send \"duration\" of at most {}",
             req.duration,
             max.key("max_duration"),
@@ -44,7 +44,7 @@ pub fn check_access(rules: &UserRules, req: &RequestFacts<'_>) -> Result<(), Gat
     if let Some(max) = &rules.max_resolution
         && resolution_rank(req.resolution) > resolution_rank(&max.value)
     {
-        return Err(GatewayError::Forbidden(format!(
+        return Err(Denial::Forbidden(format!(
             "resolution {} is over your limit ({} = {:?}): send \"resolution\" of at most {}",
             req.resolution,
             max.key("max_resolution"),
@@ -56,7 +56,7 @@ pub fn check_access(rules: &UserRules, req: &RequestFacts<'_>) -> Result<(), Gat
         && let Some(allow) = &rules.allow_recommended_prompt
         && !allow.value
     {
-        return Err(GatewayError::Forbidden(format!(
+        return Err(Denial::Forbidden(format!(
             "recommended prompts are not allowed for you ({} = false): send \"is_rec\": false",
             allow.key("allow_recommended_prompt")
         )));
@@ -93,11 +93,11 @@ pub fn decide_off_peak(
     req: &RequestFacts<'_>,
     prefer_never: bool,
     state: FallbackState,
-) -> Result<OffPeak, GatewayError> {
+) -> Result<OffPeak, Denial> {
     let mode = &rules.off_peak;
     match mode.value {
         OffPeakMode::Allow => Ok(OffPeak::AsSent),
-        OffPeakMode::Forbid if req.off_peak => Err(GatewayError::Forbidden(format!(
+        OffPeakMode::Forbid if req.off_peak => Err(Denial::Forbidden(format!(
             "off-peak requests are not allowed for you ({} = \"forbid\"): send \"off_peak\": false",
             mode.key("off_peak")
         ))),
@@ -105,7 +105,7 @@ pub fn decide_off_peak(
         OffPeakMode::Force if req.off_peak => Ok(OffPeak::AsSent),
         OffPeakMode::Force => {
             if prefer_never {
-                return Err(GatewayError::Forbidden(format!(
+                return Err(Denial::Forbidden(format!(
                     "immediate generation is never allowed for you ({} = \"force\"); drop \
                      \"Prefer: off-peak=never\" to have the request run off-peak",
                     mode.key("off_peak")
@@ -144,7 +144,7 @@ pub fn decide_off_peak(
             }
             let why = reasons.join("; ");
             if prefer_never {
-                return Err(GatewayError::Limited {
+                return Err(Denial::Limited {
                     reason: LimitReason::OffPeakRequired,
                     message: format!(
                         "an immediate request is not possible now ({why}); retry later, or drop \
@@ -158,9 +158,9 @@ pub fn decide_off_peak(
     }
 }
 
-fn convert(req: &RequestFacts<'_>, why: String) -> Result<OffPeak, GatewayError> {
+fn convert(req: &RequestFacts<'_>, why: String) -> Result<OffPeak, Denial> {
     if req.audio && !req.spec.off_peak_with_audio {
-        return Err(GatewayError::PolicyConflict(format!(
+        return Err(Denial::PolicyConflict(format!(
             "this request must run off-peak ({why}), but {} cannot run off-peak with audio: send \
              \"audio\": false",
             req.model
@@ -288,7 +288,7 @@ mod tests {
         // Prefer: off-peak=never → 429 with the time until the window opens (20:00 → 09:00 = 13 h).
         let e = decide_off_peak(&r, &f, true, state(0, 20 * 60)).unwrap_err();
         match e {
-            GatewayError::Limited {
+            Denial::Limited {
                 reason,
                 retry_after_secs,
                 ..

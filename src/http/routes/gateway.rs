@@ -1,17 +1,17 @@
 //! The gateway's own endpoints under `/gateway/v1`.
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpResponse, web};
 use serde_json::json;
 
+use crate::auth::Identity;
 use crate::http::app_state::AppState;
 use crate::http::error::GatewayError;
 
 /// `GET /gateway/v1/config` (admins): the effective configuration, secrets redacted, with its version.
 pub async fn config(
-    req: HttpRequest,
+    identity: Identity,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
-    let identity = state.authenticate(&req).await?;
     if !identity.is_admin {
         return Err(GatewayError::Forbidden(
             "GET /gateway/v1/config is for admins: the token needs the auth.admin_role role".into(),
@@ -36,11 +36,10 @@ pub struct UsageQuery {
 /// `GET /gateway/v1/usage`: the caller's own user and team (admins: any, by `?user=` / `?team=`); current
 /// budgets and per-day usage from the ledger.
 pub async fn usage(
-    req: HttpRequest,
+    identity: Identity,
     query: web::Query<UsageQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
-    let identity = state.authenticate(&req).await?;
     let q = query.into_inner();
     for (what, asked, own) in [
         ("user", &q.user, Some(&identity.user)),

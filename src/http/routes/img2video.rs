@@ -1,4 +1,4 @@
-//! `POST /ent/v2/img2video` and `POST /gateway/v1/img2video/quote`: thin handlers over `crate::create`.
+//! `POST /ent/v2/img2video` and `POST /gateway/v1/img2video/quote`: thin handlers over `crate::flow`.
 
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use crate::flow::{self, Context};
 use crate::forward::upstream::Upstream;
 use crate::http::app_state::{AppState, request_id};
 use crate::http::error::GatewayError;
+use crate::http::responses;
 use crate::read;
 
 /// What both handlers start from: the configuration in force for the whole request (read once), the caller,
@@ -74,7 +75,7 @@ pub async fn create(
     .await
     {
         Ok(a) => a,
-        Err(refused) => return Ok(flow::refused_response(refused)),
+        Err(refused) => return Ok(responses::refused_response(refused)),
     };
     let Started {
         config,
@@ -84,10 +85,10 @@ pub async fn create(
     } = started;
     // A rewritten body is a new buffer: the caller's can go before the upstream call.
     drop(bytes);
-    let headers = flow::admission_headers(&admitted.decided);
+    let headers = responses::admission_headers(&admitted.decided);
     let timeout_ms = config.settings.upstream.request_timeout_ms;
     let answer = flow::forward_admitted(
-        upstream,
+        upstream.into_inner(),
         state.store.clone(),
         state.metrics.clone(),
         &identity,
@@ -96,7 +97,7 @@ pub async fn create(
     )
     .await;
     let mut res = match answer {
-        Ok(a) => flow::upstream_response(a),
+        Ok(a) => responses::upstream_response(a),
         Err(e) => actix_web::ResponseError::error_response(&super::upstream_error(e, timeout_ms)),
     };
     for (name, value) in headers {
@@ -117,7 +118,8 @@ pub async fn quote(
         &started.bytes,
         prefer_never(&req),
     )
-    .await?;
+    .await
+    .map_err(GatewayError::Validation)?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(verdict))

@@ -76,7 +76,7 @@ pub async fn forward(
         .send(call, &state.metrics)
         .await
         .map_err(|e| upstream_error(e, timeout_ms))?;
-    Ok(crate::flow::upstream_response(answer))
+    Ok(crate::http::responses::upstream_response(answer))
 }
 
 /// The caller-facing error of a failed upstream call.

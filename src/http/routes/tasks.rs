@@ -62,11 +62,11 @@ async fn may_access(
 
 pub async fn creations(
     req: HttpRequest,
+    identity: Identity,
     path: web::Path<String>,
     state: web::Data<AppState>,
     upstream: web::Data<Upstream>,
 ) -> Result<HttpResponse, GatewayError> {
-    let identity = state.authenticate(&req).await?;
     let id = task_id(&path)?;
     may_access(&state, &identity, id, true).await?;
     forward(
