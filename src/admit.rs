@@ -486,20 +486,11 @@ pub struct Verdict {
 
 impl Verdict {
     pub fn refused(e: &Denial, off_peak: bool, estimate: u64) -> Self {
-        let retry = match e {
-            Denial::Limited {
-                retry_after_secs, ..
-            }
-            | Denial::Unavailable {
-                retry_after_secs, ..
-            } => Some(*retry_after_secs),
-            _ => None,
-        };
         Self {
             admitted: false,
             reason: Some(e.reason()),
             message: Some(e.to_string()),
-            retry_after_secs: retry,
+            retry_after_secs: e.retry_after_secs(),
             off_peak,
             off_peak_applied: None,
             estimated_credits: estimate,

@@ -6,7 +6,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -101,14 +101,20 @@ pub struct LedgerMetrics {
     pub checkpoint_errors: Counter,
 }
 
+/// A new metric, registered under `name` with its help text.
+fn register<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("vidu_gateway");
-        let http_requests = Family::<HttpLabels, Counter>::default();
-        registry.register(
+        let http_requests: Family<HttpLabels, Counter> = register(
+            &mut registry,
             "http_requests",
             "HTTP requests answered, by route pattern, method and status",
-            http_requests.clone(),
         );
         let http_duration: HistogramFamily<RouteLabels> =
             Family::new_with_constructor(latency_histogram);
@@ -117,11 +123,10 @@ impl Metrics {
             "Time from request received to response headers, by route pattern",
             http_duration.clone(),
         );
-        let upstream_requests = Family::<UpstreamLabels, Counter>::default();
-        registry.register(
+        let upstream_requests: Family<UpstreamLabels, Counter> = register(
+            &mut registry,
             "upstream_requests",
             "Calls to Vidu (or the sandbox), by endpoint and outcome",
-            upstream_requests.clone(),
         );
         let upstream_duration: HistogramFamily<EndpointLabels> =
             Family::new_with_constructor(latency_histogram);
@@ -130,58 +135,48 @@ impl Metrics {
             "Duration of calls to Vidu (or the sandbox), by endpoint",
             upstream_duration.clone(),
         );
-        let upstream_secret_scrubbed = Family::<EndpointLabels, Counter>::default();
-        registry.register(
+        let upstream_secret_scrubbed: Family<EndpointLabels, Counter> = register(
+            &mut registry,
             "upstream_secret_scrubbed",
             "Answers from Vidu (or whatever is at upstream.base_url) that contained the enterprise key, which was \
              replaced with [REDACTED] before the answer left the gateway, by endpoint",
-            upstream_secret_scrubbed.clone(),
         );
-        let auth_failures = Family::<ReasonLabels, Counter>::default();
-        registry.register(
+        let auth_failures: Family<ReasonLabels, Counter> = register(
+            &mut registry,
             "auth_failures",
             "Requests refused with 401, by reason",
-            auth_failures.clone(),
         );
-        let config_reloads = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
+        let config_reloads: Family<OutcomeLabels, Counter> = register(
+            &mut registry,
             "config_reloads",
             "Configuration reload attempts, by outcome",
-            config_reloads.clone(),
         );
-        let jwks_fetches = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
+        let jwks_fetches: Family<OutcomeLabels, Counter> = register(
+            &mut registry,
             "jwks_fetches",
             "JWKS fetches from auth.jwks_url, by outcome (ok, http_status, timeout, connect_error, too_large, invalid)",
-            jwks_fetches.clone(),
         );
-        let jwks_keys = Gauge::default();
-        registry.register("jwks_keys", "Keys in the JWKS in force", jwks_keys.clone());
-        let ready = Gauge::default();
-        registry.register("ready", "1 when /readyz answers 200", ready.clone());
-        let admissions = Family::<AdmissionLabels, Counter>::default();
-        registry.register(
+        let jwks_keys: Gauge = register(&mut registry, "jwks_keys", "Keys in the JWKS in force");
+        let ready: Gauge = register(&mut registry, "ready", "1 when /readyz answers 200");
+        let admissions: Family<AdmissionLabels, Counter> = register(
+            &mut registry,
             "admissions",
             "Create requests by outcome (admitted, rejected), reason and team",
-            admissions.clone(),
         );
-        let credits = Family::<CreditLabels, Counter>::default();
-        registry.register(
+        let credits: Family<CreditLabels, Counter> = register(
+            &mut registry,
             "credits",
             "Credits reserved, settled (Vidu's figure), released and unknown, by team",
-            credits.clone(),
         );
-        let in_flight = Family::<TeamLabels, Gauge>::default();
-        registry.register(
+        let in_flight: Family<TeamLabels, Gauge> = register(
+            &mut registry,
             "in_flight",
             "Upstream create calls in flight, by team",
-            in_flight.clone(),
         );
-        let budget_remaining = Family::<TeamLabels, Gauge>::default();
-        registry.register(
+        let budget_remaining: Family<TeamLabels, Gauge> = register(
+            &mut registry,
             "budget_remaining_credits",
             "Tightest remaining team budget (team daily/monthly credits) after the team's last admission; teams without a team budget are not reported",
-            budget_remaining.clone(),
         );
         let ledger = LedgerMetrics::default();
         registry.register(

@@ -45,47 +45,34 @@ impl fmt::Display for Trigger {
     }
 }
 
+/// The keys among `$section.$key` whose value differs between `$old` and `$new`, named as in the file.
+macro_rules! changed_keys {
+    ($old:ident, $new:ident: $($section:ident . $key:ident),* $(,)?) => {{
+        let mut keys: Vec<&'static str> = Vec::new();
+        $(
+            if $old.$section.$key != $new.$section.$key {
+                keys.push(concat!(stringify!($section), ".", stringify!($key)));
+            }
+        )*
+        keys
+    }};
+}
+
 /// Keys read once at start: a reload that changes them is refused (they need a restart).
 fn restart_only(old: &Settings, new: &Settings) -> Vec<&'static str> {
-    let mut keys = Vec::new();
-    let mut check = |key: &'static str, changed: bool| {
-        if changed {
-            keys.push(key);
-        }
-    };
-    check("server.listen", old.server.listen != new.server.listen);
-    check(
-        "server.metrics_listen",
-        old.server.metrics_listen != new.server.metrics_listen,
-    );
-    check("server.workers", old.server.workers != new.server.workers);
-    check("upstream.mode", old.upstream.mode != new.upstream.mode);
-    check(
-        "upstream.connect_timeout_ms",
-        old.upstream.connect_timeout_ms != new.upstream.connect_timeout_ms,
-    );
-    check(
-        "upstream.request_timeout_ms",
-        old.upstream.request_timeout_ms != new.upstream.request_timeout_ms,
-    );
-    check(
-        "upstream.pool_idle_timeout_ms",
-        old.upstream.pool_idle_timeout_ms != new.upstream.pool_idle_timeout_ms,
-    );
-    check("state.backend", old.state.backend != new.state.backend);
-    check(
-        "state.ledger_path",
-        old.state.ledger_path != new.state.ledger_path,
-    );
-    check(
-        "state.redis_url",
-        old.state.redis_url != new.state.redis_url,
-    );
-    check(
-        "telemetry.log_format",
-        old.telemetry.log_format != new.telemetry.log_format,
-    );
-    keys
+    changed_keys!(old, new:
+        server.listen,
+        server.metrics_listen,
+        server.workers,
+        upstream.mode,
+        upstream.connect_timeout_ms,
+        upstream.request_timeout_ms,
+        upstream.pool_idle_timeout_ms,
+        state.backend,
+        state.ledger_path,
+        state.redis_url,
+        telemetry.log_format,
+    )
 }
 
 /// Reloads from where the running configuration came from (its file, or the built-in one), unless nothing it

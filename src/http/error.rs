@@ -46,14 +46,9 @@ pub enum GatewayError {
     /// The request body did not arrive in time (`server.body_read_timeout_ms`, `server.body_min_bytes_per_sec`).
     #[error("{0}")]
     RequestTimeout(String),
+    /// Policy or admission refused the request (403, 422, 429 or 503, by the denial).
     #[error("{0}")]
-    PolicyConflict(String),
-    #[error("{message}")]
-    Limited {
-        reason: LimitReason,
-        message: String,
-        retry_after_secs: u64,
-    },
+    Denied(Denial),
     #[error("{0}")]
     UpstreamUnavailable(String),
     #[error("{message}")]
@@ -80,25 +75,9 @@ impl From<AuthFailure> for GatewayError {
 impl From<Denial> for GatewayError {
     fn from(d: Denial) -> Self {
         match d {
-            Denial::Forbidden(m) => GatewayError::Forbidden(m),
-            Denial::PolicyConflict(m) => GatewayError::PolicyConflict(m),
-            Denial::Limited {
-                reason,
-                message,
-                retry_after_secs,
-            } => GatewayError::Limited {
-                reason,
-                message,
-                retry_after_secs,
-            },
-            Denial::Unavailable {
-                message,
-                retry_after_secs,
-            } => GatewayError::ServiceUnavailable {
-                message,
-                retry_after_secs,
-            },
+            // Logged with its cause, answered opaquely, like every internal error.
             Denial::Internal(e) => GatewayError::Internal(e),
+            d => GatewayError::Denied(d),
         }
     }
 }
@@ -116,8 +95,7 @@ impl GatewayError {
             GatewayError::PayloadTooLarge { .. } => "PayloadTooLarge",
             GatewayError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             GatewayError::RequestTimeout(_) => "RequestTimeout",
-            GatewayError::PolicyConflict(_) => "PolicyConflict",
-            GatewayError::Limited { reason, .. } => reason.as_str(),
+            GatewayError::Denied(d) => d.reason(),
             GatewayError::UpstreamUnavailable(_) => "UpstreamUnavailable",
             GatewayError::ServiceUnavailable { .. } => "ServiceUnavailable",
             GatewayError::UpstreamTimeout { .. } => "UpstreamTimeout",
@@ -225,8 +203,13 @@ impl ResponseError for GatewayError {
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            GatewayError::PolicyConflict(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            GatewayError::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::Denied(d) => match d {
+                Denial::Forbidden(_) => StatusCode::FORBIDDEN,
+                Denial::PolicyConflict(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                Denial::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
+                Denial::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                Denial::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
             GatewayError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             GatewayError::ServiceUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -263,13 +246,15 @@ impl ResponseError for GatewayError {
                     res.insert_header((header::WWW_AUTHENTICATE, v));
                 }
             }
-            GatewayError::Limited {
-                retry_after_secs, ..
-            }
-            | GatewayError::ServiceUnavailable {
+            GatewayError::ServiceUnavailable {
                 retry_after_secs, ..
             } => {
                 res.insert_header((header::RETRY_AFTER, retry_after_secs.max(&1).to_string()));
+            }
+            GatewayError::Denied(d) => {
+                if let Some(secs) = d.retry_after_secs() {
+                    res.insert_header((header::RETRY_AFTER, secs.max(1).to_string()));
+                }
             }
             GatewayError::Internal(cause) => {
                 tracing::error!(error = ?cause, "internal error");
@@ -325,11 +310,11 @@ mod tests {
 
     #[test]
     fn every_error_knows_its_status_and_vidu_reason() {
-        let e = GatewayError::Limited {
+        let e = GatewayError::from(Denial::Limited {
             reason: LimitReason::CreditBudgetExhausted,
             message: "x".into(),
             retry_after_secs: 5,
-        };
+        });
         assert_eq!(e.status_code(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(e.reason(), "CreditBudgetExhausted");
         let res = e.error_response();
