@@ -25,6 +25,7 @@ use crate::read::{self, guard::BufferedBodies};
 use crate::state::Store;
 use crate::state::fail_open::FailOpen;
 use crate::state::memory::MemoryStore;
+use crate::state::redis::RedisStore;
 use crate::telemetry::GatewayRootSpan;
 
 /// Time a client has to send a request's head (line and headers).
@@ -105,9 +106,10 @@ impl Application {
                 )?,
                 move || on_unavailable.current().settings.state.on_unavailable,
             )),
-            StateBackend::Redis => anyhow::bail!(
-                "state.backend = \"redis\" is not available in this build yet: use \"memory\" (one replica)"
-            ),
+            StateBackend::Redis => Arc::new(FailOpen::new(
+                RedisStore::open(&settings.state, settings.upstream.request_timeout_ms)?,
+                move || on_unavailable.current().settings.state.on_unavailable,
+            )),
         };
         let state = web::Data::new(AppState {
             config: live,

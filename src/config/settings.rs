@@ -319,6 +319,10 @@ pub struct StateSettings {
     pub redis_url: Secret,
     pub key_prefix: String,
     pub on_unavailable: OnUnavailable,
+    /// Redis backend: the longest one round trip to Redis may take before the call counts as failed.
+    pub redis_timeout_ms: u64,
+    /// Redis backend: how long task records and finished reservations are kept.
+    pub task_retention_days: u32,
 }
 
 impl Default for StateSettings {
@@ -329,6 +333,8 @@ impl Default for StateSettings {
             redis_url: Secret::new("redis://127.0.0.1:6379/0"),
             key_prefix: "vidu-gw".into(),
             on_unavailable: OnUnavailable::FailClosed,
+            redis_timeout_ms: 50,
+            task_retention_days: 30,
         }
     }
 }

@@ -348,12 +348,20 @@ fn state(st: &StateSettings, p: &mut Vec<String>) {
     if st.key_prefix.trim().is_empty() {
         p.push("state.key_prefix must not be empty".into());
     }
-    if st.backend == StateBackend::Redis {
+    if st.key_prefix.contains(['{', '}']) {
+        p.push(format!(
+            "state.key_prefix = {:?} must not contain braces: the gateway puts it in a hash tag ({{prefix}}) itself",
+            st.key_prefix
+        ));
+    }
+    if st.redis_timeout_ms == 0 {
         p.push(
-            "state.backend = \"redis\" is not available in this version yet: use \"memory\" (one replica, \
-             ledger in state.ledger_path)"
+            "state.redis_timeout_ms must be at least 1 (50 suits a Redis in the same network)"
                 .into(),
         );
+    }
+    if st.task_retention_days == 0 {
+        p.push("state.task_retention_days must be at least 1".into());
     }
     if st.backend == StateBackend::Redis && !st.redis_url.is_set() {
         p.push("state.redis_url is required when state.backend = \"redis\"".into());

@@ -11,8 +11,11 @@ pub enum StoreError {
     #[error("ledger: {0}")]
     Read(String),
     /// The backend did not answer in time.
-    #[error("{what} did not finish within {secs} s")]
-    Timeout { what: &'static str, secs: u64 },
+    #[error("{what} did not answer within {ms} ms")]
+    Timeout { what: &'static str, ms: u64 },
+    /// The backend cannot be reached (a network backend: refused, reset, authentication, a script error).
+    #[error("{0}")]
+    Unreachable(String),
     /// The backend's worker thread is gone (the process is stopping).
     #[error("the {0} thread stopped")]
     Stopped(&'static str),

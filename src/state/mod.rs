@@ -23,6 +23,7 @@ pub mod memory;
 pub mod priority;
 pub mod rate;
 mod reader;
+pub mod redis;
 pub mod request;
 pub mod writer;
 

@@ -135,7 +135,7 @@ impl Writer {
             if left.is_zero() {
                 return Err(StoreError::Timeout {
                     what: "the ledger writer",
-                    secs: within.as_secs(),
+                    ms: u64::try_from(within.as_millis()).unwrap_or(u64::MAX),
                 });
             }
             done = self

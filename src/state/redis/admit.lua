@@ -1,0 +1,133 @@
+-- One admission decision over every bucket of a request, atomically: the plan (for the off-peak `fallback`
+-- rule, the immediate budget decides which run), then in-flight slots, budgets and rates are all checked; then,
+-- when asked to take, everything is taken. A refusal takes nothing. ARGV[1] is the request as JSON (built by
+-- `state/redis/mod.rs`); the answer is JSON too. Time is Redis's own (`TIME`) unless the request carries
+-- `now_us` (tests on a manual clock).
+local req = cjson.decode(ARGV[1])
+local null = cjson.null
+
+local now_us
+if req.now_us ~= nil and req.now_us ~= null then
+  now_us = req.now_us
+else
+  local t = redis.call('TIME')
+  now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local now_ms = math.floor(now_us / 1000)
+
+local function num(v)
+  return tonumber(v) or 0
+end
+
+local function opt(v)
+  if v == nil or v == null then return nil end
+  return v
+end
+
+-- The plan.
+local run, imm_used, imm_budget
+if opt(req.plan.fixed) then
+  run = req.plan.fixed
+else
+  local f = req.plan.fallback
+  imm_used = num(redis.call('GET', f.budget.key))
+  if imm_used + f.estimate <= f.budget.limit then
+    run = opt(f.if_covered)
+  else
+    run = opt(f.if_short)
+  end
+  if run and not run.off_peak then imm_budget = f.budget end
+end
+if not run then
+  return cjson.encode({ run = null, imm_used = imm_used or null, refusal = { kind = 'norun' } })
+end
+
+local function refused(r)
+  return cjson.encode({ run = run, imm_used = imm_used or null, refusal = r })
+end
+
+-- In-flight slots: leases whose expiry has passed are dropped first.
+for i, s in ipairs(req.slots) do
+  redis.call('ZREMRANGEBYSCORE', s.key, '-inf', now_ms)
+  if redis.call('ZCARD', s.key) >= s.max then
+    return refused({ kind = 'slot', i = i - 1 })
+  end
+end
+
+-- Budgets (the fallback's immediate budget last, when the run is immediate).
+local budgets = {}
+for _, b in ipairs(req.budgets) do budgets[#budgets + 1] = b end
+if imm_budget then budgets[#budgets + 1] = imm_budget end
+local remaining, team_remaining
+for i, b in ipairs(budgets) do
+  local used = num(redis.call('GET', b.key))
+  if used + run.estimate > b.limit then
+    return refused({ kind = 'budget', i = i - 1, used = used })
+  end
+  local left = b.limit - used - run.estimate
+  if remaining == nil or left < remaining then remaining = left end
+  if b.team and (team_remaining == nil or left < team_remaining) then team_remaining = left end
+end
+
+-- Rates: GCRA (emission interval t, tolerance t * (burst - 1)), in microseconds.
+local taken = {}
+local tightest
+for i, r in ipairs(req.rates) do
+  local t = 60000000 / r.per_minute
+  local tau = t * (r.burst - 1)
+  local h = redis.call('HMGET', r.key, 'tat', 'since')
+  local tat, since = tonumber(h[1]), tonumber(h[2])
+  local full = (tat == nil) or tat <= now_us
+  local cur = tat or now_us
+  if now_us < cur - tau then
+    local drained = 0
+    if since then drained = now_us - since end
+    return refused({ kind = 'rate', i = i - 1, wait_us = cur - tau - now_us, per_minute = drained >= 60000000 })
+  end
+  local new = math.max(cur, now_us) + t
+  local left = math.floor(math.min(now_us + t + tau - new, tau) / t + 0.000001)
+  if full then since = now_us end
+  taken[#taken + 1] = { key = r.key, tat = new, since = since, ttl_ms = math.ceil((new - now_us) / 1000) + 1000 }
+  if tightest == nil or left < tightest.remaining then tightest = { i = i - 1, remaining = left } end
+end
+
+local granted = { remaining = remaining or null, team_remaining = team_remaining or null, rate = tightest or null }
+if not req.take then
+  return cjson.encode({ run = run, imm_used = imm_used or null, granted = granted })
+end
+
+-- Take everything.
+for _, r in ipairs(taken) do
+  redis.call('HSET', r.key, 'tat', string.format('%.3f', r.tat), 'since', string.format('%.3f', r.since))
+  redis.call('PEXPIRE', r.key, r.ttl_ms)
+end
+local slot_keys = {}
+for _, s in ipairs(req.slots) do
+  redis.call('ZADD', s.key, now_ms + req.lease_ms, req.grant)
+  redis.call('PEXPIRE', s.key, req.lease_ms * 2)
+  slot_keys[#slot_keys + 1] = s.key
+end
+local counting = req.counting_immediate
+if run.off_peak then counting = req.counting_off_peak end
+local budget_keys = {}
+for _, c in ipairs(counting) do
+  redis.call('INCRBY', c.key, run.estimate)
+  redis.call('EXPIRE', c.key, c.ttl_s)
+  budget_keys[#budget_keys + 1] = c.key
+end
+local u = req.usage
+local off_peak = 0
+if run.off_peak then off_peak = 1 end
+redis.call('HINCRBY', u.hash, 'admitted', 1)
+redis.call('HINCRBY', u.hash, 'reserved', run.estimate)
+redis.call('HINCRBY', u.hash, 'off_peak', off_peak)
+redis.call('SADD', u.days, u.day)
+redis.call('SADD', u.members, u.member)
+local rec = req.record
+redis.call('HSET', req.grant_key,
+  'status', 'reserved', 'estimate', run.estimate, 'off_peak', off_peak,
+  'user', rec.user, 'team', rec.team, 'day', rec.day, 'model', rec.model, 'request_id', rec.request_id,
+  'budgets', table.concat(budget_keys, '\n'), 'slots', table.concat(slot_keys, '\n'), 'usage', u.hash,
+  'created_ms', now_ms)
+redis.call('EXPIRE', req.grant_key, req.retention_s)
+return cjson.encode({ run = run, imm_used = imm_used or null, granted = granted })

@@ -1,0 +1,667 @@
+//! The `redis` backend (several replicas): every piece of shared state in Redis, so any replica answers the same
+//! and limits hold exactly across all of them. Each decision is one server-side script, run with EVALSHA (re-loaded
+//! on NOSCRIPT): `admit.lua` checks the plan, slots, budgets and rates and then takes all or nothing; `finish.lua`
+//! frees a grant's slots and settles its reservation; `usage.lua` reads a report. One round trip per call, each
+//! bounded by `state.redis_timeout_ms`; nothing is read by the replica and then written back.
+//!
+//! Keys (all under one hash tag, `{<state.key_prefix>}`, so the scripts are valid on Redis Cluster too; subjects
+//! and task ids are percent-encoded where they meet a `:`):
+//! - `b:<scope>:<period>:<period key>:<subject>`: credits used in a budget (settled + reserved + unknown);
+//! - `s:<scope>:<subject>`: in-flight leases, a sorted set of grant ids scored by expiry (ms);
+//! - `r:<scope>:<per minute>:<burst>:<subject>`: a GCRA cell (`tat`, `since`), expiring once full again;
+//! - `g:<grant id>`: an open reservation (and, once `unknown`, the record of one);
+//! - `t:<task id>`: who created a task; `u:<day>:<team>:<user>`: usage counters; `days`, `m:<day>`: their index.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::redis::Script;
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use futures_util::future::FutureExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::clock::SharedClock;
+use crate::config::StateSettings;
+
+#[cfg(test)]
+pub mod server;
+
+const ADMIT: &str = include_str!("admit.lua");
+const FINISH: &str = include_str!("finish.lua");
+const USAGE: &str = include_str!("usage.lua");
+
+/// How long a day's budget counter outlives its day (and a month's its month): long enough for every settlement
+/// of the period to arrive, short enough that Redis does not keep every period forever.
+const DAY_BUDGET_TTL_SECS: u64 = 3 * 86_400;
+const MONTH_BUDGET_TTL_SECS: u64 = 63 * 86_400;
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+    keys: Keys,
+    timeout: Duration,
+    /// An in-flight slot's lease: `upstream.request_timeout_ms` + 10 s.
+    lease_ms: u64,
+    retention_secs: u64,
+    /// Tests on a manual clock pass its time to the scripts; production uses Redis's `TIME`.
+    clock: Option<SharedClock>,
+    admit: Script,
+    finish: Script,
+    usage: Script,
+}
+
+/// Key names of one deployment.
+#[derive(Clone, Debug)]
+struct Keys {
+    /// `{prefix}`
+    tag: String,
+}
+
+/// `:` separates key parts: a subject that holds one (or `%`) is percent-encoded.
+fn enc(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains([':', '%', '\n']) {
+        s.replace('%', "%25")
+            .replace(':', "%3A")
+            .replace('\n', "%0A")
+            .into()
+    } else {
+        s.into()
+    }
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Self {
+        Self {
+            tag: format!("{{{prefix}}}"),
+        }
+    }
+
+    fn budget(&self, k: &BudgetKey) -> String {
+        let period = match k.period {
+            Period::Day => "day",
+            Period::Month => "month",
+            Period::ImmediateDay => "immediate",
+        };
+        format!(
+            "{}:b:{}:{period}:{}:{}",
+            self.tag,
+            k.scope.as_str(),
+            k.period_key,
+            enc(&k.subject)
+        )
+    }
+
+    fn slot(&self, s: &SlotSpec) -> String {
+        format!("{}:s:{}:{}", self.tag, s.scope.as_str(), enc(&s.subject))
+    }
+
+    fn rate(&self, r: &RateSpec) -> String {
+        format!(
+            "{}:r:{}:{}:{}:{}",
+            self.tag,
+            r.scope.as_str(),
+            r.per_minute,
+            r.burst,
+            enc(&r.subject)
+        )
+    }
+
+    fn grant(&self, id: GrantId) -> String {
+        format!("{}:g:{id}", self.tag)
+    }
+
+    fn task(&self, id: &str) -> String {
+        format!("{}:t:{}", self.tag, enc(id))
+    }
+
+    fn days(&self) -> String {
+        format!("{}:days", self.tag)
+    }
+
+    fn members_prefix(&self) -> String {
+        format!("{}:m:", self.tag)
+    }
+
+    fn usage_prefix(&self) -> String {
+        format!("{}:u:", self.tag)
+    }
+
+    fn member(team: &str, user: &str) -> String {
+        format!("{}:{}", enc(team), enc(user))
+    }
+}
+
+impl RedisStore {
+    /// Connects lazily: the first call connects, and the connection manager reconnects by itself after a failure.
+    /// Call from within the server's runtime.
+    pub fn open(state: &StateSettings, request_timeout_ms: u64) -> anyhow::Result<Self> {
+        let url = state.redis_url.expose();
+        // The error is not shown: it may quote the URL, and the URL may hold the password.
+        let client = ::redis::Client::open(url).map_err(|_| {
+            anyhow::anyhow!(
+                "state.redis_url is not a Redis URL: use redis://[:password@]host:port/db (the value is not shown: \
+                 it may hold a password)"
+            )
+        })?;
+        let timeout = Duration::from_millis(state.redis_timeout_ms);
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| anyhow::anyhow!("state.redis_url: {e}"))?;
+        Ok(Self {
+            conn,
+            keys: Keys::new(&state.key_prefix),
+            timeout,
+            lease_ms: request_timeout_ms.saturating_add(10_000),
+            retention_secs: u64::from(state.task_retention_days) * 86_400,
+            clock: None,
+            admit: Script::new(ADMIT),
+            finish: Script::new(FINISH),
+            usage: Script::new(USAGE),
+        })
+    }
+
+    /// Scripts read `clock` instead of Redis's `TIME` (tests on a manual clock).
+    #[cfg(test)]
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// One round trip, bounded by `state.redis_timeout_ms`.
+    async fn call<T>(
+        &self,
+        what: &'static str,
+        f: impl AsyncFnOnce(&mut ConnectionManager) -> ::redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, f(&mut conn)).await {
+            Err(_) => Err(StoreError::Timeout {
+                what,
+                ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
+            }),
+            Ok(Err(e)) => Err(StoreError::Unreachable(format!("redis ({what}): {e}"))),
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+
+    fn now_us(&self) -> Value {
+        match &self.clock {
+            Some(c) => json!(c.now().as_microsecond()),
+            None => Value::Null,
+        }
+    }
+
+    fn budget_json(&self, b: &BudgetSpec) -> Value {
+        json!({
+            "key": self.keys.budget(&b.key),
+            "limit": b.limit as f64,
+            "team": b.key.scope == Scope::Team,
+        })
+    }
+
+    fn counting(&self, record: &RequestRecord, off_peak: bool) -> Value {
+        BudgetKey::counting(record, off_peak)
+            .iter()
+            .map(|k| {
+                let ttl = match k.period {
+                    Period::Month => MONTH_BUDGET_TTL_SECS,
+                    _ => DAY_BUDGET_TTL_SECS,
+                };
+                json!({"key": self.keys.budget(k), "ttl_s": ttl})
+            })
+            .collect()
+    }
+
+    fn admission_json(&self, req: &AdmissionRequest, mode: Mode, grant: GrantId) -> String {
+        let run = |r: &Run| json!({"off_peak": r.off_peak, "estimate": r.estimate});
+        let plan = match &req.plan {
+            Plan::Fixed(r) => json!({"fixed": run(r)}),
+            Plan::Fallback(f) => json!({"fallback": {
+                "budget": self.budget_json(&f.immediate_budget),
+                "estimate": f.immediate_estimate,
+                "if_covered": f.if_covered.as_ref().map(run),
+                "if_short": f.if_short.as_ref().map(run),
+            }}),
+        };
+        let r = &req.record;
+        let member = Keys::member(&r.team, &r.user);
+        json!({
+            "now_us": self.now_us(),
+            "take": mode == Mode::Take,
+            "lease_ms": self.lease_ms,
+            "retention_s": self.retention_secs,
+            "grant": grant.to_string(),
+            "grant_key": self.keys.grant(grant),
+            "plan": plan,
+            "slots": req.slots.iter().map(|s| json!({"key": self.keys.slot(s), "max": s.max})).collect::<Vec<_>>(),
+            "budgets": req.budgets.iter().map(|b| self.budget_json(b)).collect::<Vec<_>>(),
+            "rates": req.rates.iter().map(|x| json!({
+                "key": self.keys.rate(x),
+                "per_minute": x.per_minute.get(),
+                "burst": x.burst.get(),
+            })).collect::<Vec<_>>(),
+            "counting_immediate": self.counting(r, false),
+            "counting_off_peak": self.counting(r, true),
+            "record": {
+                "user": r.user, "team": r.team, "day": r.day, "model": r.model, "request_id": r.request_id,
+            },
+            "usage": {
+                "hash": format!("{}{}:{member}", self.keys.usage_prefix(), r.day),
+                "days": self.keys.days(),
+                "members": format!("{}{}", self.keys.members_prefix(), r.day),
+                "day": r.day,
+                "member": member,
+            },
+        })
+        .to_string()
+    }
+}
+
+/// The admission script's answer.
+#[derive(Deserialize)]
+struct Answered {
+    run: Option<RunJson>,
+    imm_used: Option<f64>,
+    #[serde(default)]
+    granted: Option<GrantedJson>,
+    #[serde(default)]
+    refusal: Option<RefusalJson>,
+}
+
+#[derive(Deserialize)]
+struct RunJson {
+    off_peak: bool,
+    estimate: f64,
+}
+
+#[derive(Deserialize)]
+struct GrantedJson {
+    remaining: Option<f64>,
+    team_remaining: Option<f64>,
+    rate: Option<RateJson>,
+}
+
+#[derive(Deserialize)]
+struct RateJson {
+    i: usize,
+    remaining: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum RefusalJson {
+    Norun,
+    Slot {
+        i: usize,
+    },
+    Budget {
+        i: usize,
+        used: f64,
+    },
+    Rate {
+        i: usize,
+        wait_us: f64,
+        per_minute: bool,
+    },
+}
+
+/// Lua numbers are doubles; every figure here is a whole number of credits, seconds or tokens.
+fn whole(v: f64) -> u64 {
+    if v.is_finite() && v > 0.0 {
+        v.round() as u64
+    } else {
+        0
+    }
+}
+
+fn bad_answer(what: &str) -> StoreError {
+    StoreError::Unreachable(format!(
+        "redis: the {what} script answered something unexpected"
+    ))
+}
+
+impl RedisStore {
+    fn decision(
+        &self,
+        req: &AdmissionRequest,
+        mode: Mode,
+        grant: GrantId,
+        answered: Answered,
+    ) -> Result<Decision, StoreError> {
+        let run = answered.run.map(|r| Run {
+            off_peak: r.off_peak,
+            estimate: whole(r.estimate),
+        });
+        let immediate_budget = match (&req.plan, run) {
+            (Plan::Fallback(f), Some(r)) if !r.off_peak => Some(&f.immediate_budget),
+            _ => None,
+        };
+        let outcome = match (answered.granted, answered.refusal) {
+            (Some(g), None) => Ok(Granted {
+                grant: (mode == Mode::Take).then(|| Grant::new(grant)),
+                remaining_credits: g.remaining.map(whole),
+                team_remaining_credits: g.team_remaining.map(whole),
+                rate: match g.rate {
+                    None => None,
+                    Some(r) => {
+                        let spec = req.rates.get(r.i).ok_or_else(|| bad_answer("admission"))?;
+                        let remaining = u32::try_from(whole(r.remaining)).unwrap_or(u32::MAX);
+                        Some(RateStatus {
+                            scope: spec.scope,
+                            per_minute: spec.per_minute.get(),
+                            burst: spec.burst.get(),
+                            remaining,
+                            reset_secs: if remaining > 0 {
+                                0
+                            } else {
+                                60u64.div_ceil(u64::from(spec.per_minute.get()))
+                            },
+                        })
+                    }
+                },
+            }),
+            (None, Some(RefusalJson::Norun)) => Err(Refusal::NoRun),
+            (None, Some(RefusalJson::Slot { i })) => {
+                let s = req.slots.get(i).ok_or_else(|| bad_answer("admission"))?;
+                Err(Refusal::Concurrency {
+                    scope: s.scope,
+                    max: s.max,
+                    source: s.source.clone(),
+                })
+            }
+            (None, Some(RefusalJson::Budget { i, used })) => {
+                let b = req
+                    .budgets
+                    .iter()
+                    .chain(immediate_budget)
+                    .nth(i)
+                    .ok_or_else(|| bad_answer("admission"))?;
+                Err(Refusal::Budget {
+                    key: b.key.clone(),
+                    limit: b.limit,
+                    used: whole(used),
+                    retry_after_secs: b.secs_to_reset,
+                    source: b.source.clone(),
+                })
+            }
+            (
+                None,
+                Some(RefusalJson::Rate {
+                    i,
+                    wait_us,
+                    per_minute,
+                }),
+            ) => {
+                let r = req.rates.get(i).ok_or_else(|| bad_answer("admission"))?;
+                Err(Refusal::Rate {
+                    scope: r.scope,
+                    per_minute: r.per_minute.get(),
+                    burst: r.burst.get(),
+                    exhausted: if per_minute {
+                        rate::Exhausted::PerMinute
+                    } else {
+                        rate::Exhausted::Burst
+                    },
+                    retry_after_secs: (wait_us.max(0.0) / 1e6).ceil().max(1.0) as u64,
+                    source: r.source.clone(),
+                })
+            }
+            _ => return Err(bad_answer("admission")),
+        };
+        Ok(Decision {
+            run,
+            immediate_used: answered.imm_used.map(whole),
+            outcome,
+        })
+    }
+}
+
+impl Admissions for RedisStore {
+    fn admit<'a>(&'a self, request: &'a AdmissionRequest, mode: Mode) -> Answer<'a, Decision> {
+        async move {
+            let grant = GrantId::random();
+            let body = self.admission_json(request, mode, grant);
+            let text: String = self
+                .call("admission", async |c| {
+                    self.admit.arg(body).invoke_async(c).await
+                })
+                .await?;
+            let answered: Answered =
+                serde_json::from_str(&text).map_err(|_| bad_answer("admission"))?;
+            self.decision(request, mode, grant, answered)
+        }
+        .boxed()
+    }
+
+    fn finish(&self, grant: Grant, settlement: Settlement) -> Answer<'_, ()> {
+        async move {
+            let (kind, credits, task_id) = match settlement {
+                Settlement::Charged { credits, task_id } => ("charged", credits, task_id),
+                Settlement::Released => ("released", 0, None),
+                Settlement::Unknown => ("unknown", 0, None),
+            };
+            let task_key = task_id.as_deref().map(|t| self.keys.task(t));
+            let task = json!({"created_at": format!("{:.3}", jiff::Timestamp::now())}).to_string();
+            let answer: i64 = self
+                .call("settlement", async |c| {
+                    self.finish
+                        .arg(self.keys.grant(grant.id()))
+                        .arg(grant.id().to_string())
+                        .arg(kind)
+                        .arg(credits)
+                        .arg(task_key.as_deref().unwrap_or(""))
+                        .arg(task)
+                        .arg(self.retention_secs)
+                        .invoke_async(c)
+                        .await
+                })
+                .await?;
+            if answer == 2 {
+                tracing::warn!(
+                    task_id = task_id.as_deref().unwrap_or(""),
+                    "Vidu returned a task id the gateway had already recorded; its first owner keeps it"
+                );
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+impl Records for RedisStore {
+    fn record_rejection(&self, rejection: RejectionRecord) -> Answer<'_, ()> {
+        async move {
+            let member = Keys::member(&rejection.team, &rejection.user);
+            let hash = format!("{}{}:{member}", self.keys.usage_prefix(), rejection.day);
+            let members = format!("{}{}", self.keys.members_prefix(), rejection.day);
+            let mut pipe = ::redis::pipe();
+            pipe.atomic()
+                .hincr(&hash, format!("rej:{}", rejection.reason), 1)
+                .ignore()
+                .sadd(self.keys.days(), &rejection.day)
+                .ignore()
+                .sadd(members, member)
+                .ignore();
+            self.call("rejection", async |c| pipe.query_async::<()>(c).await)
+                .await
+        }
+        .boxed()
+    }
+
+    fn task<'a>(&'a self, task_id: &'a str) -> Answer<'a, Option<TaskRecord>> {
+        async move {
+            let key = self.keys.task(task_id);
+            let fields: std::collections::HashMap<String, String> = self
+                .call("task lookup", async |c| {
+                    ::redis::cmd("HGETALL").arg(&key).query_async(c).await
+                })
+                .await?;
+            if fields.is_empty() {
+                return Ok(None);
+            }
+            let get = |k: &str| fields.get(k).cloned().unwrap_or_default();
+            Ok(Some(TaskRecord {
+                task_id: task_id.to_owned(),
+                user: get("user"),
+                team: get("team"),
+                credits: get("credits").parse().unwrap_or(0),
+                off_peak: get("off_peak") == "1",
+                model: get("model"),
+                created_at: get("created_at"),
+            }))
+        }
+        .boxed()
+    }
+}
+
+#[derive(Deserialize)]
+struct UsageDay {
+    day: String,
+    admitted: f64,
+    reserved: f64,
+    settled: f64,
+    released: f64,
+    unknown: f64,
+    off_peak: f64,
+    #[serde(default)]
+    rejected: Option<std::collections::BTreeMap<String, f64>>,
+}
+
+impl Reports for RedisStore {
+    fn used<'a>(&'a self, keys: &'a [BudgetKey]) -> Answer<'a, Vec<u64>> {
+        async move {
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let names: Vec<String> = keys.iter().map(|k| self.keys.budget(k)).collect();
+            let values: Vec<Option<i64>> = self
+                .call("budget read", async |c| {
+                    ::redis::cmd("MGET").arg(&names).query_async(c).await
+                })
+                .await?;
+            Ok(values
+                .into_iter()
+                .map(|v| u64::try_from(v.unwrap_or(0)).unwrap_or(0))
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn usage<'a>(&'a self, filter: &'a UsageFilter) -> Answer<'a, Vec<UsageRow>> {
+        async move {
+            let opt = |v: &Option<String>| {
+                v.as_deref()
+                    .map(|s| enc(s).into_owned())
+                    .unwrap_or_default()
+            };
+            let text: String = self
+                .call("usage report", async |c| {
+                    self.usage
+                        .arg(self.keys.days())
+                        .arg(self.keys.members_prefix())
+                        .arg(self.keys.usage_prefix())
+                        .arg(opt(&filter.user))
+                        .arg(opt(&filter.team))
+                        .arg(filter.from.as_deref().unwrap_or(""))
+                        .arg(filter.to.as_deref().unwrap_or(""))
+                        .invoke_async(c)
+                        .await
+                })
+                .await?;
+            let days: Vec<UsageDay> =
+                serde_json::from_str(&text).map_err(|_| bad_answer("usage"))?;
+            Ok(days
+                .into_iter()
+                .map(|d| {
+                    let rejected_by_reason: std::collections::BTreeMap<String, u64> = d
+                        .rejected
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, whole(v)))
+                        .collect();
+                    UsageRow {
+                        day: d.day,
+                        admitted: whole(d.admitted),
+                        rejected: rejected_by_reason.values().sum(),
+                        rejected_by_reason,
+                        credits_reserved: whole(d.reserved),
+                        credits_settled: whole(d.settled),
+                        credits_released: whole(d.released),
+                        credits_unknown: whole(d.unknown),
+                        off_peak_requests: whole(d.off_peak),
+                    }
+                })
+                .collect())
+        }
+        .boxed()
+    }
+}
+
+impl Health for RedisStore {
+    fn health(&self) -> Answer<'_, ()> {
+        async move {
+            self.call("health check", async |c| {
+                ::redis::cmd("PING").query_async::<()>(c).await
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    /// Everything is in Redis already: Redis's own persistence (AOF) makes it durable.
+    fn flush(&self) -> Answer<'_, ()> {
+        futures_util::future::ready(Ok(())).boxed()
+    }
+}
+
+/// Shared so that the wrapper and the app hold the same store.
+pub type Shared = Arc<RedisStore>;
+
+#[cfg(test)]
+mod tests {
+    use futures_util::future::{LocalBoxFuture, ready};
+
+    use super::server::RedisServer;
+    use super::*;
+    use crate::state::conformance::{Backend, Opened, run_conformance};
+
+    struct Redis;
+
+    impl Backend for Redis {
+        fn available(&self) -> bool {
+            !super::server::skipped()
+        }
+
+        fn open(&self, clock: SharedClock) -> LocalBoxFuture<'_, Opened> {
+            let server = RedisServer::start();
+            let settings = StateSettings {
+                redis_url: crate::config::Secret::new(&server.url()),
+                redis_timeout_ms: 2000,
+                key_prefix: format!("test-{}", uuid::Uuid::new_v4().simple()),
+                ..StateSettings::default()
+            };
+            let store = RedisStore::open(&settings, 30_000)
+                .unwrap()
+                .with_clock(clock);
+            ready(Opened {
+                store: Arc::new(store),
+                keep: Box::new(server),
+            })
+            .boxed_local()
+        }
+    }
+
+    run_conformance!(Redis);
+
+    #[test]
+    fn subjects_with_separators_are_encoded() {
+        assert_eq!(enc("a:b%c"), "a%3Ab%25c");
+        assert_eq!(enc("alice@example.com"), "alice@example.com");
+        assert_eq!(Keys::member("t:1", "u"), "t%3A1:u");
+    }
+}

@@ -1,0 +1,67 @@
+//! A real `redis-server` for tests: started on a free loopback port with nothing persisted, stopped by PID when
+//! dropped. Without `redis-server` on PATH the test fails with the command that installs it, unless
+//! `VIDU_GW_SKIP_REDIS_TESTS=1` is set (local runs only; CI installs it and never skips).
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+}
+
+/// Whether the Redis tests are switched off here (and say so).
+pub fn skipped() -> bool {
+    let skip = std::env::var("VIDU_GW_SKIP_REDIS_TESTS").is_ok_and(|v| v == "1");
+    if skip {
+        eprintln!("VIDU_GW_SKIP_REDIS_TESTS=1: skipping a test that needs redis-server");
+    }
+    skip
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}): install it (Debian: `apt-get install redis-server`) or set \
+                     VIDU_GW_SKIP_REDIS_TESTS=1 to skip the Redis tests"
+                )
+            });
+        let server = Self {
+            child: Some(child),
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not listen on port {port} within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
