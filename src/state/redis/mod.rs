@@ -640,7 +640,7 @@ mod tests {
         fn open(&self, clock: SharedClock) -> LocalBoxFuture<'_, Opened> {
             let server = RedisServer::start();
             let settings = StateSettings {
-                redis_url: crate::config::Secret::new(&server.url()),
+                redis_url: crate::config::Secret::new(server.url()),
                 redis_timeout_ms: 2000,
                 key_prefix: format!("test-{}", uuid::Uuid::new_v4().simple()),
                 ..StateSettings::default()
