@@ -37,12 +37,15 @@ const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct Options {
     pub clock: SharedClock,
+    /// The Redis backend's scripts read `clock` instead of Redis's `TIME` (tests on a manual clock only).
+    pub state_reads_clock: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             clock: Arc::new(SystemClock),
+            state_reads_clock: false,
         }
     }
 }
@@ -107,7 +110,15 @@ impl Application {
                 move || on_unavailable.current().settings.state.on_unavailable,
             )),
             StateBackend::Redis => Arc::new(FailOpen::new(
-                RedisStore::open(&settings.state, settings.upstream.request_timeout_ms)?,
+                {
+                    let store =
+                        RedisStore::open(&settings.state, settings.upstream.request_timeout_ms)?;
+                    if options.state_reads_clock {
+                        store.with_clock(options.clock.clone())
+                    } else {
+                        store
+                    }
+                },
                 move || on_unavailable.current().settings.state.on_unavailable,
             )),
         };

@@ -23,7 +23,6 @@ fn retry_after(headers: &[(String, String)]) -> u64 {
     header(headers, "retry-after").unwrap().parse().unwrap()
 }
 
-#[actix_web::test]
 async fn the_request_past_the_burst_is_refused_with_retry_after_and_other_users_are_unaffected() {
     let mock = MockVidu::start().await;
     let app = app(
@@ -62,7 +61,6 @@ async fn the_request_past_the_burst_is_refused_with_retry_after_and_other_users_
 
 /// A 429 says which part of the rate limit refused — the burst, or the per-minute rate — with
 /// both figures.
-#[actix_web::test]
 async fn a_rate_refusal_says_whether_the_burst_or_the_per_minute_rate_is_used_up() {
     let mock = MockVidu::start().await;
     let app = app(
@@ -120,7 +118,6 @@ async fn a_rate_refusal_says_whether_the_burst_or_the_per_minute_rate_is_used_up
     assert!(msg.contains("the burst of 5 is used up"), "{msg}");
 }
 
-#[actix_web::test]
 async fn a_team_limit_is_shared_by_its_members_and_a_team_refusal_costs_no_user_token() {
     let mock = MockVidu::start().await;
     let app = app(
@@ -144,7 +141,6 @@ async fn a_team_limit_is_shared_by_its_members_and_a_team_refusal_costs_no_user_
     );
 }
 
-#[actix_web::test]
 async fn fifty_concurrent_requests_against_a_budget_that_fits_seven_admit_exactly_seven() {
     let mock = MockVidu::start().await;
     mock.respond(|_| Reply::json(200, created_task("1", 55)).delayed(Duration::from_millis(50)));
@@ -173,7 +169,6 @@ async fn fifty_concurrent_requests_against_a_budget_that_fits_seven_admit_exactl
     );
 }
 
-#[actix_web::test]
 async fn a_request_refused_by_the_budget_takes_no_rate_token() {
     let mock = MockVidu::start().await;
     let app = app(
@@ -214,7 +209,6 @@ async fn a_request_refused_by_the_budget_takes_no_rate_token() {
     );
 }
 
-#[actix_web::test]
 async fn reservations_settle_to_the_credits_vidu_reports() {
     let mock = MockVidu::start().await;
     // Vidu reports fewer credits than estimated: 50 instead of 55; the reservation settles to 50.
@@ -251,7 +245,6 @@ async fn reservations_settle_to_the_credits_vidu_reports() {
     assert_eq!(usage["user"]["budgets"][0]["used"], 100);
 }
 
-#[actix_web::test]
 async fn vidu_refusals_release_the_reservation() {
     let mock = MockVidu::start().await;
     let app = app(&mock, "[policy.defaults]\ndaily_credits = 60\n").await;
@@ -278,7 +271,6 @@ async fn vidu_refusals_release_the_reservation() {
     assert_eq!(usage["user"]["totals"]["credits_settled"], 55);
 }
 
-#[actix_web::test]
 async fn a_vidu_timeout_frees_the_slot_and_keeps_the_reservation_as_unknown() {
     let mock = MockVidu::start().await;
     let app = TestApp::builder(&mock)
@@ -302,7 +294,6 @@ async fn a_vidu_timeout_frees_the_slot_and_keeps_the_reservation_as_unknown() {
     assert_eq!(usage["user"]["totals"]["credits_unknown"], 55, "{usage}");
 }
 
-#[actix_web::test]
 async fn a_caller_hanging_up_mid_request_frees_the_slot_and_the_task_is_still_recorded() {
     let mock = MockVidu::start().await;
     let app = app(&mock, "[policy.defaults]\nmax_in_flight = 1\n").await;
@@ -345,7 +336,6 @@ async fn a_caller_hanging_up_mid_request_frees_the_slot_and_the_task_is_still_re
     assert_eq!(mock.received()[before].path, "/ent/v2/tasks/9001/creations");
 }
 
-#[actix_web::test]
 async fn admission_headers_describe_the_tightest_limits() {
     let mock = MockVidu::start().await;
     let app = app(
@@ -368,7 +358,6 @@ async fn admission_headers_describe_the_tightest_limits() {
     assert_eq!(header(&headers, "ratelimit"), Some("\"user\";r=4;t=0"));
 }
 
-#[actix_web::test]
 async fn force_sets_off_peak_changing_only_that_field() {
     let mock = MockVidu::start().await;
     let app = app(&mock, "[policy.defaults]\noff_peak = \"force\"\n").await;
@@ -431,7 +420,6 @@ async fn force_sets_off_peak_changing_only_that_field() {
     );
 }
 
-#[actix_web::test]
 async fn forbid_refuses_off_peak_requests() {
     let mock = MockVidu::start().await;
     let app = app(&mock, "[policy.teams.rt]\noff_peak = \"forbid\"\n").await;
@@ -449,7 +437,6 @@ async fn forbid_refuses_off_peak_requests() {
     assert!(mock.received().is_empty());
 }
 
-#[actix_web::test]
 async fn fallback_goes_off_peak_when_the_immediate_budget_is_used_up() {
     let mock = MockVidu::start().await;
     mock.respond(|_| Reply::json(200, created_task("1", 55)));
@@ -488,7 +475,6 @@ async fn fallback_goes_off_peak_when_the_immediate_budget_is_used_up() {
     assert!(res.headers().get("retry-after").is_some());
 }
 
-#[actix_web::test]
 async fn fallback_by_hour_window_uses_the_policy_timezone_across_midnight() {
     let mock = MockVidu::start().await;
     let app = app(
@@ -529,7 +515,6 @@ async fn fallback_by_hour_window_uses_the_policy_timezone_across_midnight() {
     assert_eq!(res.headers().get("retry-after").unwrap(), "72000");
 }
 
-#[actix_web::test]
 async fn daily_budgets_roll_over_at_local_midnight_and_monthly_ones_at_the_month() {
     let mock = MockVidu::start().await;
     let app = app(
@@ -551,7 +536,6 @@ async fn daily_budgets_roll_over_at_local_midnight_and_monthly_ones_at_the_month
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
-#[actix_web::test]
 async fn task_ownership_creator_teammate_other_team_and_admin() {
     let mock = MockVidu::start().await;
     mock.respond(|r| {
@@ -608,7 +592,6 @@ async fn task_ownership_creator_teammate_other_team_and_admin() {
     );
 }
 
-#[actix_web::test]
 async fn teammates_cannot_read_tasks_when_the_policy_says_so() {
     let mock = MockVidu::start().await;
     mock.respond(|_| Reply::json(200, created_task("777", 55)));
@@ -622,7 +605,6 @@ async fn teammates_cannot_read_tasks_when_the_policy_says_so() {
     );
 }
 
-#[actix_web::test]
 async fn usage_is_own_by_default_and_others_only_for_admins() {
     let mock = MockVidu::start().await;
     let app = app(&mock, "[policy.teams.mkt]\nteam_daily_credits = 1000\n").await;
@@ -655,7 +637,6 @@ async fn usage_is_own_by_default_and_others_only_for_admins() {
     assert!(usage.get("user").is_none());
 }
 
-#[actix_web::test]
 async fn access_rules_refuse_before_any_counter_moves() {
     let mock = MockVidu::start().await;
     let app = app(
@@ -694,7 +675,6 @@ async fn access_rules_refuse_before_any_counter_moves() {
     );
 }
 
-#[actix_web::test]
 async fn metrics_count_admissions_and_credits_by_team_without_user_ids() {
     let mock = MockVidu::start().await;
     let app = app(&mock, "[policy.defaults]\ndaily_credits = 60\n").await;
@@ -755,3 +735,26 @@ async fn metrics_show_the_ledger_writer_at_work() {
     );
     assert!(text.contains("vidu_gateway_ledger_wal_pages"), "{text}");
 }
+
+crate::on_both_backends!(
+    the_request_past_the_burst_is_refused_with_retry_after_and_other_users_are_unaffected,
+    a_rate_refusal_says_whether_the_burst_or_the_per_minute_rate_is_used_up,
+    a_team_limit_is_shared_by_its_members_and_a_team_refusal_costs_no_user_token,
+    fifty_concurrent_requests_against_a_budget_that_fits_seven_admit_exactly_seven,
+    a_request_refused_by_the_budget_takes_no_rate_token,
+    reservations_settle_to_the_credits_vidu_reports,
+    vidu_refusals_release_the_reservation,
+    a_vidu_timeout_frees_the_slot_and_keeps_the_reservation_as_unknown,
+    a_caller_hanging_up_mid_request_frees_the_slot_and_the_task_is_still_recorded,
+    admission_headers_describe_the_tightest_limits,
+    force_sets_off_peak_changing_only_that_field,
+    forbid_refuses_off_peak_requests,
+    fallback_goes_off_peak_when_the_immediate_budget_is_used_up,
+    fallback_by_hour_window_uses_the_policy_timezone_across_midnight,
+    daily_budgets_roll_over_at_local_midnight_and_monthly_ones_at_the_month,
+    task_ownership_creator_teammate_other_team_and_admin,
+    teammates_cannot_read_tasks_when_the_policy_says_so,
+    usage_is_own_by_default_and_others_only_for_admins,
+    access_rules_refuse_before_any_counter_moves,
+    metrics_count_admissions_and_credits_by_team_without_user_ids,
+);

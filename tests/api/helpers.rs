@@ -15,10 +15,11 @@ use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
 use vidu_gateway::clock::{ManualClock, SharedClock};
 use vidu_gateway::config::{
-    AuthSettings, ConfigError, LoadedConfig, Origin, ServerSettings, Settings, StateSettings,
-    TelemetrySettings, UpstreamSettings, load_from_str,
+    AuthSettings, ConfigError, LoadedConfig, Origin, Secret, ServerSettings, Settings,
+    StateBackend, StateSettings, TelemetrySettings, UpstreamSettings, load_from_str,
 };
 use vidu_gateway::startup::{Application, Options};
+use vidu_gateway::state::redis::server::RedisServer;
 
 pub const VIDU_KEY: &str = "vidu-test-enterprise-key-0123456789";
 pub const HS_SECRET: &str = "test-hs256-secret-that-is-long-enough-0123456789";
@@ -162,6 +163,58 @@ pub struct TestConfig {
     overlay: toml::Table,
     /// Holds the ledger; removed when the last clone (and the last gateway started from one) is gone.
     _dir: Arc<tempfile::TempDir>,
+    /// The test's own `redis-server`, when it runs on the Redis backend (see [`on_redis`]).
+    _redis: Option<Arc<RedisServer>>,
+}
+
+thread_local! {
+    /// The `redis-server` of the test running on this thread, when it runs on the Redis backend.
+    static REDIS: std::cell::RefCell<Option<Arc<RedisServer>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs a test on the Redis backend: every `TestConfig` it builds points at one `redis-server` of its own, started
+/// here and stopped when the test ends. Without `redis-server` the test fails with the install command (unless
+/// `VIDU_GW_SKIP_REDIS_TESTS=1`).
+pub async fn on_redis(test: impl std::future::Future<Output = ()>) {
+    if vidu_gateway::state::redis::server::skipped() {
+        return;
+    }
+    let server = Arc::new(RedisServer::start());
+    REDIS.with(|r| *r.borrow_mut() = Some(server.clone()));
+    test.await;
+    REDIS.with(|r| r.borrow_mut().take());
+    // Proof that the gateway ran on Redis: what it admitted or refused is there.
+    let mut conn = redis::Client::open(server.url())
+        .and_then(|c| c.get_connection())
+        .unwrap();
+    let keys: i64 = redis::cmd("DBSIZE").query(&mut conn).unwrap();
+    assert!(
+        keys > 0,
+        "the test ran on the Redis backend but left nothing in Redis"
+    );
+}
+
+/// Each test twice, once per state backend: `memory::<name>` and `redis::<name>` (the same body, parameterised).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[actix_web::test]
+                async fn $name() {
+                    super::$name().await
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[actix_web::test]
+                async fn $name() {
+                    $crate::helpers::on_redis(super::$name()).await
+                }
+            )*
+        }
+    };
 }
 
 impl TestConfig {
@@ -192,10 +245,18 @@ log_level = "warn"
         // The file's settings before loading: no seed catalog filled in, no validation yet (`load` does both).
         let mut settings: Settings = toml::from_str(&base).unwrap();
         settings.state.ledger_path = dir.path().join("ledger.sqlite3");
+        let redis = REDIS.with(|r| r.borrow().clone());
+        if let Some(server) = &redis {
+            settings.state.backend = StateBackend::Redis;
+            settings.state.redis_url = Secret::new(server.url());
+            // Generous: a loaded test machine stalls a round trip now and then; the fault tests set their own.
+            settings.state.redis_timeout_ms = 2000;
+        }
         Self {
             settings,
             overlay: toml::Table::new(),
             _dir: dir,
+            _redis: redis,
         }
     }
 
@@ -305,7 +366,14 @@ impl TestApp {
         let loaded = config.load().unwrap_or_else(|e| panic!("{e}"));
         let clock = ManualClock::new(jiff::Timestamp::now());
         let shared: SharedClock = clock.clone();
-        let app = Application::build_with(loaded, Options { clock: shared }).unwrap();
+        let app = Application::build_with(
+            loaded,
+            Options {
+                clock: shared,
+                state_reads_clock: true,
+            },
+        )
+        .unwrap();
         let port = app.port();
         let metrics_port = app.metrics_port();
         let handle = app.handle();

@@ -25,7 +25,6 @@ use super::*;
 use crate::clock::SharedClock;
 use crate::config::StateSettings;
 
-#[cfg(test)]
 pub mod server;
 
 const ADMIT: &str = include_str!("admit.lua");
@@ -165,8 +164,8 @@ impl RedisStore {
         })
     }
 
-    /// Scripts read `clock` instead of Redis's `TIME` (tests on a manual clock).
-    #[cfg(test)]
+    /// Scripts read `clock` instead of Redis's `TIME` (tests on a manual clock; never in production, where
+    /// replicas' clocks differ).
     pub fn with_clock(mut self, clock: SharedClock) -> Self {
         self.clock = Some(clock);
         self

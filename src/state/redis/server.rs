@@ -1,4 +1,4 @@
-//! A real `redis-server` for tests: started on a free loopback port with nothing persisted, stopped by PID when
+//! A real `redis-server` for tests (the crate's own and the black-box ones in `tests/`): started on a free loopback port with nothing persisted, stopped by PID when
 //! dropped. Without `redis-server` on PATH the test fails with the command that installs it, unless
 //! `VIDU_GW_SKIP_REDIS_TESTS=1` is set (local runs only; CI installs it and never skips).
 
