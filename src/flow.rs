@@ -107,18 +107,20 @@ pub async fn admit(
         }
         Err(r) => {
             let p = crate::policy::periods::periods(ctx.now, ctx.settings.policy.timezone.tz());
-            let recorded = ctx
-                .store
-                .record_rejection(RejectionRecord {
-                    user: identity.user.clone(),
-                    team: identity.team.clone().unwrap_or_default(),
-                    day: p.day,
-                    reason: r.reason().to_owned(),
-                })
-                .await;
-            if let Err(e) = recorded {
-                tracing::error!(error = %e, "the state backend could not record a rejection");
-            }
+            let rejection = RejectionRecord {
+                user: identity.user.clone(),
+                team: identity.team.clone().unwrap_or_default(),
+                day: p.day,
+                reason: r.reason().to_owned(),
+            };
+            // A record, not a decision: the refusal is answered without waiting for it (a state backend that
+            // is slow or down must not hold the answer a second time).
+            let store = ctx.store.clone();
+            actix_web::rt::spawn(async move {
+                if let Err(e) = store.record_rejection(rejection).await {
+                    tracing::error!(error = %e, "the state backend could not record a rejection");
+                }
+            });
         }
     }
     result

@@ -81,6 +81,8 @@ pub struct Metrics {
     pub jwks_keys: Gauge,
     pub ready: Gauge,
     pub admissions: Family<AdmissionLabels, Counter>,
+    /// Creates admitted without the state backend (`state.on_unavailable = "fail_open"`).
+    pub admissions_unaccounted: Counter,
     pub credits: Family<CreditLabels, Counter>,
     pub in_flight: Family<TeamLabels, Gauge>,
     pub budget_remaining: Family<TeamLabels, Gauge>,
@@ -158,6 +160,12 @@ impl Metrics {
         );
         let jwks_keys: Gauge = register(&mut registry, "jwks_keys", "Keys in the JWKS in force");
         let ready: Gauge = register(&mut registry, "ready", "1 when /readyz answers 200");
+        let admissions_unaccounted: Counter = register(
+            &mut registry,
+            "admissions_unaccounted",
+            "Creates admitted while the state backend could not decide (state.on_unavailable = fail_open): no limit \
+             was checked and nothing was counted",
+        );
         let admissions: Family<AdmissionLabels, Counter> = register(
             &mut registry,
             "admissions",
@@ -222,6 +230,7 @@ impl Metrics {
             jwks_keys,
             ready,
             admissions,
+            admissions_unaccounted,
             credits,
             in_flight,
             budget_remaining,

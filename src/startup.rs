@@ -100,6 +100,8 @@ impl Application {
             actix_web::rt::spawn(jwks.clone().run());
         }
         let on_unavailable = live.clone();
+        let rule = move || on_unavailable.current().settings.state.on_unavailable;
+        let unaccounted = metrics.admissions_unaccounted.clone();
         let store: Arc<dyn Store> = match settings.state.backend {
             StateBackend::Memory => Arc::new(FailOpen::new(
                 MemoryStore::open(
@@ -107,20 +109,19 @@ impl Application {
                     options.clock.clone(),
                     metrics.ledger.clone(),
                 )?,
-                move || on_unavailable.current().settings.state.on_unavailable,
+                rule,
+                unaccounted,
             )),
-            StateBackend::Redis => Arc::new(FailOpen::new(
-                {
-                    let store =
-                        RedisStore::open(&settings.state, settings.upstream.request_timeout_ms)?;
-                    if options.state_reads_clock {
-                        store.with_clock(options.clock.clone())
-                    } else {
-                        store
-                    }
-                },
-                move || on_unavailable.current().settings.state.on_unavailable,
-            )),
+            StateBackend::Redis => {
+                let store =
+                    RedisStore::open(&settings.state, settings.upstream.request_timeout_ms)?;
+                let store = if options.state_reads_clock {
+                    store.with_clock(options.clock.clone())
+                } else {
+                    store
+                };
+                Arc::new(FailOpen::new(store, rule, unaccounted))
+            }
         };
         let state = web::Data::new(AppState {
             config: live,

@@ -4,6 +4,7 @@
 //! quote's dry run never fails open: it reports what the store can say. Everything else passes through.
 
 use futures_util::future::{FutureExt, ready};
+use prometheus_client::metrics::counter::Counter;
 
 use super::*;
 use crate::config::OnUnavailable;
@@ -12,14 +13,26 @@ pub struct FailOpen<S> {
     inner: S,
     /// The rule in force now (it may change on reload).
     rule: Box<dyn Fn() -> OnUnavailable + Send + Sync>,
+    /// Requests admitted without the backend (`admissions_unaccounted_total`).
+    unaccounted: Counter,
 }
 
 impl<S> FailOpen<S> {
-    pub fn new(inner: S, rule: impl Fn() -> OnUnavailable + Send + Sync + 'static) -> Self {
+    pub fn new(
+        inner: S,
+        rule: impl Fn() -> OnUnavailable + Send + Sync + 'static,
+        unaccounted: Counter,
+    ) -> Self {
         Self {
             inner,
             rule: Box::new(rule),
+            unaccounted,
         }
+    }
+
+    /// The rule in force now.
+    pub fn rule(&self) -> OnUnavailable {
+        (self.rule)()
     }
 }
 
@@ -54,6 +67,7 @@ impl<S: Admissions + Sync> Admissions for FailOpen<S> {
             match self.inner.admit(request, mode).await {
                 Err(e) if mode == Mode::Take && (self.rule)() == OnUnavailable::FailOpen => {
                     tracing::error!(error = %e, "state backend unavailable: admitting without limits (fail_open)");
+                    self.unaccounted.inc();
                     Ok(unaccounted(request))
                 }
                 decided => decided,

@@ -179,7 +179,7 @@ pub async fn on_redis(test: impl std::future::Future<Output = ()>) {
     if vidu_gateway::state::redis::server::skipped() {
         return;
     }
-    let server = Arc::new(RedisServer::start());
+    let server = Arc::new(RedisServer::start().unwrap_or_else(|e| panic!("{e}")));
     REDIS.with(|r| *r.borrow_mut() = Some(server.clone()));
     test.await;
     REDIS.with(|r| r.borrow_mut().take());
@@ -192,6 +192,28 @@ pub async fn on_redis(test: impl std::future::Future<Output = ()>) {
         keys > 0,
         "the test ran on the Redis backend but left nothing in Redis"
     );
+}
+
+/// The `redis-server` of the test running on this thread (inside [`on_redis`]).
+pub fn current_redis() -> Arc<RedisServer> {
+    REDIS
+        .with(|r| r.borrow().clone())
+        .expect("current_redis() is called inside on_redis")
+}
+
+/// Tests that need state shared between processes (several replicas): on the Redis backend only.
+#[macro_export]
+macro_rules! on_redis_backend {
+    ($($name:ident),* $(,)?) => {
+        mod redis {
+            $(
+                #[actix_web::test]
+                async fn $name() {
+                    $crate::helpers::on_redis(super::$name()).await
+                }
+            )*
+        }
+    };
 }
 
 /// Each test twice, once per state backend: `memory::<name>` and `redis::<name>` (the same body, parameterised).

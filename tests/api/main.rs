@@ -14,6 +14,7 @@ mod ledger_reads;
 mod live;
 mod logs;
 mod proxy;
+mod replicas;
 mod sandbox;
 mod state;
 mod upstream_faults;

@@ -5,9 +5,11 @@ use std::sync::Arc;
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 
+use crate::config::{OnUnavailable, StateBackend};
 use crate::http::app_state::AppState;
 use crate::http::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::state::StoreError;
 
 /// The process is alive and answering.
 pub async fn healthz() -> HttpResponse {
@@ -24,18 +26,40 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, GatewayE
             retry_after_secs: 1,
         });
     }
-    if let Err(why) = state.store.health().await {
-        state.metrics.ready.set(0);
-        return Err(GatewayError::ServiceUnavailable {
-            message: format!("the state backend is unavailable: {why}"),
-            retry_after_secs: 5,
-        });
-    }
-    state.metrics.ready.set(1);
+    let st = &config.settings.state;
+    let (status, reachable) = match state.store.health().await {
+        Ok(()) => ("ready", true),
+        // A backend that cannot be reached under `fail_open`: the replica keeps serving on purpose, without
+        // limits; it says so instead of leaving the load balancer's rotation.
+        Err(StoreError::Unreachable(_) | StoreError::Timeout { .. })
+            if st.on_unavailable == OnUnavailable::FailOpen =>
+        {
+            ("degraded", false)
+        }
+        Err(why) => {
+            state.metrics.ready.set(0);
+            return Err(GatewayError::ServiceUnavailable {
+                message: format!(
+                    "the state backend ({}) is unavailable: {why}",
+                    match st.backend {
+                        StateBackend::Memory => "memory",
+                        StateBackend::Redis => "redis",
+                    }
+                ),
+                retry_after_secs: 5,
+            });
+        }
+    };
+    state.metrics.ready.set(i64::from(reachable));
     Ok(HttpResponse::Ok().json(json!({
-        "status": "ready",
+        "status": status,
         "config_version": config.version,
         "upstream": config.settings.upstream.mode,
+        "state": {
+            "backend": st.backend,
+            "reachable": reachable,
+            "on_unavailable": st.on_unavailable,
+        },
     })))
 }
 

@@ -637,7 +637,7 @@ mod tests {
         }
 
         fn open(&self, clock: SharedClock) -> LocalBoxFuture<'_, Opened> {
-            let server = RedisServer::start();
+            let server = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
             let settings = StateSettings {
                 redis_url: crate::config::Secret::new(server.url()),
                 redis_timeout_ms: 2000,

@@ -21,35 +21,57 @@ pub fn skipped() -> bool {
 }
 
 impl RedisServer {
-    pub fn start() -> Self {
+    /// Starts a server and waits until it listens. The error says how to install `redis-server` when it is
+    /// missing.
+    pub fn start() -> Result<Self, String> {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
-            .expect("a free loopback port");
+            .map_err(|e| format!("no free loopback port: {e}"))?;
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
+            .map_err(|e| {
+                format!(
                     "cannot start redis-server ({e}): install it (Debian: `apt-get install redis-server`) or set \
                      VIDU_GW_SKIP_REDIS_TESTS=1 to skip the Redis tests"
                 )
-            });
+            })?;
         let server = Self {
             child: Some(child),
             port,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not listen on port {port} within 10 s"
-            );
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "redis-server did not listen on port {port} within 10 s"
+                ));
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
-        server
+        Ok(server)
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open and nothing answers — a Redis that hangs.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(child.id().to_string())
+                .status();
+        }
     }
 
     pub fn url(&self) -> String {
@@ -59,6 +81,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        self.resume();
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
