@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod policy;
 pub mod read;
 pub mod reload;
+pub mod replicas;
 pub mod settle;
 pub mod startup;
 pub mod state;

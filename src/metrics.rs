@@ -83,6 +83,12 @@ pub struct Metrics {
     pub admissions: Family<AdmissionLabels, Counter>,
     /// Creates admitted without the state backend (`state.on_unavailable = "fail_open"`).
     pub admissions_unaccounted: Counter,
+    /// 1 while the live replicas (by heartbeat) run different configurations.
+    pub config_replicas_disagree: Gauge,
+    /// Replicas heard from within the last 30 s (this one included).
+    pub replicas: Gauge,
+    /// Times the state backend was found without the state it held (a Redis that came back empty).
+    pub state_data_lost: Counter,
     pub credits: Family<CreditLabels, Counter>,
     pub in_flight: Family<TeamLabels, Gauge>,
     pub budget_remaining: Family<TeamLabels, Gauge>,
@@ -166,6 +172,21 @@ impl Metrics {
             "Creates admitted while the state backend could not decide (state.on_unavailable = fail_open): no limit \
              was checked and nothing was counted",
         );
+        let config_replicas_disagree: Gauge = register(
+            &mut registry,
+            "config_replicas_disagree",
+            "1 while the replicas sharing the state backend run different configurations (their config versions differ)",
+        );
+        let replicas: Gauge = register(
+            &mut registry,
+            "replicas",
+            "Replicas sharing the state backend that published a heartbeat within the last 30 s",
+        );
+        let state_data_lost: Counter = register(
+            &mut registry,
+            "state_data_lost",
+            "Times the state backend was found without the state it held (a Redis restarted without persistence)",
+        );
         let admissions: Family<AdmissionLabels, Counter> = register(
             &mut registry,
             "admissions",
@@ -231,6 +252,9 @@ impl Metrics {
             ready,
             admissions,
             admissions_unaccounted,
+            config_replicas_disagree,
+            replicas,
+            state_data_lost,
             credits,
             in_flight,
             budget_remaining,

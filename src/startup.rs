@@ -22,6 +22,7 @@ use crate::http::request_context::request_context;
 use crate::http::routes;
 use crate::metrics::Metrics;
 use crate::read::{self, guard::BufferedBodies};
+use crate::replicas::ReplicaView;
 use crate::state::Store;
 use crate::state::fail_open::FailOpen;
 use crate::state::memory::MemoryStore;
@@ -39,6 +40,8 @@ pub struct Options {
     pub clock: SharedClock,
     /// The Redis backend's scripts read `clock` instead of Redis's `TIME` (tests on a manual clock only).
     pub state_reads_clock: bool,
+    /// How often this replica publishes its config version to the state backend.
+    pub heartbeat_every: Duration,
 }
 
 impl Default for Options {
@@ -46,6 +49,7 @@ impl Default for Options {
         Self {
             clock: Arc::new(SystemClock),
             state_reads_clock: false,
+            heartbeat_every: crate::replicas::HEARTBEAT_EVERY,
         }
     }
 }
@@ -130,7 +134,14 @@ impl Application {
             metrics: metrics.clone(),
             clock: options.clock,
             sandbox,
+            replicas: Arc::new(ReplicaView::new()),
         });
+        actix_web::rt::spawn(state.replicas.clone().run(
+            state.store.clone(),
+            state.config.clone(),
+            metrics.clone(),
+            options.heartbeat_every,
+        ));
 
         if let crate::config::Origin::File(path) = &state.config.current().origin {
             actix_web::rt::spawn(crate::reload::watch_file(state.clone(), path.clone()));

@@ -24,6 +24,8 @@ pub struct AppState {
     pub clock: SharedClock,
     pub sandbox: Option<Arc<Sandbox>>,
     pub store: Arc<dyn Store>,
+    /// This replica's id and its latest view of its peers (the heartbeat's).
+    pub replicas: Arc<crate::replicas::ReplicaView>,
 }
 
 impl AppState {

@@ -111,6 +111,10 @@ impl<S: Health> Health for FailOpen<S> {
         self.inner.health()
     }
 
+    fn heartbeat<'a>(&'a self, replica: &'a str, version: &'a str) -> Answer<'a, Replicas> {
+        self.inner.heartbeat(replica, version)
+    }
+
     fn flush(&self) -> Answer<'_, ()> {
         self.inner.flush()
     }

@@ -75,8 +75,31 @@ pub trait Health {
     /// Whether the backend answers (for `/readyz`).
     fn health(&self) -> Answer<'_, ()>;
 
+    /// Publishes this replica's config version and answers every live replica's (replicas that disagree are
+    /// reported, not reconciled), and whether the backend lost what it held since the last heartbeat.
+    fn heartbeat<'a>(&'a self, replica: &'a str, version: &'a str) -> Answer<'a, Replicas>;
+
     /// Makes everything recorded so far durable (called at shutdown).
     fn flush(&self) -> Answer<'_, ()>;
+}
+
+/// The replicas sharing a backend, as a heartbeat sees them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Replicas {
+    /// Config version per live replica (one process: itself).
+    pub versions: std::collections::BTreeMap<String, String>,
+    /// The backend came back without the state it held (a Redis restarted without persistence).
+    pub data_lost: bool,
+}
+
+impl Replicas {
+    /// Whether the live replicas run different configurations.
+    pub fn disagree(&self) -> bool {
+        let mut versions = self.versions.values();
+        versions
+            .next()
+            .is_some_and(|first| versions.any(|v| v != first))
+    }
 }
 
 /// A whole backend, shared by every worker.

@@ -393,6 +393,8 @@ impl TestApp {
             Options {
                 clock: shared,
                 state_reads_clock: true,
+                // The first beat runs at start; tests beat on demand through `/readyz`.
+                heartbeat_every: Duration::from_secs(3600),
             },
         )
         .unwrap();

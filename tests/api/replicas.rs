@@ -2,6 +2,8 @@
 //! Vidu. Every limit holds across the replicas exactly as in one process, and any replica answers for a task
 //! another one created.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
@@ -202,11 +204,265 @@ async fn a_task_created_through_one_replica_is_read_and_cancelled_through_the_ot
     assert_eq!(send("POST", cancel, &alice, None).await.0, StatusCode::OK);
 }
 
+/// Replicas publish their config version; `/readyz` and `config_replicas_disagree` show when they differ.
+async fn replicas_that_run_different_configs_are_reported_by_readyz_and_a_metric() {
+    let mock = MockVidu::start().await;
+    let [a, b] = two_replicas(&mock, "[policy.defaults]\nrequests_per_minute = 60\n").await;
+    let ready = |bin: &Binary| send("GET", format!("{}/readyz", bin.url()), "", None);
+    ready(&a).await;
+    ready(&b).await;
+    let (status, _, view) = ready(&a).await;
+    assert_eq!(status, StatusCode::OK, "{view}");
+    assert_eq!(
+        view["replicas"]["versions"].as_object().unwrap().len(),
+        2,
+        "{view}"
+    );
+    assert_eq!(view["replicas"]["disagree"], false, "{view}");
+    assert_eq!(
+        view["replicas"]["versions"][view["replicas"]["id"].as_str().unwrap()],
+        view["config_version"]
+    );
+
+    // A third replica with another limit: every replica sees the disagreement.
+    let config = TestApp::builder(&mock).toml("[policy.defaults]\nrequests_per_minute = 61\n");
+    let c = Binary::start(&config, &[]).await;
+    ready(&c).await;
+    let (_, _, view) = ready(&a).await;
+    assert_eq!(
+        view["replicas"]["versions"].as_object().unwrap().len(),
+        3,
+        "{view}"
+    );
+    assert_eq!(view["replicas"]["disagree"], true, "{view}");
+    let (_, _, metrics) = send("GET", format!("{}/metrics", a.url()), "", None).await;
+    let text = metrics.as_str().unwrap_or_default();
+    assert!(
+        text.contains("vidu_gateway_config_replicas_disagree 1"),
+        "{text}"
+    );
+    assert!(text.contains("vidu_gateway_replicas 3"), "{text}");
+    assert!(
+        c.logs().contains("replicas run different configurations")
+            || a.logs().contains("replicas run different configurations")
+    );
+}
+
+/// A Redis that restarts without its data is noticed (the deployment's epoch key is gone) and logged at ERROR,
+/// with what was lost and what persistence to run.
+async fn a_redis_that_comes_back_empty_is_reported_at_error() {
+    let mock = MockVidu::start().await;
+    let [a, _b] = two_replicas(&mock, "").await;
+    let alice = token("alice", "mkt");
+    assert_eq!(create(&a, &alice).await.0, StatusCode::OK);
+    let (status, _, _) = send("GET", format!("{}/readyz", a.url()), "", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!a.logs().contains("came back without"), "{}", a.logs());
+
+    current_redis().restart().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while send("GET", format!("{}/readyz", a.url()), "", None).await.0 != StatusCode::OK {
+        assert!(
+            Instant::now() < deadline,
+            "no reconnect after the restart: {}",
+            a.logs()
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    let line = a
+        .wait_for_line(Duration::from_secs(5), |l| l.contains("came back without"))
+        .await
+        .unwrap_or_else(|| panic!("no ERROR about the lost state: {}", a.logs()));
+    let line: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["level"], "ERROR", "{line}");
+    assert!(
+        line["message"].as_str().unwrap().contains("appendonly yes"),
+        "{line}"
+    );
+    let (_, _, metrics) = send("GET", format!("{}/metrics", a.url()), "", None).await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap_or_default()
+            .contains("vidu_gateway_state_data_lost_total 1")
+    );
+    // Reported once, not on every heartbeat after.
+    send("GET", format!("{}/readyz", a.url()), "", None).await;
+    assert_eq!(
+        a.logs().matches("came back without").count(),
+        1,
+        "{}",
+        a.logs()
+    );
+    // A replica that never knew the old epoch has nothing to report... but still serves.
+    assert_eq!(create(&a, &alice).await.0, StatusCode::OK);
+}
+
+/// The mock creates a 55-credit task at once, or after `delay` while the returned switch is set.
+fn slow_while_set(mock: &MockVidu, delay: Duration) -> Arc<AtomicBool> {
+    let slow = Arc::new(AtomicBool::new(false));
+    let switch = slow.clone();
+    mock.respond(move |_| {
+        let reply = Reply::json(200, created_task("9", 55));
+        if switch.load(Ordering::SeqCst) {
+            reply.delayed(delay)
+        } else {
+            reply
+        }
+    });
+    slow
+}
+
+/// `kill -9` of a replica with requests in flight: the user's in-flight slots come back when their leases
+/// (`upstream.request_timeout_ms` + 10 s) run out, and the spend settled before the kill is kept.
+async fn a_killed_replicas_in_flight_slots_are_free_after_the_lease_and_its_spend_is_kept() {
+    let mock = MockVidu::start().await;
+    let slow = slow_while_set(&mock, Duration::from_secs(20));
+    let config = TestApp::builder(&mock)
+        .upstream(|u| u.request_timeout_ms = 2_000)
+        .toml("[policy.defaults]\nmax_in_flight = 2\n");
+    let mut a = Binary::start(&config, &[]).await;
+    let b = Binary::start(&config, &[]).await;
+    let alice = token("alice", "mkt");
+    assert_eq!(create(&a, &alice).await.0, StatusCode::OK);
+
+    slow.store(true, Ordering::SeqCst);
+    let url = a.url();
+    for _ in 0..2 {
+        let (url, alice) = (url.clone(), alice.clone());
+        // Cut off by the kill: no answer is expected.
+        actix_web::rt::spawn(async move {
+            let _ = awc::Client::new()
+                .post(format!("{url}/ent/v2/img2video"))
+                .insert_header(("authorization", format!("Bearer {alice}")))
+                .insert_header(("content-type", "application/json"))
+                .send_body(q2().to_string())
+                .await;
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mock.received().len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the slow creates did not reach the mock"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.signal("KILL");
+    a.wait(Duration::from_secs(5)).await;
+    let killed_at = Instant::now();
+    slow.store(false, Ordering::SeqCst);
+
+    let (status, _, body) = create(&b, &alice).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["reason"], "ConcurrencyLimited", "{body}");
+
+    // The lease: 2 s + 10 s after admission.
+    loop {
+        let (status, _, body) = create(&b, &alice).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(body["reason"], "ConcurrencyLimited", "{body}");
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(20),
+            "the slots stayed taken past their lease"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        killed_at.elapsed() > Duration::from_secs(9),
+        "the slots came back before their lease ran out"
+    );
+
+    let (status, _, usage) = send(
+        "GET",
+        format!("{}/gateway/v1/usage?user=alice", b.url()),
+        &admin(),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{usage}");
+    // Settled: the create before the kill and the one after; the two cut off stay reserved (charged
+    // conservatively until someone reconciles them).
+    assert_eq!(usage["user"]["totals"]["credits_settled"], 110, "{usage}");
+    assert_eq!(usage["user"]["totals"]["credits_reserved"], 110, "{usage}");
+}
+
+/// The admission is one Redis round trip (one script over every bucket) before the request is forwarded; the
+/// settlement is one more after Vidu answers; nothing else touches Redis for a create.
+async fn an_admitted_create_costs_one_redis_round_trip_to_admit_and_one_to_settle() {
+    let mock = MockVidu::start().await;
+    let hold = slow_while_set(&mock, Duration::from_millis(1500));
+    // Every kind of bucket at once: rates, budgets and in-flight caps for the user, the team and everyone.
+    let app = TestApp::spawn(TestApp::builder(&mock).toml(
+        "[policy.defaults]\nrequests_per_minute = 600\ndaily_credits = 100000\nmonthly_credits = 1000000\n\
+         max_in_flight = 5\n[policy.teams.mkt]\nteam_requests_per_minute = 600\nteam_daily_credits = 100000\nteam_max_in_flight = 5\n\
+         [policy.global]\nrequests_per_minute = 600\ndaily_credits = 100000\nmax_in_flight = 50\n",
+    ))
+    .await;
+    let alice = app.token("alice", "mkt");
+    // Loads the scripts (the first EVALSHA of each is answered NOSCRIPT, then loaded).
+    assert_eq!(app.create(&alice, &q2()).await.0, StatusCode::OK);
+    actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+
+    let monitor = current_redis().monitor().unwrap();
+    hold.store(true, Ordering::SeqCst);
+    let url = app.url.clone();
+    let token = alice.clone();
+    let held = actix_web::rt::spawn(async move {
+        send(
+            "POST",
+            format!("{url}/ent/v2/img2video"),
+            &token,
+            Some(&q2()),
+        )
+        .await
+        .0
+    });
+    until(|| mock.received().len() == 2).await;
+    let trips = monitor.round_trips();
+    assert_eq!(
+        trips.len(),
+        1,
+        "round trips before the create was forwarded: {trips:#?}"
+    );
+    assert!(
+        trips[0].to_lowercase().starts_with("\"evalsha\""),
+        "{trips:#?}"
+    );
+    assert_eq!(held.await.unwrap(), StatusCode::OK);
+    let trips = monitor.round_trips();
+    assert_eq!(
+        trips.len(),
+        2,
+        "round trips for one whole create: {trips:#?}"
+    );
+
+    hold.store(false, Ordering::SeqCst);
+    monitor.clear();
+    for _ in 0..10 {
+        assert_eq!(app.create(&alice, &q2()).await.0, StatusCode::OK);
+    }
+    let trips = monitor.round_trips();
+    assert_eq!(trips.len(), 20, "round trips for 10 creates: {trips:#?}");
+    assert!(
+        trips
+            .iter()
+            .all(|t| t.to_lowercase().starts_with("\"evalsha\"")),
+        "{trips:#?}"
+    );
+}
+
 crate::on_redis_backend!(
     sixty_creates_across_two_replicas_admit_exactly_what_the_team_budget_fits,
     a_users_in_flight_cap_holds_whichever_replica_a_request_reaches,
     a_users_rate_limit_holds_across_replicas_to_the_request,
     a_task_created_through_one_replica_is_read_and_cancelled_through_the_other_by_its_owner_only,
+    replicas_that_run_different_configs_are_reported_by_readyz_and_a_metric,
+    a_redis_that_comes_back_empty_is_reported_at_error,
+    a_killed_replicas_in_flight_slots_are_free_after_the_lease_and_its_spend_is_kept,
+    an_admitted_create_costs_one_redis_round_trip_to_admit_and_one_to_settle,
 );
 
 /// A Redis that hangs: `fail_closed` answers 503 with `Retry-After` within `state.redis_timeout_ms` (plus the

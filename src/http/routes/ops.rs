@@ -51,6 +51,14 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, GatewayE
         }
     };
     state.metrics.ready.set(i64::from(reachable));
+    if reachable {
+        // A fresh view for whoever asks (the loop beats every few seconds regardless).
+        state
+            .replicas
+            .beat(state.store.as_ref(), &state.config, &state.metrics)
+            .await;
+    }
+    let peers = state.replicas.latest();
     Ok(HttpResponse::Ok().json(json!({
         "status": status,
         "config_version": config.version,
@@ -59,6 +67,12 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, GatewayE
             "backend": st.backend,
             "reachable": reachable,
             "on_unavailable": st.on_unavailable,
+        },
+        // The replicas sharing the backend, as the last heartbeat saw them: replica id → config version.
+        "replicas": {
+            "id": state.replicas.id(),
+            "versions": peers.as_ref().map(|p| &p.versions),
+            "disagree": peers.as_ref().is_some_and(|p| p.disagree()),
         },
     })))
 }

@@ -30,6 +30,10 @@ pub mod server;
 const ADMIT: &str = include_str!("admit.lua");
 const FINISH: &str = include_str!("finish.lua");
 const USAGE: &str = include_str!("usage.lua");
+const HEARTBEAT: &str = include_str!("heartbeat.lua");
+
+/// A replica not heard of for this long is no longer counted among the live ones.
+const REPLICA_STALE_MS: u64 = 30_000;
 
 /// How long a day's budget counter outlives its day (and a month's its month): long enough for every settlement
 /// of the period to arrive, short enough that Redis does not keep every period forever.
@@ -48,6 +52,9 @@ pub struct RedisStore {
     admit: Script,
     finish: Script,
     usage: Script,
+    heartbeat: Script,
+    /// The deployment's epoch as this replica last saw it (`None` before the first heartbeat).
+    epoch: std::sync::Mutex<Option<String>>,
 }
 
 /// Key names of one deployment.
@@ -122,6 +129,14 @@ impl Keys {
         format!("{}:m:", self.tag)
     }
 
+    fn epoch(&self) -> String {
+        format!("{}:epoch", self.tag)
+    }
+
+    fn config_versions(&self) -> String {
+        format!("{}:config_versions", self.tag)
+    }
+
     fn usage_prefix(&self) -> String {
         format!("{}:u:", self.tag)
     }
@@ -161,6 +176,8 @@ impl RedisStore {
             admit: Script::new(ADMIT),
             finish: Script::new(FINISH),
             usage: Script::new(USAGE),
+            heartbeat: Script::new(HEARTBEAT),
+            epoch: std::sync::Mutex::new(None),
         })
     }
 
@@ -177,6 +194,12 @@ impl RedisStore {
         what: &'static str,
         f: impl AsyncFnOnce(&mut ConnectionManager) -> ::redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
+        // A grant dropped while the runtime shuts down has nothing to run its timer on.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(StoreError::Unreachable(format!(
+                "redis ({what}): the runtime is shutting down"
+            )));
+        }
         let mut conn = self.conn.clone();
         match tokio::time::timeout(self.timeout, f(&mut conn)).await {
             Err(_) => Err(StoreError::Timeout {
@@ -608,6 +631,60 @@ impl Health for RedisStore {
                 ::redis::cmd("PING").query_async::<()>(c).await
             })
             .await
+        }
+        .boxed()
+    }
+
+    fn heartbeat<'a>(&'a self, replica: &'a str, version: &'a str) -> Answer<'a, Replicas> {
+        async move {
+            #[derive(Deserialize)]
+            struct Beat {
+                epoch: String,
+                lost: bool,
+                versions: Value,
+            }
+            let known = self
+                .epoch
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_default();
+            let now_ms = self
+                .clock
+                .as_ref()
+                .map(|c| c.now().as_millisecond().to_string())
+                .unwrap_or_default();
+            let text: String = self
+                .call("heartbeat", async |c| {
+                    self.heartbeat
+                        .arg(self.keys.epoch())
+                        .arg(self.keys.config_versions())
+                        .arg(replica)
+                        .arg(version)
+                        .arg(&known)
+                        .arg(uuid::Uuid::new_v4().simple().to_string())
+                        .arg(REPLICA_STALE_MS)
+                        .arg(&now_ms)
+                        .invoke_async(c)
+                        .await
+                })
+                .await?;
+            let beat: Beat = serde_json::from_str(&text).map_err(|_| bad_answer("heartbeat"))?;
+            *self.epoch.lock().unwrap_or_else(|p| p.into_inner()) = Some(beat.epoch);
+            // An empty Lua table encodes as `{}` either way; anything but strings is not a version.
+            let versions = beat
+                .versions
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok(Replicas {
+                versions,
+                data_lost: beat.lost,
+            })
         }
         .boxed()
     }

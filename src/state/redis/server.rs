@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct RedisServer {
-    child: Option<Child>,
+    child: std::sync::Mutex<Option<Child>>,
     port: u16,
 }
 
@@ -28,6 +28,16 @@ impl RedisServer {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .map_err(|e| format!("no free loopback port: {e}"))?;
+        let server = Self {
+            child: std::sync::Mutex::new(None),
+            port,
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn spawn(&self) -> Result<(), String> {
+        let port = self.port;
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
@@ -39,10 +49,7 @@ impl RedisServer {
                      VIDU_GW_SKIP_REDIS_TESTS=1 to skip the Redis tests"
                 )
             })?;
-        let server = Self {
-            child: Some(child),
-            port,
-        };
+        *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() > deadline {
@@ -52,7 +59,34 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        Ok(server)
+        Ok(())
+    }
+
+    /// Kills the server (its data is gone: nothing is persisted).
+    pub fn stop(&self) {
+        self.resume();
+        let child = self.child.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut child) = child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a stopped server again on the same port, empty.
+    pub fn restart(&self) -> Result<(), String> {
+        self.stop();
+        self.spawn()
+    }
+
+    /// Runs one command on its own connection (`INFO commandstats`, `FLUSHALL`, `DBSIZE`).
+    pub fn query<T: ::redis::FromRedisValue>(&self, args: &[&str]) -> Result<T, String> {
+        let client = ::redis::Client::open(self.url()).map_err(|e| e.to_string())?;
+        let mut conn = client.get_connection().map_err(|e| e.to_string())?;
+        let mut cmd = ::redis::cmd(args.first().copied().unwrap_or("PING"));
+        for a in args.iter().skip(1) {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut conn).map_err(|e| e.to_string())
     }
 
     /// Freezes the server (SIGSTOP): connections stay open and nothing answers — a Redis that hangs.
@@ -66,12 +100,41 @@ impl RedisServer {
     }
 
     fn signal(&self, sig: &str) {
-        if let Some(child) = &self.child {
+        if let Some(child) = self
+            .child
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
             let _ = Command::new("kill")
                 .arg(format!("-{sig}"))
                 .arg(child.id().to_string())
                 .status();
         }
+    }
+
+    /// Watches every command clients send (`MONITOR`), from now on.
+    pub fn monitor(&self) -> Result<Monitor, String> {
+        use std::io::{BufRead, BufReader, Write};
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| e.to_string())?;
+        stream
+            .write_all(b"MONITOR\r\n")
+            .map_err(|e| e.to_string())?;
+        let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+        let mut ok = String::new();
+        reader.read_line(&mut ok).map_err(|e| e.to_string())?;
+        if !ok.starts_with("+OK") {
+            return Err(format!("MONITOR answered {ok:?}"));
+        }
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = lines.clone();
+        std::thread::spawn(move || {
+            for line in reader.lines().map_while(Result::ok) {
+                seen.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+            }
+        });
+        Ok(Monitor { lines, stream })
     }
 
     pub fn url(&self) -> String {
@@ -81,10 +144,39 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        self.resume();
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.stop();
+    }
+}
+
+/// The commands clients sent since [`RedisServer::monitor`] started; commands a script ran are not round trips
+/// and are left out.
+pub struct Monitor {
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stream: std::net::TcpStream,
+}
+
+impl Monitor {
+    /// Each round trip a client made, as `command arg1 …` (waits briefly for the feed to catch up).
+    pub fn round_trips(&self) -> Vec<String> {
+        std::thread::sleep(Duration::from_millis(100));
+        self.lines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|l| !l.contains(" lua] ") && !l.contains("[0 lua]"))
+            .filter_map(|l| l.split_once("] ").map(|(_, cmd)| cmd.to_owned()))
+            .collect()
+    }
+
+    /// Forgets what was seen so far.
+    pub fn clear(&self) {
+        std::thread::sleep(Duration::from_millis(100));
+        self.lines.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 }
