@@ -1,11 +1,15 @@
 //! `deploy/` as far as it can run here: the `healthcheck` subcommand the Dockerfile uses,
 //! the Dockerfile's ports and health check against the container's effective config, and the systemd unit's
-//! paths and permissions against its own install steps under `DynamicUser=yes`.
+//! paths and permissions against its own install steps under `DynamicUser=yes`; `compose.yaml` (Redis, the
+//! gateway replicas, the load balancer) against the gateway's own reading of `compose-gateway.toml`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use yaml_rust2::{Yaml, YamlLoader};
 
 use crate::helpers::*;
 
@@ -459,4 +463,768 @@ fn production_toml_passes_check_config() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("is valid"), "{err}");
     assert!(!out.contains("deploy-test-key"));
+}
+
+// deploy/compose.yaml: Redis, the gateway replicas and the load balancer, read with a real YAML parser and checked
+// against what the gateway itself makes of deploy/compose-gateway.toml.
+
+/// A YAML node as JSON, merge keys (`<<: *anchor`, as Compose applies them) resolved: the merged mappings give
+/// the keys the mapping does not set itself (the first merged mapping wins among them).
+fn yaml_to_json(node: &Yaml) -> Value {
+    match node {
+        Yaml::Null => Value::Null,
+        Yaml::Boolean(b) => Value::Bool(*b),
+        Yaml::Integer(i) => Value::from(*i),
+        Yaml::Real(r) => Value::from(r.parse::<f64>().unwrap()),
+        Yaml::String(s) => Value::String(s.clone()),
+        Yaml::Array(items) => Value::Array(items.iter().map(yaml_to_json).collect()),
+        Yaml::Hash(hash) => {
+            let (mut merged, mut own) = (Map::new(), Map::new());
+            for (k, v) in hash {
+                let key = match k {
+                    Yaml::String(s) => s.clone(),
+                    Yaml::Integer(i) => i.to_string(),
+                    Yaml::Boolean(b) => b.to_string(),
+                    other => panic!("unsupported mapping key {other:?}"),
+                };
+                if key != "<<" {
+                    own.insert(key, yaml_to_json(v));
+                    continue;
+                }
+                let sources = match yaml_to_json(v) {
+                    Value::Array(maps) => maps,
+                    map => vec![map],
+                };
+                for source in sources {
+                    let Value::Object(source) = source else {
+                        panic!("`<<` merges a mapping: {source}");
+                    };
+                    for (mk, mv) in source {
+                        merged.entry(mk).or_insert(mv);
+                    }
+                }
+            }
+            merged.extend(own);
+            Value::Object(merged)
+        }
+        Yaml::Alias(_) | Yaml::BadValue => panic!("unresolved YAML node {node:?}"),
+    }
+}
+
+/// deploy/compose.yaml as Compose reads it.
+fn compose() -> Value {
+    let docs = YamlLoader::load_from_str(&deploy_file("compose.yaml"))
+        .unwrap_or_else(|e| panic!("deploy/compose.yaml is not valid YAML: {e}"));
+    assert_eq!(docs.len(), 1, "one YAML document");
+    yaml_to_json(&docs[0])
+}
+
+/// A path of the compose file (relative to deploy/, where Compose resolves it) on this machine.
+fn compose_path(relative: &str) -> std::path::PathBuf {
+    Path::new(ROOT).join("deploy").join(relative)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// A command, entrypoint or health check test: the exec form (a list) or a string split on whitespace.
+fn words(v: &Value) -> Option<Vec<String>> {
+    match v {
+        Value::Array(items) => Some(
+            items
+                .iter()
+                .map(|i| match i {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect(),
+        ),
+        Value::String(s) => Some(s.split_whitespace().map(str::to_owned).collect()),
+        _ => None,
+    }
+}
+
+fn text(v: &Value) -> &str {
+    v.as_str()
+        .unwrap_or_else(|| panic!("expected a string: {v}"))
+}
+
+/// `environment:` as a mapping or as a list of `KEY=VALUE`.
+fn environment(service: &Value) -> HashMap<String, String> {
+    match &service["environment"] {
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Null => String::new(),
+                    other => other.to_string(),
+                };
+                (k.clone(), v)
+            })
+            .collect(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| {
+                let (k, v) = text(i).split_once('=').unwrap_or((text(i), ""));
+                (k.to_owned(), v.to_owned())
+            })
+            .collect(),
+        _ => HashMap::new(),
+    }
+}
+
+/// `volumes:` of a service as (source, target): `src:dst[:mode]` or the long form.
+fn mounts(service: &Value) -> Vec<(String, String)> {
+    let Some(items) = service["volumes"].as_array() else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .map(|m| match m {
+            Value::String(s) => {
+                let parts: Vec<&str> = s.split(':').collect();
+                assert!(parts.len() >= 2, "a volume without a target: {s}");
+                (parts[0].to_owned(), parts[1].to_owned())
+            }
+            long => (
+                text(&long["source"]).to_owned(),
+                text(&long["target"]).to_owned(),
+            ),
+        })
+        .collect()
+}
+
+/// `secrets:` of a service as (secret name, path in the container): `/run/secrets/<name>` unless a target says
+/// otherwise.
+fn secret_mounts(service: &Value) -> Vec<(String, String)> {
+    let Some(items) = service["secrets"].as_array() else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .map(|s| match s {
+            Value::String(name) => (name.clone(), format!("/run/secrets/{name}")),
+            long => {
+                let name = text(&long["source"]).to_owned();
+                let target = long["target"].as_str().unwrap_or(&name).to_owned();
+                let target = if target.starts_with('/') {
+                    target
+                } else {
+                    format!("/run/secrets/{target}")
+                };
+                (name, target)
+            }
+        })
+        .collect()
+}
+
+/// A Compose duration (`40s`, `1m30s`, `500ms`) in milliseconds.
+fn compose_duration_ms(s: &str) -> u64 {
+    let (mut total, mut number, mut unit) = (0.0_f64, String::new(), String::new());
+    let mut flush = |number: &mut String, unit: &mut String| {
+        if number.is_empty() {
+            return;
+        }
+        let n: f64 = number.parse().unwrap();
+        let ms = match unit.as_str() {
+            "h" => 3_600_000.0,
+            "m" => 60_000.0,
+            "s" => 1_000.0,
+            "ms" => 1.0,
+            "us" => 0.001,
+            other => panic!("unknown duration unit {other:?} in {s}"),
+        };
+        total += n * ms;
+        number.clear();
+        unit.clear();
+    };
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() || c == '.' {
+            if !unit.is_empty() {
+                flush(&mut number, &mut unit);
+            }
+            number.push(c);
+        } else {
+            unit.push(c);
+        }
+    }
+    flush(&mut number, &mut unit);
+    total as u64
+}
+
+/// What the compose file runs: the Redis service, the gateway replicas (built from deploy/Dockerfile) and the
+/// load balancer, by service name.
+struct Topology {
+    doc: Value,
+    redis: String,
+    gateways: Vec<String>,
+    lb: String,
+}
+
+impl Topology {
+    fn read() -> Self {
+        let doc = compose();
+        let services = doc["services"].as_object().expect("a `services:` mapping");
+        let image = |s: &Value| s["image"].as_str().unwrap_or("").to_owned();
+        let pick = |f: &dyn Fn(&Value) -> bool| -> Vec<String> {
+            services
+                .iter()
+                .filter(|(_, s)| f(s))
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        let redis = pick(&|s| {
+            let i = image(s);
+            i.starts_with("redis") || i.contains("valkey")
+        });
+        let gateways = pick(&|s| {
+            let build = match &s["build"] {
+                Value::Null => return false,
+                Value::String(context) => &serde_json::json!({ "context": context }),
+                build => build,
+            };
+            let context = build["context"].as_str().unwrap_or(".");
+            let dockerfile = build["dockerfile"].as_str().unwrap_or("Dockerfile");
+            same_file(
+                &compose_path(context).join(dockerfile),
+                &compose_path("Dockerfile"),
+            )
+        });
+        let lb = pick(&|s| {
+            let i = image(s);
+            i.starts_with("nginx") || i.starts_with("haproxy")
+        });
+        assert_eq!(redis.len(), 1, "one Redis service: {redis:?}");
+        assert!(
+            gateways.len() >= 2,
+            "at least two gateway replicas built from deploy/Dockerfile: {gateways:?}"
+        );
+        assert_eq!(lb.len(), 1, "one load balancer (nginx or haproxy): {lb:?}");
+        Self {
+            redis: redis[0].clone(),
+            gateways,
+            lb: lb[0].clone(),
+            doc,
+        }
+    }
+
+    fn service(&self, name: &str) -> &Value {
+        &self.doc["services"][name]
+    }
+
+    /// The named volume a service mounts at `target`.
+    fn named_volume_at(&self, service: &str, target: &Path) -> Option<String> {
+        mounts(self.service(service))
+            .into_iter()
+            .find(|(source, t)| Path::new(t) == target && !source.starts_with(['.', '/', '~']))
+            .map(|(source, _)| source)
+            .inspect(|source| {
+                assert!(
+                    self.doc["volumes"].get(source).is_some(),
+                    "{service} mounts the volume {source}, which the top-level `volumes:` does not declare"
+                );
+            })
+    }
+}
+
+/// One gateway replica as Compose runs it: its arguments, the config file it is given (as mounted) and the
+/// settings the gateway's own loader makes of it, with the image's ENV, the service's environment and dummy
+/// files standing for the compose secrets at the paths the config names.
+struct Replica {
+    args: Vec<String>,
+    config_file: std::path::PathBuf,
+    settings: vidu_gateway::config::Settings,
+    /// `*_file` key (`state.redis_password_file`) → the compose secret that provides it.
+    secret_of_key: HashMap<String, String>,
+}
+
+fn replica(topology: &Topology, name: &str, dir: &tempfile::TempDir) -> Replica {
+    let service = topology.service(name);
+    let stage = final_stage();
+    let entrypoint = words(&service["entrypoint"])
+        .unwrap_or_else(|| exec_form(&stage.iter().rfind(|(k, _)| k == "ENTRYPOINT").unwrap().1));
+    let command = words(&service["command"])
+        .unwrap_or_else(|| exec_form(&stage.iter().rfind(|(k, _)| k == "CMD").unwrap().1));
+    let args: Vec<String> = entrypoint.into_iter().chain(command).collect();
+    assert_eq!(
+        args.get(1).map(String::as_str),
+        Some("serve"),
+        "{name}: {args:?}"
+    );
+    let config_path = flag(&args, "--config")
+        .unwrap_or_else(|| panic!("{name} runs `serve --config <file>`: {args:?}"));
+    let (source, _) = mounts(service)
+        .into_iter()
+        .find(|(_, target)| target == config_path)
+        .unwrap_or_else(|| {
+            panic!("{name}: nothing is mounted at {config_path}, the file it serves")
+        });
+    let config_file = compose_path(&source);
+    assert!(
+        same_file(&config_file, &compose_path("compose-gateway.toml")),
+        "{name} is given {source} at {config_path}, not deploy/compose-gateway.toml"
+    );
+
+    // The environment the process sees: the image's ENV, then the service's.
+    let mut env: HashMap<String, String> = stage
+        .iter()
+        .filter(|(k, _)| k == "ENV")
+        .filter_map(|(_, v)| v.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    env.extend(environment(service));
+    env.retain(|k, _| k.starts_with("VIDU_GW__"));
+    for secret in [
+        "UPSTREAM__API_KEY",
+        "AUTH__HS256_SECRET",
+        "STATE__REDIS_URL",
+    ] {
+        assert!(
+            !env.contains_key(&format!("VIDU_GW__{secret}")),
+            "{name}: VIDU_GW__{secret} inline in compose.yaml; give it as a *_file from a compose secret"
+        );
+    }
+
+    // Every `*_file` the process reads (from the file or its env) is a compose secret mounted at that path.
+    let raw: toml::Table = toml::from_str(&std::fs::read_to_string(&config_file).unwrap()).unwrap();
+    let mut files: HashMap<String, String> = HashMap::new(); // env var → path in the container
+    for (section, table) in &raw {
+        let Some(table) = table.as_table() else {
+            continue;
+        };
+        for (key, value) in table {
+            if let (true, Some(path)) = (key.ends_with("_file"), value.as_str()) {
+                let var = format!("VIDU_GW__{}__{}", section, key).to_ascii_uppercase();
+                files.insert(var, path.to_owned());
+            }
+        }
+        for inline in ["api_key", "hs256_secret"] {
+            assert!(
+                table
+                    .get(inline)
+                    .and_then(|v| v.as_str())
+                    .is_none_or(str::is_empty),
+                "{section}.{inline} is inline in compose-gateway.toml: use {inline}_file and a compose secret"
+            );
+        }
+    }
+    files.extend(
+        env.iter()
+            .filter(|(k, v)| k.ends_with("_FILE") && !v.is_empty())
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    let mounted = secret_mounts(service);
+    let declared = topology.doc["secrets"].as_object();
+    let mut secret_of_key = HashMap::new();
+    for (var, path) in &files {
+        let (secret, _) = mounted
+            .iter()
+            .find(|(_, target)| target == path)
+            .unwrap_or_else(|| {
+                panic!("{name}: {var} = {path} is not a compose secret mounted there")
+            });
+        let source = declared.and_then(|d| d.get(secret)).unwrap_or_else(|| {
+            panic!(
+                "{name} mounts the secret {secret}, which the top-level `secrets:` does not declare"
+            )
+        });
+        assert!(
+            source.get("file").is_some() || source.get("environment").is_some(),
+            "the secret {secret} names its file: {source}"
+        );
+        let stand_in = dir.path().join(format!("{name}-{secret}"));
+        let content = if var.ends_with("CA_FILE") {
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".to_owned()
+        } else {
+            format!("compose-test-{secret}\n")
+        };
+        std::fs::write(&stand_in, content).unwrap();
+        env.insert(var.clone(), stand_in.display().to_string());
+        let key = var
+            .trim_start_matches("VIDU_GW__")
+            .replacen("__", ".", 1)
+            .to_ascii_lowercase();
+        secret_of_key.insert(key, secret.clone());
+    }
+    let settings = vidu_gateway::config::load_with_env(Some(&config_file), env)
+        .unwrap_or_else(|e| {
+            panic!("{name}: deploy/compose-gateway.toml as compose runs it is invalid: {e}")
+        })
+        .settings;
+    Replica {
+        args,
+        config_file,
+        settings,
+        secret_of_key,
+    }
+}
+
+/// `--flag VALUE` in a service's command line (joined).
+fn command_flag(words: &[String], name: &str) -> Option<String> {
+    let joined = words.join(" ");
+    let tokens: Vec<&str> = joined.split_whitespace().collect();
+    tokens
+        .iter()
+        .position(|t| *t == name)
+        .and_then(|i| tokens.get(i + 1))
+        .map(|v| v.to_string())
+}
+
+#[test]
+fn the_compose_file_runs_redis_with_aof_behind_two_gateway_replicas_and_a_load_balancer() {
+    let t = Topology::read();
+    let redis = t.service(&t.redis);
+    let command = words(&redis["command"]).expect("redis has a command");
+    assert_eq!(
+        command_flag(&command, "--appendonly").as_deref(),
+        Some("yes"),
+        "{command:?}"
+    );
+    assert_eq!(
+        command_flag(&command, "--appendfsync").as_deref(),
+        Some("everysec"),
+        "{command:?}"
+    );
+    let data = t
+        .named_volume_at(&t.redis, Path::new("/data"))
+        .expect("Redis keeps /data (the AOF) on a named volume");
+    assert!(!data.is_empty());
+    assert!(
+        redis["healthcheck"]["test"].is_array(),
+        "redis has a health check"
+    );
+    // Start order: Redis healthy → every replica ready → the load balancer.
+    for gw in &t.gateways {
+        assert_eq!(
+            t.service(gw)["depends_on"][&t.redis]["condition"],
+            "service_healthy",
+            "{gw} waits for a healthy {}",
+            t.redis
+        );
+        assert_eq!(
+            t.service(&t.lb)["depends_on"][gw]["condition"],
+            "service_healthy",
+            "{} waits for a healthy {gw}",
+            t.lb
+        );
+        assert!(t.service(gw)["healthcheck"]["test"].is_array(), "{gw}");
+    }
+    for (name, service) in t.doc["services"].as_object().unwrap() {
+        let restart = service["restart"].as_str().unwrap_or("no");
+        assert!(
+            ["always", "unless-stopped", "on-failure"]
+                .iter()
+                .any(|r| restart.starts_with(r)),
+            "{name} has no restart policy ({restart})"
+        );
+    }
+}
+
+#[test]
+fn every_compose_replica_loads_compose_gateway_toml_on_the_redis_service_with_secrets_from_compose()
+{
+    let t = Topology::read();
+    let dir = tempfile::tempdir().unwrap();
+    let redis = t.service(&t.redis);
+    let redis_command = words(&redis["command"]).unwrap().join(" ");
+    let mut spool_volumes = Vec::new();
+    for gw in &t.gateways {
+        let r = replica(&t, gw, &dir);
+        let st = &r.settings.state;
+        assert_eq!(
+            st.backend,
+            vidu_gateway::config::StateBackend::Redis,
+            "{gw}"
+        );
+        let url = url::Url::parse(st.redis_url.expose()).unwrap();
+        assert_eq!(
+            url.host_str(),
+            Some(t.redis.as_str()),
+            "{gw}: state.redis_url"
+        );
+        let redis_port = command_flag(&words(&redis["command"]).unwrap(), "--port")
+            .map_or(6379, |p| p.parse().unwrap());
+        assert_eq!(
+            url.port().unwrap_or(6379),
+            redis_port,
+            "{gw}: state.redis_url"
+        );
+        assert!(
+            url.password().is_none(),
+            "{gw}: the Redis password comes from a secret file, not the URL"
+        );
+        assert!(!st.key_prefix.is_empty());
+        // The password file is read, and it is the secret Redis takes its requirepass from.
+        assert!(
+            st.redis_password.is_set(),
+            "{gw}: state.redis_password_file"
+        );
+        let secret = &r.secret_of_key["state.redis_password_file"];
+        let (_, in_redis) = secret_mounts(redis)
+            .into_iter()
+            .find(|(name, _)| name == secret)
+            .unwrap_or_else(|| panic!("{} is not given the secret {secret}", t.redis));
+        assert!(
+            redis_command.contains("requirepass") && redis_command.contains(&in_redis),
+            "redis takes requirepass from {in_redis}: {redis_command}"
+        );
+        assert!(
+            r.secret_of_key.contains_key("upstream.api_key_file")
+                && r.settings.upstream.api_key.is_set(),
+            "{gw}: the Vidu key from a compose secret"
+        );
+        // The spool (fail_open) is on this replica's own volume.
+        let spool_volume = st
+            .spool_path
+            .ancestors()
+            .skip(1)
+            .find_map(|dir| t.named_volume_at(gw, dir))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{gw}: state.spool_path {} is on no named volume",
+                    st.spool_path.display()
+                )
+            });
+        assert!(
+            !spool_volumes.contains(&spool_volume),
+            "{gw} shares the spool volume {spool_volume} with another replica"
+        );
+        spool_volumes.push(spool_volume);
+        // Docker waits for the gateway's own shutdown before it kills it.
+        let grace = t.service(gw)["stop_grace_period"]
+            .as_str()
+            .map_or(10_000, compose_duration_ms);
+        assert!(
+            grace > r.settings.server.shutdown_timeout_secs * 1000,
+            "{gw}: stop_grace_period {grace} ms vs server.shutdown_timeout_secs {}",
+            r.settings.server.shutdown_timeout_secs
+        );
+        assert!(r.config_file.exists() && r.args.len() >= 3);
+    }
+}
+
+#[test]
+fn the_compose_replicas_health_check_probes_readyz_on_the_port_their_config_listens_on() {
+    let t = Topology::read();
+    let dir = tempfile::tempdir().unwrap();
+    let binary = final_stage()
+        .iter()
+        .filter(|(k, _)| k == "COPY")
+        .find_map(|(_, v)| {
+            v.contains("/target/release/vidu-gateway")
+                .then(|| v.split_whitespace().last().unwrap().to_owned())
+        })
+        .unwrap();
+    for gw in &t.gateways {
+        let r = replica(&t, gw, &dir);
+        let listen: SocketAddr = r.settings.server.listen.parse().unwrap();
+        assert!(
+            listen.ip().is_unspecified(),
+            "{gw} listens on {listen}: the load balancer cannot reach it"
+        );
+        let health = &t.service(gw)["healthcheck"];
+        let test = words(&health["test"]).unwrap();
+        assert_eq!(test[0], "CMD", "{gw}: the exec form, no shell: {test:?}");
+        let probe = &test[1..];
+        assert_eq!(probe[0], binary, "{gw}: {probe:?}");
+        assert_eq!(probe[1], "healthcheck", "{gw}: {probe:?}");
+        match (flag(probe, "--url"), flag(probe, "--config")) {
+            (Some(url), None) => {
+                let url = url::Url::parse(url).unwrap();
+                assert_eq!(
+                    url.port(),
+                    Some(listen.port()),
+                    "{gw}: {url} vs server.listen {listen}"
+                );
+                assert!(
+                    matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]")),
+                    "{gw}: {url}"
+                );
+                assert_eq!(url.path(), "/readyz", "{gw}: ready means Redis answers too");
+            }
+            (None, Some(config)) => assert_eq!(Some(config), flag(&r.args, "--config")),
+            other => panic!("{gw}: the probe names its target by --url or --config: {other:?}"),
+        }
+        let probe_ms: u64 = flag(probe, "--timeout-ms")
+            .unwrap_or("2000")
+            .parse()
+            .unwrap();
+        let docker_ms = health["timeout"]
+            .as_str()
+            .map_or(30_000, compose_duration_ms);
+        assert!(
+            probe_ms < docker_ms,
+            "{gw}: {probe_ms} ms vs {docker_ms} ms"
+        );
+    }
+}
+
+/// nginx directives, each with the blocks it is in: (`["http", "upstream vidu_gateway"]`, `["server", "a:8080"]`).
+fn nginx_directives(conf: &str) -> Vec<(Vec<String>, Vec<String>)> {
+    let code: String = conf
+        .lines()
+        .map(|l| l.split('#').next().unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (mut out, mut blocks, mut current) = (Vec::new(), Vec::new(), Vec::<String>::new());
+    let spaced = code
+        .replace('{', " { ")
+        .replace('}', " } ")
+        .replace(';', " ; ");
+    for token in spaced.split_whitespace() {
+        match token {
+            "{" => blocks.push(std::mem::take(&mut current).join(" ")),
+            "}" => {
+                assert!(current.is_empty(), "a directive without `;`: {current:?}");
+                blocks.pop().expect("an unbalanced `}`");
+            }
+            ";" => out.push((blocks.clone(), std::mem::take(&mut current))),
+            word => current.push(word.trim_matches('"').to_owned()),
+        }
+    }
+    assert!(blocks.is_empty(), "an unclosed block: {blocks:?}");
+    out
+}
+
+/// An nginx size (`21m`, `512k`, bytes without a unit).
+fn nginx_size(s: &str) -> u64 {
+    let (n, mult) = match s.to_ascii_lowercase().chars().last() {
+        Some('k') => (&s[..s.len() - 1], 1 << 10),
+        Some('m') => (&s[..s.len() - 1], 1 << 20),
+        Some('g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    n.parse::<u64>().unwrap() * mult
+}
+
+/// An nginx time (`60s`, `1m`, `500ms`; seconds without a unit), in milliseconds.
+fn nginx_time_ms(s: &str) -> u64 {
+    if s.chars().all(|c| c.is_ascii_digit()) {
+        return s.parse::<u64>().unwrap() * 1000;
+    }
+    compose_duration_ms(s)
+}
+
+#[test]
+fn the_compose_load_balancer_spreads_over_every_replica_on_its_listen_port() {
+    let t = Topology::read();
+    let dir = tempfile::tempdir().unwrap();
+    let lb = t.service(&t.lb);
+    assert!(
+        text(&lb["image"]).starts_with("nginx"),
+        "this test reads nginx's configuration"
+    );
+    let (source, _) = mounts(lb)
+        .into_iter()
+        .find(|(_, target)| {
+            target == "/etc/nginx/nginx.conf" || target.starts_with("/etc/nginx/conf.d/")
+        })
+        .expect("the load balancer's configuration is mounted from deploy/");
+    let conf = std::fs::read_to_string(compose_path(&source)).unwrap();
+    let directives = nginx_directives(&conf);
+    let all = |name: &str| -> Vec<&Vec<String>> {
+        directives
+            .iter()
+            .filter(|(_, d)| d[0] == name)
+            .map(|(_, d)| d)
+            .collect()
+    };
+    let one = |name: &str| -> String {
+        let found = all(name);
+        assert_eq!(found.len(), 1, "one `{name}`: {found:?}");
+        found[0][1..].join(" ")
+    };
+
+    // Requests go to the upstream group, round-robin, which holds every replica on its listen port.
+    let proxy_pass = one("proxy_pass");
+    let group = proxy_pass
+        .strip_prefix("http://")
+        .expect("proxy_pass http://<upstream>");
+    let block = format!("upstream {group}");
+    let in_group: Vec<&Vec<String>> = directives
+        .iter()
+        .filter(|(blocks, _)| blocks.last() == Some(&block))
+        .map(|(_, d)| d)
+        .collect();
+    for balancing in ["ip_hash", "hash", "least_conn", "random", "sticky"] {
+        assert!(
+            in_group.iter().all(|d| d[0] != balancing),
+            "{block}: round-robin, not {balancing}"
+        );
+    }
+    let servers: Vec<&Vec<String>> = in_group
+        .iter()
+        .filter(|d| d[0] == "server")
+        .copied()
+        .collect();
+    let mut settings = None;
+    for gw in &t.gateways {
+        let r = replica(&t, gw, &dir);
+        let port = r
+            .settings
+            .server
+            .listen
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_owned();
+        let server = servers
+            .iter()
+            .find(|d| d[1] == format!("{gw}:{port}"))
+            .unwrap_or_else(|| panic!("{block} has no `server {gw}:{port}`: {servers:?}"));
+        assert!(
+            !server.iter().any(|w| w == "backup" || w == "down"),
+            "{gw} takes its share: {server:?}"
+        );
+        settings = Some(r.settings);
+    }
+    let settings = settings.unwrap();
+
+    // Bodies of the gateway's size pass, streamed; the proxy waits longer than the gateway waits for Vidu; a
+    // request that reached a replica is never resent to another.
+    let max_body = nginx_size(&one("client_max_body_size"));
+    assert!(
+        max_body >= settings.server.max_body_bytes as u64 && max_body >= 20_000_000,
+        "client_max_body_size {max_body} < server.max_body_bytes {}",
+        settings.server.max_body_bytes
+    );
+    assert_eq!(one("proxy_request_buffering"), "off");
+    for timeout in ["proxy_read_timeout", "proxy_send_timeout"] {
+        let ms = nginx_time_ms(&one(timeout));
+        assert!(
+            ms > settings.upstream.request_timeout_ms,
+            "{timeout} {ms} ms <= upstream.request_timeout_ms {}",
+            settings.upstream.request_timeout_ms
+        );
+    }
+    for next in all("proxy_next_upstream") {
+        assert!(
+            !next.iter().any(|w| w == "non_idempotent"),
+            "a create would be sent twice: {next:?}"
+        );
+    }
+
+    // The published port is the one nginx listens on.
+    let listen = one("listen");
+    let published: Vec<String> = lb["ports"]
+        .as_array()
+        .expect("the load balancer publishes a port")
+        .iter()
+        .map(|p| match p {
+            Value::String(s) => {
+                let target = s.rsplit(':').next().unwrap();
+                target.split('/').next().unwrap().to_owned()
+            }
+            long => long["target"].to_string(),
+        })
+        .collect();
+    assert!(
+        published.contains(&listen),
+        "nginx listens on {listen}, compose publishes {published:?}"
+    );
 }

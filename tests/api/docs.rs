@@ -162,16 +162,14 @@ fn every_config_file_shipped_in_the_repository_is_valid() {
                 continue;
             }
             // Secrets arrive as deployments give them: a key file path through the environment.
-            let env = [(
-                "VIDU_GW__UPSTREAM__API_KEY_FILE".to_owned(),
-                key.display().to_string(),
-            )]
+            let text = std::fs::read_to_string(&path).unwrap();
+            let env = [
+                ("api_key_file", "VIDU_GW__UPSTREAM__API_KEY_FILE"),
+                ("redis_password_file", "VIDU_GW__STATE__REDIS_PASSWORD_FILE"),
+            ]
             .into_iter()
-            .filter(|_| {
-                std::fs::read_to_string(&path)
-                    .unwrap()
-                    .contains("api_key_file")
-            })
+            .filter(|(file_key, _)| text.contains(file_key))
+            .map(|(_, var)| (var.to_owned(), key.display().to_string()))
             .collect();
             if let Err(e) = load_with_env(Some(&path), env) {
                 panic!("{} is invalid: {e}", path.display());
