@@ -89,6 +89,8 @@ pub struct Metrics {
     pub replicas: Gauge,
     /// Times the state backend was found without the state it held (a Redis that came back empty).
     pub state_data_lost: Counter,
+    /// Requests admitted without the state backend (fail_open) waiting in the spool to be written back.
+    pub state_spool_depth: Gauge,
     pub credits: Family<CreditLabels, Counter>,
     pub in_flight: Family<TeamLabels, Gauge>,
     pub budget_remaining: Family<TeamLabels, Gauge>,
@@ -187,6 +189,11 @@ impl Metrics {
             "state_data_lost",
             "Times the state backend was found without the state it held (a Redis restarted without persistence)",
         );
+        let state_spool_depth: Gauge = register(
+            &mut registry,
+            "state_spool_depth",
+            "Requests admitted without the state backend (fail_open) waiting in state.spool_path to be written back",
+        );
         let admissions: Family<AdmissionLabels, Counter> = register(
             &mut registry,
             "admissions",
@@ -255,6 +262,7 @@ impl Metrics {
             config_replicas_disagree,
             replicas,
             state_data_lost,
+            state_spool_depth,
             credits,
             in_flight,
             budget_remaining,

@@ -71,6 +71,12 @@ fn restart_only(old: &Settings, new: &Settings) -> Vec<&'static str> {
         state.backend,
         state.ledger_path,
         state.redis_url,
+        state.redis_password,
+        state.redis_ca_file,
+        state.key_prefix,
+        state.redis_timeout_ms,
+        state.task_retention_days,
+        state.spool_path,
         telemetry.log_format,
     )
 }

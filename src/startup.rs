@@ -13,7 +13,7 @@ use tracing_actix_web::TracingLogger;
 
 use crate::auth::Authenticator;
 use crate::clock::{SharedClock, SystemClock};
-use crate::config::{LiveConfig, LoadedConfig, StateBackend, UpstreamMode};
+use crate::config::{LiveConfig, LoadedConfig, OnUnavailable, StateBackend, UpstreamMode};
 use crate::forward::client::ViduClient;
 use crate::forward::sandbox::Sandbox;
 use crate::forward::upstream::Upstream;
@@ -27,6 +27,7 @@ use crate::state::Store;
 use crate::state::fail_open::FailOpen;
 use crate::state::memory::MemoryStore;
 use crate::state::redis::RedisStore;
+use crate::state::spool::Spool;
 use crate::telemetry::GatewayRootSpan;
 
 /// Time a client has to send a request's head (line and headers).
@@ -52,6 +53,28 @@ impl Default for Options {
             heartbeat_every: crate::replicas::HEARTBEAT_EVERY,
         }
     }
+}
+
+/// The backend behind `state.on_unavailable`, with the `fail_open` spool when it is (or was) in use: opened when
+/// the rule is `fail_open` or a spool file is left from an earlier run, and written back while the process runs.
+fn fail_open<S: Store + 'static>(
+    store: S,
+    live: &Arc<LiveConfig>,
+    metrics: &Metrics,
+) -> anyhow::Result<Arc<dyn Store>> {
+    let config = live.clone();
+    let rule = move || config.current().settings.state.on_unavailable;
+    let settings = &live.current().settings.state;
+    let store = FailOpen::new(store, rule, metrics.admissions_unaccounted.clone());
+    let store =
+        if settings.on_unavailable == OnUnavailable::FailOpen || settings.spool_path.exists() {
+            let spool = Arc::new(Spool::open(&settings.spool_path)?);
+            Arc::new(store.with_spool(spool, metrics.state_spool_depth.clone()))
+        } else {
+            Arc::new(store)
+        };
+    actix_web::rt::spawn(store.clone().write_back());
+    Ok(store)
 }
 
 pub struct Application {
@@ -103,19 +126,16 @@ impl Application {
         if let Some(jwks) = auth.jwks() {
             actix_web::rt::spawn(jwks.clone().run());
         }
-        let on_unavailable = live.clone();
-        let rule = move || on_unavailable.current().settings.state.on_unavailable;
-        let unaccounted = metrics.admissions_unaccounted.clone();
         let store: Arc<dyn Store> = match settings.state.backend {
-            StateBackend::Memory => Arc::new(FailOpen::new(
+            StateBackend::Memory => fail_open(
                 MemoryStore::open(
                     &settings.state.ledger_path,
                     options.clock.clone(),
                     metrics.ledger.clone(),
                 )?,
-                rule,
-                unaccounted,
-            )),
+                &live,
+                &metrics,
+            )?,
             StateBackend::Redis => {
                 let store =
                     RedisStore::open(&settings.state, settings.upstream.request_timeout_ms)?;
@@ -124,7 +144,7 @@ impl Application {
                 } else {
                     store
                 };
-                Arc::new(FailOpen::new(store, rule, unaccounted))
+                fail_open(store, &live, &metrics)?
             }
         };
         let state = web::Data::new(AppState {

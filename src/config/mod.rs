@@ -126,11 +126,12 @@ impl Settings {
     }
 
     /// Every secret, by key.
-    pub fn secrets(&self) -> [(&'static str, &Secret); 3] {
+    pub fn secrets(&self) -> [(&'static str, &Secret); 4] {
         [
             ("upstream.api_key", &self.upstream.api_key),
             ("auth.hs256_secret", &self.auth.hs256_secret),
             ("state.redis_url", &self.state.redis_url),
+            ("state.redis_password_file", &self.state.redis_password),
         ]
     }
 
@@ -152,6 +153,8 @@ impl Settings {
             self.upstream.api_key_file.as_deref(),
             self.auth.hs256_secret_file.as_deref(),
             self.auth.jwks_file.as_deref(),
+            self.state.redis_password_file.as_deref(),
+            self.state.redis_ca_file.as_deref(),
         ]
         .into_iter()
         .flatten()
@@ -385,6 +388,17 @@ pub fn version_of(settings: &Settings) -> String {
 impl Settings {
     /// Reads every `*_file` secret (trimmed). Setting both the value and its file is an error.
     fn read_secret_files(&mut self, problems: &mut Vec<String>) {
+        // A file key set to "" is unset, as a secret set to "" is.
+        for file in [
+            &mut self.upstream.api_key_file,
+            &mut self.auth.hs256_secret_file,
+            &mut self.state.redis_password_file,
+            &mut self.state.redis_ca_file,
+        ] {
+            if file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
+                *file = None;
+            }
+        }
         read_secret_file(
             "upstream.api_key",
             &mut self.upstream.api_key,
@@ -395,6 +409,12 @@ impl Settings {
             "auth.hs256_secret",
             &mut self.auth.hs256_secret,
             self.auth.hs256_secret_file.as_deref(),
+            problems,
+        );
+        read_secret_file(
+            "state.redis_password",
+            &mut self.state.redis_password,
+            self.state.redis_password_file.as_deref(),
             problems,
         );
     }

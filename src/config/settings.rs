@@ -317,12 +317,25 @@ pub struct StateSettings {
     pub backend: StateBackend,
     pub ledger_path: PathBuf,
     pub redis_url: Secret,
+    /// Redis backend: a file holding the Redis password, for a URL without one (a mounted secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_password_file: Option<PathBuf>,
+    /// The password read from `redis_password_file` (not a key of its own).
+    #[serde(skip)]
+    pub redis_password: Secret,
+    /// Redis backend over `rediss://`: a PEM file of the CA certificates to trust instead of the public web roots
+    /// (a managed Redis with its own CA).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_ca_file: Option<PathBuf>,
     pub key_prefix: String,
     pub on_unavailable: OnUnavailable,
     /// Redis backend: the longest one round trip to Redis may take before the call counts as failed.
     pub redis_timeout_ms: u64,
     /// Redis backend: how long task records and finished reservations are kept.
     pub task_retention_days: u32,
+    /// `fail_open`: what was admitted and settled while the backend could not be reached, kept (SQLite) until it
+    /// is written back.
+    pub spool_path: PathBuf,
 }
 
 impl Default for StateSettings {
@@ -331,10 +344,14 @@ impl Default for StateSettings {
             backend: StateBackend::Memory,
             ledger_path: "data/ledger.sqlite3".into(),
             redis_url: Secret::new("redis://127.0.0.1:6379/0"),
+            redis_password_file: None,
+            redis_password: Secret::default(),
+            redis_ca_file: None,
             key_prefix: "vidu-gw".into(),
             on_unavailable: OnUnavailable::FailClosed,
             redis_timeout_ms: 50,
             task_retention_days: 30,
+            spool_path: "data/spool.sqlite3".into(),
         }
     }
 }

@@ -366,8 +366,63 @@ fn state(st: &StateSettings, p: &mut Vec<String>) {
     if st.backend == StateBackend::Redis && !st.redis_url.is_set() {
         p.push("state.redis_url is required when state.backend = \"redis\"".into());
     }
+    if st.redis_url.is_set() {
+        redis_url(st, p);
+    }
+    if st.on_unavailable == OnUnavailable::FailOpen && st.spool_path.as_os_str().is_empty() {
+        p.push(
+            "state.spool_path must not be empty when state.on_unavailable = \"fail_open\": it keeps what was \
+             admitted without the backend until it is written back"
+                .into(),
+        );
+    }
     if st.backend == StateBackend::Memory && st.ledger_path.as_os_str().is_empty() {
         p.push("state.ledger_path must not be empty when state.backend = \"memory\"".into());
+    }
+}
+
+/// The URL parses, its scheme is one the gateway speaks, and the password comes from one place. Messages never
+/// quote the URL: it may hold a password.
+fn redis_url(st: &StateSettings, p: &mut Vec<String>) {
+    let url = st.redis_url.expose();
+    let Ok(parsed) = url::Url::parse(url) else {
+        p.push(
+            "state.redis_url is not a URL: use redis://[:password@]host:port/db or rediss://… for TLS (the value \
+             is not shown: it may hold a password)"
+                .into(),
+        );
+        return;
+    };
+    let tls = match parsed.scheme() {
+        "redis" => false,
+        "rediss" => true,
+        other => {
+            p.push(format!(
+                "state.redis_url has the scheme {other:?}: use redis:// or rediss:// (TLS)"
+            ));
+            return;
+        }
+    };
+    if parsed.password().is_some() && st.redis_password_file.is_some() {
+        p.push(
+            "state.redis_url holds a password and state.redis_password_file is set: keep one of them".into(),
+        );
+    }
+    if st.redis_ca_file.is_some() && !tls {
+        p.push(
+            "state.redis_ca_file is set but state.redis_url is not rediss://: the CA file is only used for TLS"
+                .into(),
+        );
+    }
+    if let Some(ca) = &st.redis_ca_file {
+        match std::fs::read(ca) {
+            Err(e) => p.push(format!("state.redis_ca_file: cannot read {}: {e}", ca.display())),
+            Ok(pem) if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => p.push(format!(
+                "state.redis_ca_file: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                ca.display()
+            )),
+            Ok(_) => {}
+        }
     }
 }
 

@@ -49,6 +49,8 @@ macro_rules! run_conformance {
             a_task_belongs_to_its_first_creator,
             usage_counts_admissions_settlements_and_rejections,
             remaining_credits_name_the_tightest_budget_and_the_team_one,
+            a_spooled_admission_is_recorded_once_with_how_it_ended,
+            a_spooled_admission_the_backend_ran_itself_is_settled_not_counted_twice,
         );
     };
     (@rules $backend:expr; $($rule:ident),* $(,)?) => {
@@ -619,4 +621,96 @@ pub async fn remaining_credits_name_the_tightest_budget_and_the_team_one(backend
         }
         Err(r) => panic!("{r:?}"),
     }
+}
+
+/// Team `t`'s daily budget.
+fn team_day() -> BudgetKey {
+    BudgetKey {
+        scope: Scope::Team,
+        subject: "t".into(),
+        period: Period::Day,
+        period_key: DAY.into(),
+    }
+}
+
+fn spooled(id: GrantId, settlement: Settlement) -> Unaccounted {
+    Unaccounted {
+        id,
+        record: record("alice", "t", DAY),
+        run: Run {
+            off_peak: false,
+            estimate: 50,
+        },
+        settlement,
+        admitted_at: "2026-11-25T10:00:00Z".into(),
+    }
+}
+
+pub async fn a_spooled_admission_is_recorded_once_with_how_it_ended(backend: &dyn Backend) {
+    let (o, _) = open(backend).await;
+    let s = o.store.as_ref();
+    let day = team_day();
+    let charged = spooled(
+        GrantId::random(),
+        Settlement::Charged {
+            credits: 40,
+            task_id: Some("task-s".into()),
+        },
+    );
+    let lost = spooled(GrantId::random(), Settlement::Unknown);
+    for _ in 0..2 {
+        assert_eq!(s.record_unaccounted(&charged).await, Ok(()));
+        assert_eq!(s.record_unaccounted(&lost).await, Ok(()));
+    }
+    assert_eq!(used(s, &day).await, 40 + 50);
+    let owner = s
+        .task("task-s")
+        .await
+        .unwrap_or_default()
+        .map(|t| (t.user, t.credits));
+    assert_eq!(owner, Some(("alice".into(), 40)));
+    let filter = UsageFilter {
+        user: Some("alice".into()),
+        ..UsageFilter::default()
+    };
+    let days = s.usage(&filter).await.unwrap_or_default();
+    let d = &days[0];
+    assert_eq!(
+        (
+            d.admitted,
+            d.credits_settled,
+            d.credits_unknown,
+            d.credits_reserved
+        ),
+        (2, 40, 50, 0),
+        "{days:?}"
+    );
+}
+
+/// A replica that stopped waiting for an admission spools it under the grant id it asked for; if the backend
+/// ran that admission after all, writing the spool back settles that grant instead of counting it again.
+pub async fn a_spooled_admission_the_backend_ran_itself_is_settled_not_counted_twice(
+    backend: &dyn Backend,
+) {
+    let (o, _) = open(backend).await;
+    let s = o.store.as_ref();
+    let day = team_day();
+    let req = request("alice", "t", 50).slot(Scope::User, "alice", 1);
+    let id = GrantId::random();
+    let decided = s.admit_as(&req, Mode::Take, id).await;
+    assert!(
+        matches!(decided, Ok(Decision { outcome: Ok(_), .. })),
+        "{decided:?}"
+    );
+    let entry = spooled(
+        id,
+        Settlement::Charged {
+            credits: 30,
+            task_id: None,
+        },
+    );
+    assert_eq!(s.record_unaccounted(&entry).await, Ok(()));
+    assert_eq!(used(s, &day).await, 30);
+    // Its in-flight slot is free again.
+    grant(s, &req).await;
 }

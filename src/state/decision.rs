@@ -16,6 +16,14 @@ impl GrantId {
     }
 }
 
+impl std::str::FromStr for GrantId {
+    type Err = uuid::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(s).map(Self)
+    }
+}
+
 impl fmt::Display for GrantId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.hyphenated().fmt(f)
@@ -40,8 +48,13 @@ impl Grant {
     /// A request admitted without the backend (`state.on_unavailable = "fail_open"`): nothing was taken, so
     /// there is nothing to give back.
     pub fn unaccounted() -> Self {
+        Self::unaccounted_as(GrantId::random())
+    }
+
+    /// An unaccounted grant with a given id (the one the backend was asked to use).
+    pub fn unaccounted_as(id: GrantId) -> Self {
         Self {
-            id: GrantId::random(),
+            id,
             accounted: false,
         }
     }

@@ -1,13 +1,25 @@
 //! `state.on_unavailable`, applied in one place: a wrapper around any backend. When the backend cannot decide an
 //! admission, `fail_closed` passes the error on (the caller answers 503 with `Retry-After`); `fail_open` admits
-//! without limits — nothing is taken, the grant is unaccounted and its `finish` does nothing — and logs it. The
-//! quote's dry run never fails open: it reports what the store can say. Everything else passes through.
+//! without limits — nothing is taken, the grant is unaccounted — logs it, and spools the admission and how it
+//! ends (`state.spool_path`); [`FailOpen::write_back`] records the spool in the backend once it answers again, so
+//! usage and budgets are complete afterwards. The quote's dry run never fails open: it reports what the store can
+//! say. Everything else passes through.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::{FutureExt, ready};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 
+use super::spool::Spool;
 use super::*;
 use crate::config::OnUnavailable;
+
+/// How often the spool is offered back to the backend while it holds anything.
+const WRITE_BACK_EVERY: Duration = Duration::from_secs(1);
+/// Entries written back per round.
+const WRITE_BACK_BATCH: u32 = 200;
 
 pub struct FailOpen<S> {
     inner: S,
@@ -15,6 +27,10 @@ pub struct FailOpen<S> {
     rule: Box<dyn Fn() -> OnUnavailable + Send + Sync>,
     /// Requests admitted without the backend (`admissions_unaccounted_total`).
     unaccounted: Counter,
+    /// Where those requests are kept until the backend has them (`None`: not spooled).
+    spool: Option<Arc<Spool>>,
+    /// `state_spool_depth`.
+    depth: Gauge,
 }
 
 impl<S> FailOpen<S> {
@@ -27,7 +43,17 @@ impl<S> FailOpen<S> {
             inner,
             rule: Box::new(rule),
             unaccounted,
+            spool: None,
+            depth: Gauge::default(),
         }
+    }
+
+    /// Spools what is admitted without the backend to `spool`; `depth` shows how much is waiting.
+    pub fn with_spool(mut self, spool: Arc<Spool>, depth: Gauge) -> Self {
+        depth.set(i64::try_from(spool.depth()).unwrap_or(i64::MAX));
+        self.spool = Some(spool);
+        self.depth = depth;
+        self
     }
 
     /// The rule in force now.
@@ -38,7 +64,7 @@ impl<S> FailOpen<S> {
 
 /// What a request admitted without the backend runs as: the plan's run (for a fallback plan, the run for an
 /// immediate budget of which nothing is used: there is no budget to consult).
-fn unaccounted(request: &AdmissionRequest) -> Decision {
+fn unaccounted(request: &AdmissionRequest, id: GrantId) -> Decision {
     let (run, immediate_used) = match &request.plan {
         Plan::Fixed(run) => (Some(*run), None),
         Plan::Fallback(f) => {
@@ -52,7 +78,7 @@ fn unaccounted(request: &AdmissionRequest) -> Decision {
         outcome: match run {
             None => Err(Refusal::NoRun),
             Some(_) => Ok(Granted {
-                grant: Some(Grant::unaccounted()),
+                grant: Some(Grant::unaccounted_as(id)),
                 remaining_credits: None,
                 team_remaining_credits: None,
                 rate: None,
@@ -62,13 +88,33 @@ fn unaccounted(request: &AdmissionRequest) -> Decision {
 }
 
 impl<S: Admissions + Sync> Admissions for FailOpen<S> {
-    fn admit<'a>(&'a self, request: &'a AdmissionRequest, mode: Mode) -> Answer<'a, Decision> {
+    fn admit_as<'a>(
+        &'a self,
+        request: &'a AdmissionRequest,
+        mode: Mode,
+        grant: GrantId,
+    ) -> Answer<'a, Decision> {
         async move {
-            match self.inner.admit(request, mode).await {
+            // The same id for the backend and the spool: an admission the backend runs after its answer timed
+            // out is the spooled one, not a second.
+            match self.inner.admit_as(request, mode, grant).await {
                 Err(e) if mode == Mode::Take && (self.rule)() == OnUnavailable::FailOpen => {
-                    tracing::error!(error = %e, "state backend unavailable: admitting without limits (fail_open)");
+                    tracing::error!(
+                        error = %e,
+                        spooled = self.spool.is_some(),
+                        "state backend unavailable: admitting without limits (fail_open)"
+                    );
                     self.unaccounted.inc();
-                    Ok(unaccounted(request))
+                    let decision = unaccounted(request, grant);
+                    if let (Some(spool), Some(run), Ok(granted)) =
+                        (&self.spool, decision.run, &decision.outcome)
+                        && let Some(grant) = &granted.grant
+                    {
+                        spool.admitted(grant.id(), &request.record, run);
+                        self.depth
+                            .set(i64::try_from(spool.depth()).unwrap_or(i64::MAX));
+                    }
+                    Ok(decision)
                 }
                 decided => decided,
             }
@@ -80,7 +126,74 @@ impl<S: Admissions + Sync> Admissions for FailOpen<S> {
         if grant.is_accounted() {
             self.inner.finish(grant, settlement)
         } else {
+            if let Some(spool) = &self.spool {
+                spool.ended(grant.id(), settlement);
+            }
             ready(Ok(())).boxed()
+        }
+    }
+
+    fn record_unaccounted<'a>(&'a self, entry: &'a Unaccounted) -> Answer<'a, ()> {
+        self.inner.record_unaccounted(entry)
+    }
+}
+
+impl<S: Admissions + Sync + Send + 'static> FailOpen<S> {
+    /// Offers the spool's ended entries to the backend every second, removing each one it records; runs until the
+    /// process stops. Entries still in flight wait for their end.
+    pub async fn write_back(self: Arc<Self>) {
+        let Some(spool) = self.spool.clone() else {
+            return;
+        };
+        loop {
+            if spool.depth() > 0 {
+                self.write_back_once(&spool).await;
+            }
+            self.depth
+                .set(i64::try_from(spool.depth()).unwrap_or(i64::MAX));
+            tokio::time::sleep(WRITE_BACK_EVERY).await;
+        }
+    }
+
+    async fn write_back_once(&self, spool: &Arc<Spool>) {
+        let reader = spool.clone();
+        let entries = match actix_web::rt::task::spawn_blocking(move || {
+            reader.ended_entries(WRITE_BACK_BATCH)
+        })
+        .await
+        {
+            Ok(Ok(entries)) => entries,
+            Ok(Err(e)) => {
+                tracing::error!(spool = %spool.path().display(), error = %e, "the fail_open spool cannot be read");
+                return;
+            }
+            Err(_) => return,
+        };
+        let mut written = 0usize;
+        for entry in &entries {
+            if let Err(e) = self.inner.record_unaccounted(entry).await {
+                tracing::debug!(error = %e, "the spool waits: the state backend does not record yet");
+                break;
+            }
+            let remover = spool.clone();
+            let id = entry.id;
+            match actix_web::rt::task::spawn_blocking(move || remover.remove(id)).await {
+                Ok(Ok(())) => written += 1,
+                Ok(Err(e)) => {
+                    // Recorded, and recorded at most once: a later round finds it recorded already.
+                    tracing::error!(error = %e, "a written-back spool entry could not be removed");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if written > 0 {
+            tracing::info!(
+                written,
+                waiting = spool.depth(),
+                "wrote requests admitted without the state backend (fail_open) back to it: usage and budgets \
+                 include them now"
+            );
         }
     }
 }
@@ -117,5 +230,9 @@ impl<S: Health> Health for FailOpen<S> {
 
     fn flush(&self) -> Answer<'_, ()> {
         self.inner.flush()
+    }
+
+    fn spool_depth(&self) -> Option<u64> {
+        self.spool.as_ref().map(|s| s.depth())
     }
 }

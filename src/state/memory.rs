@@ -62,6 +62,8 @@ struct Inner {
     tasks: UnwrittenTasks,
     /// The latest day seen; counters of earlier periods are dropped when a later one starts.
     current_day: String,
+    /// Spooled admissions recorded by this process (each at most once).
+    recorded: std::collections::HashSet<GrantId>,
 }
 
 /// A budget being loaded.
@@ -145,6 +147,7 @@ impl MemoryStore {
                     outstanding: HashMap::default(),
                     tasks: UnwrittenTasks::default(),
                     current_day: String::new(),
+                    recorded: Default::default(),
                 }),
             }),
         })
@@ -282,7 +285,13 @@ impl Inner {
         }
     }
 
-    fn decide(&mut self, req: &AdmissionRequest, mode: Mode, writer: &Writer) -> Decision {
+    fn decide(
+        &mut self,
+        req: &AdmissionRequest,
+        mode: Mode,
+        grant: GrantId,
+        writer: &Writer,
+    ) -> Decision {
         let (run, immediate_used, immediate_budget) = match &req.plan {
             Plan::Fixed(run) => (Some(*run), None, None),
             Plan::Fallback(f) => {
@@ -295,7 +304,7 @@ impl Inner {
         };
         let outcome = match run {
             None => Err(Refusal::NoRun),
-            Some(run) => self.check_and_take(req, run, immediate_budget, mode, writer),
+            Some(run) => self.check_and_take(req, run, immediate_budget, (mode, grant), writer),
         };
         Decision {
             run,
@@ -309,7 +318,7 @@ impl Inner {
         req: &AdmissionRequest,
         run: Run,
         immediate_budget: Option<&BudgetSpec>,
-        mode: Mode,
+        (mode, grant): (Mode, GrantId),
         writer: &Writer,
     ) -> Result<Granted, Refusal> {
         for s in &req.slots {
@@ -386,18 +395,18 @@ impl Inner {
             }
         }
 
-        let grant = match mode {
+        let granted = match mode {
             Mode::DryRun => {
                 undo.into_iter().rev().for_each(|u| u.undo());
                 None
             }
             Mode::Take => {
                 drop(undo);
-                Some(self.take(req, run, writer))
+                Some(self.take(req, run, grant, writer))
             }
         };
         Ok(Granted {
-            grant,
+            grant: granted,
             remaining_credits: remaining,
             team_remaining_credits: team_remaining,
             rate: tightest,
@@ -405,8 +414,7 @@ impl Inner {
     }
 
     /// Takes the slots and reserves the estimate (the rate tokens are already taken).
-    fn take(&mut self, req: &AdmissionRequest, run: Run, writer: &Writer) -> Grant {
-        let id = GrantId::random();
+    fn take(&mut self, req: &AdmissionRequest, run: Run, id: GrantId, writer: &Writer) -> Grant {
         let row = self.next_row;
         self.next_row += 1;
         let seq = writer.send(Write::Reserve {
@@ -492,7 +500,12 @@ impl Inner {
 }
 
 impl Admissions for MemoryStore {
-    fn admit<'a>(&'a self, request: &'a AdmissionRequest, mode: Mode) -> Answer<'a, Decision> {
+    fn admit_as<'a>(
+        &'a self,
+        request: &'a AdmissionRequest,
+        mode: Mode,
+        grant: GrantId,
+    ) -> Answer<'a, Decision> {
         async move {
             let writer = &self.shared.writer;
             if mode == Mode::Take {
@@ -500,9 +513,57 @@ impl Admissions for MemoryStore {
             }
             let keys: Vec<&BudgetKey> = request.budget_keys().collect();
             self.with_budgets(&keys, Some(&request.record.day), |inner| {
-                inner.decide(request, mode, writer)
+                inner.decide(request, mode, grant, writer)
             })
             .await
+        }
+        .boxed()
+    }
+
+    /// Admits the request with no bucket to check (its estimate is reserved on every budget it counts against)
+    /// and finishes it at once.
+    fn record_unaccounted<'a>(&'a self, entry: &'a Unaccounted) -> Answer<'a, ()> {
+        async move {
+            let admitted_here = {
+                let mut inner = self.shared.lock();
+                if !inner.recorded.insert(entry.id) {
+                    return Ok(());
+                }
+                inner.outstanding.contains_key(&entry.id)
+            };
+            // Admitted here after all: settle that grant instead of counting the request twice.
+            if admitted_here {
+                return self
+                    .finish(Grant::new(entry.id), entry.settlement.clone())
+                    .await;
+            }
+            let request = AdmissionRequest {
+                record: entry.record.clone(),
+                plan: Plan::Fixed(entry.run),
+                rates: Vec::new(),
+                slots: Vec::new(),
+                budgets: Vec::new(),
+            };
+            let decided = self.admit_as(&request, Mode::Take, entry.id).await;
+            let grant = match decided {
+                Ok(Decision {
+                    outcome:
+                        Ok(Granted {
+                            grant: Some(grant), ..
+                        }),
+                    ..
+                }) => grant,
+                other => {
+                    self.shared.lock().recorded.remove(&entry.id);
+                    return match other {
+                        Err(e) => Err(e),
+                        Ok(_) => Err(StoreError::Unavailable(
+                            "a spooled admission was not recorded".into(),
+                        )),
+                    };
+                }
+            };
+            self.finish(grant, entry.settlement.clone()).await
         }
         .boxed()
     }

@@ -25,6 +25,7 @@ pub mod rate;
 mod reader;
 pub mod redis;
 pub mod request;
+pub mod spool;
 pub mod writer;
 
 #[cfg(test)]
@@ -37,7 +38,7 @@ pub use error::StoreError;
 pub use ledger::{TaskRecord, UsageFilter, UsageRow};
 pub use request::{
     AdmissionRequest, BudgetKey, BudgetSpec, Fallback, Mode, Period, Plan, RateSpec,
-    RejectionRecord, RequestRecord, Run, Scope, SlotSpec,
+    RejectionRecord, RequestRecord, Run, Scope, SlotSpec, Unaccounted,
 };
 
 /// What every store call returns: a boxed future of its answer (boxed, so that the traits stay object-safe).
@@ -47,11 +48,27 @@ pub type Answer<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
 pub trait Admissions {
     /// Checks the plan and every bucket, then takes everything (slots, the estimate reserved against every
     /// budget, rate tokens) or nothing. With [`Mode::DryRun`] it takes nothing and grants no [`Grant`].
-    fn admit<'a>(&'a self, request: &'a AdmissionRequest, mode: Mode) -> Answer<'a, Decision>;
+    fn admit<'a>(&'a self, request: &'a AdmissionRequest, mode: Mode) -> Answer<'a, Decision> {
+        self.admit_as(request, mode, GrantId::random())
+    }
+
+    /// [`admit`](Self::admit), with the id the grant gets if one is granted (made by the caller, unique across
+    /// replicas): a caller that loses the answer (a timeout) can still name the grant the backend may have made.
+    fn admit_as<'a>(
+        &'a self,
+        request: &'a AdmissionRequest,
+        mode: Mode,
+        grant: GrantId,
+    ) -> Answer<'a, Decision>;
 
     /// Frees the grant's slots and settles its reservation, at most once per grant (a second call, or a grant
     /// the backend does not hold, does nothing).
     fn finish(&self, grant: Grant, settlement: Settlement) -> Answer<'_, ()>;
+
+    /// Records a request admitted without the backend (`fail_open`, spooled) with how it ended, at most once per
+    /// id: its credits count against every budget it would have counted against, usage shows it (admitted, and
+    /// settled, released or unknown), and its task gets its owner. No limit is checked: it already ran.
+    fn record_unaccounted<'a>(&'a self, entry: &'a Unaccounted) -> Answer<'a, ()>;
 }
 
 /// What happened, for the record.
@@ -81,6 +98,12 @@ pub trait Health {
 
     /// Makes everything recorded so far durable (called at shutdown).
     fn flush(&self) -> Answer<'_, ()>;
+
+    /// Requests admitted without the backend (`fail_open`) and not yet written back to it; `None` when nothing
+    /// is spooled here.
+    fn spool_depth(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The replicas sharing a backend, as a heartbeat sees them.

@@ -191,6 +191,19 @@ impl AdmissionRequest {
 }
 
 /// Whether a decision takes what it grants or only says what would happen (the quote).
+/// A request admitted while the backend could not be reached (`fail_open`), and how it ended: spooled by the
+/// replica, then recorded with [`Admissions::record_unaccounted`](super::Admissions::record_unaccounted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unaccounted {
+    /// The grant the replica made up for it; the backend records each id at most once.
+    pub id: super::GrantId,
+    pub record: RequestRecord,
+    pub run: Run,
+    pub settlement: super::Settlement,
+    /// When it was admitted (RFC 3339), for the task's record.
+    pub admitted_at: String,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Take,

@@ -267,6 +267,7 @@ log_level = "warn"
         // The file's settings before loading: no seed catalog filled in, no validation yet (`load` does both).
         let mut settings: Settings = toml::from_str(&base).unwrap();
         settings.state.ledger_path = dir.path().join("ledger.sqlite3");
+        settings.state.spool_path = dir.path().join("spool.sqlite3");
         let redis = REDIS.with(|r| r.borrow().clone());
         if let Some(server) = &redis {
             settings.state.backend = StateBackend::Redis;
@@ -323,6 +324,10 @@ log_level = "warn"
         };
         // `Secret` serialises redacted: the file gets the values.
         for (key, secret) in self.settings.secrets() {
+            if key.ends_with("_file") {
+                // Read from a file: not a value the file can hold.
+                continue;
+            }
             let (section, name) = key.split_once('.').unwrap();
             let table = doc
                 .get_mut(section)
@@ -752,4 +757,30 @@ fn a_test_config_is_loaded_like_a_file_and_removes_its_directory() {
     assert!(dir.is_dir(), "a clone still holds it");
     drop(clone);
     assert!(!dir.exists());
+}
+
+/// One request to any gateway URL (a `Binary`'s among them): `GET` or `POST`, with a bearer token and an optional JSON body.
+pub async fn send(
+    method: &str,
+    url: String,
+    token: &str,
+    body: Option<&Value>,
+) -> (StatusCode, Vec<(String, String)>, Value) {
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .finish();
+    let req = match method {
+        "GET" => client.get(url),
+        _ => client.post(url),
+    }
+    .insert_header(("authorization", format!("Bearer {token}")));
+    let mut res = match body {
+        Some(b) => req
+            .insert_header(("content-type", "application/json"))
+            .send_body(b.to_string())
+            .await
+            .unwrap(),
+        None => req.send().await.unwrap(),
+    };
+    read(&mut res).await
 }

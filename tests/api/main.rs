@@ -14,6 +14,7 @@ mod ledger_reads;
 mod live;
 mod logs;
 mod proxy;
+mod redis_link;
 mod replicas;
 mod sandbox;
 mod state;

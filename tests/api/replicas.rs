@@ -33,29 +33,17 @@ async fn two_replicas(mock: &MockVidu, policy: &str) -> [Binary; 2] {
     ]
 }
 
-async fn send(
-    method: &str,
-    url: String,
-    token: &str,
-    body: Option<&Value>,
-) -> (StatusCode, Vec<(String, String)>, Value) {
-    let client = awc::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .finish();
-    let req = match method {
-        "GET" => client.get(url),
-        _ => client.post(url),
-    }
-    .insert_header(("authorization", format!("Bearer {token}")));
-    let mut res = match body {
-        Some(b) => req
-            .insert_header(("content-type", "application/json"))
-            .send_body(b.to_string())
-            .await
-            .unwrap(),
-        None => req.send().await.unwrap(),
-    };
-    read(&mut res).await
+/// `GET /gateway/v1/usage?<query>` as an admin, on `bin`.
+async fn usage_of(bin: &Binary, query: &str) -> Value {
+    let (status, _, usage) = send(
+        "GET",
+        format!("{}/gateway/v1/usage?{query}", bin.url()),
+        &admin(),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{usage}");
+    usage
 }
 
 async fn create(bin: &Binary, token: &str) -> (StatusCode, Vec<(String, String)>, Value) {
@@ -114,14 +102,7 @@ async fn sixty_creates_across_two_replicas_admit_exactly_what_the_team_budget_fi
         // Rejections are recorded after the refusal is answered: give the last ones a moment to land.
         let deadline = Instant::now() + Duration::from_secs(5);
         let usage = loop {
-            let (status, _, usage) = send(
-                "GET",
-                format!("{}/gateway/v1/usage?team=mkt", bin.url()),
-                &admin(),
-                None,
-            )
-            .await;
-            assert_eq!(status, StatusCode::OK, "{usage}");
+            let usage = usage_of(bin, "team=mkt").await;
             if usage["team"]["totals"]["rejected"] == 53 || Instant::now() > deadline {
                 break usage;
             }
@@ -375,14 +356,7 @@ async fn a_killed_replicas_in_flight_slots_are_free_after_the_lease_and_its_spen
         "the slots came back before their lease ran out"
     );
 
-    let (status, _, usage) = send(
-        "GET",
-        format!("{}/gateway/v1/usage?user=alice", b.url()),
-        &admin(),
-        None,
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{usage}");
+    let usage = usage_of(&b, "user=alice").await;
     // Settled: the create before the kill and the one after; the two cut off stay reserved (charged
     // conservatively until someone reconciles them).
     assert_eq!(usage["user"]["totals"]["credits_settled"], 110, "{usage}");
@@ -543,6 +517,95 @@ async fn a_hanging_redis_under_fail_open_admits_counts_and_reports_degraded() {
             "{text}"
         );
         current_redis().resume();
+    })
+    .await;
+}
+
+/// `fail_open` with Redis down: creates are admitted and spooled; once Redis is back the spool is written back,
+/// so usage equals what Vidu charged, and a task created during the outage belongs to its owner.
+#[actix_web::test]
+async fn under_fail_open_what_was_admitted_while_redis_was_down_is_written_back_when_it_returns() {
+    on_redis(async {
+        let mock = MockVidu::start().await;
+        let next = Arc::new(std::sync::atomic::AtomicU64::new(100));
+        let ids = next.clone();
+        // Vidu charges 40 where the gateway estimates 55.
+        mock.respond(move |_| {
+            let id = ids.fetch_add(1, Ordering::SeqCst);
+            Reply::json(200, created_task(&id.to_string(), 40))
+        });
+        let config = TestApp::builder(&mock)
+            .state(|s| {
+                s.redis_timeout_ms = 100;
+                s.on_unavailable = vidu_gateway::config::OnUnavailable::FailOpen;
+            })
+            .toml("[policy.teams.mkt]\nteam_daily_credits = 100000\n");
+        let bin = Binary::start(&config, &[]).await;
+        let (alice, bob) = (token("alice", "mkt"), token("bob", "design"));
+        for _ in 0..2 {
+            assert_eq!(create(&bin, &alice).await.0, StatusCode::OK);
+        }
+        current_redis().pause();
+        let mut outage_tasks = Vec::new();
+        for _ in 0..3 {
+            let (status, _, body) = create(&bin, &alice).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            outage_tasks.push(body["task_id"].as_str().unwrap().to_owned());
+        }
+        let ready = || send("GET", format!("{}/readyz", bin.url()), "", None);
+        let (status, _, view) = ready().await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        assert_eq!(view["status"], "degraded", "{view}");
+        assert_eq!(view["state"]["spool_depth"], 3, "{view}");
+
+        current_redis().resume();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (_, _, view) = ready().await;
+            if view["state"]["spool_depth"] == 0 && view["status"] == "ready" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the spool was not written back: {view}"
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+        }
+        bin.wait_for_log("back to it").await;
+
+        let usage = usage_of(&bin, "team=mkt").await;
+        let charged: u64 = mock
+            .received()
+            .iter()
+            .filter(|r| r.path.ends_with("/img2video"))
+            .count() as u64
+            * 40;
+        assert_eq!(charged, 200);
+        assert_eq!(
+            usage["team"]["totals"]["credits_settled"], charged,
+            "{usage}"
+        );
+        assert_eq!(usage["team"]["totals"]["admitted"], 5, "{usage}");
+        assert_eq!(usage["team"]["totals"]["credits_reserved"], 0, "{usage}");
+        let used: u64 = usage["team"]["budgets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["scope"] == "team" && b["period"] == "daily")
+            .and_then(|b| b["used"].as_u64())
+            .unwrap();
+        assert_eq!(used, charged, "{usage}");
+
+        // A task created while Redis was down is its owner's team's, and no other team's.
+        let read = |t: &str| format!("{}/ent/v2/tasks/{t}/creations", bin.url());
+        assert_eq!(
+            send("GET", read(&outage_tasks[0]), &alice, None).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            send("GET", read(&outage_tasks[0]), &bob, None).await.0,
+            StatusCode::NOT_FOUND
+        );
     })
     .await;
 }

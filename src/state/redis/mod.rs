@@ -31,6 +31,7 @@ const ADMIT: &str = include_str!("admit.lua");
 const FINISH: &str = include_str!("finish.lua");
 const USAGE: &str = include_str!("usage.lua");
 const HEARTBEAT: &str = include_str!("heartbeat.lua");
+const RECORD: &str = include_str!("record.lua");
 
 /// A replica not heard of for this long is no longer counted among the live ones.
 const REPLICA_STALE_MS: u64 = 30_000;
@@ -53,6 +54,7 @@ pub struct RedisStore {
     finish: Script,
     usage: Script,
     heartbeat: Script,
+    record: Script,
     /// The deployment's epoch as this replica last saw it (`None` before the first heartbeat).
     epoch: std::sync::Mutex<Option<String>>,
 }
@@ -129,6 +131,11 @@ impl Keys {
         format!("{}:m:", self.tag)
     }
 
+    /// Marks a spooled admission as recorded.
+    fn spooled(&self, id: GrantId) -> String {
+        format!("{}:spooled:{id}", self.tag)
+    }
+
     fn epoch(&self) -> String {
         format!("{}:epoch", self.tag)
     }
@@ -146,18 +153,53 @@ impl Keys {
     }
 }
 
+/// The client for `state.redis_url`, with the password from `state.redis_password_file` and, for `rediss://`, the
+/// CAs of `state.redis_ca_file` (else the public web roots). Errors never quote the URL: it may hold a password.
+fn client(state: &StateSettings) -> anyhow::Result<::redis::Client> {
+    use ::redis::IntoConnectionInfo;
+    let not_a_url = || {
+        anyhow::anyhow!(
+            "state.redis_url is not a Redis URL: use redis://[:password@]host:port/db, or rediss://… for TLS (the \
+             value is not shown: it may hold a password)"
+        )
+    };
+    let mut info = state
+        .redis_url
+        .expose()
+        .into_connection_info()
+        .map_err(|_| not_a_url())?;
+    if state.redis_password.is_set() {
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_password(state.redis_password.expose());
+        info = info.set_redis_settings(settings);
+    }
+    match &state.redis_ca_file {
+        None => ::redis::Client::open(info).map_err(|_| not_a_url()),
+        Some(ca) => {
+            let pem = std::fs::read(ca).map_err(|e| {
+                anyhow::anyhow!("state.redis_ca_file: cannot read {}: {e}", ca.display())
+            })?;
+            ::redis::Client::build_with_tls(
+                info,
+                ::redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            )
+            .map_err(|e| {
+                anyhow::anyhow!("state.redis_ca_file: {} is not usable: {e}", ca.display())
+            })
+        }
+    }
+}
+
 impl RedisStore {
     /// Connects lazily: the first call connects, and the connection manager reconnects by itself after a failure.
     /// Call from within the server's runtime.
     pub fn open(state: &StateSettings, request_timeout_ms: u64) -> anyhow::Result<Self> {
-        let url = state.redis_url.expose();
-        // The error is not shown: it may quote the URL, and the URL may hold the password.
-        let client = ::redis::Client::open(url).map_err(|_| {
-            anyhow::anyhow!(
-                "state.redis_url is not a Redis URL: use redis://[:password@]host:port/db (the value is not shown: \
-                 it may hold a password)"
-            )
-        })?;
+        let client = client(state)?;
         let timeout = Duration::from_millis(state.redis_timeout_ms);
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
@@ -177,6 +219,7 @@ impl RedisStore {
             finish: Script::new(FINISH),
             usage: Script::new(USAGE),
             heartbeat: Script::new(HEARTBEAT),
+            record: Script::new(RECORD),
             epoch: std::sync::Mutex::new(None),
         })
     }
@@ -251,7 +294,6 @@ impl RedisStore {
             }}),
         };
         let r = &req.record;
-        let member = Keys::member(&r.team, &r.user);
         json!({
             "now_us": self.now_us(),
             "take": mode == Mode::Take,
@@ -272,13 +314,42 @@ impl RedisStore {
             "record": {
                 "user": r.user, "team": r.team, "day": r.day, "model": r.model, "request_id": r.request_id,
             },
-            "usage": {
-                "hash": format!("{}{}:{member}", self.keys.usage_prefix(), r.day),
-                "days": self.keys.days(),
-                "members": format!("{}{}", self.keys.members_prefix(), r.day),
-                "day": r.day,
-                "member": member,
-            },
+            "usage": self.usage_json(r),
+        })
+        .to_string()
+    }
+
+    /// Where a request's day of usage is counted.
+    fn usage_json(&self, r: &RequestRecord) -> Value {
+        let member = Keys::member(&r.team, &r.user);
+        json!({
+            "hash": format!("{}{}:{member}", self.keys.usage_prefix(), r.day),
+            "days": self.keys.days(),
+            "members": format!("{}{}", self.keys.members_prefix(), r.day),
+            "day": r.day,
+            "member": member,
+        })
+    }
+
+    fn unaccounted_json(&self, e: &Unaccounted) -> String {
+        let (kind, amount, task_id) = match &e.settlement {
+            Settlement::Charged { credits, task_id } => ("charged", *credits, task_id.as_deref()),
+            Settlement::Released => ("released", 0, None),
+            Settlement::Unknown => ("unknown", e.run.estimate, None),
+        };
+        let r = &e.record;
+        json!({
+            "once_key": self.keys.spooled(e.id),
+            "grant_key": self.keys.grant(e.id),
+            "retention_s": self.retention_secs,
+            "kind": kind,
+            "amount": amount,
+            "estimate": e.run.estimate,
+            "off_peak": e.run.off_peak,
+            "counting": self.counting(r, e.run.off_peak),
+            "usage": self.usage_json(r),
+            "task_key": task_id.map(|t| self.keys.task(t)).unwrap_or_default(),
+            "user": r.user, "team": r.team, "model": r.model, "created_at": e.admitted_at,
         })
         .to_string()
     }
@@ -444,9 +515,13 @@ impl RedisStore {
 }
 
 impl Admissions for RedisStore {
-    fn admit<'a>(&'a self, request: &'a AdmissionRequest, mode: Mode) -> Answer<'a, Decision> {
+    fn admit_as<'a>(
+        &'a self,
+        request: &'a AdmissionRequest,
+        mode: Mode,
+        grant: GrantId,
+    ) -> Answer<'a, Decision> {
         async move {
-            let grant = GrantId::random();
             let body = self.admission_json(request, mode, grant);
             let text: String = self
                 .call("admission", async |c| {
@@ -458,6 +533,10 @@ impl Admissions for RedisStore {
             self.decision(request, mode, grant, answered)
         }
         .boxed()
+    }
+
+    fn record_unaccounted<'a>(&'a self, entry: &'a Unaccounted) -> Answer<'a, ()> {
+        self.record_spooled(entry).boxed()
     }
 
     fn finish(&self, grant: Grant, settlement: Settlement) -> Answer<'_, ()> {
@@ -492,6 +571,24 @@ impl Admissions for RedisStore {
             Ok(())
         }
         .boxed()
+    }
+}
+
+impl RedisStore {
+    async fn record_spooled(&self, entry: &Unaccounted) -> Result<(), StoreError> {
+        let arg = self.unaccounted_json(entry);
+        let recorded: i64 = self
+            .call("spool write-back", async |c| {
+                self.record.arg(&arg).invoke_async(c).await
+            })
+            .await?;
+        // Recorded before (a write-back cut short), or admitted by Redis itself after the replica stopped waiting:
+        // the grant, if Redis holds it, is settled the normal way (at most once).
+        if recorded != 1 {
+            self.finish(Grant::new(entry.id), entry.settlement.clone())
+                .await?;
+        }
+        Ok(())
     }
 }
 

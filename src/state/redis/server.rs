@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: std::sync::Mutex<Option<Child>>,
     port: u16,
+    /// `requirepass`, when set.
+    password: Option<String>,
+    /// TLS only (`--tls-port`): the folder holding the test CA and the server's certificate.
+    tls: Option<std::path::PathBuf>,
 }
 
 /// Whether the Redis tests are switched off here (and say so).
@@ -24,22 +28,76 @@ impl RedisServer {
     /// Starts a server and waits until it listens. The error says how to install `redis-server` when it is
     /// missing.
     pub fn start() -> Result<Self, String> {
+        Self::start_with(None, false)
+    }
+
+    /// A server that wants `password` (`requirepass`); [`url`](Self::url) does not hold it.
+    pub fn start_with_password(password: &str) -> Result<Self, String> {
+        Self::start_with(Some(password.to_owned()), false)
+    }
+
+    /// A server that speaks TLS only, with a certificate for 127.0.0.1 signed by a CA made for it (by the
+    /// `openssl` command): [`url`](Self::url) is `rediss://`, [`ca_file`](Self::ca_file) the CA to trust.
+    pub fn start_tls() -> Result<Self, String> {
+        Self::start_with(None, true)
+    }
+
+    fn start_with(password: Option<String>, tls: bool) -> Result<Self, String> {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .map_err(|e| format!("no free loopback port: {e}"))?;
+        let tls = if tls {
+            Some(make_certificates(port)?)
+        } else {
+            None
+        };
         let server = Self {
             child: std::sync::Mutex::new(None),
             port,
+            password,
+            tls,
         };
         server.spawn()?;
         Ok(server)
     }
 
+    /// The CA that signed a TLS server's certificate.
+    pub fn ca_file(&self) -> Option<std::path::PathBuf> {
+        self.tls.as_ref().map(|d| d.join("ca.pem"))
+    }
+
     fn spawn(&self) -> Result<(), String> {
+        let port = self.port.to_string();
+        let mut args: Vec<String> = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            .map(String::from)
+            .into();
+        match &self.tls {
+            None => args.extend(["--port".into(), port]),
+            Some(dir) => {
+                let file = |name: &str| dir.join(name).display().to_string();
+                args.extend([
+                    "--port".into(),
+                    "0".into(),
+                    "--tls-port".into(),
+                    port,
+                    "--tls-cert-file".into(),
+                    file("server.pem"),
+                    "--tls-key-file".into(),
+                    file("server.key"),
+                    "--tls-ca-cert-file".into(),
+                    file("ca.pem"),
+                    "--tls-auth-clients".into(),
+                    "no".into(),
+                ]);
+            }
+        }
+        if let Some(password) = &self.password {
+            args.extend(["--requirepass".into(), password.clone()]);
+        }
         let port = self.port;
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -138,14 +196,96 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+        if let Some(dir) = &self.tls {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, made with the `openssl` command in a fresh folder.
+fn make_certificates(port: u16) -> Result<std::path::PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!("vidu-gw-redis-tls-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::fs::write(
+        dir.join("ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let steps: [&[&str]; 3] = [
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=vidu-gateway test CA",
+        ],
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+        ],
+    ];
+    for args in steps {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .map_err(|e| {
+                format!("cannot run openssl ({e}): install it (Debian: `apt-get install openssl`)")
+            })?;
+        if !out.status.success() {
+            return Err(format!(
+                "openssl {}: {}",
+                args[0],
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    Ok(dir)
 }
 
 /// The commands clients sent since [`RedisServer::monitor`] started; commands a script ran are not round trips

@@ -1,0 +1,321 @@
+//! The `fail_open` spool: what a replica admitted while the state backend could not be reached, and how each of
+//! those requests ended, kept in a local SQLite file (`state.spool_path`) until it is written back.
+//!
+//! Writes go through one thread, in order (an admission before its end), so a request never waits on SQLite.
+//! Entries a previous process left unfinished (it stopped mid-request) end as `unknown`: the task may exist, so
+//! the estimate stays counted. [`FailOpen`](super::fail_open::FailOpen) writes ended entries back with
+//! `Admissions::record_unaccounted` (at most once per id) and removes them once the backend has them.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+use rusqlite::{Connection, params};
+use serde::{Deserialize, Serialize};
+
+use super::{GrantId, RequestRecord, Run, Settlement, Unaccounted};
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+CREATE TABLE IF NOT EXISTS spool (
+    id TEXT PRIMARY KEY,
+    record TEXT NOT NULL,
+    off_peak INTEGER NOT NULL,
+    estimate INTEGER NOT NULL,
+    ended TEXT,
+    admitted_at TEXT NOT NULL
+);
+";
+
+/// The parts of a request the spool keeps (the request's own id, who, when, which model).
+#[derive(Serialize, Deserialize)]
+struct Record {
+    request_id: String,
+    user: String,
+    team: String,
+    day: String,
+    month: String,
+    model: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Ended {
+    Charged {
+        credits: u64,
+        task_id: Option<String>,
+    },
+    Released,
+    Unknown,
+}
+
+enum Op {
+    Admitted {
+        id: GrantId,
+        record: Record,
+        run: Run,
+        at: String,
+    },
+    Ended {
+        id: GrantId,
+        ended: Ended,
+    },
+}
+
+pub struct Spool {
+    path: PathBuf,
+    conn: Arc<Mutex<Connection>>,
+    ops: Mutex<mpsc::Sender<Op>>,
+    /// Entries not yet written back (admitted, ended or not).
+    depth: Arc<AtomicU64>,
+}
+
+impl Spool {
+    /// Opens (creating it and its folder) the spool file; starts its writer thread.
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let context =
+            |e: rusqlite::Error| anyhow::anyhow!("state.spool_path = {}: {e}", path.display());
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow::anyhow!("state.spool_path = {}: {e}", path.display()))?;
+        }
+        let conn = Connection::open(path).map_err(context)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(context)?;
+        conn.execute_batch(SCHEMA).map_err(context)?;
+        let unknown = serde_json::to_string(&Ended::Unknown).unwrap_or_default();
+        conn.execute(
+            "UPDATE spool SET ended = ?1 WHERE ended IS NULL",
+            [&unknown],
+        )
+        .map_err(context)?;
+        let depth: i64 = conn
+            .query_row("SELECT COUNT(*) FROM spool", [], |r| r.get(0))
+            .map_err(context)?;
+        let conn = Arc::new(Mutex::new(conn));
+        let depth = Arc::new(AtomicU64::new(u64::try_from(depth).unwrap_or(0)));
+        let (tx, rx) = mpsc::channel::<Op>();
+        let writer = conn.clone();
+        let shown = path.display().to_string();
+        std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || {
+                for op in rx {
+                    let conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Err(e) = apply(&conn, op) {
+                        tracing::error!(spool = %shown, error = %e, "the fail_open spool could not be written");
+                    }
+                }
+            })
+            .map_err(|e| anyhow::anyhow!("cannot start the spool writer: {e}"))?;
+        Ok(Self {
+            path: path.to_owned(),
+            conn,
+            ops: Mutex::new(tx),
+            depth,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Entries not yet written back.
+    pub fn depth(&self) -> u64 {
+        self.depth.load(Ordering::Relaxed)
+    }
+
+    fn send(&self, op: Op) {
+        let sent = self.ops.lock().unwrap_or_else(|p| p.into_inner()).send(op);
+        if sent.is_err() {
+            tracing::error!(spool = %self.path.display(), "the spool writer has stopped: an admission is not spooled");
+        }
+    }
+
+    /// A request admitted without the backend.
+    pub fn admitted(&self, id: GrantId, record: &RequestRecord, run: Run) {
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        self.send(Op::Admitted {
+            id,
+            record: Record {
+                request_id: record.request_id.clone(),
+                user: record.user.clone(),
+                team: record.team.clone(),
+                day: record.day.clone(),
+                month: record.month.clone(),
+                model: record.model.clone(),
+            },
+            run,
+            at: format!("{:.3}", jiff::Timestamp::now()),
+        });
+    }
+
+    /// How a spooled request ended.
+    pub fn ended(&self, id: GrantId, settlement: Settlement) {
+        let ended = match settlement {
+            Settlement::Charged { credits, task_id } => Ended::Charged { credits, task_id },
+            Settlement::Released => Ended::Released,
+            Settlement::Unknown => Ended::Unknown,
+        };
+        self.send(Op::Ended { id, ended });
+    }
+
+    /// Up to `limit` ended entries, oldest first (blocking: call off the workers).
+    pub fn ended_entries(&self, limit: u32) -> anyhow::Result<Vec<Unaccounted>> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, record, off_peak, estimate, ended, admitted_at FROM spool WHERE ended IS NOT NULL \
+             ORDER BY rowid LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, bool>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, record, off_peak, estimate, ended, at) = row?;
+            let record: Record = serde_json::from_str(&record)?;
+            let ended: Ended = serde_json::from_str(&ended)?;
+            out.push(Unaccounted {
+                id: id.parse()?,
+                record: RequestRecord {
+                    request_id: record.request_id,
+                    user: record.user,
+                    team: record.team,
+                    day: record.day,
+                    month: record.month,
+                    model: record.model,
+                },
+                run: Run {
+                    off_peak,
+                    estimate: u64::try_from(estimate).unwrap_or(0),
+                },
+                settlement: match ended {
+                    Ended::Charged { credits, task_id } => Settlement::Charged { credits, task_id },
+                    Ended::Released => Settlement::Released,
+                    Ended::Unknown => Settlement::Unknown,
+                },
+                admitted_at: at,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Forgets an entry the backend now holds (blocking).
+    pub fn remove(&self, id: GrantId) -> anyhow::Result<()> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let removed = conn.execute("DELETE FROM spool WHERE id = ?1", [id.to_string()])?;
+        if removed > 0 {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+fn apply(conn: &Connection, op: Op) -> anyhow::Result<()> {
+    match op {
+        Op::Admitted {
+            id,
+            record,
+            run,
+            at,
+        } => {
+            conn.execute(
+                "INSERT OR IGNORE INTO spool (id, record, off_peak, estimate, ended, admitted_at) \
+                 VALUES (?1, ?2, ?3, ?4, NULL, ?5)",
+                params![
+                    id.to_string(),
+                    serde_json::to_string(&record)?,
+                    run.off_peak,
+                    i64::try_from(run.estimate).unwrap_or(i64::MAX),
+                    at
+                ],
+            )?;
+        }
+        Op::Ended { id, ended } => {
+            conn.execute(
+                "UPDATE spool SET ended = ?2 WHERE id = ?1 AND ended IS NULL",
+                params![id.to_string(), serde_json::to_string(&ended)?],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> RequestRecord {
+        RequestRecord {
+            request_id: "r1".into(),
+            user: "alice".into(),
+            team: "mkt".into(),
+            day: "2026-12-03".into(),
+            month: "2026-12".into(),
+            model: "viduq2".into(),
+        }
+    }
+
+    fn wait_for(spool: &Spool, n: usize) -> Vec<Unaccounted> {
+        for _ in 0..200 {
+            let entries = spool.ended_entries(100).unwrap();
+            if entries.len() == n {
+                return entries;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        spool.ended_entries(100).unwrap()
+    }
+
+    #[test]
+    fn an_ended_admission_is_kept_until_removed_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.sqlite3");
+        let spool = Spool::open(&path).unwrap();
+        let (a, b) = (GrantId::random(), GrantId::random());
+        let run = Run {
+            off_peak: false,
+            estimate: 55,
+        };
+        spool.admitted(a, &record(), run);
+        spool.admitted(b, &record(), run);
+        spool.ended(
+            a,
+            Settlement::Charged {
+                credits: 50,
+                task_id: Some("t1".into()),
+            },
+        );
+        let entries = wait_for(&spool, 1);
+        assert_eq!(entries[0].id, a);
+        assert_eq!(
+            entries[0].settlement,
+            Settlement::Charged {
+                credits: 50,
+                task_id: Some("t1".into())
+            }
+        );
+        assert_eq!(spool.depth(), 2);
+        spool.remove(a).unwrap();
+        assert_eq!(spool.depth(), 1);
+        drop(spool);
+
+        // `b` was in flight when the process stopped: it ends as unknown (its estimate stays counted).
+        let spool = Spool::open(&path).unwrap();
+        assert_eq!(spool.depth(), 1);
+        let entries = spool.ended_entries(100).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].id, b);
+        assert_eq!(entries[0].settlement, Settlement::Unknown);
+        assert_eq!(entries[0].run, run);
+        assert_eq!(entries[0].record, record());
+    }
+}
