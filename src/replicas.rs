@@ -5,6 +5,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::clock::AlignedClock;
 use crate::config::LiveConfig;
 use crate::metrics::Metrics;
 use crate::state::{Replicas, Store};
@@ -12,17 +13,23 @@ use crate::state::{Replicas, Store};
 /// How often a replica publishes its config version (a replica not heard of for 30 s is dropped).
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
+/// A replica whose clock is further than this from the backend's says so.
+const CLOCK_OFF_WARN: jiff::SignedDuration = jiff::SignedDuration::from_secs(1);
+
 /// This replica's id and the latest heartbeat's view of its peers.
 pub struct ReplicaView {
     id: String,
     latest: RwLock<Option<Replicas>>,
+    /// Set to the backend's time on every heartbeat (a shared backend; `None`: periods follow the local clock).
+    aligned: Option<Arc<AlignedClock>>,
 }
 
 impl ReplicaView {
-    pub fn new() -> Self {
+    pub fn new(aligned: Option<Arc<AlignedClock>>) -> Self {
         Self {
             id: uuid::Uuid::new_v4().simple().to_string(),
             latest: RwLock::new(None),
+            aligned,
         }
     }
 
@@ -42,8 +49,22 @@ impl ReplicaView {
     /// One heartbeat: publish, remember the answer, set the gauge, and report lost state.
     pub async fn beat(&self, store: &dyn Store, config: &LiveConfig, metrics: &Metrics) {
         let current = config.current();
+        let sent = self.aligned.as_ref().map(|c| c.local());
         match store.heartbeat(&self.id, &current.version).await {
             Ok(replicas) => {
+                if let (Some(clock), Some(sent), Some(backend_now)) =
+                    (&self.aligned, sent, replicas.backend_now)
+                {
+                    let before = clock.offset();
+                    let offset = clock.align(backend_now, sent, clock.local());
+                    if offset.abs() > CLOCK_OFF_WARN && before.abs() <= CLOCK_OFF_WARN {
+                        tracing::warn!(
+                            offset_ms = offset.as_millis(),
+                            "this replica's clock is off the state backend's: budget periods and hour windows \
+                             follow the backend's time; check NTP on this host"
+                        );
+                    }
+                }
                 if replicas.data_lost {
                     metrics.state_data_lost.inc();
                     tracing::error!(
@@ -87,11 +108,5 @@ impl ReplicaView {
             tick.tick().await;
             self.beat(store.as_ref(), &config, &metrics).await;
         }
-    }
-}
-
-impl Default for ReplicaView {
-    fn default() -> Self {
-        Self::new()
     }
 }

@@ -12,7 +12,7 @@ use anyhow::Context;
 use tracing_actix_web::TracingLogger;
 
 use crate::auth::Authenticator;
-use crate::clock::{SharedClock, SystemClock};
+use crate::clock::{AlignedClock, SharedClock, SystemClock};
 use crate::config::{LiveConfig, LoadedConfig, OnUnavailable, StateBackend, UpstreamMode};
 use crate::forward::client::ViduClient;
 use crate::forward::sandbox::Sandbox;
@@ -147,14 +147,22 @@ impl Application {
                 fail_open(store, &live, &metrics)?
             }
         };
+        // On a shared backend, budget periods and hour windows follow the backend's clock (every replica puts a
+        // request in the same day); tests whose scripts read the manual clock keep it.
+        let aligned = (settings.state.backend == StateBackend::Redis && !options.state_reads_clock)
+            .then(|| AlignedClock::new(options.clock.clone()));
+        let clock: SharedClock = match &aligned {
+            Some(a) => a.clone(),
+            None => options.clock.clone(),
+        };
         let state = web::Data::new(AppState {
             config: live,
             auth: std::sync::RwLock::new(Arc::new(auth)),
             store,
             metrics: metrics.clone(),
-            clock: options.clock,
+            clock,
             sandbox,
-            replicas: Arc::new(ReplicaView::new()),
+            replicas: Arc::new(ReplicaView::new(aligned)),
         });
         actix_web::rt::spawn(state.replicas.clone().run(
             state.store.clone(),

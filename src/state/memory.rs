@@ -641,6 +641,7 @@ impl Health for MemoryStore {
         ready(Ok(Replicas {
             versions: [(replica.to_owned(), version.to_owned())].into(),
             data_lost: false,
+            backend_now: None,
         }))
         .boxed()
     }

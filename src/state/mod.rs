@@ -113,6 +113,8 @@ pub struct Replicas {
     pub versions: std::collections::BTreeMap<String, String>,
     /// The backend came back without the state it held (a Redis restarted without persistence).
     pub data_lost: bool,
+    /// The backend's own time when it answered (a shared backend's clock, which budget periods follow).
+    pub backend_now: Option<jiff::Timestamp>,
 }
 
 impl Replicas {

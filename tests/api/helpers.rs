@@ -387,17 +387,27 @@ impl TestApp {
 
     /// Spawns the gateway in this process on port 0 with `config`, on a manual clock set to the current time.
     pub async fn spawn(config: TestConfig) -> Self {
+        Self::spawn_on(config, jiff::Timestamp::now(), true).await
+    }
+
+    /// Spawns the gateway with its manual clock at `start`; on Redis, `state_reads_clock` makes the scripts read
+    /// that clock instead of Redis's `TIME` (false: the replica runs on Redis's time, as in production).
+    pub async fn spawn_on(
+        config: TestConfig,
+        start: jiff::Timestamp,
+        state_reads_clock: bool,
+    ) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         // As `main` does: ring for JWT signatures, before any token is minted here.
         vidu_gateway::auth::crypto::install();
         let loaded = config.load().unwrap_or_else(|e| panic!("{e}"));
-        let clock = ManualClock::new(jiff::Timestamp::now());
+        let clock = ManualClock::new(start);
         let shared: SharedClock = clock.clone();
         let app = Application::build_with(
             loaded,
             Options {
                 clock: shared,
-                state_reads_clock: true,
+                state_reads_clock,
                 // The first beat runs at start; tests beat on demand through `/readyz`.
                 heartbeat_every: Duration::from_secs(3600),
             },

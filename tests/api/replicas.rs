@@ -428,6 +428,28 @@ async fn an_admitted_create_costs_one_redis_round_trip_to_admit_and_one_to_settl
     );
 }
 
+/// A replica whose own clock is three days behind still counts spend in Redis's day: budget periods follow the
+/// backend's time (measured by the heartbeat), so replicas with drifting clocks agree on the day.
+async fn budget_periods_follow_redis_time_not_the_replicas_clock() {
+    let mock = MockVidu::start().await;
+    let behind = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(72);
+    let app = TestApp::spawn_on(TestApp::builder(&mock), behind, false).await;
+    // The heartbeat that measures the offset (it also runs at start and every 5 s).
+    assert_eq!(app.get_open("/readyz").await.0, StatusCode::OK);
+    let alice = app.token("alice", "mkt");
+    assert_eq!(app.create(&alice, &q2()).await.0, StatusCode::OK);
+    let (status, _, usage) = app.get("/gateway/v1/usage", &alice).await;
+    assert_eq!(status, StatusCode::OK, "{usage}");
+    let today = jiff::Timestamp::now().to_string()[..10].to_owned();
+    let days: Vec<&str> = usage["user"]["days"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["day"].as_str())
+        .collect();
+    assert_eq!(days, [today.as_str()], "{usage}");
+}
+
 crate::on_redis_backend!(
     sixty_creates_across_two_replicas_admit_exactly_what_the_team_budget_fits,
     a_users_in_flight_cap_holds_whichever_replica_a_request_reaches,
@@ -437,6 +459,7 @@ crate::on_redis_backend!(
     a_redis_that_comes_back_empty_is_reported_at_error,
     a_killed_replicas_in_flight_slots_are_free_after_the_lease_and_its_spend_is_kept,
     an_admitted_create_costs_one_redis_round_trip_to_admit_and_one_to_settle,
+    budget_periods_follow_redis_time_not_the_replicas_clock,
 );
 
 /// A Redis that hangs: `fail_closed` answers 503 with `Retry-After` within `state.redis_timeout_ms` (plus the

@@ -3,7 +3,7 @@
 -- first sees the gateway; a replica that knew an epoch and finds none (or another) has seen Redis come back
 -- without its data (no persistence, failover to an empty replica).
 -- ARGV: epoch key, versions key, replica id, version, the epoch this replica knows ('' for none), a fresh epoch
--- id, stale_ms, now_ms ('' for Redis's TIME). Returns JSON {epoch, lost, versions}.
+-- id, stale_ms, now_ms ('' for Redis's TIME). Returns JSON {epoch, lost, versions, now_ms}.
 local epoch_key, versions_key, replica, version, known, fresh = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local stale_ms = tonumber(ARGV[7])
 local now_ms = tonumber(ARGV[8])
@@ -33,4 +33,4 @@ for i = 1, #entries, 2 do
     versions[entries[i]] = v
   end
 end
-return cjson.encode({ epoch = epoch, lost = lost, versions = versions })
+return cjson.encode({ epoch = epoch, lost = lost, versions = versions, now_ms = now_ms })

@@ -739,6 +739,7 @@ impl Health for RedisStore {
                 epoch: String,
                 lost: bool,
                 versions: Value,
+                now_ms: f64,
             }
             let known = self
                 .epoch
@@ -781,6 +782,7 @@ impl Health for RedisStore {
             Ok(Replicas {
                 versions,
                 data_lost: beat.lost,
+                backend_now: jiff::Timestamp::from_millisecond(beat.now_ms as i64).ok(),
             })
         }
         .boxed()
