@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{self, LoadedConfig, UpstreamMode};
+use crate::config::{self, LoadedConfig, StateBackend, UpstreamMode};
 use crate::startup::Application;
 
 #[derive(Debug, Parser)]
@@ -43,7 +43,7 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
     },
-    /// Usage from the ledger (state.ledger_path): budgets, admitted and rejected requests, credits, per day.
+    /// Usage from the state backend (the ledger file, or Redis): budgets, admitted and rejected requests, credits, per day.
     Usage {
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
@@ -197,37 +197,66 @@ fn usage(
             return ExitCode::from(2);
         }
     }
-    let ledger_path = &config.settings.state.ledger_path;
-    if !ledger_path.exists() {
-        eprintln!("error: {}", missing_ledger(&config, ledger_path));
-        return ExitCode::from(1);
-    }
-    let ledger = match crate::state::ledger::Ledger::open_read_only(ledger_path) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::from(1);
-        }
-    };
     let subject = crate::usage::Subject { user, team };
-    match crate::usage::report(
-        &config.settings,
-        &ledger,
-        jiff::Timestamp::now(),
-        &subject,
-        from,
-        to,
-    ) {
+    let report = match config.settings.state.backend {
+        StateBackend::Memory => ledger_report(&config, &subject, from, to),
+        StateBackend::Redis => redis_report(&config, &subject, from, to),
+    };
+    match report {
         Ok(r) => emit(&match format {
             Format::Table => crate::usage::to_table(&r),
             Format::Csv => crate::usage::to_csv(&r),
             Format::Json => format!("{}\n", serde_json::to_string_pretty(&r).unwrap_or_default()),
         }),
         Err(e) => {
-            eprintln!("error: cannot read the ledger: {e}");
+            eprintln!("error: {e}");
             ExitCode::from(1)
         }
     }
+}
+
+/// The memory backend's report: from the ledger file, read-only (safe beside a running gateway).
+fn ledger_report(
+    config: &LoadedConfig,
+    subject: &crate::usage::Subject,
+    from: Option<String>,
+    to: Option<String>,
+) -> Result<crate::usage::Report, String> {
+    let ledger_path = &config.settings.state.ledger_path;
+    if !ledger_path.exists() {
+        return Err(missing_ledger(config, ledger_path));
+    }
+    let ledger =
+        crate::state::ledger::Ledger::open_read_only(ledger_path).map_err(|e| format!("{e:#}"))?;
+    crate::usage::report(
+        &config.settings,
+        &ledger,
+        jiff::Timestamp::now(),
+        subject,
+        from,
+        to,
+    )
+    .map_err(|e| format!("cannot read the ledger: {e}"))
+}
+
+/// The redis backend's report: the same keys the replicas' usage API reads.
+fn redis_report(
+    config: &LoadedConfig,
+    subject: &crate::usage::Subject,
+    from: Option<String>,
+    to: Option<String>,
+) -> Result<crate::usage::Report, String> {
+    let settings = &config.settings;
+    actix_web::rt::System::new().block_on(async {
+        let store = crate::state::redis::RedisStore::open(
+            &settings.state,
+            settings.upstream.request_timeout_ms,
+        )
+        .map_err(|e| format!("{e:#}"))?;
+        crate::usage::collect(settings, &store, jiff::Timestamp::now(), subject, from, to)
+            .await
+            .map_err(|e| format!("cannot read usage from Redis: {e}"))
+    })
 }
 
 /// Which file `usage` looked for and how to point it at the gateway's: a relative `state.ledger_path` is

@@ -159,6 +159,7 @@ async fn a_reload_that_lowers_a_budget_applies_at_once_without_resetting_spend()
 crate::on_both_backends!(
     spend_survives_a_restart_on_the_same_ledger,
     a_reload_that_lowers_a_budget_applies_at_once_without_resetting_spend,
+    the_usage_command_reports_what_was_spent,
 );
 
 /// A reload that rotates `upstream.api_key` is used by the very next call to Vidu (the client keeps the
@@ -270,7 +271,7 @@ async fn a_reload_with_a_syntax_error_logs_the_line_never_its_text() {
     );
 }
 
-#[actix_web::test]
+/// The `usage` command reads the same state as the API: the ledger file, or Redis.
 async fn the_usage_command_reports_what_was_spent() {
     let mock = MockVidu::start().await;
     mock.respond(|_| Reply::json(200, created_task("1", 40)));
