@@ -236,7 +236,8 @@ pub async fn quote(
     }))
 }
 
-/// Forward the admitted request and settle. Runs detached from the caller's connection.
+/// Forward the admitted request and settle. Runs detached from the caller's connection; the caller has the answer
+/// as soon as Vidu gives it, the settlement follows without holding it up.
 pub async fn forward_admitted(
     upstream: Arc<Upstream>,
     store: Arc<dyn Store>,
@@ -265,12 +266,17 @@ pub async fn forward_admitted(
         body: admitted.body,
         request_id,
     };
-    let task = actix_web::rt::spawn(async move {
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    actix_web::rt::spawn(async move {
         let result = upstream.send(call, &metrics).await;
-        pending.finish(settlement_of(&result, estimate)).await;
-        result
+        let settlement = settlement_of(&result, estimate);
+        // The caller gets Vidu's answer now; the settlement is issued in this same poll (before the caller's
+        // response is even written, so a later request on this replica is ordered after it) but not waited for:
+        // one round trip to the store on the request path, the admission.
+        let _ = answer.send(result);
+        pending.finish(settlement).await;
     });
-    task.await.unwrap_or_else(|_| {
+    answered.await.unwrap_or_else(|_| {
         Err(UpstreamError::Broken(
             "the upstream call was aborted".into(),
         ))

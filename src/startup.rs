@@ -55,8 +55,9 @@ impl Default for Options {
     }
 }
 
-/// The backend behind `state.on_unavailable`, with the `fail_open` spool when it is (or was) in use: opened when
-/// the rule is `fail_open` or a spool file is left from an earlier run, and written back while the process runs.
+/// The backend behind `state.on_unavailable`, with the spool: opened on the redis backend (settlements Redis could
+/// not take wait there), when the rule is `fail_open`, or when a spool file is left from an earlier run; written
+/// back while the process runs.
 fn fail_open<S: Store + 'static>(
     store: S,
     live: &Arc<LiveConfig>,
@@ -66,13 +67,15 @@ fn fail_open<S: Store + 'static>(
     let rule = move || config.current().settings.state.on_unavailable;
     let settings = &live.current().settings.state;
     let store = FailOpen::new(store, rule, metrics.admissions_unaccounted.clone());
-    let store =
-        if settings.on_unavailable == OnUnavailable::FailOpen || settings.spool_path.exists() {
-            let spool = Arc::new(Spool::open(&settings.spool_path)?);
-            Arc::new(store.with_spool(spool, metrics.state_spool_depth.clone()))
-        } else {
-            Arc::new(store)
-        };
+    let store = if settings.backend == StateBackend::Redis
+        || settings.on_unavailable == OnUnavailable::FailOpen
+        || settings.spool_path.exists()
+    {
+        let spool = Arc::new(Spool::open(&settings.spool_path)?);
+        Arc::new(store.with_spool(spool, metrics.state_spool_depth.clone()))
+    } else {
+        Arc::new(store)
+    };
     actix_web::rt::spawn(store.clone().write_back());
     Ok(store)
 }

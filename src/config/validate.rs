@@ -369,10 +369,13 @@ fn state(st: &StateSettings, p: &mut Vec<String>) {
     if st.redis_url.is_set() {
         redis_url(st, p);
     }
-    if st.on_unavailable == OnUnavailable::FailOpen && st.spool_path.as_os_str().is_empty() {
+    if (st.on_unavailable == OnUnavailable::FailOpen || st.backend == StateBackend::Redis)
+        && st.spool_path.as_os_str().is_empty()
+    {
         p.push(
-            "state.spool_path must not be empty when state.on_unavailable = \"fail_open\": it keeps what was \
-             admitted without the backend until it is written back"
+            "state.spool_path must not be empty on the redis backend or with state.on_unavailable = \"fail_open\": \
+             it keeps what the backend could not take (admissions under fail_open, settlements) until it is \
+             written back"
                 .into(),
         );
     }

@@ -12,7 +12,7 @@ use futures_util::future::{FutureExt, ready};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::spool::Spool;
+use super::spool::{Spool, Spooled};
 use super::*;
 use crate::config::OnUnavailable;
 
@@ -124,7 +124,27 @@ impl<S: Admissions + Sync> Admissions for FailOpen<S> {
 
     fn finish(&self, grant: Grant, settlement: Settlement) -> Answer<'_, ()> {
         if grant.is_accounted() {
-            self.inner.finish(grant, settlement)
+            let Some(spool) = self.spool.clone() else {
+                return self.inner.finish(grant, settlement);
+            };
+            // A settlement the backend cannot take now is kept and written back: the reservation settles to
+            // Vidu's figure and the task gets its owner, whatever the rule.
+            async move {
+                match self.inner.finish(grant.clone(), settlement.clone()).await {
+                    Err(e) => {
+                        tracing::warn!(
+                            error = %e,
+                            grant = %grant.id(),
+                            "the state backend could not settle a grant: spooled, written back when it answers"
+                        );
+                        spool.unsettled(grant.id(), settlement);
+                        self.depth.set(i64::try_from(spool.depth()).unwrap_or(i64::MAX));
+                        Ok(())
+                    }
+                    done => done,
+                }
+            }
+            .boxed()
         } else {
             if let Some(spool) = &self.spool {
                 spool.ended(grant.id(), settlement);
@@ -171,12 +191,18 @@ impl<S: Admissions + Sync + Send + 'static> FailOpen<S> {
         };
         let mut written = 0usize;
         for entry in &entries {
-            if let Err(e) = self.inner.record_unaccounted(entry).await {
+            let written_back = match entry {
+                Spooled::Admission(admission) => self.inner.record_unaccounted(admission).await,
+                Spooled::Settlement { id, settlement } => {
+                    self.inner.finish(Grant::new(*id), settlement.clone()).await
+                }
+            };
+            if let Err(e) = written_back {
                 tracing::debug!(error = %e, "the spool waits: the state backend does not record yet");
                 break;
             }
             let remover = spool.clone();
-            let id = entry.id;
+            let id = entry.id();
             match actix_web::rt::task::spawn_blocking(move || remover.remove(id)).await {
                 Ok(Ok(())) => written += 1,
                 Ok(Err(e)) => {

@@ -5,6 +5,10 @@
 //! Entries a previous process left unfinished (it stopped mid-request) end as `unknown`: the task may exist, so
 //! the estimate stays counted. [`FailOpen`](super::fail_open::FailOpen) writes ended entries back with
 //! `Admissions::record_unaccounted` (at most once per id) and removes them once the backend has them.
+//!
+//! It also keeps settlements of grants the backend did make but could not settle when the request ended (Redis
+//! unreachable just then): those are written back with `Admissions::finish` (at most once per grant), so the
+//! reservation settles to Vidu's figure and the task gets its owner.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +28,8 @@ CREATE TABLE IF NOT EXISTS spool (
     off_peak INTEGER NOT NULL,
     estimate INTEGER NOT NULL,
     ended TEXT,
-    admitted_at TEXT NOT NULL
+    admitted_at TEXT NOT NULL,
+    settle_only INTEGER NOT NULL DEFAULT 0
 );
 ";
 
@@ -61,6 +66,44 @@ enum Op {
         id: GrantId,
         ended: Ended,
     },
+    Unsettled {
+        id: GrantId,
+        ended: Ended,
+    },
+}
+
+/// What the spool holds for the backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Spooled {
+    /// Admitted without the backend, and how it ended.
+    Admission(Unaccounted),
+    /// Admitted by the backend, ended while it could not be reached.
+    Settlement { id: GrantId, settlement: Settlement },
+}
+
+impl Spooled {
+    pub fn id(&self) -> GrantId {
+        match self {
+            Spooled::Admission(u) => u.id,
+            Spooled::Settlement { id, .. } => *id,
+        }
+    }
+}
+
+fn ended_of(settlement: Settlement) -> Ended {
+    match settlement {
+        Settlement::Charged { credits, task_id } => Ended::Charged { credits, task_id },
+        Settlement::Released => Ended::Released,
+        Settlement::Unknown => Ended::Unknown,
+    }
+}
+
+fn settlement_of(ended: Ended) -> Settlement {
+    match ended {
+        Ended::Charged { credits, task_id } => Settlement::Charged { credits, task_id },
+        Ended::Released => Settlement::Released,
+        Ended::Unknown => Settlement::Unknown,
+    }
 }
 
 pub struct Spool {
@@ -153,20 +196,27 @@ impl Spool {
 
     /// How a spooled request ended.
     pub fn ended(&self, id: GrantId, settlement: Settlement) {
-        let ended = match settlement {
-            Settlement::Charged { credits, task_id } => Ended::Charged { credits, task_id },
-            Settlement::Released => Ended::Released,
-            Settlement::Unknown => Ended::Unknown,
-        };
-        self.send(Op::Ended { id, ended });
+        self.send(Op::Ended {
+            id,
+            ended: ended_of(settlement),
+        });
+    }
+
+    /// A settlement of a grant the backend holds, which it could not take when the request ended.
+    pub fn unsettled(&self, id: GrantId, settlement: Settlement) {
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        self.send(Op::Unsettled {
+            id,
+            ended: ended_of(settlement),
+        });
     }
 
     /// Up to `limit` ended entries, oldest first (blocking: call off the workers).
-    pub fn ended_entries(&self, limit: u32) -> anyhow::Result<Vec<Unaccounted>> {
+    pub fn ended_entries(&self, limit: u32) -> anyhow::Result<Vec<Spooled>> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let mut stmt = conn.prepare_cached(
-            "SELECT id, record, off_peak, estimate, ended, admitted_at FROM spool WHERE ended IS NOT NULL \
-             ORDER BY rowid LIMIT ?1",
+            "SELECT id, record, off_peak, estimate, ended, admitted_at, settle_only FROM spool \
+             WHERE ended IS NOT NULL ORDER BY rowid LIMIT ?1",
         )?;
         let rows = stmt.query_map([limit], |r| {
             Ok((
@@ -176,14 +226,22 @@ impl Spool {
                 r.get::<_, i64>(3)?,
                 r.get::<_, String>(4)?,
                 r.get::<_, String>(5)?,
+                r.get::<_, bool>(6)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, record, off_peak, estimate, ended, at) = row?;
-            let record: Record = serde_json::from_str(&record)?;
+            let (id, record, off_peak, estimate, ended, at, settle_only) = row?;
             let ended: Ended = serde_json::from_str(&ended)?;
-            out.push(Unaccounted {
+            if settle_only {
+                out.push(Spooled::Settlement {
+                    id: id.parse()?,
+                    settlement: settlement_of(ended),
+                });
+                continue;
+            }
+            let record: Record = serde_json::from_str(&record)?;
+            out.push(Spooled::Admission(Unaccounted {
                 id: id.parse()?,
                 record: RequestRecord {
                     request_id: record.request_id,
@@ -197,13 +255,9 @@ impl Spool {
                     off_peak,
                     estimate: u64::try_from(estimate).unwrap_or(0),
                 },
-                settlement: match ended {
-                    Ended::Charged { credits, task_id } => Settlement::Charged { credits, task_id },
-                    Ended::Released => Settlement::Released,
-                    Ended::Unknown => Settlement::Unknown,
-                },
+                settlement: settlement_of(ended),
                 admitted_at: at,
-            });
+            }));
         }
         Ok(out)
     }
@@ -245,6 +299,13 @@ fn apply(conn: &Connection, op: Op) -> anyhow::Result<()> {
                 params![id.to_string(), serde_json::to_string(&ended)?],
             )?;
         }
+        Op::Unsettled { id, ended } => {
+            conn.execute(
+                "INSERT OR IGNORE INTO spool (id, record, off_peak, estimate, ended, admitted_at, settle_only) \
+                 VALUES (?1, '{}', 0, 0, ?2, '', 1)",
+                params![id.to_string(), serde_json::to_string(&ended)?],
+            )?;
+        }
     }
     Ok(())
 }
@@ -264,7 +325,7 @@ mod tests {
         }
     }
 
-    fn wait_for(spool: &Spool, n: usize) -> Vec<Unaccounted> {
+    fn wait_for(spool: &Spool, n: usize) -> Vec<Spooled> {
         for _ in 0..200 {
             let entries = spool.ended_entries(100).unwrap();
             if entries.len() == n {
@@ -294,17 +355,30 @@ mod tests {
                 task_id: Some("t1".into()),
             },
         );
-        let entries = wait_for(&spool, 1);
-        assert_eq!(entries[0].id, a);
+        let c = GrantId::random();
+        spool.unsettled(c, Settlement::Released);
+        let entries = wait_for(&spool, 2);
+        let Spooled::Admission(first) = &entries[0] else {
+            panic!("{entries:?}")
+        };
+        assert_eq!(first.id, a);
         assert_eq!(
-            entries[0].settlement,
+            first.settlement,
             Settlement::Charged {
                 credits: 50,
                 task_id: Some("t1".into())
             }
         );
-        assert_eq!(spool.depth(), 2);
+        assert_eq!(
+            entries[1],
+            Spooled::Settlement {
+                id: c,
+                settlement: Settlement::Released
+            }
+        );
+        assert_eq!(spool.depth(), 3);
         spool.remove(a).unwrap();
+        spool.remove(c).unwrap();
         assert_eq!(spool.depth(), 1);
         drop(spool);
 
@@ -313,9 +387,12 @@ mod tests {
         assert_eq!(spool.depth(), 1);
         let entries = spool.ended_entries(100).unwrap();
         assert_eq!(entries.len(), 1);
-        assert_eq!(entries[0].id, b);
-        assert_eq!(entries[0].settlement, Settlement::Unknown);
-        assert_eq!(entries[0].run, run);
-        assert_eq!(entries[0].record, record());
+        let Spooled::Admission(left) = &entries[0] else {
+            panic!("{entries:?}")
+        };
+        assert_eq!(left.id, b);
+        assert_eq!(left.settlement, Settlement::Unknown);
+        assert_eq!(left.run, run);
+        assert_eq!(left.record, record());
     }
 }

@@ -632,3 +632,63 @@ async fn under_fail_open_what_was_admitted_while_redis_was_down_is_written_back_
     })
     .await;
 }
+
+/// Redis hangs while Vidu works on a create: the caller still gets Vidu's answer at once (the settlement is not
+/// on its path), the settlement Redis could not take is spooled, and written back when Redis answers again: the
+/// reservation settles to what Vidu charged and the task is its owner's.
+#[actix_web::test]
+async fn a_settlement_redis_cannot_take_is_spooled_and_written_back_without_holding_up_the_caller()
+{
+    on_redis(async {
+        let mock = MockVidu::start().await;
+        mock.respond(|_| {
+            Reply::json(200, created_task("77", 40)).delayed(Duration::from_millis(800))
+        });
+        let config = TestApp::builder(&mock).state(|s| s.redis_timeout_ms = 2_000);
+        let bin = Binary::start(&config, &[]).await;
+        let alice = token("alice", "mkt");
+        let url = bin.url();
+        let caller = alice.clone();
+        let held = actix_web::rt::spawn(async move {
+            let started = Instant::now();
+            let answer = send(
+                "POST",
+                format!("{url}/ent/v2/img2video"),
+                &caller,
+                Some(&q2()),
+            )
+            .await;
+            (answer, started.elapsed())
+        });
+        until(|| mock.received().len() == 1).await;
+        current_redis().pause();
+        let ((status, _, body), took) = held.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(
+            took < Duration::from_millis(800 + 1_500),
+            "the caller waited for the settlement: {took:?}"
+        );
+        bin.wait_for_line(Duration::from_secs(10), |l| {
+            l.contains("could not settle a grant")
+        })
+        .await
+        .unwrap_or_else(|| panic!("{}", bin.logs()));
+        let metrics = || async {
+            let (_, _, m) = send("GET", format!("{}/metrics", bin.url()), "", None).await;
+            m.as_str().unwrap_or_default().to_owned()
+        };
+        assert!(metrics().await.contains("vidu_gateway_state_spool_depth 1"));
+
+        current_redis().resume();
+        bin.wait_for_line(Duration::from_secs(15), |l| l.contains("back to it"))
+            .await
+            .unwrap_or_else(|| panic!("{}", bin.logs()));
+        assert!(metrics().await.contains("vidu_gateway_state_spool_depth 0"));
+        let usage = usage_of(&bin, "user=alice").await;
+        assert_eq!(usage["user"]["totals"]["credits_settled"], 40, "{usage}");
+        assert_eq!(usage["user"]["totals"]["credits_reserved"], 0, "{usage}");
+        let read = format!("{}/ent/v2/tasks/77/creations", bin.url());
+        assert_eq!(send("GET", read, &alice, None).await.0, StatusCode::OK);
+    })
+    .await;
+}

@@ -55,6 +55,8 @@ pub struct RedisStore {
     usage: Script,
     heartbeat: Script,
     record: Script,
+    /// Whether every script is in Redis's script cache (loaded at the first heartbeat, again after data loss).
+    scripts_loaded: std::sync::atomic::AtomicBool,
     /// The deployment's epoch as this replica last saw it (`None` before the first heartbeat).
     epoch: std::sync::Mutex<Option<String>>,
 }
@@ -220,6 +222,7 @@ impl RedisStore {
             usage: Script::new(USAGE),
             heartbeat: Script::new(HEARTBEAT),
             record: Script::new(RECORD),
+            scripts_loaded: std::sync::atomic::AtomicBool::new(false),
             epoch: std::sync::Mutex::new(None),
         })
     }
@@ -752,6 +755,21 @@ impl Health for RedisStore {
                 .as_ref()
                 .map(|c| c.now().as_millisecond().to_string())
                 .unwrap_or_default();
+            // Loaded before the first request needs them: a settlement is issued after the caller has Vidu's
+            // answer, and one answered NOSCRIPT (then loaded, then run) could land after the caller's next request.
+            if !self
+                .scripts_loaded
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                let mut load = ::redis::pipe();
+                for source in [ADMIT, FINISH, RECORD, USAGE, HEARTBEAT] {
+                    load.cmd("SCRIPT").arg("LOAD").arg(source).ignore();
+                }
+                self.call("script load", async |c| load.query_async::<()>(c).await)
+                    .await?;
+                self.scripts_loaded
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             let text: String = self
                 .call("heartbeat", async |c| {
                     self.heartbeat
@@ -769,6 +787,11 @@ impl Health for RedisStore {
                 .await?;
             let beat: Beat = serde_json::from_str(&text).map_err(|_| bad_answer("heartbeat"))?;
             *self.epoch.lock().unwrap_or_else(|p| p.into_inner()) = Some(beat.epoch);
+            if beat.lost {
+                // A Redis that lost its data lost its script cache too: load them again at the next beat.
+                self.scripts_loaded
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+            }
             // An empty Lua table encodes as `{}` either way; anything but strings is not a version.
             let versions = beat
                 .versions
