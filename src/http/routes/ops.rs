@@ -68,7 +68,7 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, GatewayE
             "reachable": reachable,
             "on_unavailable": st.on_unavailable,
             // Requests admitted without the backend (fail_open) not yet written back to it.
-            "spool_depth": state.store.spool_depth(),
+            "spool_depth": state.store.spool_depth().unwrap_or(0),
         },
         // The replicas sharing the backend, as the last heartbeat saw them: replica id → config version.
         "replicas": {

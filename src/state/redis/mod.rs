@@ -42,7 +42,11 @@ const DAY_BUDGET_TTL_SECS: u64 = 3 * 86_400;
 const MONTH_BUDGET_TTL_SECS: u64 = 63 * 86_400;
 
 pub struct RedisStore {
+    /// The request path's connection. Lazy: its driver task runs on the runtime that first uses it — an actix
+    /// worker, since the background loops use `side` — so a round trip wakes no other thread (one worker).
     conn: ConnectionManager,
+    /// The heartbeat's connection (it runs on the main runtime from the start).
+    side: ConnectionManager,
     keys: Keys,
     timeout: Duration,
     /// An in-flight slot's lease: `upstream.request_timeout_ms` + 10 s.
@@ -208,10 +212,13 @@ impl RedisStore {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+            .map_err(|e| anyhow::anyhow!("state.redis_url: {e}"))?;
+        let side = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| anyhow::anyhow!("state.redis_url: {e}"))?;
         Ok(Self {
             conn,
+            side,
             keys: Keys::new(&state.key_prefix),
             timeout,
             lease_ms: request_timeout_ms.saturating_add(10_000),
@@ -234,9 +241,19 @@ impl RedisStore {
         self
     }
 
-    /// One round trip, bounded by `state.redis_timeout_ms`.
+    /// One round trip on the request path's connection, bounded by `state.redis_timeout_ms`.
     async fn call<T>(
         &self,
+        what: &'static str,
+        f: impl AsyncFnOnce(&mut ConnectionManager) -> ::redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        self.call_on(&self.conn, what, f).await
+    }
+
+    /// One round trip on `conn`, bounded by `state.redis_timeout_ms`.
+    async fn call_on<T>(
+        &self,
+        conn: &ConnectionManager,
         what: &'static str,
         f: impl AsyncFnOnce(&mut ConnectionManager) -> ::redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
@@ -246,7 +263,7 @@ impl RedisStore {
                 "redis ({what}): the runtime is shutting down"
             )));
         }
-        let mut conn = self.conn.clone();
+        let mut conn = conn.clone();
         match tokio::time::timeout(self.timeout, f(&mut conn)).await {
             Err(_) => Err(StoreError::Timeout {
                 what,
@@ -765,13 +782,15 @@ impl Health for RedisStore {
                 for source in [ADMIT, FINISH, RECORD, USAGE, HEARTBEAT] {
                     load.cmd("SCRIPT").arg("LOAD").arg(source).ignore();
                 }
-                self.call("script load", async |c| load.query_async::<()>(c).await)
-                    .await?;
+                self.call_on(&self.side, "script load", async |c| {
+                    load.query_async::<()>(c).await
+                })
+                .await?;
                 self.scripts_loaded
                     .store(true, std::sync::atomic::Ordering::Relaxed);
             }
             let text: String = self
-                .call("heartbeat", async |c| {
+                .call_on(&self.side, "heartbeat", async |c| {
                     self.heartbeat
                         .arg(self.keys.epoch())
                         .arg(self.keys.config_versions())
