@@ -1,24 +1,34 @@
 #!/usr/bin/env bash
 # bench/run.sh - the gateway beside nginx and a direct call, in one run, on this machine.
 #
-#   bash bench/run.sh              # full run (~13 min): builds, measures, prints the table, writes bench/results/latest.txt
-#   QUICK=1 bash bench/run.sh      # smoke run (~3 min): DURATION=3s REPEATS=1, writes nothing into the repo
+#   bash bench/run.sh              # full run (~13 min + build): measures, prints the table, writes bench/results/latest.txt
+#   QUICK=1 bash bench/run.sh      # smoke run (~5 min + build): DURATION=3s REPEATS=1, writes nothing into the repo
+#   PASSES="main redis" bash bench/run.sh   # only what the Redis-backend bar needs (~9 min)
+#   BUILD_REV=HEAD bash bench/run.sh        # measure the committed tree, not the working tree's edits
 #
 # What it does, in order (everything on 127.0.0.1, every process it starts is stopped by PID):
-#   1. checks the tools (nginx, libnginx-mod-http-echo, wrk, curl, python3, openssl, taskset, ss): installs
-#      nothing, prints the apt-get line and exits 1 when one is missing;
-#   2. builds the release binary into ${CARGO_TARGET_DIR:-target};
+#   1. checks the tools (nginx, libnginx-mod-http-echo, wrk, curl, python3, openssl, taskset, ss; redis-server and
+#      redis-cli for the redis pass): installs nothing, prints the apt-get line and exits 1 when one is missing;
+#   2. builds the release binary into ${CARGO_TARGET_DIR:-target} (BUILD_REV: from `git archive BUILD_REV` in
+#      $SCRATCH/src, into ${CARGO_TARGET_DIR:-$SCRATCH/target}) and copies it to $SCRATCH/bin, so that a rebuild in
+#      the checkout during the run cannot swap the binary between passes;
 #   3. writes a real gateway config into $SCRATCH: upstream.mode = "vidu" against the mock Vidu on :18081, ES256
 #      JWT with a fresh P-256 key pair (openssl), the built-in catalog, admission on (user, team and global
 #      rates, in-flight slots and day/month budgets, far too high to reject), the SQLite ledger in $SCRATCH,
 #      log level warn, listening on 127.0.0.1:18090; mints a token with `vidu-gateway token --private-key`;
+#      and the same config with `[state] backend = "redis"` (gateway-redis.toml) for the redis pass;
 #   4. start-to-ready time (spawn until /readyz answers 200, polled every 5 ms, median of START_RUNS starts) and
 #      idle RSS, with a fresh ledger (bench/start_ready.py);
-#   5. the harness (../shared/bench/bench.sh, staged into $SCRATCH/harness with bench/post.lua and the readiness
-#      probe fix described in bench/README.md) four times, each starting and stopping mock Vidu, nginx and the
-#      gateway:
+#   5. the harness (../shared/bench/bench.sh, staged into $SCRATCH/harness with bench/post.lua, the readiness
+#      probe fix and EXTRA_SERVER_PIDS described in bench/README.md) once per pass, each starting and stopping
+#      mock Vidu, nginx and the gateway:
 #        main   small img2video requests (URL image) at 16 and 64 connections; a 15 MiB data-URI request at 4
 #               connections (direct, nginx, nginx streaming, nginx in-memory buffering, gateway)
+#        redis  small requests at 16 connections against the gateway configured as in main but with the Redis
+#               state backend (gateway_redis; direct and nginx again, as a drift check against main): a
+#               redis-server started here on a free loopback port (REDIS_PORT), pinned to SERVER_CPU with the
+#               other servers, persistence off (--save "" --appendonly no), emptied before the pass and stopped
+#               by PID right after it (and by the EXIT trap); its INFO after the pass goes to redis_info.txt
 #        quote  POST /gateway/v1/img2video/quote, small body, QUOTE_CONNS connections (direct/nginx rows are
 #               their img2video answer, as a reference)
 #        half   small requests at about half the gateway's peak throughput (think time per connection), for the
@@ -31,8 +41,15 @@
 # Environment (defaults in brackets):
 #   QUICK [0]            1 = DURATION=3s REPEATS=1 START_RUNS=3, results not saved into the repo
 #   DURATION [10s]  REPEATS [3]    passed to the harness (per measurement; targets interleaved per repetition)
+#   PASSES [main redis quote half mem16]   the harness passes to run, in this order; main always runs (the
+#                        others compare against it), e.g. PASSES="main redis" for the Redis-backend bar alone
 #   QUOTE_CONNS [16]  HALF_CONNS [64]  START_RUNS [5]  MEM16 [1] (0 skips the 16 x 15 MiB run)  MEM16_REPEATS [1]
+#   REDIS_CONNS [16]     connections of the redis pass
+#   REDIS_PORT [a free loopback port]  REDIS_TIMEOUT_MS [200] (state.redis_timeout_ms of the redis pass: 200, not
+#                        the default 50, so a scheduling hiccup on the shared server core is not an outage)
 #   SKIP_BUILD [0]       1 = use the existing binary
+#   BUILD_REV []         a git revision (e.g. HEAD): build that committed tree instead of the working tree, for a
+#                        checkout someone is editing meanwhile
 #   BENCH_HARNESS [../shared/bench/bench.sh, relative to the repo root]
 #   SCRATCH [${TMPDIR:-/tmp}/vidu-gateway-bench]   config, keys, ledger, logs, harness copy, raw results
 #   SAVE [1, 0 when QUICK=1]   write the printed table to bench/results/latest.txt
@@ -58,7 +75,12 @@ QUOTE_CONNS="${QUOTE_CONNS:-16}"
 HALF_CONNS="${HALF_CONNS:-64}"
 MEM16="${MEM16:-1}"
 MEM16_REPEATS="${MEM16_REPEATS:-1}"
+PASSES="${PASSES:-main redis quote half mem16}"
+REDIS_CONNS="${REDIS_CONNS:-16}"
+REDIS_PORT="${REDIS_PORT:-}"
+REDIS_TIMEOUT_MS="${REDIS_TIMEOUT_MS:-200}"
 SKIP_BUILD="${SKIP_BUILD:-0}"
+BUILD_REV="${BUILD_REV:-}"
 GW_WORKERS="${GW_WORKERS:-1}"
 HARNESS="${BENCH_HARNESS:-../shared/bench/bench.sh}"
 SCRATCH="${SCRATCH:-${TMPDIR:-/tmp}/vidu-gateway-bench}"
@@ -66,16 +88,42 @@ TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 GW_PORT=18090
 GW_URL="http://127.0.0.1:$GW_PORT"
 export PIN="${PIN:-1}" SERVER_CPU="${SERVER_CPU:-1}"
+pass_on() { [[ " $PASSES " == *" $1 "* ]]; }
+for p in $PASSES; do
+  case "$p" in main|redis|quote|half|mem16) ;; *) die "PASSES: unknown pass '$p' (main redis quote half mem16)" ;; esac
+done
+
+# Processes this script starts itself (redis-server); the harness stops its own. Stopped by PID, never by name.
+STARTED=()
+stop_pid() {
+  local pid=$1
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$pid" 2>/dev/null && { log "pid $pid ignored TERM, sending KILL"; kill -KILL "$pid" 2>/dev/null || true; }
+  wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+  local rc=$? pid
+  for pid in "${STARTED[@]}"; do stop_pid "$pid"; done
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 # ------------------------------------------------------------------ 1. tools (nothing is installed)
 missing=()
 for bin in nginx wrk curl python3 openssl taskset ss; do command -v "$bin" >/dev/null 2>&1 || missing+=("$bin"); done
 [[ -f /usr/lib/nginx/modules/ngx_http_echo_module.so ]] || missing+=("libnginx-mod-http-echo")
+if pass_on redis; then
+  for bin in redis-server redis-cli; do command -v "$bin" >/dev/null 2>&1 || missing+=("$bin"); done
+fi
 [[ "$SKIP_BUILD" == 1 ]] || command -v cargo >/dev/null 2>&1 || missing+=("cargo (https://rustup.rs)")
 if (( ${#missing[@]} )); then
   log "missing: ${missing[*]}"
   echo "install the benchmark's tools (Debian/Ubuntu packages), then rerun:" >&2
-  echo "  sudo apt-get install -y nginx libnginx-mod-http-echo wrk curl python3 openssl util-linux iproute2" >&2
+  echo "  sudo apt-get install -y nginx libnginx-mod-http-echo wrk curl python3 openssl util-linux iproute2 redis-server" >&2
+  [[ " ${missing[*]} " == *" redis-"* ]] && echo "(or leave the redis pass out: PASSES=\"main quote half mem16\")" >&2
   exit 1
 fi
 [[ -f "$HARNESS" ]] || die "harness not found at $HARNESS (set BENCH_HARNESS to ../shared/bench/bench.sh's path)"
@@ -83,30 +131,53 @@ HARNESS="$(cd "$(dirname "$HARNESS")" && pwd)/$(basename "$HARNESS")"
 [[ -z "$(ss -ltnH "sport = :$GW_PORT")" ]] || die "port $GW_PORT already in use; stop that process first"
 
 # ------------------------------------------------------------------ 2. build
-# The source the binary is built from (read before the build: another checkout may change meanwhile).
-GIT_DESC="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo '+local changes')"
-if [[ "$SKIP_BUILD" != 1 ]]; then
-  log "building the release binary into $TARGET_DIR (cargo build --release)"
-  cargo build --release --quiet
-fi
-BIN="$(cd "$TARGET_DIR/release" && pwd)/vidu-gateway"
-[[ -x "$BIN" ]] || die "no binary at $BIN"
-
-# ------------------------------------------------------------------ 3. scratch: keys, config, harness, token
 mkdir -p "$SCRATCH"
 SCRATCH="$(cd "$SCRATCH" && pwd)"
 [[ "$SCRATCH" != *' '* ]] || die "SCRATCH must not contain spaces (the harness runs GATEWAY_CMD through bash -c)"
-rm -rf "$SCRATCH/results" "$SCRATCH/harness" "$SCRATCH"/ledger.sqlite3* "$SCRATCH/logs"
+# The source the binary is built from (read before the build: another checkout may change meanwhile).
+SRC_DIR="$ROOT"
+if [[ -n "$BUILD_REV" ]]; then
+  REV="$(git rev-parse --verify "$BUILD_REV^{commit}")" || die "BUILD_REV=$BUILD_REV is not a commit"
+  GIT_DESC="$(git rev-parse --short "$REV") (BUILD_REV=$BUILD_REV, committed tree)"
+  SRC_DIR="$SCRATCH/src"
+  TARGET_DIR="${CARGO_TARGET_DIR:-$SCRATCH/target}"
+  if [[ "$SKIP_BUILD" != 1 ]]; then
+    rm -rf "$SRC_DIR"; mkdir -p "$SRC_DIR"
+    git archive "$REV" | tar -x -C "$SRC_DIR"
+  fi
+else
+  GIT_DESC="$(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo '+local changes')"
+fi
+mkdir -p "$TARGET_DIR"
+TARGET_DIR="$(cd "$TARGET_DIR" && pwd)"
+if [[ "$SKIP_BUILD" != 1 ]]; then
+  log "building the release binary from $SRC_DIR into $TARGET_DIR (cargo build --release)"
+  (cd "$SRC_DIR" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --release --quiet)
+fi
+[[ -x "$TARGET_DIR/release/vidu-gateway" ]] || die "no binary at $TARGET_DIR/release/vidu-gateway"
+mkdir -p "$SCRATCH/bin"
+cp "$TARGET_DIR/release/vidu-gateway" "$SCRATCH/bin/vidu-gateway.tmp"
+mv "$SCRATCH/bin/vidu-gateway.tmp" "$SCRATCH/bin/vidu-gateway"
+BIN="$SCRATCH/bin/vidu-gateway"
+
+# ------------------------------------------------------------------ 3. scratch: keys, config, harness, token
+rm -rf "$SCRATCH/results" "$SCRATCH/harness" "$SCRATCH"/ledger.sqlite3* "$SCRATCH"/spool.sqlite3* "$SCRATCH/logs" "$SCRATCH/redis"
 mkdir -p "$SCRATCH/results" "$SCRATCH/logs"
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$SCRATCH/es256.key.pem" 2>/dev/null
 openssl pkey -in "$SCRATCH/es256.key.pem" -pubout -out "$SCRATCH/es256.pub.pem" 2>/dev/null
 CFG="$SCRATCH/gateway.toml"
+CFG_REDIS="$SCRATCH/gateway-redis.toml"
 HIGH_RATE=100000000        # requests per minute and burst: never reached
 HIGH_SLOTS=100000          # concurrent requests
-HIGH_CREDITS=1000000000000 # credits per day / month
-cat >"$CFG" <<EOF
+HIGH_CREDITS=1000000000000 # credits per day / month (a small create reserves a few dozen: ~10^7 per pass)
+if [[ -z "$REDIS_PORT" ]] && pass_on redis; then   # a free loopback port, outside the harness's 18080-18090
+  REDIS_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+fi
+write_config() {    # file, then the [state] table's lines: the same gateway but for its state backend
+  local file=$1; shift
+  cat >"$file" <<EOF
 # Written by bench/run.sh: the real request path (ES256 JWT, validation against the built-in catalog, pricing,
-# policy, admission with the SQLite ledger, forwarding with awc) against the mock Vidu of the harness.
+# policy, admission with the state backend of [state], forwarding with awc) against the mock Vidu of the harness.
 # No [models.*] table: the seed catalog applies.
 [server]
 listen = "127.0.0.1:$GW_PORT"
@@ -150,20 +221,30 @@ daily_credits = $HIGH_CREDITS
 monthly_credits = $HIGH_CREDITS
 
 [state]
-backend = "memory"
-ledger_path = "$SCRATCH/ledger.sqlite3"
+$(printf '%s\n' "$@")
 
 [telemetry]
 log_format = "json"
 log_level = "warn"
 EOF
-"$BIN" check-config --config "$CFG" >/dev/null 2>"$SCRATCH/logs/check-config.txt" \
-  || { cat "$SCRATCH/logs/check-config.txt" >&2; die "the generated config is invalid"; }
+  "$BIN" check-config --config "$file" >/dev/null 2>"$SCRATCH/logs/check-config.txt" \
+    || { cat "$SCRATCH/logs/check-config.txt" >&2; die "the generated config $file is invalid"; }
+}
+write_config "$CFG" 'backend = "memory"' "ledger_path = \"$SCRATCH/ledger.sqlite3\""
+# The redis pass: the same limits (so the same buckets are checked: 3 slots, 3 rates, 6 budgets), state in Redis.
+# Each admitted create is two round trips (admission script before forwarding, settlement script after).
+if pass_on redis; then
+  write_config "$CFG_REDIS" 'backend = "redis"' "redis_url = \"redis://127.0.0.1:$REDIS_PORT/0\"" \
+    'key_prefix = "bench"' "redis_timeout_ms = $REDIS_TIMEOUT_MS" 'on_unavailable = "fail_closed"' \
+    "ledger_path = \"$SCRATCH/ledger-unused.sqlite3\"" "spool_path = \"$SCRATCH/spool.sqlite3\""
+fi
 TOKEN="$("$BIN" token --config "$CFG" --sub bench --team perf --ttl 86400 --private-key "$SCRATCH/es256.key.pem")"
 [[ "$TOKEN" == eyJ* ]] || die "could not mint a token"
 
-# Staged copy of the harness: its own files, plus bench/post.lua (p99.9, think time) and a readiness probe that
-# posts the small img2video request (the harness probes with '{"ping":1}', which a validating gateway answers 400).
+# Staged copy of the harness: its own files, plus bench/post.lua (p99.9, think time), a readiness probe that
+# posts the small img2video request (the harness probes with '{"ping":1}', which a validating gateway answers 400),
+# and EXTRA_SERVER_PIDS: processes counted as servers (redis-server in the redis pass), so that their CPU is in the
+# servers' CPU per request and not taken for foreign load (which would trigger retries and warnings).
 H="$SCRATCH/harness"
 mkdir -p "$H"
 cp -r "$(dirname "$HARNESS")/conf" "$(dirname "$HARNESS")/lua" "$H/"
@@ -171,6 +252,11 @@ cp "$HARNESS" "$H/bench.sh"
 cp "$ROOT/bench/post.lua" "$H/lua/post.lua"
 if grep -q "\-d '{\"ping\":1}'" "$H/bench.sh"; then
   sed -i "s|-d '{\"ping\":1}'|-d \"\$SMALL_BODY\"|" "$H/bench.sh"
+fi
+sed -i 's|^server_pids() { echo "\$UP_WORKER";|server_pids() { echo "$UP_WORKER"; [[ -z "${EXTRA_SERVER_PIDS:-}" ]] \|\| printf "%s\\n" $EXTRA_SERVER_PIDS;|' \
+  "$H/bench.sh"
+if pass_on redis && ! grep -q 'EXTRA_SERVER_PIDS' "$H/bench.sh"; then
+  die "could not add EXTRA_SERVER_PIDS to the staged harness (server_pids() changed in $HARNESS?)"
 fi
 
 harness() {         # kind, then VAR=value... for the harness; prints the results directory
@@ -200,12 +286,60 @@ python3 "$ROOT/bench/start_ready.py" --bin "$BIN" --config "$CFG" --url "$GW_URL
 # ------------------------------------------------------------------ 5. the harness runs
 harness main GATEWAY_URL="$GW_URL" SMALL_CONNS="16 64" LARGE_SIZES="15m" LARGE_CONNS=4
 MAIN="$RESULT_DIR"
+RUNS=(--run "main=$MAIN")
 
-# The quote: the harness appends REQ_PATH to GATEWAY_URL; a query string carries it off the quote path.
-harness quote GATEWAY_URL="$GW_URL/gateway/v1/img2video/quote?bench=" SMALL_CONNS="$QUOTE_CONNS" LARGE_SIZES=""
-QUOTE="$RESULT_DIR"
+# The Redis backend, right after main (least drift): its own redis-server on SERVER_CPU beside the mock, nginx and
+# the gateway, persistence off, empty at the start of the pass (the budgets, 10^12 credits, cannot fill up in one
+# pass: its largest counter is checked below), stopped by PID right after.
+if pass_on redis; then
+  [[ -z "$(ss -ltnH "sport = :$REDIS_PORT")" ]] || die "REDIS_PORT $REDIS_PORT already in use"
+  mkdir -p "$SCRATCH/redis"
+  REDIS_PIN=(); [[ "$PIN" == 1 ]] && REDIS_PIN=(taskset -c "$SERVER_CPU")
+  [[ "${NICE:-0}" != 0 ]] && REDIS_PIN=(nice -n "$NICE" "${REDIS_PIN[@]}")
+  "${REDIS_PIN[@]}" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+      --daemonize no --dir "$SCRATCH/redis" --logfile "$SCRATCH/logs/redis-server.log" >/dev/null 2>&1 &
+  REDIS_PID=$!
+  STARTED+=("$REDIS_PID")
+  rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+  for _ in $(seq 100); do [[ "$(rcli ping 2>/dev/null)" == PONG ]] && break; sleep 0.05; done
+  [[ "$(rcli ping 2>/dev/null)" == PONG ]] || die "redis-server did not answer on :$REDIS_PORT (log: $SCRATCH/logs/redis-server.log)"
+  rcli flushall >/dev/null
+  rcli config resetstat >/dev/null
+  log "redis-server $(redis-server --version | grep -o 'v=[0-9.]*') pid=$REDIS_PID on 127.0.0.1:$REDIS_PORT, affinity=$(taskset -p "$REDIS_PID" | awk '{print $NF}'), persistence off"
+  harness redis GATEWAY_URL="$GW_URL" SMALL_CONNS="$REDIS_CONNS" LARGE_SIZES="" \
+      GATEWAY_CMD="$BIN serve --config $CFG_REDIS" GATEWAY_NAME=gateway_redis EXTRA_SERVER_PIDS="$REDIS_PID"
+  {
+    echo "redis_version $(redis-server --version | grep -o 'v=[0-9.]*' | cut -d= -f2)"
+    echo "port $REDIS_PORT"
+    echo "persistence off (--save \"\" --appendonly no)"
+    echo "redis_timeout_ms $REDIS_TIMEOUT_MS"
+    echo "budget_limit $HIGH_CREDITS"
+    echo "dbsize $(rcli dbsize)"
+    # the largest budget counter (credits reserved + settled in one day/month bucket) after the pass
+    mx=0
+    while read -r k; do
+      [[ -n "$k" ]] || continue
+      v="$(rcli get "$k")"; [[ "$v" =~ ^-?[0-9]+$ ]] && (( v > mx )) && mx=$v
+    done < <(rcli --scan --pattern '{bench}:b:*')
+    echo "budget_max_used $mx"
+    rcli info commandstats | tr -d '\r' | grep '^cmdstat_'
+    rcli info cpu | tr -d '\r' | grep '^used_cpu_'
+    rcli info memory | tr -d '\r' | grep -E '^used_memory:|^used_memory_peak:'
+  } >"$RESULT_DIR/redis_info.txt" 2>&1 || true
+  stop_pid "$REDIS_PID"
+  log "redis-server stopped; $(grep -E '^(dbsize|budget_max_used)' "$RESULT_DIR/redis_info.txt" | tr '\n' ' ')"
+  RUNS+=(--run "redis=$RESULT_DIR")
+fi
+
+if pass_on quote; then
+  # The quote: the harness appends REQ_PATH to GATEWAY_URL; a query string carries it off the quote path.
+  harness quote GATEWAY_URL="$GW_URL/gateway/v1/img2video/quote?bench=" SMALL_CONNS="$QUOTE_CONNS" LARGE_SIZES=""
+  RUNS+=(--run "quote=$RESULT_DIR")
+fi
 
 # Half of the gateway's peak (the better of c=16/c=64 in the main run): HALF_CONNS connections with a think time.
+DELAY_MS=""
+if pass_on half; then
 read -r PEAK DELAY_MS < <(python3 - "$MAIN/runs.tsv" "$HALF_CONNS" <<'PY'
 import csv, statistics, sys, math
 rows = [r for r in csv.DictReader(open(sys.argv[1]), delimiter='\t') if r['target'] == 'gateway' and r['scenario'].startswith('small_')]
@@ -218,10 +352,10 @@ PY
 )
 log "gateway peak ${PEAK} req/s: half load = $HALF_CONNS connections with ${DELAY_MS} ms mean think time (exponential)"
 harness half GATEWAY_URL="$GW_URL" SMALL_CONNS="$HALF_CONNS" LARGE_SIZES="" DELAY_MS="$DELAY_MS"
-HALF="$RESULT_DIR"
+RUNS+=(--run "half=$RESULT_DIR")
+fi
 
-RUNS=(--run "main=$MAIN" --run "quote=$QUOTE" --run "half=$HALF")
-if [[ "$MEM16" == 1 ]]; then
+if [[ "$MEM16" == 1 ]] && pass_on mem16; then
   REPEATS_SAVED=$REPEATS; REPEATS=$MEM16_REPEATS
   harness mem16 GATEWAY_URL="$GW_URL" SMALL_CONNS="" LARGE_SIZES="15m" LARGE_CONNS=16 NGINX_VARIANTS=0
   REPEATS=$REPEATS_SAVED
@@ -239,8 +373,9 @@ python3 "$ROOT/bench/start_ready.py" --bin "$BIN" --config "$CFG" --url "$GW_URL
   echo "vidu-gateway benchmark  $(date -u +%Y-%m-%dT%H:%M:%SZ)  commit $GIT_DESC$( [[ "$SKIP_BUILD" == 1 ]] && echo ' (SKIP_BUILD: existing binary)')"
   echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -h | awk '/^Mem:/{print $2}') RAM, $(uname -sr)"
   echo "$(nginx -v 2>&1 | sed 's/^nginx version: //'), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'); PIN=$PIN (load generator on CPU ${LOADGEN_CPU:-0}, every server on CPU $SERVER_CPU), gateway workers=$GW_WORKERS"
-  echo "DURATION=$DURATION REPEATS=$REPEATS (mem16: $MEM16_REPEATS) QUOTE_CONNS=$QUOTE_CONNS half load: $HALF_CONNS conns, ${DELAY_MS} ms mean think time"
-  echo "command: $( [[ "$QUICK" == 1 ]] && echo 'QUICK=1 ')bash bench/run.sh"
+  echo "DURATION=$DURATION REPEATS=$REPEATS (mem16: $MEM16_REPEATS) QUOTE_CONNS=$QUOTE_CONNS$( [[ -n "$DELAY_MS" ]] && echo " half load: $HALF_CONNS conns, $DELAY_MS ms mean think time"); passes: $PASSES$( [[ "$MEM16" != 1 ]] && echo ' (MEM16=0)')"
+  pass_on redis && echo "redis pass: $REDIS_CONNS conns, redis-server $(redis-server --version | grep -o 'v=[0-9.]*' | cut -d= -f2) on CPU $SERVER_CPU with the other servers, persistence off (--save \"\" --appendonly no), state.redis_timeout_ms=$REDIS_TIMEOUT_MS"
+  echo "command: $(for v in QUICK PASSES MEM16 BUILD_REV DURATION REPEATS; do val="$(printenv "$v" || true)"; [[ -z "$val" ]] || { [[ "$val" == *' '* ]] && printf '%s="%s" ' "$v" "$val" || printf '%s=%s ' "$v" "$val"; }; done)bash bench/run.sh"
   echo
   python3 "$ROOT/bench/summary.py" "${RUNS[@]}" --start "empty=$SCRATCH/start_empty.json" \
       --start "full=$SCRATCH/start_full.json" --ledger-rows "$ROWS" --delay-ms "$DELAY_MS"

@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
 """bench/summary.py - one table from the harness runs of bench/run.sh, with the ratios and the performance bars.
 
-    summary.py --run main=DIR [--run quote=DIR] [--run half=DIR] [--run mem16=DIR]
+    summary.py --run main=DIR [--run redis=DIR] [--run quote=DIR] [--run half=DIR] [--run mem16=DIR]
                [--start empty=JSON] [--start full=JSON] [--ledger-rows N] [--gateway NAME]
 
 Each DIR is one results directory of ../shared/bench/bench.sh (runs.tsv, raw/*.txt, rss_end.txt). Figures are
 medians over the repetitions (peak RSS: the maximum); p99.9 comes from the RESULT lines of bench/post.lua in the
 raw wrk outputs. Kinds:
   main   small_c16, small_c64, body15m_c4              (as the harness names them)
+  redis  small_cN, the gateway with state.backend = "redis" (harness target gateway_redis) -> small_cN/gateway_redis,
+         compared with the main pass's gateway (memory backend); the pass's direct and nginx rows become
+         small_cN@redis (a drift check, not in the main table); redis_info.txt (written by run.sh): redis-server's
+         INFO commandstats/cpu/memory, key count and largest budget counter after the pass
   quote  small_cN, the gateway target hitting POST /gateway/v1/img2video/quote  -> quote_cN
   half   small_cN with a think time per connection (DELAY_MS) -> small_half_cN: latency at ~half peak load
   mem16  body15m_c16: 16 x 15 MiB requests in flight, for the memory bar
@@ -23,6 +27,7 @@ import statistics as st
 import sys
 
 REFS = ["direct", "nginx", "nginx_stream", "nginx_membuf"]
+REDIS_GW = "gateway_redis"   # the harness's GATEWAY_NAME in the redis pass
 MiB = 1024 * 1024
 
 
@@ -35,6 +40,8 @@ def read_run(kind, d, gw):
             sc = sc.replace("small_", "quote_")
         elif kind == "half":
             sc = sc.replace("small_", "small_half_")
+        elif kind == "redis" and r["target"] != REDIS_GW:
+            sc = sc + "@redis"
         raw = os.path.join(d, "raw", f"{r['scenario']}.{r['target']}.r{r['rep']}.txt")
         extra = {}
         try:
@@ -56,7 +63,11 @@ def agg(rs):
                 p99=med(f("p99_us")), p999=med(f("p999_us")), hwm=max(f("hwm_front_kb")) / 1024,
                 front=med(f("front_cpu_us_req")), srv=med(f("srv_cpu_us_req")), err=int(sum(f("errors"))),
                 err_status=int(sum(f("err_status"))), foreign=max(f("foreign_pct")), n=len(rs),
-                requests=int(sum(f("requests"))))
+                requests=int(sum(f("requests"))), up=med(f("up_cpu_us_req")),
+                # server CPU that is neither the target nor the mock: redis-server in the redis pass (plus the idle
+                # nginx workers, ~0)
+                other=med([float(r["srv_cpu_us_req"]) - float(r["front_cpu_us_req"]) - float(r["up_cpu_us_req"])
+                           for r in rs]))
 
 
 def ms(us):
@@ -89,6 +100,26 @@ def rss_end(d, gw):
     return None
 
 
+def redis_info(d):
+    """run.sh's redis_info.txt: 'key value' lines and INFO lines (cmdstat_x:calls=..,usec=..; used_cpu_x:1.2)."""
+    info = {}
+    try:
+        for line in open(os.path.join(d, "redis_info.txt")):
+            line = line.strip()
+            if line.startswith("cmdstat_"):
+                name, _, rest = line.partition(":")
+                info[name] = dict(x.split("=", 1) for x in rest.split(","))
+            elif ":" in line and not " " in line:
+                k, _, v = line.partition(":")
+                info[k] = v
+            elif " " in line:
+                k, _, v = line.partition(" ")
+                info[k] = v
+    except OSError:
+        pass
+    return info
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", action="append", default=[])
@@ -105,7 +136,7 @@ def main():
         dirs[kind] = d
         data.update(read_run(kind, d, gw))
     A = {k: agg(v) for k, v in data.items()}
-    scen = list(dict.fromkeys(sc for sc, _ in data))
+    scen = list(dict.fromkeys(sc for sc, _ in data if "@" not in sc))
     order = lambda s: (0 if s.startswith("small_c") else 1 if s.startswith("small_half") else
                        2 if s.startswith("quote") else 3, s)
     scen.sort(key=order)
@@ -115,7 +146,7 @@ def main():
     lines = []
     for s in scen:
         g = A.get((s, gw))
-        for t in REFS + [gw]:
+        for t in REFS + [gw, REDIS_GW]:
             x = A.get((s, t))
             if not x:
                 continue
@@ -124,8 +155,10 @@ def main():
                 label = t + " (img2video)"
             if s.startswith("quote") and t == gw:
                 label = gw + " (quote)"
+            if t == REDIS_GW:
+                label = "gateway (redis)"
             rel = ("%.3f" % (g["rps"] / x["rps"]), "%+.3f" % ((g["p99"] - x["p99"]) / 1000)) \
-                if g and t != gw else ("", "")
+                if g and t in REFS else ("", "")
             lines.append([s, label, "%.0f" % x["rps"], "%.0f-%.0f" % (x["rmin"], x["rmax"]), ms(x["p50"]),
                           ms(x["p99"]), ms(x["p999"]), "%.1f" % x["hwm"], "%.1f" % x["front"],
                           str(x["err"]), *rel])
@@ -144,7 +177,13 @@ def main():
             rat.append([s, f"{gw}/{b}", "%.3f" % (g["rps"] / x["rps"]), "%+.3f" % ((g["p50"] - x["p50"]) / 1000),
                         "%+.3f" % ((g["p99"] - x["p99"]) / 1000), "%+.3f" % ((g["p999"] - x["p999"]) / 1000),
                         "%.2f" % (g["hwm"] / x["hwm"]) if x["hwm"] else "-"])
-    print("\nratios gateway/nginx and gateway/direct (medians over repetitions):")
+        r = A.get((s, REDIS_GW))
+        if r:
+            rat.append([s, "redis/memory backend", "%.3f" % (r["rps"] / g["rps"]),
+                        "%+.3f" % ((r["p50"] - g["p50"]) / 1000), "%+.3f" % ((r["p99"] - g["p99"]) / 1000),
+                        "%+.3f" % ((r["p999"] - g["p999"]) / 1000), "%.2f" % (r["hwm"] / g["hwm"]) if g["hwm"] else "-"])
+    print("\nratios gateway/nginx and gateway/direct, and the Redis backend against the memory backend "
+          "(medians over repetitions):")
     print(table(rh, rat))
 
     starts = {}
@@ -161,9 +200,56 @@ def main():
               % (what + ":", v["ready_ms_median"], v["ready_ms_min"], v["ready_ms_max"], len(v["runs"]),
                  v["idle_rss_kb_median"] / 1024))
     for kind, d in dirs.items():
-        r = rss_end(d, gw)
+        r = rss_end(d, REDIS_GW if kind == "redis" else gw)
         if r is not None:
             print(f"  RSS after the {kind} run (load stopped, before shutdown): {r:.1f} MiB")
+
+    # ---------------------------------------------------------------- the Redis backend
+    redis_scen = [s for s in scen if (s, REDIS_GW) in A and (s, gw) in A]
+    if "redis" in dirs:
+        info = redis_info(dirs["redis"])
+        print("\nRedis state backend (redis pass, right after main: the gateway configured as in main, same limits and "
+              "buckets, [state] backend = \"redis\"; %s):" % (
+                  "redis-server %s on the servers' core, persistence off (--save \"\" --appendonly no): what AOF "
+                  "with appendfsync everysec would add is not measured; state.redis_timeout_ms = %s"
+                  % (info.get("redis_version", "?"), info.get("redis_timeout_ms", "?"))))
+        for s in redis_scen:
+            g, r = A[(s, gw)], A[(s, REDIS_GW)]
+            for name, x in (("memory backend (main pass)", g), ("redis backend (redis pass)", r)):
+                extra = ""
+                if x is r:
+                    extra = " + redis-server %.1f us/req" % r["other"]
+                print("  %-27s %6.0f req/s (%.0f-%.0f)  p50 %s  p99 %s  p99.9 %s ms  gateway CPU %.1f us/req%s  "
+                      "errors %d" % (name, x["rps"], x["rmin"], x["rmax"], ms(x["p50"]), ms(x["p99"]), ms(x["p999"]),
+                                     x["front"], extra, x["err"]))
+            print("  redis/memory: x%.3f req/s, p50 %+.3f ms, p99 %+.3f ms, p99.9 %+.3f ms"
+                  % (r["rps"] / g["rps"], (r["p50"] - g["p50"]) / 1000, (r["p99"] - g["p99"]) / 1000,
+                     (r["p999"] - g["p999"]) / 1000))
+            drift = []
+            for t in ("direct", "nginx"):
+                m, p = A.get((s, t)), A.get((s + "@redis", t))
+                if m and p:
+                    drift.append("%s %.0f -> %.0f req/s (x%.3f)" % (t, m["rps"], p["rps"], p["rps"] / m["rps"]))
+            n_m, n_r = A.get((s, "nginx")), A.get((s + "@redis", "nginx"))
+            if drift:
+                print("  drift between the passes: " + ", ".join(drift)
+                      + ("; relative to nginx of its own pass, redis/memory = x%.3f"
+                         % ((r["rps"] / n_r["rps"]) / (g["rps"] / n_m["rps"])) if n_m and n_r else ""))
+        ev = [info.get(k) for k in ("cmdstat_evalsha", "cmdstat_eval") if info.get(k)]
+        calls = sum(int(e["calls"]) for e in ev)
+        usec = sum(float(e["usec"]) for e in ev)
+        cpu = sum(float(info.get(k, 0) or 0) for k in ("used_cpu_user", "used_cpu_sys"))
+        if calls:
+            print("  redis-server: %d script calls (EVALSHA/EVAL, 2 per admitted create), %.1f us each inside Redis "
+                  "(INFO commandstats); its whole CPU over the pass %.1f s = %.1f us per create"
+                  % (calls, usec / calls, cpu, cpu * 1e6 / (calls / 2)))
+        if "dbsize" in info:
+            used = int(info.get("budget_max_used", "0") or 0)
+            limit = int(info.get("budget_limit", "0") or 0)
+            print("  after the pass: %s keys; largest budget counter %s credits of the %s limit (%s); used_memory "
+                  "%.1f MiB" % (info["dbsize"], f"{used:,}".replace(",", " "), f"{limit:,}".replace(",", " "),
+                                "far from refusing" if limit and used < limit / 100 else "CHECK: close to the limit",
+                                int(info.get("used_memory", "0") or 0) / MiB))
 
     # ---------------------------------------------------------------- the performance bars
     print("\nbars (the performance targets, README \"Performance\"):")
@@ -175,6 +261,11 @@ def main():
         if g and n:
             print(f"  {verdict(g['rps'] >= n['rps'])} small c={c}: gateway {g['rps']:.0f} req/s >= nginx "
                   f"{n['rps']:.0f} req/s (x{g['rps'] / n['rps']:.3f})")
+    for s in redis_scen:
+        g, r = A[(s, gw)], A[(s, REDIS_GW)]
+        print(f"  {verdict(r['rps'] >= 0.8 * g['rps'])} Redis backend >= 0.8x memory backend req/s "
+              f"({s.replace('small_c', 'small creates c=')}): redis {r['rps']:.0f} req/s, memory {g['rps']:.0f} req/s "
+              f"(x{r['rps'] / g['rps']:.3f})")
     half = [s for s in scen if s.startswith("small_half")]
     for s in half:
         g, d = A.get((s, gw)), A.get((s, "direct"))
