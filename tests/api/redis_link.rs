@@ -93,6 +93,11 @@ async fn a_password_in_the_url_works_and_is_redacted() {
     let (status, _, shown) = app.get("/gateway/v1/config", &app.admin_token()).await;
     assert_eq!(status, StatusCode::OK);
     assert!(!shown.to_string().contains(PASSWORD), "{shown}");
+    // `/readyz` says where the replica's Redis is, without the password.
+    let (status, _, ready) = app.get_open("/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{ready}");
+    assert_eq!(ready["state"]["redis"], server.url(), "{ready}");
+    assert!(!ready.to_string().contains(PASSWORD), "{ready}");
 }
 
 #[actix_web::test]

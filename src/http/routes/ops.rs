@@ -65,6 +65,8 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, GatewayE
         "upstream": config.settings.upstream.mode,
         "state": {
             "backend": st.backend,
+            // Where the redis backend points, without credentials (`redis://host:port/db`).
+            "redis": (st.backend == StateBackend::Redis).then(|| redis_endpoint(st.redis_url.expose())),
             "reachable": reachable,
             "on_unavailable": st.on_unavailable,
             // Requests admitted without the backend (fail_open) not yet written back to it.
@@ -79,8 +81,40 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, GatewayE
     })))
 }
 
+/// `scheme://host:port/db` of a Redis URL: user name and password left out.
+fn redis_endpoint(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}:{}{}",
+            u.scheme(),
+            u.host_str().unwrap_or(""),
+            u.port().unwrap_or(6379),
+            u.path()
+        ),
+        Err(_) => "(not a URL)".into(),
+    }
+}
+
 pub async fn metrics(metrics: web::Data<Arc<Metrics>>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(metrics.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redis_endpoint;
+
+    #[test]
+    fn a_redis_endpoint_never_shows_credentials() {
+        assert_eq!(
+            redis_endpoint("rediss://user:s3cret@redis.internal:6380/2"),
+            "rediss://redis.internal:6380/2"
+        );
+        assert_eq!(
+            redis_endpoint("redis://:pw@10.0.0.5/0"),
+            "redis://10.0.0.5:6379/0"
+        );
+        assert_eq!(redis_endpoint("not a url with s3cret"), "(not a URL)");
+    }
 }
