@@ -71,8 +71,8 @@ fn fail_open<S: Store + 'static>(
         || settings.on_unavailable == OnUnavailable::FailOpen
         || settings.spool_path.exists()
     {
-        let spool = Arc::new(Spool::open(&settings.spool_path)?);
-        Arc::new(store.with_spool(spool, metrics.state_spool_depth.clone()))
+        let spool = Spool::open(&settings.spool_path, metrics.state_spool_depth.clone())?;
+        Arc::new(store.with_spool(Arc::new(spool)))
     } else {
         Arc::new(store)
     };

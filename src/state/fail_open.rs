@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use futures_util::future::{FutureExt, ready};
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
 
 use super::spool::{Spool, Spooled};
 use super::*;
@@ -29,8 +28,6 @@ pub struct FailOpen<S> {
     unaccounted: Counter,
     /// Where those requests are kept until the backend has them (`None`: not spooled).
     spool: Option<Arc<Spool>>,
-    /// `state_spool_depth`.
-    depth: Gauge,
 }
 
 impl<S> FailOpen<S> {
@@ -44,15 +41,12 @@ impl<S> FailOpen<S> {
             rule: Box::new(rule),
             unaccounted,
             spool: None,
-            depth: Gauge::default(),
         }
     }
 
-    /// Spools what is admitted without the backend to `spool`; `depth` shows how much is waiting.
-    pub fn with_spool(mut self, spool: Arc<Spool>, depth: Gauge) -> Self {
-        depth.set(i64::try_from(spool.depth()).unwrap_or(i64::MAX));
+    /// Spools what the backend cannot take to `spool`.
+    pub fn with_spool(mut self, spool: Arc<Spool>) -> Self {
         self.spool = Some(spool);
-        self.depth = depth;
         self
     }
 
@@ -111,8 +105,6 @@ impl<S: Admissions + Sync> Admissions for FailOpen<S> {
                         && let Some(grant) = &granted.grant
                     {
                         spool.admitted(grant.id(), &request.record, run);
-                        self.depth
-                            .set(i64::try_from(spool.depth()).unwrap_or(i64::MAX));
                     }
                     Ok(decision)
                 }
@@ -138,7 +130,6 @@ impl<S: Admissions + Sync> Admissions for FailOpen<S> {
                             "the state backend could not settle a grant: spooled, written back when it answers"
                         );
                         spool.unsettled(grant.id(), settlement);
-                        self.depth.set(i64::try_from(spool.depth()).unwrap_or(i64::MAX));
                         Ok(())
                     }
                     done => done,
@@ -169,8 +160,6 @@ impl<S: Admissions + Sync + Send + 'static> FailOpen<S> {
             if spool.depth() > 0 {
                 self.write_back_once(&spool).await;
             }
-            self.depth
-                .set(i64::try_from(spool.depth()).unwrap_or(i64::MAX));
             tokio::time::sleep(WRITE_BACK_EVERY).await;
         }
     }

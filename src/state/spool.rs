@@ -11,8 +11,9 @@
 //! reservation settles to Vidu's figure and the task gets its owner.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
+
+use prometheus_client::metrics::gauge::Gauge;
 
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
@@ -109,14 +110,15 @@ fn settlement_of(ended: Ended) -> Settlement {
 pub struct Spool {
     path: PathBuf,
     conn: Arc<Mutex<Connection>>,
-    ops: Mutex<mpsc::Sender<Op>>,
-    /// Entries not yet written back (admitted, ended or not).
-    depth: Arc<AtomicU64>,
+    ops: mpsc::Sender<Op>,
+    /// Entries not yet written back (admitted, ended or not): the `state_spool_depth` gauge itself.
+    depth: Gauge,
 }
 
 impl Spool {
-    /// Opens (creating it and its folder) the spool file; starts its writer thread.
-    pub fn open(path: &Path) -> anyhow::Result<Self> {
+    /// Opens (creating it and its folder) the spool file; starts its writer thread. `depth` counts the entries
+    /// waiting (the `state_spool_depth` gauge).
+    pub fn open(path: &Path, depth: Gauge) -> anyhow::Result<Self> {
         let context =
             |e: rusqlite::Error| anyhow::anyhow!("state.spool_path = {}: {e}", path.display());
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -133,11 +135,11 @@ impl Spool {
             [&unknown],
         )
         .map_err(context)?;
-        let depth: i64 = conn
+        let waiting: i64 = conn
             .query_row("SELECT COUNT(*) FROM spool", [], |r| r.get(0))
             .map_err(context)?;
+        depth.set(waiting);
         let conn = Arc::new(Mutex::new(conn));
-        let depth = Arc::new(AtomicU64::new(u64::try_from(depth).unwrap_or(0)));
         let (tx, rx) = mpsc::channel::<Op>();
         let writer = conn.clone();
         let shown = path.display().to_string();
@@ -155,7 +157,7 @@ impl Spool {
         Ok(Self {
             path: path.to_owned(),
             conn,
-            ops: Mutex::new(tx),
+            ops: tx,
             depth,
         })
     }
@@ -166,19 +168,18 @@ impl Spool {
 
     /// Entries not yet written back.
     pub fn depth(&self) -> u64 {
-        self.depth.load(Ordering::Relaxed)
+        u64::try_from(self.depth.get()).unwrap_or(0)
     }
 
     fn send(&self, op: Op) {
-        let sent = self.ops.lock().unwrap_or_else(|p| p.into_inner()).send(op);
-        if sent.is_err() {
+        if self.ops.send(op).is_err() {
             tracing::error!(spool = %self.path.display(), "the spool writer has stopped: an admission is not spooled");
         }
     }
 
     /// A request admitted without the backend.
     pub fn admitted(&self, id: GrantId, record: &RequestRecord, run: Run) {
-        self.depth.fetch_add(1, Ordering::Relaxed);
+        self.depth.inc();
         self.send(Op::Admitted {
             id,
             record: Record {
@@ -204,7 +205,7 @@ impl Spool {
 
     /// A settlement of a grant the backend holds, which it could not take when the request ended.
     pub fn unsettled(&self, id: GrantId, settlement: Settlement) {
-        self.depth.fetch_add(1, Ordering::Relaxed);
+        self.depth.inc();
         self.send(Op::Unsettled {
             id,
             ended: ended_of(settlement),
@@ -267,7 +268,7 @@ impl Spool {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let removed = conn.execute("DELETE FROM spool WHERE id = ?1", [id.to_string()])?;
         if removed > 0 {
-            self.depth.fetch_sub(1, Ordering::Relaxed);
+            self.depth.dec();
         }
         Ok(())
     }
@@ -340,7 +341,7 @@ mod tests {
     fn an_ended_admission_is_kept_until_removed_and_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spool.sqlite3");
-        let spool = Spool::open(&path).unwrap();
+        let spool = Spool::open(&path, Gauge::default()).unwrap();
         let (a, b) = (GrantId::random(), GrantId::random());
         let run = Run {
             off_peak: false,
@@ -383,7 +384,7 @@ mod tests {
         drop(spool);
 
         // `b` was in flight when the process stopped: it ends as unknown (its estimate stays counted).
-        let spool = Spool::open(&path).unwrap();
+        let spool = Spool::open(&path, Gauge::default()).unwrap();
         assert_eq!(spool.depth(), 1);
         let entries = spool.ended_entries(100).unwrap();
         assert_eq!(entries.len(), 1);

@@ -32,6 +32,8 @@ const FINISH: &str = include_str!("finish.lua");
 const USAGE: &str = include_str!("usage.lua");
 const HEARTBEAT: &str = include_str!("heartbeat.lua");
 const RECORD: &str = include_str!("record.lua");
+/// Every script, as the heartbeat loads them.
+const SCRIPTS: [&str; 5] = [ADMIT, FINISH, USAGE, HEARTBEAT, RECORD];
 
 /// A replica not heard of for this long is no longer counted among the live ones.
 const REPLICA_STALE_MS: u64 = 30_000;
@@ -59,8 +61,6 @@ pub struct RedisStore {
     usage: Script,
     heartbeat: Script,
     record: Script,
-    /// Whether every script is in Redis's script cache (loaded at the first heartbeat, again after data loss).
-    scripts_loaded: std::sync::atomic::AtomicBool,
     /// The deployment's epoch as this replica last saw it (`None` before the first heartbeat).
     epoch: std::sync::Mutex<Option<String>>,
 }
@@ -229,7 +229,6 @@ impl RedisStore {
             usage: Script::new(USAGE),
             heartbeat: Script::new(HEARTBEAT),
             record: Script::new(RECORD),
-            scripts_loaded: std::sync::atomic::AtomicBool::new(false),
             epoch: std::sync::Mutex::new(None),
         })
     }
@@ -772,23 +771,18 @@ impl Health for RedisStore {
                 .as_ref()
                 .map(|c| c.now().as_millisecond().to_string())
                 .unwrap_or_default();
-            // Loaded before the first request needs them: a settlement is issued after the caller has Vidu's
-            // answer, and one answered NOSCRIPT (then loaded, then run) could land after the caller's next request.
-            if !self
-                .scripts_loaded
-                .load(std::sync::atomic::Ordering::Relaxed)
-            {
-                let mut load = ::redis::pipe();
-                for source in [ADMIT, FINISH, RECORD, USAGE, HEARTBEAT] {
-                    load.cmd("SCRIPT").arg("LOAD").arg(source).ignore();
-                }
-                self.call_on(&self.side, "script load", async |c| {
-                    load.query_async::<()>(c).await
-                })
-                .await?;
-                self.scripts_loaded
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            // Every script is (re)loaded at every beat, so it is in Redis's script cache before a request needs it,
+            // also after a Redis restart or failover (which empties the cache, with or without the data): a
+            // settlement is issued after the caller has Vidu's answer, and one answered NOSCRIPT (then loaded, then
+            // run) could land after the caller's next request. Loading a cached script only hashes it.
+            let mut load = ::redis::pipe();
+            for source in SCRIPTS {
+                load.cmd("SCRIPT").arg("LOAD").arg(source).ignore();
             }
+            self.call_on(&self.side, "script load", async |c| {
+                load.query_async::<()>(c).await
+            })
+            .await?;
             let text: String = self
                 .call_on(&self.side, "heartbeat", async |c| {
                     self.heartbeat
@@ -806,11 +800,6 @@ impl Health for RedisStore {
                 .await?;
             let beat: Beat = serde_json::from_str(&text).map_err(|_| bad_answer("heartbeat"))?;
             *self.epoch.lock().unwrap_or_else(|p| p.into_inner()) = Some(beat.epoch);
-            if beat.lost {
-                // A Redis that lost its data lost its script cache too: load them again at the next beat.
-                self.scripts_loaded
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
-            }
             // An empty Lua table encodes as `{}` either way; anything but strings is not a version.
             let versions = beat
                 .versions
