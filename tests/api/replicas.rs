@@ -568,6 +568,16 @@ async fn under_fail_open_what_was_admitted_while_redis_was_down_is_written_back_
         for _ in 0..2 {
             assert_eq!(create(&bin, &alice).await.0, StatusCode::OK);
         }
+        // Settlements follow the answers without holding them up: let these two land before Redis hangs, so
+        // that the spool holds only what the outage admits.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while usage_of(&bin, "team=mkt").await["team"]["totals"]["credits_settled"] != 80 {
+            assert!(
+                Instant::now() < deadline,
+                "the first two creates did not settle"
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        }
         current_redis().pause();
         let mut outage_tasks = Vec::new();
         for _ in 0..3 {
