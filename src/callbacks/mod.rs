@@ -1,3 +1,5 @@
-//! Task callbacks: Vidu's signature scheme, shared by verifying Vidu's callbacks and signing relays to teams.
+//! Task callbacks: Vidu's signature scheme (verifying Vidu's callbacks, signing relays to teams), and where the
+//! gateway may relay.
 
+pub mod hosts;
 pub mod signature;

@@ -12,7 +12,7 @@ use ring::hmac;
 pub const ALGORITHM: &str = "hmac-sha256";
 /// The access key Vidu names in `X-HMAC-ACCESS-KEY`.
 pub const ACCESS_KEY: &str = "vidu";
-/// How far a callback's `Date` may be from now (either way).
+/// How far a callback's `Date` may be from now (either way) unless configured (`callbacks.max_skew_secs`).
 pub const DATE_WINDOW: SignedDuration = SignedDuration::from_mins(5);
 
 pub const DATE: &str = "Date";
@@ -33,7 +33,9 @@ pub enum Unverified {
     AccessKey,
     #[error("the Date header is not an HTTP date")]
     BadDate,
-    #[error("the Date header is more than 5 minutes from now")]
+    #[error(
+        "the Date header is further from the gateway's clock than callbacks.max_skew_secs allows"
+    )]
     StaleDate,
     #[error("X-HMAC-SIGNED-HEADERS must list Date and x-request-nonce")]
     Unsigned,
@@ -113,6 +115,18 @@ pub fn verify<'h>(
     header: impl Fn(&str) -> Option<&'h str>,
     now: Timestamp,
 ) -> Result<Verified, Unverified> {
+    verify_within(key, path, query, header, now, DATE_WINDOW)
+}
+
+/// [`verify`] with the `Date` allowed `window` either side of `now`.
+pub fn verify_within<'h>(
+    key: &[u8],
+    path: &str,
+    query: &str,
+    header: impl Fn(&str) -> Option<&'h str>,
+    now: Timestamp,
+    window: SignedDuration,
+) -> Result<Verified, Unverified> {
     let need = |name: &'static str| header(name).ok_or(Unverified::Missing(name));
     if !need(ALGORITHM_HEADER)?.eq_ignore_ascii_case(ALGORITHM) {
         return Err(Unverified::Algorithm);
@@ -127,7 +141,7 @@ pub fn verify<'h>(
     let when = jiff::fmt::rfc2822::parse(date)
         .map(|z| z.timestamp())
         .map_err(|_| Unverified::BadDate)?;
-    if when.duration_since(now).abs() > DATE_WINDOW {
+    if when.duration_since(now).abs() > window {
         return Err(Unverified::StaleDate);
     }
     let names: Vec<&str> = listed

@@ -126,22 +126,35 @@ impl Settings {
     }
 
     /// Every secret, by key.
-    pub fn secrets(&self) -> [(&'static str, &Secret); 4] {
-        [
-            ("upstream.api_key", &self.upstream.api_key),
-            ("auth.hs256_secret", &self.auth.hs256_secret),
-            ("state.redis_url", &self.state.redis_url),
-            ("state.redis_password_file", &self.state.redis_password),
-        ]
+    pub fn secrets(&self) -> Vec<(String, &Secret)> {
+        let mut all = vec![
+            ("upstream.api_key".to_owned(), &self.upstream.api_key),
+            ("auth.hs256_secret".to_owned(), &self.auth.hs256_secret),
+            ("state.redis_url".to_owned(), &self.state.redis_url),
+            (
+                "state.redis_password_file".to_owned(),
+                &self.state.redis_password,
+            ),
+            (
+                "callbacks.relay_secret".to_owned(),
+                &self.callbacks.relay_secret,
+            ),
+        ];
+        for (team, t) in &self.callbacks.teams {
+            all.push((format!("callbacks.teams.{team}.secret"), &t.secret));
+        }
+        all
     }
 
     /// The keys of the secrets whose values differ in `other` (names only: values are never shown).
-    pub fn changed_secrets(&self, other: &Settings) -> Vec<&'static str> {
-        self.secrets()
-            .into_iter()
-            .zip(other.secrets())
-            .filter(|((_, a), (_, b))| a != b)
-            .map(|((key, _), _)| key)
+    pub fn changed_secrets(&self, other: &Settings) -> Vec<String> {
+        let before: BTreeMap<String, &Secret> = self.secrets().into_iter().collect();
+        let after: BTreeMap<String, &Secret> = other.secrets().into_iter().collect();
+        let mut keys: Vec<String> = before.keys().chain(after.keys()).cloned().collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .filter(|k| before.get(k) != after.get(k))
             .collect()
     }
 
@@ -155,10 +168,17 @@ impl Settings {
             self.auth.jwks_file.as_deref(),
             self.state.redis_password_file.as_deref(),
             self.state.redis_ca_file.as_deref(),
+            self.callbacks.relay_secret_file.as_deref(),
         ]
         .into_iter()
         .flatten()
         .collect();
+        files.extend(
+            self.callbacks
+                .teams
+                .values()
+                .filter_map(|t| t.secret_file.as_deref()),
+        );
         files.extend(self.auth.public_key_files.iter().map(PathBuf::as_path));
         files
     }
@@ -394,7 +414,15 @@ impl Settings {
             &mut self.auth.hs256_secret_file,
             &mut self.state.redis_password_file,
             &mut self.state.redis_ca_file,
-        ] {
+            &mut self.callbacks.relay_secret_file,
+        ]
+        .into_iter()
+        .chain(
+            self.callbacks
+                .teams
+                .values_mut()
+                .map(|t| &mut t.secret_file),
+        ) {
             if file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
                 *file = None;
             }
@@ -417,6 +445,20 @@ impl Settings {
             self.state.redis_password_file.as_deref(),
             problems,
         );
+        read_secret_file(
+            "callbacks.relay_secret",
+            &mut self.callbacks.relay_secret,
+            self.callbacks.relay_secret_file.as_deref(),
+            problems,
+        );
+        for (team, t) in &mut self.callbacks.teams {
+            read_secret_file(
+                &format!("callbacks.teams.{team}.secret"),
+                &mut t.secret,
+                t.secret_file.as_deref(),
+                problems,
+            );
+        }
     }
 }
 

@@ -27,6 +27,8 @@ pub struct Settings {
     pub pricing: PricingSettings,
     pub policy: PolicySettings,
     pub state: StateSettings,
+    pub callbacks: CallbacksSettings,
+    pub tasks: TasksSettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -93,6 +95,8 @@ pub struct UpstreamSettings {
     /// A pooled connection to Vidu idle this long is closed rather than reused (0: a new connection per call).
     pub pool_idle_timeout_ms: u64,
     pub sandbox_complete_after_secs: u64,
+    /// Sandbox: an off-peak task not finished this long after its creation is cancelled (Vidu: 48 h).
+    pub sandbox_offpeak_expire_secs: u64,
 }
 
 impl Default for UpstreamSettings {
@@ -106,6 +110,7 @@ impl Default for UpstreamSettings {
             request_timeout_ms: 30000,
             pool_idle_timeout_ms: 15000,
             sandbox_complete_after_secs: 10,
+            sandbox_offpeak_expire_secs: 30,
         }
     }
 }
@@ -352,6 +357,106 @@ impl Default for StateSettings {
             redis_timeout_ms: 50,
             task_retention_days: 30,
             spool_path: "data/spool.sqlite3".into(),
+        }
+    }
+}
+
+/// Vidu's callbacks in, and the relay of task states to the callers' `callback_url`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallbacksSettings {
+    /// The gateway's own address as Vidu reaches it; `""`: states are learned by reconciliation only.
+    pub public_base_url: String,
+    /// A callback's `Date` may be this far from the gateway's clock.
+    pub max_skew_secs: u64,
+    /// Hosts a caller's `callback_url` may name (`host` or `*.suffix`); `[]` = relay nothing.
+    pub relay_hosts: Vec<String>,
+    /// The secret relays are signed with, for teams without one of their own.
+    pub relay_secret: Secret,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_secret_file: Option<PathBuf>,
+    /// Deliveries of one state change before it is given up.
+    pub relay_attempts: u32,
+    /// One delivery attempt, connect to answer.
+    pub relay_timeout_ms: u64,
+    /// The wait after the first failed attempt, doubling after each.
+    pub relay_backoff_ms: u64,
+    /// The longest wait between two attempts.
+    pub relay_backoff_max_ms: u64,
+    /// Per team: the secret its relays are signed with.
+    pub teams: BTreeMap<String, TeamCallbacks>,
+}
+
+impl Default for CallbacksSettings {
+    fn default() -> Self {
+        Self {
+            public_base_url: String::new(),
+            max_skew_secs: 300,
+            relay_hosts: Vec::new(),
+            relay_secret: Secret::default(),
+            relay_secret_file: None,
+            relay_attempts: 8,
+            relay_timeout_ms: 5000,
+            relay_backoff_ms: 1000,
+            relay_backoff_max_ms: 300_000,
+            teams: BTreeMap::new(),
+        }
+    }
+}
+
+impl CallbacksSettings {
+    /// Relaying is on when the gateway has a public URL for Vidu's callbacks or may relay to some host: the
+    /// caller's `callback_url` then never reaches Vidu.
+    pub fn relaying(&self) -> bool {
+        !self.public_base_url.is_empty() || !self.relay_hosts.is_empty()
+    }
+
+    /// The secret a team's relays are signed with: its own, else `relay_secret`.
+    pub fn secret_for(&self, team: &str) -> Option<&Secret> {
+        self.teams
+            .get(team)
+            .map(|t| &t.secret)
+            .filter(|s| s.is_set())
+            .or(Some(&self.relay_secret).filter(|s| s.is_set()))
+    }
+
+    /// The gateway's own callback URL, when `public_base_url` is set.
+    pub fn own_url(&self) -> Option<String> {
+        (!self.public_base_url.is_empty()).then(|| {
+            format!(
+                "{}/gateway/v1/callbacks/vidu",
+                self.public_base_url.trim_end_matches('/')
+            )
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TeamCallbacks {
+    pub secret: Secret,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+}
+
+/// Following tasks to their end.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TasksSettings {
+    /// Non-terminal tasks not heard of for this long are queried; 0 = never poll.
+    pub reconcile_interval_secs: u64,
+    /// Reconciliation queries per minute, all replicas together.
+    pub reconcile_max_per_minute: u32,
+    /// An `unknown` reservation nobody resolved is released after this long.
+    pub unknown_release_after_hours: u64,
+}
+
+impl Default for TasksSettings {
+    fn default() -> Self {
+        Self {
+            reconcile_interval_secs: 60,
+            reconcile_max_per_minute: 60,
+            unknown_release_after_hours: 48,
         }
     }
 }

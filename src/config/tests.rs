@@ -778,3 +778,54 @@ fn the_upstream_url_is_parsed_at_load_and_a_bad_one_is_refused_naming_the_key() 
         );
     }
 }
+
+#[test]
+fn callback_and_task_keys_are_checked_at_load_naming_the_key() {
+    let msg = problems(file(
+        r#"
+[callbacks]
+public_base_url = "ftp://gw.example.com/?x=1"
+relay_hosts = ["hooks.example.com", "http://bad"]
+max_skew_secs = 0
+relay_attempts = 0
+relay_backoff_ms = 1000
+relay_backoff_max_ms = 10
+[tasks]
+reconcile_max_per_minute = 0
+unknown_release_after_hours = 0
+"#,
+    ));
+    for key in [
+        "callbacks.public_base_url",
+        "callbacks.relay_hosts: \"http://bad\"",
+        "callbacks.max_skew_secs",
+        "callbacks.relay_attempts",
+        "callbacks.relay_backoff_max_ms (10)",
+        "tasks.reconcile_max_per_minute",
+        "tasks.unknown_release_after_hours",
+    ] {
+        assert!(msg.contains(key), "{key} missing from {msg}");
+    }
+    let ok = loads(
+        r#"
+[callbacks]
+public_base_url = "https://gw.example.com/vidu/"
+relay_hosts = ["*.corp.example"]
+relay_secret = "r"
+[callbacks.teams.video]
+secret = "v"
+"#,
+    );
+    let c = &ok.settings.callbacks;
+    assert_eq!(
+        c.own_url().as_deref(),
+        Some("https://gw.example.com/vidu/gateway/v1/callbacks/vidu")
+    );
+    assert_eq!(c.secret_for("video").map(|s| s.expose()), Some("v"));
+    assert_eq!(c.secret_for("other").map(|s| s.expose()), Some("r"));
+    let shown = ok.settings.redacted_toml();
+    assert!(
+        !shown.contains("\"v\"") && !shown.contains("\"r\""),
+        "{shown}"
+    );
+}

@@ -31,7 +31,67 @@ pub fn validate(s: &Settings, problems: &mut Vec<String>) {
     catalog(s, problems);
     policy(s, problems);
     state(&s.state, problems);
+    callbacks(&s.callbacks, problems);
+    tasks(&s.tasks, problems);
     telemetry(&s.telemetry, problems);
+}
+
+fn callbacks(c: &CallbacksSettings, p: &mut Vec<String>) {
+    if !c.public_base_url.is_empty() {
+        match url::Url::parse(&c.public_base_url) {
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some()
+                    && u.query().is_none()
+                    && u.fragment().is_none()
+                    && u.username().is_empty()
+                    && u.password().is_none() => {}
+            _ => p.push(format!(
+                "callbacks.public_base_url = {:?} must be the gateway's address as Vidu reaches it: http(s)://host[:port][/path],                  no query, no credentials (e.g. \"https://vidu-gw.example.com\"), or \"\" to learn task states by reconciliation",
+                c.public_base_url
+            )),
+        }
+    }
+    for host in &c.relay_hosts {
+        if let Err(e) = crate::callbacks::hosts::HostPattern::parse(host) {
+            p.push(format!("callbacks.relay_hosts: {e}"));
+        }
+    }
+    if c.max_skew_secs == 0 {
+        p.push("callbacks.max_skew_secs must be at least 1 (Vidu's clock and the gateway's are never equal)".into());
+    }
+    if c.relay_attempts == 0 {
+        p.push("callbacks.relay_attempts must be at least 1".into());
+    }
+    if c.relay_timeout_ms == 0 {
+        p.push("callbacks.relay_timeout_ms must be at least 1".into());
+    }
+    if c.relay_backoff_ms == 0 {
+        p.push("callbacks.relay_backoff_ms must be at least 1".into());
+    }
+    if c.relay_backoff_max_ms < c.relay_backoff_ms {
+        p.push(format!(
+            "callbacks.relay_backoff_max_ms ({}) must be at least callbacks.relay_backoff_ms ({})",
+            c.relay_backoff_max_ms, c.relay_backoff_ms
+        ));
+    }
+}
+
+fn tasks(t: &TasksSettings, p: &mut Vec<String>) {
+    if t.reconcile_interval_secs > 0 && t.reconcile_max_per_minute == 0 {
+        p.push(
+            "tasks.reconcile_max_per_minute must be at least 1 while tasks.reconcile_interval_secs is not 0 \
+             (set the interval to 0 to stop polling)"
+                .into(),
+        );
+    }
+    if t.unknown_release_after_hours == 0 {
+        p.push(
+            "tasks.unknown_release_after_hours must be at least 1: an unknown reservation may still become a \
+             task Vidu charges for"
+                .into(),
+        );
+    }
 }
 
 fn server(s: &ServerSettings, p: &mut Vec<String>) {

@@ -16,6 +16,7 @@ fn normalize(path: &[String]) -> String {
         [a, _, ..] if a == "models" => p[1] = "<name>".into(),
         [a, b, _, ..] if a == "policy" && b == "teams" => p[2] = "<team>".into(),
         [a, b, _, ..] if a == "policy" && b == "users" => p[2] = "<user>".into(),
+        [a, b, _, ..] if a == "callbacks" && b == "teams" => p[2] = "<team>".into(),
         _ => {}
     }
     // Catalog entries are documented per key: their inline tables (durations, credits) are one value.
@@ -75,6 +76,9 @@ fn default_toml_keys() -> BTreeSet<String> {
     });
     keys.insert("policy.teams.<team>.<policy.defaults key>".into());
     keys.insert("policy.users.<user>.<policy.defaults key>".into());
+    // A team's relay secret is shown in a comment as a table (`[callbacks.teams.video-team]`).
+    keys.insert("callbacks.teams.<team>.secret".into());
+    keys.insert("callbacks.teams.<team>.secret_file".into());
     keys
 }
 
