@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::admit::{Decided, Refused, Verdict, prepare, unavailable};
 use crate::auth::Identity;
+use crate::callbacks::hosts::check_callback_url;
 use crate::config::Settings;
 use crate::forward::upstream::{
     Endpoint, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse,
@@ -17,7 +18,7 @@ use crate::forward::upstream::{
 use crate::metrics::{AdmissionLabels, CreditLabels, Metrics, TeamLabels};
 use crate::settle::{Pending, settlement_of};
 use crate::state::{Grant, Mode, RejectionRecord, Store};
-use crate::validate::{Reason, Rejection, Validated, validate};
+use crate::validate::{FieldReason, Reason, Rejection, Validated, validate};
 
 /// Everything the handler needs from the gateway's shared state.
 pub struct Context<'a> {
@@ -65,6 +66,8 @@ impl From<Refused> for NotAdmitted {
 pub struct Admitted {
     pub body: Bytes,
     pub decided: Decided,
+    /// The caller's `callback_url` when the gateway relays task states to it.
+    pub relay_to: Option<String>,
 }
 
 /// Validate, apply policy, admit (reserving credits and taking slots). Refusals are recorded in the ledger and
@@ -133,6 +136,21 @@ async fn admit_inner(
     prefer_never: bool,
 ) -> Result<Admitted, NotAdmitted> {
     let validated: Validated<'_> = validate(bytes, ctx.settings).map_err(NotAdmitted::Invalid)?;
+    let callbacks = &ctx.settings.callbacks;
+    let relay_to = match &validated.params.callback_url {
+        Some(url) if callbacks.relaying() => {
+            let team = identity.team.as_deref().unwrap_or("");
+            check_callback_url(callbacks, team, url).map_err(|message| {
+                NotAdmitted::Invalid(Rejection::field(
+                    "callback_url",
+                    FieldReason::NotAllowed,
+                    message,
+                ))
+            })?;
+            Some(url.clone())
+        }
+        _ => None,
+    };
     let prepared = prepare(
         ctx.settings,
         identity,
@@ -151,13 +169,25 @@ async fn admit_inner(
             run: prepared.expected_run().map(|run| (run, None)),
         })?;
     let decided = prepared.conclude(decision)?;
-    let set: Vec<(&str, Value)> = if decided.off_peak_applied.is_some() {
-        vec![("off_peak", Value::Bool(true))]
-    } else {
-        Vec::new()
-    };
-    let body = validated.forward_body(bytes, &set);
-    Ok(Admitted { body, decided })
+    let mut set: Vec<(&str, Value)> = Vec::with_capacity(2);
+    if decided.off_peak_applied.is_some() {
+        set.push(("off_peak", Value::Bool(true)));
+    }
+    // Relaying on: Vidu calls the gateway (or nobody), never the caller's URL.
+    let mut remove: &[&str] = &[];
+    if callbacks.relaying() {
+        match callbacks.own_url() {
+            Some(own) => set.push(("callback_url", Value::String(own))),
+            None if validated.params.callback_url.is_some() => remove = &["callback_url"],
+            None => {}
+        }
+    }
+    let body = validated.forward_body_without(bytes, &set, remove);
+    Ok(Admitted {
+        body,
+        decided,
+        relay_to,
+    })
 }
 
 /// The quote: validation and policy as a create would see them, never forwarded, nothing taken. Only a body
@@ -247,6 +277,7 @@ pub async fn forward_admitted(
     request_id: String,
 ) -> Result<UpstreamResponse, UpstreamError> {
     let estimate = admitted.decided.run.estimate;
+    let relay_to = admitted.relay_to;
     let grant = admitted
         .decided
         .granted
@@ -269,7 +300,7 @@ pub async fn forward_admitted(
     let (answer, answered) = tokio::sync::oneshot::channel();
     actix_web::rt::spawn(async move {
         let result = upstream.send(call, &metrics).await;
-        let settlement = settlement_of(&result, estimate);
+        let settlement = settlement_of(&result, estimate, relay_to);
         // The caller gets Vidu's answer now; the settlement is issued in this same poll (before the caller's
         // response is even written, so a later request on this replica is ordered after it) but not waited for:
         // one round trip to the store on the request path, the admission.

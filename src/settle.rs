@@ -8,22 +8,35 @@ use serde_json::Value;
 
 use crate::forward::upstream::{UpstreamError, UpstreamResponse};
 use crate::metrics::{CreditLabels, Metrics, TeamLabels};
-use crate::state::{Grant, Settlement, Store};
+use crate::state::{Created, Grant, Settlement, Store, TaskState};
 
-/// What Vidu's answer means for the reservation.
+/// What Vidu's answer means for the reservation. `callback_url` is the caller's, kept on the task when the
+/// gateway relays to it.
 pub fn settlement_of(
     result: &Result<UpstreamResponse, UpstreamError>,
     estimate: u64,
+    callback_url: Option<String>,
 ) -> Settlement {
     match result {
         Ok(r) if r.status.is_success() => {
             let v: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+            let task_id = v.get("task_id").and_then(|t| match t {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            });
+            let state = v
+                .get("state")
+                .or_else(|| v.get("status"))
+                .and_then(Value::as_str)
+                .and_then(TaskState::parse)
+                .unwrap_or(TaskState::Created);
             Settlement::Charged {
                 credits: v.get("credits").and_then(Value::as_u64).unwrap_or(estimate),
-                task_id: v.get("task_id").and_then(|t| match t {
-                    Value::String(s) => Some(s.clone()),
-                    Value::Number(n) => Some(n.to_string()),
-                    _ => None,
+                task: task_id.map(|task_id| Created {
+                    task_id,
+                    state,
+                    callback_url,
                 }),
             }
         }

@@ -150,12 +150,20 @@ impl Settings {
     pub fn changed_secrets(&self, other: &Settings) -> Vec<String> {
         let before: BTreeMap<String, &Secret> = self.secrets().into_iter().collect();
         let after: BTreeMap<String, &Secret> = other.secrets().into_iter().collect();
-        let mut keys: Vec<String> = before.keys().chain(after.keys()).cloned().collect();
-        keys.sort();
-        keys.dedup();
-        keys.into_iter()
-            .filter(|k| before.get(k) != after.get(k))
-            .collect()
+        let mut changed: Vec<String> = self
+            .secrets()
+            .into_iter()
+            .filter(|(k, v)| after.get(k) != Some(v))
+            .map(|(k, _)| k)
+            .collect();
+        changed.extend(
+            other
+                .secrets()
+                .into_iter()
+                .filter(|(k, _)| !before.contains_key(k))
+                .map(|(k, _)| k),
+        );
+        changed
     }
 
     /// Every file read when this configuration is loaded or put in force (secrets, public keys, a JWKS file):

@@ -18,8 +18,19 @@ impl Validated<'_> {
     /// `original` must hold the same bytes as [`Validated::body`]; when nothing changes it is returned as is
     /// (a reference-count increment, no copy).
     pub fn forward_body(&self, original: &Bytes, set: &[(&str, serde_json::Value)]) -> Bytes {
-        let remove: Vec<&str> = self.stripped.iter().map(String::as_str).collect();
-        rewrite_shared(original, set, &remove)
+        self.forward_body_without(original, set, &[])
+    }
+
+    /// [`forward_body`](Self::forward_body), with the fields of `remove` removed too.
+    pub fn forward_body_without(
+        &self,
+        original: &Bytes,
+        set: &[(&str, serde_json::Value)],
+        remove: &[&str],
+    ) -> Bytes {
+        let mut all: Vec<&str> = self.stripped.iter().map(String::as_str).collect();
+        all.extend_from_slice(remove);
+        rewrite_shared(original, set, &all)
     }
 }
 /// Byte positions of one top-level member: `"key"` starts at `key_start`, its value spans `value_start..value_end`.

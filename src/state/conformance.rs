@@ -51,6 +51,13 @@ macro_rules! run_conformance {
             remaining_credits_name_the_tightest_budget_and_the_team_one,
             a_spooled_admission_is_recorded_once_with_how_it_ended,
             a_spooled_admission_the_backend_ran_itself_is_settled_not_counted_twice,
+            a_failed_task_is_refunded_to_the_period_it_was_created_in_once,
+            success_charges_the_final_credits,
+            a_state_change_of_a_relayed_task_queues_a_relay_until_delivered,
+            a_callback_nonce_is_accepted_once,
+            the_reconciler_claims_quiet_tasks_oldest_first_within_its_lease_and_rate,
+            tasks_are_listed_newest_first_by_owner_and_state_in_pages,
+            unknown_reservations_are_listed_and_resolved_once,
         );
     };
     (@rules $backend:expr; $($rule:ident),* $(,)?) => {
@@ -236,15 +243,7 @@ pub async fn in_flight_slots_cap_grants_and_finish_frees_them(backend: &dyn Back
     let third = grant(s, &req).await;
     finish(s, second, Settlement::Unknown).await;
     let fourth = grant(s, &req).await;
-    finish(
-        s,
-        third,
-        Settlement::Charged {
-            credits: 1,
-            task_id: None,
-        },
-    )
-    .await;
+    finish(s, third, Settlement::charged(1, None)).await;
     finish(s, fourth, Settlement::Released).await;
     grant(s, &req).await;
     grant(s, &req).await;
@@ -477,15 +476,7 @@ pub async fn settlements_set_what_a_reservation_counts(backend: &dyn Backend) {
     let req = request("alice", "t", 50).budget(day.clone(), 1000);
     let g = grant(s, &req).await;
     assert_eq!(used(s, &day).await, 50, "reserved");
-    finish(
-        s,
-        g,
-        Settlement::Charged {
-            credits: 30,
-            task_id: Some("task-1".into()),
-        },
-    )
-    .await;
+    finish(s, g, Settlement::charged(30, Some("task-1"))).await;
     assert_eq!(used(s, &day).await, 30, "settled to what Vidu reported");
     let g = grant(s, &req).await;
     finish(s, g, Settlement::Released).await;
@@ -531,15 +522,12 @@ pub async fn grant_ids_are_unique(backend: &dyn Backend) {
 pub async fn a_task_belongs_to_its_first_creator(backend: &dyn Backend) {
     let (o, _) = open(backend).await;
     let s = o.store.as_ref();
-    let charged = || Settlement::Charged {
-        credits: 10,
-        task_id: Some("task-7".into()),
-    };
+    let charged = || Settlement::charged(10, Some("task-7"));
     let g = grant(s, &request("alice", "a", 10)).await;
     finish(s, g, charged()).await;
     let g = grant(s, &request("mallory", "m", 10)).await;
     finish(s, g, charged()).await;
-    let owner = |t: Option<TaskRecord>| t.map(|t| (t.user, t.team, t.credits));
+    let owner = |t: Option<TaskRecord>| t.map(|t| (t.user, t.team, t.charged));
     assert_eq!(
         owner(s.task("task-7").await.unwrap_or_default()),
         Some(("alice".into(), "a".into(), 10))
@@ -558,15 +546,7 @@ pub async fn usage_counts_admissions_settlements_and_rejections(backend: &dyn Ba
     let s = o.store.as_ref();
     let req = request("alice", "t", 50);
     let g = grant(s, &req).await;
-    finish(
-        s,
-        g,
-        Settlement::Charged {
-            credits: 40,
-            task_id: None,
-        },
-    )
-    .await;
+    finish(s, g, Settlement::charged(40, None)).await;
     let g = grant(s, &req).await;
     finish(s, g, Settlement::Released).await;
     grant(s, &req).await;
@@ -650,13 +630,7 @@ pub async fn a_spooled_admission_is_recorded_once_with_how_it_ended(backend: &dy
     let (o, _) = open(backend).await;
     let s = o.store.as_ref();
     let day = team_day();
-    let charged = spooled(
-        GrantId::random(),
-        Settlement::Charged {
-            credits: 40,
-            task_id: Some("task-s".into()),
-        },
-    );
+    let charged = spooled(GrantId::random(), Settlement::charged(40, Some("task-s")));
     let lost = spooled(GrantId::random(), Settlement::Unknown);
     for _ in 0..2 {
         assert_eq!(s.record_unaccounted(&charged).await, Ok(()));
@@ -667,7 +641,7 @@ pub async fn a_spooled_admission_is_recorded_once_with_how_it_ended(backend: &dy
         .task("task-s")
         .await
         .unwrap_or_default()
-        .map(|t| (t.user, t.credits));
+        .map(|t| (t.user, t.charged));
     assert_eq!(owner, Some(("alice".into(), 40)));
     let filter = UsageFilter {
         user: Some("alice".into()),
@@ -702,15 +676,373 @@ pub async fn a_spooled_admission_the_backend_ran_itself_is_settled_not_counted_t
         matches!(decided, Ok(Decision { outcome: Ok(_), .. })),
         "{decided:?}"
     );
-    let entry = spooled(
-        id,
-        Settlement::Charged {
-            credits: 30,
-            task_id: None,
-        },
-    );
+    let entry = spooled(id, Settlement::charged(30, None));
     assert_eq!(s.record_unaccounted(&entry).await, Ok(()));
     assert_eq!(used(s, &day).await, 30);
     // Its in-flight slot is free again.
     grant(s, &req).await;
+}
+
+// --- Tasks followed to their end.
+
+/// Creates task `id` for `user` of team `t`, estimate 50, charged `credits`, relayed to `callback_url`.
+async fn create_task(
+    s: &dyn Store,
+    user: &str,
+    id: &str,
+    credits: u64,
+    callback_url: Option<&str>,
+) -> AdmissionRequest {
+    let req = request(user, "t", 50).budget(team_day(), 10_000);
+    let g = grant(s, &req).await;
+    finish(
+        s,
+        g,
+        Settlement::Charged {
+            credits,
+            task: Some(Created {
+                task_id: id.into(),
+                state: TaskState::Created,
+                callback_url: callback_url.map(str::to_owned),
+            }),
+        },
+    )
+    .await;
+    req
+}
+
+fn seen(id: &str, state: TaskState, credits: Option<u64>) -> Observation {
+    Observation {
+        task_id: id.into(),
+        state,
+        credits,
+        body: format!(r#"{{"id":"{id}","state":"{state}"}}"#),
+    }
+}
+
+async fn observe(s: &dyn Store, o: Observation) -> Option<Transition> {
+    match s.observe(&o).await {
+        Ok(t) => t,
+        Err(e) => panic!("observe: {e}"),
+    }
+}
+
+async fn day_row(s: &dyn Store, day: &str) -> UsageRow {
+    let rows = s.usage(&UsageFilter::default()).await.unwrap_or_default();
+    rows.into_iter()
+        .find(|r| r.day == day)
+        .unwrap_or_else(|| panic!("no usage on {day}"))
+}
+
+pub async fn a_failed_task_is_refunded_to_the_period_it_was_created_in_once(backend: &dyn Backend) {
+    let (o, clock) = open(backend).await;
+    let s = o.store.as_ref();
+    create_task(s, "alice", "t-1", 50, None).await;
+    assert_eq!(used(s, &team_day()).await, 50);
+    // The task fails the next day: its credits go back to the day it was created in.
+    clock.advance(SignedDuration::from_hours(24));
+    let t = observe(s, seen("t-1", TaskState::Processing, None)).await;
+    assert_eq!(
+        t.map(|t| (t.from, t.refunded)),
+        Some((TaskState::Created, 0))
+    );
+    let t = observe(s, seen("t-1", TaskState::Failed, Some(0))).await;
+    let t = t.unwrap_or_else(|| panic!("failed changes the task"));
+    assert_eq!(
+        (t.from, t.refunded, t.adjusted),
+        (TaskState::Processing, 50, 0)
+    );
+    assert_eq!(
+        (t.task.state, t.task.charged, t.task.refunded),
+        (TaskState::Failed, 0, 50)
+    );
+    assert!(t.task.ended_at.is_some());
+    assert_eq!(
+        used(s, &team_day()).await,
+        0,
+        "refunded to the creation day"
+    );
+    // An ended task never changes again.
+    assert_eq!(
+        observe(s, seen("t-1", TaskState::Success, Some(50))).await,
+        None
+    );
+    assert_eq!(observe(s, seen("t-1", TaskState::Failed, None)).await, None);
+    assert_eq!(used(s, &team_day()).await, 0);
+    let row = day_row(s, DAY).await;
+    assert_eq!((row.credits_settled, row.credits_refunded), (0, 50));
+    assert_eq!(
+        observe(s, seen("nobody", TaskState::Failed, None)).await,
+        None
+    );
+    let task = s.task("t-1").await.ok().flatten();
+    assert_eq!(
+        task.map(|t| (t.state, t.refunded)),
+        Some((TaskState::Failed, 50))
+    );
+}
+
+pub async fn success_charges_the_final_credits(backend: &dyn Backend) {
+    let (o, _) = open(backend).await;
+    let s = o.store.as_ref();
+    create_task(s, "alice", "t-2", 50, None).await;
+    create_task(s, "alice", "t-3", 40, None).await;
+    let t = observe(s, seen("t-2", TaskState::Success, Some(35))).await;
+    assert_eq!(t.map(|t| (t.adjusted, t.task.charged)), Some((-15, 35)));
+    let t = observe(s, seen("t-3", TaskState::Success, None)).await;
+    assert_eq!(
+        t.map(|t| (t.adjusted, t.task.charged)),
+        Some((0, 40)),
+        "no figure: the creation's"
+    );
+    assert_eq!(used(s, &team_day()).await, 75);
+    let row = day_row(s, DAY).await;
+    assert_eq!((row.credits_settled, row.credits_refunded), (75, 0));
+}
+
+pub async fn a_state_change_of_a_relayed_task_queues_a_relay_until_delivered(
+    backend: &dyn Backend,
+) {
+    let (o, clock) = open(backend).await;
+    let s = o.store.as_ref();
+    create_task(s, "alice", "t-4", 50, Some("https://hooks.example/cb")).await;
+    create_task(s, "alice", "t-5", 50, None).await;
+    let t = observe(s, seen("t-4", TaskState::Cancelled, None)).await;
+    assert_eq!(t.map(|t| (t.relay_queued, t.refunded)), Some((true, 50)));
+    let t = observe(s, seen("t-5", TaskState::Processing, None)).await;
+    assert_eq!(
+        t.map(|t| t.relay_queued),
+        Some(false),
+        "no callback_url, no relay"
+    );
+    let jobs = s.claim_relays(10, 30_000).await.unwrap_or_default();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let job = jobs[0].clone();
+    assert_eq!(
+        (
+            job.task_id.as_str(),
+            job.team.as_str(),
+            job.url.as_str(),
+            job.attempts
+        ),
+        ("t-4", "t", "https://hooks.example/cb", 0)
+    );
+    assert!(job.body.contains("cancelled"), "{}", job.body);
+    assert_eq!(s.claim_relays(10, 30_000).await, Ok(Vec::new()), "leased");
+    assert_eq!(
+        s.relay_done(&job, RelayOutcome::Retry { after_ms: 2_000 })
+            .await,
+        Ok(())
+    );
+    assert_eq!(
+        s.claim_relays(10, 30_000).await,
+        Ok(Vec::new()),
+        "not due yet"
+    );
+    clock.advance(SignedDuration::from_secs(3));
+    let again = s.claim_relays(10, 30_000).await.unwrap_or_default();
+    assert_eq!(
+        again.iter().map(|j| j.attempts).collect::<Vec<_>>(),
+        vec![1]
+    );
+    assert_eq!(
+        s.relay_done(&again[0], RelayOutcome::Delivered).await,
+        Ok(())
+    );
+    clock.advance(SignedDuration::from_secs(60));
+    assert_eq!(
+        s.claim_relays(10, 30_000).await,
+        Ok(Vec::new()),
+        "delivered: gone"
+    );
+    let relay = s.task("t-4").await.ok().flatten().and_then(|t| t.relay);
+    assert_eq!(relay, Some(RelayStatus::Delivered));
+}
+
+pub async fn a_callback_nonce_is_accepted_once(backend: &dyn Backend) {
+    let (o, _) = open(backend).await;
+    let s = o.store.as_ref();
+    assert_eq!(s.claim_nonce("n-1", 600).await, Ok(true));
+    assert_eq!(s.claim_nonce("n-1", 600).await, Ok(false));
+    assert_eq!(s.claim_nonce("n-2", 600).await, Ok(true));
+}
+
+pub async fn the_reconciler_claims_quiet_tasks_oldest_first_within_its_lease_and_rate(
+    backend: &dyn Backend,
+) {
+    let (o, clock) = open(backend).await;
+    let s = o.store.as_ref();
+    for i in 1..=5 {
+        create_task(s, "alice", &format!("r-{i}"), 10, None).await;
+        clock.advance(SignedDuration::from_secs(1));
+    }
+    create_task(s, "alice", "r-done", 10, None).await;
+    observe(s, seen("r-done", TaskState::Success, None)).await;
+    let claim = |holder: &str, per_minute| DueClaim {
+        holder: holder.into(),
+        lease_ms: 30_000,
+        quiet_ms: 60_000,
+        per_minute,
+    };
+    let claimed = |v: Result<Vec<String>, StoreError>| v.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        claimed(s.claim_due(&claim("a", 3)).await),
+        Vec::<String>::new(),
+        "all heard of lately"
+    );
+    clock.advance(SignedDuration::from_secs(60));
+    assert_eq!(
+        claimed(s.claim_due(&claim("a", 3)).await),
+        ["r-1", "r-2", "r-3"],
+        "oldest first, 3 a minute"
+    );
+    assert_eq!(
+        claimed(s.claim_due(&claim("b", 3)).await),
+        Vec::<String>::new(),
+        "a holds the lease"
+    );
+    assert_eq!(
+        claimed(s.claim_due(&claim("a", 3)).await),
+        Vec::<String>::new(),
+        "the minute's 3 are used"
+    );
+    // A callback's nudge makes a task due at once, ahead of the quiet ones.
+    clock.advance(SignedDuration::from_secs(61));
+    assert_eq!(s.nudge("r-5").await, Ok(()));
+    // The lease lapsed (30 s): b may take it now.
+    assert_eq!(claimed(s.claim_due(&claim("b", 2)).await), ["r-5", "r-4"]);
+    assert_eq!(
+        claimed(s.claim_due(&claim("a", 10)).await),
+        Vec::<String>::new(),
+        "b holds the lease now"
+    );
+}
+
+pub async fn tasks_are_listed_newest_first_by_owner_and_state_in_pages(backend: &dyn Backend) {
+    let (o, clock) = open(backend).await;
+    let s = o.store.as_ref();
+    for (i, user) in ["alice", "bob", "alice", "alice", "bob"].iter().enumerate() {
+        create_task(s, user, &format!("l-{i}"), 10, None).await;
+        clock.advance(SignedDuration::from_secs(1));
+    }
+    observe(s, seen("l-2", TaskState::Failed, None)).await;
+    let list = |user: Option<&str>, state: Option<TaskState>, limit, after| TaskQuery {
+        user: user.map(str::to_owned),
+        team: None,
+        state,
+        limit,
+        after,
+    };
+    let ids = |p: &TaskPage| {
+        p.tasks
+            .iter()
+            .map(|t| t.task_id.clone())
+            .collect::<Vec<_>>()
+    };
+    let page = s
+        .tasks(&list(None, None, 2, None))
+        .await
+        .unwrap_or_default();
+    assert_eq!(ids(&page), ["l-4", "l-3"]);
+    let page = s
+        .tasks(&list(None, None, 2, page.next.clone()))
+        .await
+        .unwrap_or_default();
+    assert_eq!(ids(&page), ["l-2", "l-1"]);
+    let page = s
+        .tasks(&list(None, None, 2, page.next.clone()))
+        .await
+        .unwrap_or_default();
+    assert_eq!(ids(&page), ["l-0"]);
+    assert_eq!(page.next, None);
+    let page = s
+        .tasks(&list(Some("alice"), None, 10, None))
+        .await
+        .unwrap_or_default();
+    assert_eq!(ids(&page), ["l-3", "l-2", "l-0"]);
+    let page = s
+        .tasks(&list(Some("alice"), Some(TaskState::Failed), 10, None))
+        .await
+        .unwrap_or_default();
+    assert_eq!(ids(&page), ["l-2"]);
+    assert_eq!(page.tasks[0].refunded, 10);
+    let team = TaskQuery {
+        team: Some("t".into()),
+        ..list(None, Some(TaskState::Created), 10, None)
+    };
+    assert_eq!(
+        ids(&s.tasks(&team).await.unwrap_or_default()),
+        ["l-4", "l-3", "l-1", "l-0"]
+    );
+}
+
+pub async fn unknown_reservations_are_listed_and_resolved_once(backend: &dyn Backend) {
+    let (o, clock) = open(backend).await;
+    let s = o.store.as_ref();
+    let req = request("alice", "t", 50).budget(team_day(), 10_000);
+    let lost = grant(s, &req).await;
+    finish(s, lost.clone(), Settlement::Unknown).await;
+    clock.advance(SignedDuration::from_secs(1));
+    let lost_too = grant(s, &req).await;
+    finish(s, lost_too.clone(), Settlement::Unknown).await;
+    clock.advance(SignedDuration::from_secs(1));
+    let open_one = grant(s, &req).await;
+    let list = s.reservations().await.unwrap_or_default();
+    let states: Vec<(String, &str, u64)> = list
+        .iter()
+        .map(|r| (r.id.clone(), r.state, r.estimate))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (lost.id().to_string(), "unknown", 50),
+            (lost_too.id().to_string(), "unknown", 50),
+            (open_one.id().to_string(), "open", 50)
+        ]
+    );
+    assert_eq!(list[0].user, "alice");
+    assert_eq!(used(s, &team_day()).await, 150);
+    let settled = s
+        .resolve(&lost.id().to_string(), Resolution::Settle(30))
+        .await;
+    assert_eq!(settled.ok().flatten().map(|r| r.estimate), Some(50));
+    assert_eq!(used(s, &team_day()).await, 130);
+    assert_eq!(
+        s.resolve(&lost.id().to_string(), Resolution::Release).await,
+        Ok(None),
+        "once"
+    );
+    assert_eq!(
+        s.resolve(&open_one.id().to_string(), Resolution::Release)
+            .await,
+        Ok(None),
+        "open: not unknown"
+    );
+    assert!(
+        s.resolve(&lost_too.id().to_string(), Resolution::Release)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+    );
+    assert_eq!(used(s, &team_day()).await, 80);
+    let row = day_row(s, DAY).await;
+    assert_eq!(
+        (
+            row.credits_unknown,
+            row.credits_settled,
+            row.credits_released
+        ),
+        (0, 30, 50)
+    );
+    let left: Vec<&str> = s
+        .reservations()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| r.state)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(left, ["open"]);
 }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use super::lifecycle::{Created, TaskState};
 use super::rate::Exhausted;
 use super::request::{BudgetKey, Run, Scope};
 
@@ -137,11 +138,36 @@ pub enum Settlement {
     /// Vidu created the task and reported `credits`.
     Charged {
         credits: u64,
-        task_id: Option<String>,
+        /// The task Vidu created (`None` when its answer named no task id).
+        task: Option<Created>,
     },
     /// Vidu refused, or the request provably never reached Vidu.
     Released,
     /// The outcome is unknown (timeout, connection broke after sending): the reservation is kept for
     /// reconciliation, never silently released.
     Unknown,
+}
+
+impl Settlement {
+    /// Charged `credits` for a task in state `created` that is relayed to nobody.
+    pub fn charged(credits: u64, task_id: Option<&str>) -> Self {
+        Settlement::Charged {
+            credits,
+            task: task_id.map(|id| Created {
+                task_id: id.to_owned(),
+                state: TaskState::Created,
+                callback_url: None,
+            }),
+        }
+    }
+
+    /// The id of the task this settlement creates.
+    pub fn task_id(&self) -> Option<&str> {
+        match self {
+            Settlement::Charged {
+                task: Some(task), ..
+            } => Some(&task.task_id),
+            _ => None,
+        }
+    }
 }

@@ -223,6 +223,46 @@ impl<S: Records> Records for FailOpen<S> {
     }
 }
 
+/// Tasks are followed in the background (callbacks, the reconciler, relays): a call the backend cannot answer
+/// fails and is tried again later, whatever `state.on_unavailable` says.
+impl<S: Lifecycle> Lifecycle for FailOpen<S> {
+    fn observe<'a>(&'a self, seen: &'a Observation) -> Answer<'a, Option<Transition>> {
+        self.inner.observe(seen)
+    }
+
+    fn tasks<'a>(&'a self, query: &'a TaskQuery) -> Answer<'a, TaskPage> {
+        self.inner.tasks(query)
+    }
+
+    fn claim_nonce<'a>(&'a self, nonce: &'a str, ttl_secs: u64) -> Answer<'a, bool> {
+        self.inner.claim_nonce(nonce, ttl_secs)
+    }
+
+    fn nudge<'a>(&'a self, task_id: &'a str) -> Answer<'a, ()> {
+        self.inner.nudge(task_id)
+    }
+
+    fn claim_due<'a>(&'a self, claim: &'a DueClaim) -> Answer<'a, Vec<String>> {
+        self.inner.claim_due(claim)
+    }
+
+    fn claim_relays(&self, limit: usize, lease_ms: u64) -> Answer<'_, Vec<RelayJob>> {
+        self.inner.claim_relays(limit, lease_ms)
+    }
+
+    fn relay_done<'a>(&'a self, job: &'a RelayJob, outcome: RelayOutcome) -> Answer<'a, ()> {
+        self.inner.relay_done(job, outcome)
+    }
+
+    fn reservations(&self) -> Answer<'_, Vec<ReservationView>> {
+        self.inner.reservations()
+    }
+
+    fn resolve<'a>(&'a self, id: &'a str, how: Resolution) -> Answer<'a, Option<ReservationView>> {
+        self.inner.resolve(id, how)
+    }
+}
+
 impl<S: Reports> Reports for FailOpen<S> {
     fn used<'a>(&'a self, keys: &'a [BudgetKey]) -> Answer<'a, Vec<u64>> {
         self.inner.used(keys)

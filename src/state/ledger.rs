@@ -4,13 +4,15 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use serde::Serialize;
 
 use futures_util::future::{FutureExt, ready};
 
+use super::ledger_tasks::TaskWrite;
 use super::{
     Answer, BudgetKey, GrantId, Period, RejectionRecord, Reports, RequestRecord, Scope, StoreError,
+    TaskRecord,
 };
 
 const SCHEMA: &str = "
@@ -32,7 +34,9 @@ CREATE TABLE IF NOT EXISTS reservations (
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     -- The grant's id (a UUID), as the store handed it out; empty on rows older than the column.
-    grant_id TEXT
+    grant_id TEXT,
+    -- Credits given back when the task failed or was cancelled (`credits` is then 0).
+    refunded INTEGER NOT NULL DEFAULT 0
 );
 -- Monthly sums range over `day` (see `used`): one index per scope serves days and months, and every
 -- admitted request updates three indexes fewer than with separate month indexes (dropped from older ledgers).
@@ -44,6 +48,8 @@ DROP INDEX IF EXISTS reservations_team_month;
 DROP INDEX IF EXISTS reservations_month;
 -- Open reservations are few; this keeps the start-up reconciliation from scanning the whole ledger.
 CREATE INDEX IF NOT EXISTS reservations_open ON reservations (id) WHERE status = 'reserved';
+-- `credits` is what the task is charged now (see `ledger_tasks.rs` for the lifecycle columns, added to
+-- older ledgers at open).
 CREATE TABLE IF NOT EXISTS tasks (
     task_id TEXT PRIMARY KEY,
     user TEXT NOT NULL,
@@ -88,7 +94,7 @@ fn create_private(path: &Path) -> std::io::Result<()> {
 
 /// Vidu answered a create with a task id the ledger already holds: the first owner keeps the task (a later
 /// creator must not gain access to someone else's task); the collision is logged for ops.
-fn task_id_reused(task_id: &str, user: &str, team: &str) {
+pub(super) fn task_id_reused(task_id: &str, user: &str, team: &str) {
     tracing::error!(
         task_id,
         user,
@@ -100,17 +106,6 @@ fn task_id_reused(task_id: &str, user: &str, team: &str) {
 /// Credits a reservation counts for: its estimate while open or unknown, Vidu's figure once settled.
 const USED: &str = "COALESCE(SUM(CASE WHEN status IN ('reserved', 'unknown') THEN estimate \
                     WHEN status = 'settled' THEN credits ELSE 0 END), 0)";
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct TaskRecord {
-    pub task_id: String,
-    pub user: String,
-    pub team: String,
-    pub credits: u64,
-    pub off_peak: bool,
-    pub model: String,
-    pub created_at: String,
-}
 
 #[derive(Clone, Debug, Default)]
 pub struct UsageFilter {
@@ -132,11 +127,13 @@ pub struct UsageRow {
     pub credits_settled: u64,
     pub credits_released: u64,
     pub credits_unknown: u64,
+    /// Credits given back for tasks that failed or were cancelled (settled counts what is still charged).
+    pub credits_refunded: u64,
     pub off_peak_requests: u64,
 }
 
 pub struct Ledger {
-    conn: Connection,
+    pub(super) conn: Connection,
 }
 
 /// How a reservation ends, when it ends in the batch that made it.
@@ -166,6 +163,8 @@ pub enum Write {
         task: Option<TaskRecord>,
     },
     Rejection(RejectionRecord),
+    /// A task's lifecycle, the relay outbox (`ledger_tasks.rs`).
+    Task(TaskWrite),
 }
 
 impl Ledger {
@@ -180,6 +179,7 @@ impl Ledger {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         add_grant_id_column(&conn)?;
+        super::ledger_tasks::migrate(&conn)?;
         conn.execute(
             "UPDATE reservations SET status = 'unknown', updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
              WHERE status = 'reserved'",
@@ -302,7 +302,7 @@ impl Ledger {
                     };
                     Self::reserve(&tx, &reservation, settled, now)?;
                     if let Some(task) = settled.task {
-                        Self::record_task(&tx, task, now)?;
+                        Self::record_task(&tx, task, *row)?;
                     }
                 }
                 Write::Settle { row, .. } if settled_here.contains_key(row) => {}
@@ -315,10 +315,11 @@ impl Ledger {
                     let task_id = task.as_ref().map(|t| t.task_id.as_str());
                     Self::settle(&tx, *row, status, *credits, task_id, now)?;
                     if let Some(task) = task {
-                        Self::record_task(&tx, task, now)?;
+                        Self::record_task(&tx, task, *row)?;
                     }
                 }
                 Write::Rejection(r) => Self::record_rejection(&tx, r)?,
+                Write::Task(t) => Self::apply_task(&tx, t, now)?,
             }
         }
         tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'applied_seq'")?
@@ -370,47 +371,6 @@ impl Ledger {
         )?
         .execute(params![row, status, credits.map(|c| c as i64), task_id, now])?;
         Ok(())
-    }
-
-    /// Records task ownership; an id that already has an owner keeps it.
-    fn record_task(conn: &Connection, t: &TaskRecord, now: &str) -> rusqlite::Result<()> {
-        let written = conn
-            .prepare_cached(
-                "INSERT INTO tasks (task_id, user, team, credits, off_peak, model, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (task_id) DO NOTHING",
-            )?
-            .execute(params![
-                t.task_id,
-                t.user,
-                t.team,
-                t.credits as i64,
-                t.off_peak,
-                t.model,
-                now
-            ])?;
-        if written == 0 {
-            task_id_reused(&t.task_id, &t.user, &t.team);
-        }
-        Ok(())
-    }
-
-    pub fn task(&self, task_id: &str) -> rusqlite::Result<Option<TaskRecord>> {
-        self.conn
-            .prepare_cached(
-                "SELECT task_id, user, team, credits, off_peak, model, created_at FROM tasks WHERE task_id = ?1",
-            )?
-            .query_row(params![task_id], |r| {
-                Ok(TaskRecord {
-                    task_id: r.get(0)?,
-                    user: r.get(1)?,
-                    team: r.get(2)?,
-                    credits: r.get::<_, i64>(3)?.max(0) as u64,
-                    off_peak: r.get(4)?,
-                    model: r.get(5)?,
-                    created_at: r.get(6)?,
-                })
-            })
-            .optional()
     }
 
     fn record_rejection(conn: &Connection, r: &RejectionRecord) -> rusqlite::Result<()> {
@@ -478,6 +438,7 @@ impl Ledger {
             row.credits_released = n(4)?;
             row.credits_unknown = n(5)?;
             row.off_peak_requests = n(6)?;
+            row.credits_refunded = n(7)?;
         }
         let mut st = self.conn.prepare(&format!(
             "SELECT day, reason, SUM(count) FROM rejections{cond} GROUP BY day, reason"
@@ -549,7 +510,8 @@ fn usage_sql(cond: &str) -> String {
          COALESCE(SUM(CASE WHEN status = 'settled' THEN credits ELSE 0 END), 0), \
          COALESCE(SUM(CASE WHEN status = 'released' THEN estimate ELSE 0 END), 0), \
          COALESCE(SUM(CASE WHEN status = 'unknown' THEN estimate ELSE 0 END), 0), \
-         COALESCE(SUM(off_peak), 0) \
+         COALESCE(SUM(off_peak), 0), \
+         COALESCE(SUM(refunded), 0) \
          FROM reservations{cond} GROUP BY day"
     )
 }
@@ -602,12 +564,20 @@ mod tests {
             credits: Some(credits),
             task: Some(TaskRecord {
                 task_id: task.into(),
+                request_id: String::new(),
                 user: user.into(),
                 team: "t".into(),
-                credits,
-                off_peak: false,
                 model: "viduq2".into(),
+                off_peak: false,
+                estimate: credits,
+                charged: credits,
+                refunded: 0,
+                state: crate::state::TaskState::Created,
+                callback_url: None,
                 created_at: String::new(),
+                updated_at: String::new(),
+                ended_at: None,
+                relay: None,
             }),
         }
     }
@@ -744,7 +714,7 @@ mod tests {
         for l in [&one, &two] {
             let t = l.task("task-1").unwrap().unwrap();
             assert_eq!(
-                (t.user.as_str(), t.team.as_str(), t.credits),
+                (t.user.as_str(), t.team.as_str(), t.charged),
                 ("ana", "t", 35)
             );
             assert_eq!(t.model, "viduq2");

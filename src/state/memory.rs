@@ -22,6 +22,9 @@ use super::ledger::{Ledger, Write};
 use super::rate::{Checked, RateLimits};
 use super::reader::Reader;
 use super::writer::Writer;
+
+#[path = "memory_lifecycle.rs"]
+mod lifecycle;
 use super::*;
 use crate::clock::SharedClock;
 
@@ -64,6 +67,8 @@ struct Inner {
     current_day: String,
     /// Spooled admissions recorded by this process (each at most once).
     recorded: std::collections::HashSet<GrantId>,
+    /// Tasks followed to their end (`memory_lifecycle.rs`).
+    life: lifecycle::Life,
 }
 
 /// A budget being loaded.
@@ -84,6 +89,8 @@ struct Outstanding {
     slots: Vec<(Scope, String)>,
     record: RequestRecord,
     off_peak: bool,
+    /// When it was admitted (RFC 3339).
+    at: String,
 }
 
 /// Task ownership queued to the writer and not yet written, oldest first.
@@ -129,10 +136,9 @@ impl MemoryStore {
             anyhow::anyhow!("state.ledger_path = {}: {e:#}", ledger_path.display())
         };
         let writer = Writer::start(ledger_path, metrics).map_err(context)?;
-        let next_row = Ledger::open_read_only(ledger_path)
-            .and_then(|l| Ok(l.max_id()?))
-            .map_err(context)?
-            + 1;
+        let (next_row, life) = Ledger::open_read_only(ledger_path)
+            .and_then(|l| Ok((l.max_id()? + 1, lifecycle::Life::load(&l, clock.clone())?)))
+            .map_err(context)?;
         Ok(Self {
             point: Reader::start(ledger_path, "ledger-reads").map_err(context)?,
             reports: Reader::start(ledger_path, "ledger-reports").map_err(context)?,
@@ -148,6 +154,7 @@ impl MemoryStore {
                     tasks: UnwrittenTasks::default(),
                     current_day: String::new(),
                     recorded: Default::default(),
+                    life,
                 }),
             }),
         })
@@ -415,6 +422,7 @@ impl Inner {
 
     /// Takes the slots and reserves the estimate (the rate tokens are already taken).
     fn take(&mut self, req: &AdmissionRequest, run: Run, id: GrantId, writer: &Writer) -> Grant {
+        let at = self.life.now().1;
         let row = self.next_row;
         self.next_row += 1;
         let seq = writer.send(Write::Reserve {
@@ -446,6 +454,7 @@ impl Inner {
                 slots,
                 record: req.record.clone(),
                 off_peak: run.off_peak,
+                at,
             },
         );
         Grant::new(id)
@@ -466,22 +475,18 @@ impl Inner {
                 }
             }
         }
-        let (status, amount, credits, task_id) = match settlement {
-            Settlement::Charged { credits, task_id } => {
-                ("settled", credits, Some(credits), task_id)
-            }
-            Settlement::Released => ("released", 0, None, None),
-            Settlement::Unknown => ("unknown", out.estimate, None, None),
+        let (status, amount, credits) = match &settlement {
+            Settlement::Charged { credits, .. } => ("settled", *credits, Some(*credits)),
+            Settlement::Released => ("released", 0, None),
+            Settlement::Unknown => ("unknown", out.estimate, None),
         };
-        let task = task_id.map(|task_id| TaskRecord {
-            task_id,
-            user: out.record.user,
-            team: out.record.team,
-            credits: amount,
-            off_peak: out.off_peak,
-            model: out.record.model,
-            created_at: format!("{:.3}", jiff::Timestamp::now()),
-        });
+        let task = match settlement {
+            Settlement::Charged {
+                task: Some(created),
+                ..
+            } => Some(self.life.created(&out, created, amount)),
+            _ => None,
+        };
         let seq = writer.send(Write::Settle {
             row: out.row,
             status,
@@ -493,7 +498,11 @@ impl Inner {
             i128::from(amount) - i128::from(out.estimate),
             seq,
         );
+        if status == "unknown" {
+            self.life.unknown_from(id, &out);
+        }
         if let Some(task) = task {
+            self.life.follow(&task, &out);
             self.tasks.remember(seq, task);
         }
     }
@@ -589,11 +598,20 @@ impl Records for MemoryStore {
     fn task<'a>(&'a self, task_id: &'a str) -> Answer<'a, Option<TaskRecord>> {
         let unwritten = {
             let mut inner = self.shared.lock();
+            if let Some(live) = inner.life.live(task_id) {
+                return ready(Ok(Some(live))).boxed();
+            }
             inner.tasks.forget_processed(self.shared.writer.processed());
             inner.tasks.by_id.get(task_id).cloned()
         };
+        // Lifecycle changes queued before this call are in the answer (a relay's outcome, a refund).
+        let through = self.shared.writer.last_sent();
+        let shared = self.shared.clone();
         let id = task_id.to_owned();
-        let written = self.point.read(move |ledger| Ok(ledger.task(&id)?));
+        let written = self.point.read(move |ledger| {
+            shared.writer.wait_processed(through, SEED_WAIT)?;
+            Ok(ledger.task(&id)?)
+        });
         async move { Ok(written.await?.or(unwritten)) }.boxed()
     }
 }
@@ -729,10 +747,7 @@ mod tests {
     }
 
     fn charged(credits: u64, task: &str) -> Settlement {
-        Settlement::Charged {
-            credits,
-            task_id: Some(task.into()),
-        }
+        Settlement::charged(credits, Some(task))
     }
 
     async fn take(store: &MemoryStore, req: &AdmissionRequest) -> Grant {
@@ -797,10 +812,7 @@ mod tests {
                         let g = futures_util::FutureExt::now_or_never(take(&store, &req)).unwrap();
                         let s = match i % 3 {
                             0 => Settlement::Released,
-                            1 => Settlement::Charged {
-                                credits: 3,
-                                task_id: None,
-                            },
+                            1 => Settlement::charged(3, None),
                             _ => Settlement::Unknown,
                         };
                         futures_util::FutureExt::now_or_never(store.finish(g, s))

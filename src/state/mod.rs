@@ -19,6 +19,8 @@ pub mod error;
 pub mod fail_open;
 pub mod file_guard;
 pub mod ledger;
+pub mod ledger_tasks;
+pub mod lifecycle;
 pub mod memory;
 pub mod priority;
 pub mod rate;
@@ -35,7 +37,11 @@ use futures_util::future::BoxFuture;
 
 pub use decision::{Decision, Grant, GrantId, Granted, RateStatus, Refusal, Settlement};
 pub use error::StoreError;
-pub use ledger::{TaskRecord, UsageFilter, UsageRow};
+pub use ledger::{UsageFilter, UsageRow};
+pub use lifecycle::{
+    Created, DueClaim, Observation, RelayJob, RelayOutcome, RelayStatus, ReservationView,
+    Resolution, TaskPage, TaskQuery, TaskRecord, TaskState, Transition,
+};
 pub use request::{
     AdmissionRequest, BudgetKey, BudgetSpec, Fallback, Mode, Period, Plan, RateSpec,
     RejectionRecord, RequestRecord, Run, Scope, SlotSpec, Unaccounted,
@@ -75,8 +81,45 @@ pub trait Admissions {
 pub trait Records {
     fn record_rejection(&self, rejection: RejectionRecord) -> Answer<'_, ()>;
 
-    /// Who owns a task the gateway created: its first owner, if the upstream ever hands out an id twice.
+    /// A task the gateway created, with its owner (the first, if the upstream ever hands out an id twice) and
+    /// its lifecycle.
     fn task<'a>(&'a self, task_id: &'a str) -> Answer<'a, Option<TaskRecord>>;
+}
+
+/// Tasks followed to their end (`lifecycle.rs`): each method is one atomic decision of the backend.
+pub trait Lifecycle {
+    /// Applies a state learned from Vidu to the task, at most once per change: an ended task never changes
+    /// again. Success charges the final credits; failed and cancelled refund everything charged to the budgets
+    /// of the period the task was created in. A relay of the change is queued when the task has a
+    /// `callback_url`. The task counts as heard of now either way. `None`: nothing changed (or no such task).
+    fn observe<'a>(&'a self, seen: &'a Observation) -> Answer<'a, Option<Transition>>;
+
+    /// Tasks, newest first.
+    fn tasks<'a>(&'a self, query: &'a TaskQuery) -> Answer<'a, TaskPage>;
+
+    /// Records a callback's nonce for `ttl_secs`; `false` when it was seen already (a replay).
+    fn claim_nonce<'a>(&'a self, nonce: &'a str, ttl_secs: u64) -> Answer<'a, bool>;
+
+    /// Makes an unfinished task due for the reconciler at once (a callback said it changed): if the replica that
+    /// took the callback stops before confirming it, another one will.
+    fn nudge<'a>(&'a self, task_id: &'a str) -> Answer<'a, ()>;
+
+    /// The unfinished tasks the reconciler should query now, oldest news first: empty unless `claim.holder` holds
+    /// (or takes) the reconciler's lease, and never more than `claim.per_minute` in any minute. The tasks
+    /// claimed count as heard of now, so a query that fails is retried after the quiet time, not at once.
+    fn claim_due<'a>(&'a self, claim: &'a DueClaim) -> Answer<'a, Vec<String>>;
+
+    /// Relays due now, at most `limit`; each is leased for `lease_ms` (no other replica delivers it meanwhile).
+    fn claim_relays(&self, limit: usize, lease_ms: u64) -> Answer<'_, Vec<RelayJob>>;
+
+    /// Records how a delivery attempt ended (on the task too).
+    fn relay_done<'a>(&'a self, job: &'a RelayJob, outcome: RelayOutcome) -> Answer<'a, ()>;
+
+    /// Reservations not settled: open ones (in flight) and `unknown` ones, oldest first.
+    fn reservations(&self) -> Answer<'_, Vec<ReservationView>>;
+
+    /// Settles or releases an `unknown` reservation, once; `None` when `id` names no unknown reservation.
+    fn resolve<'a>(&'a self, id: &'a str, how: Resolution) -> Answer<'a, Option<ReservationView>>;
 }
 
 /// What was spent (the usage API and CLI).
@@ -128,6 +171,6 @@ impl Replicas {
 }
 
 /// A whole backend, shared by every worker.
-pub trait Store: Admissions + Records + Reports + Health + Send + Sync {}
+pub trait Store: Admissions + Records + Lifecycle + Reports + Health + Send + Sync {}
 
-impl<T: Admissions + Records + Reports + Health + Send + Sync> Store for T {}
+impl<T: Admissions + Records + Lifecycle + Reports + Health + Send + Sync> Store for T {}

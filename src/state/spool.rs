@@ -51,6 +51,11 @@ enum Ended {
     Charged {
         credits: u64,
         task_id: Option<String>,
+        /// The task's state in the create answer (absent in spools written before it was kept).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        callback_url: Option<String>,
     },
     Released,
     Unknown,
@@ -93,7 +98,22 @@ impl Spooled {
 
 fn ended_of(settlement: Settlement) -> Ended {
     match settlement {
-        Settlement::Charged { credits, task_id } => Ended::Charged { credits, task_id },
+        Settlement::Charged { credits, task } => {
+            let (task_id, state, callback_url) = match task {
+                Some(t) => (
+                    Some(t.task_id),
+                    Some(t.state.as_str().to_owned()),
+                    t.callback_url,
+                ),
+                None => (None, None, None),
+            };
+            Ended::Charged {
+                credits,
+                task_id,
+                state,
+                callback_url,
+            }
+        }
         Settlement::Released => Ended::Released,
         Settlement::Unknown => Ended::Unknown,
     }
@@ -101,7 +121,22 @@ fn ended_of(settlement: Settlement) -> Ended {
 
 fn settlement_of(ended: Ended) -> Settlement {
     match ended {
-        Ended::Charged { credits, task_id } => Settlement::Charged { credits, task_id },
+        Ended::Charged {
+            credits,
+            task_id,
+            state,
+            callback_url,
+        } => Settlement::Charged {
+            credits,
+            task: task_id.map(|task_id| super::lifecycle::Created {
+                task_id,
+                state: state
+                    .as_deref()
+                    .and_then(super::lifecycle::TaskState::parse)
+                    .unwrap_or(super::lifecycle::TaskState::Created),
+                callback_url,
+            }),
+        },
         Ended::Released => Settlement::Released,
         Ended::Unknown => Settlement::Unknown,
     }
@@ -349,13 +384,7 @@ mod tests {
         };
         spool.admitted(a, &record(), run);
         spool.admitted(b, &record(), run);
-        spool.ended(
-            a,
-            Settlement::Charged {
-                credits: 50,
-                task_id: Some("t1".into()),
-            },
-        );
+        spool.ended(a, Settlement::charged(50, Some("t1")));
         let c = GrantId::random();
         spool.unsettled(c, Settlement::Released);
         let entries = wait_for(&spool, 2);
@@ -363,13 +392,7 @@ mod tests {
             panic!("{entries:?}")
         };
         assert_eq!(first.id, a);
-        assert_eq!(
-            first.settlement,
-            Settlement::Charged {
-                credits: 50,
-                task_id: Some("t1".into())
-            }
-        );
+        assert_eq!(first.settlement, Settlement::charged(50, Some("t1")));
         assert_eq!(
             entries[1],
             Spooled::Settlement {

@@ -154,6 +154,11 @@ pub struct Rejection {
 
 impl Rejection {
     /// A body that is not a UTF-8 JSON object.
+    /// One field refused for a reason outside Vidu's rules (e.g. a `callback_url` the gateway may not relay to).
+    pub fn field(field: &str, reason: FieldReason, message: String) -> Self {
+        Problems::one(Found::new(0, field, reason, message)).into_rejection()
+    }
+
     pub(crate) fn bad_request(message: String) -> Self {
         Self {
             reason: Reason::BadRequest,

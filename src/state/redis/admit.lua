@@ -130,4 +130,5 @@ redis.call('HSET', req.grant_key,
   'budgets', table.concat(budget_keys, '\n'), 'slots', table.concat(slot_keys, '\n'), 'usage', u.hash,
   'created_ms', now_ms)
 redis.call('EXPIRE', req.grant_key, req.retention_s)
+redis.call('ZADD', req.grants, now_ms, req.grant)
 return cjson.encode({ run = run, imm_used = imm_used or null, granted = granted })

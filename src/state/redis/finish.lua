@@ -2,11 +2,13 @@
 -- credits; released: nothing; unknown: the estimate stays, for reconciliation). At most once per grant: a grant
 -- that is not `reserved` any more, or that this deployment never made, changes nothing.
 -- ARGV: grant key, grant id, kind (charged | released | unknown), credits, task key ('' for none), task fields as
--- JSON, retention in seconds. Returns 0 (nothing to do), 1 (settled) or 2 (settled; the task id already had an
+-- JSON (now, now_ms, task_id, state, terminal, callback_url, list_prefix, cutoff, live), retention in seconds, the index
+-- of open and unknown grants. Returns 0 (nothing to do), 1 (settled) or 2 (settled; the task id already had an
 -- owner, who keeps it).
 local grant_key, grant_id, kind = ARGV[1], ARGV[2], ARGV[3]
 local credits = tonumber(ARGV[4])
 local task_key, task, retention = ARGV[5], ARGV[6], tonumber(ARGV[7])
+local t_grants = ARGV[8] or ''
 
 local fields = redis.call('HGETALL', grant_key)
 if #fields == 0 then return 0 end
@@ -49,13 +51,29 @@ if task_key ~= '' then
   if redis.call('EXISTS', task_key) == 1 then
     answer = 2
   else
+    -- The task's lifecycle starts: its record (with the budgets and usage its money moves in, the periods it was
+    -- created in), the indexes that list it, and the set of unfinished tasks the reconciler follows.
     local t = cjson.decode(task)
+    local ended = ''
+    if t.terminal then ended = t.now end
     redis.call('HSET', task_key, 'user', g.user, 'team', g.team, 'credits', amount, 'off_peak', g.off_peak,
-      'model', g.model, 'created_at', t.created_at)
+      'model', g.model, 'created_at', t.now, 'request_id', g.request_id or '', 'estimate', estimate,
+      'refunded', 0, 'state', t.state, 'callback_url', t.callback_url, 'updated_at', t.now, 'ended_at', ended,
+      'budgets', g.budgets or '', 'usage', g.usage or '', 'relay', '')
     redis.call('EXPIRE', task_key, retention)
+    local member = t.now .. '|' .. t.task_id
+    local function enc(s) return (string.gsub(string.gsub(string.gsub(s, '%%', '%%25'), ':', '%%3A'), '\n', '%%0A')) end
+    local lists = { t.list_prefix .. 'a', t.list_prefix .. 't:' .. enc(g.team), t.list_prefix .. 'u:' .. enc(g.user) }
+    for _, index in ipairs(lists) do
+      redis.call('ZADD', index, 0, member)
+      redis.call('ZREMRANGEBYLEX', index, '-', '(' .. t.cutoff)
+      redis.call('EXPIRE', index, retention)
+    end
+    if not t.terminal then redis.call('ZADD', t.live, t.now_ms, t.task_id) end
   end
 end
 
+if kind ~= 'unknown' and t_grants ~= '' then redis.call('ZREM', t_grants, grant_id) end
 if kind == 'unknown' then
   redis.call('HSET', grant_key, 'status', 'unknown', 'slots', '')
 else

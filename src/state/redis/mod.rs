@@ -32,8 +32,26 @@ const FINISH: &str = include_str!("finish.lua");
 const USAGE: &str = include_str!("usage.lua");
 const HEARTBEAT: &str = include_str!("heartbeat.lua");
 const RECORD: &str = include_str!("record.lua");
+const OBSERVE: &str = include_str!("observe.lua");
+const CLAIM_DUE: &str = include_str!("claim_due.lua");
+const RELAYS: &str = include_str!("relays.lua");
+const RESERVATIONS: &str = include_str!("reservations.lua");
+const TASKS: &str = include_str!("tasks.lua");
 /// Every script, as the heartbeat loads them.
-const SCRIPTS: [&str; 5] = [ADMIT, FINISH, USAGE, HEARTBEAT, RECORD];
+const SCRIPTS: [&str; 10] = [
+    ADMIT,
+    FINISH,
+    USAGE,
+    HEARTBEAT,
+    RECORD,
+    OBSERVE,
+    CLAIM_DUE,
+    RELAYS,
+    RESERVATIONS,
+    TASKS,
+];
+
+mod lifecycle;
 
 /// A replica not heard of for this long is no longer counted among the live ones.
 const REPLICA_STALE_MS: u64 = 30_000;
@@ -61,6 +79,11 @@ pub struct RedisStore {
     usage: Script,
     heartbeat: Script,
     record: Script,
+    observe: Script,
+    claim_due: Script,
+    relays: Script,
+    reservations: Script,
+    tasks: Script,
     /// The deployment's epoch as this replica last saw it (`None` before the first heartbeat).
     epoch: std::sync::Mutex<Option<String>>,
 }
@@ -154,6 +177,49 @@ impl Keys {
         format!("{}:u:", self.tag)
     }
 
+    /// Open and `unknown` grants, by the time they were made.
+    fn grants(&self) -> String {
+        format!("{}:grants", self.tag)
+    }
+
+    /// A task list, newest first: everyone's, a team's or a user's.
+    fn task_list(&self, team: Option<&str>, user: Option<&str>) -> String {
+        match (team, user) {
+            (_, Some(u)) => format!("{}:tl:u:{}", self.tag, enc(u)),
+            (Some(t), None) => format!("{}:tl:t:{}", self.tag, enc(t)),
+            (None, None) => format!("{}:tl:a", self.tag),
+        }
+    }
+
+    fn task_prefix(&self) -> String {
+        format!("{}:t:", self.tag)
+    }
+
+    /// Unfinished tasks, scored by when they were last heard of (ms).
+    fn live(&self) -> String {
+        format!("{}:live", self.tag)
+    }
+
+    fn reconcile_lease(&self) -> String {
+        format!("{}:reconciler", self.tag)
+    }
+
+    fn reconcile_queries(&self) -> String {
+        format!("{}:reconciler:queries", self.tag)
+    }
+
+    fn nonce(&self, nonce: &str) -> String {
+        format!("{}:nonce:{}", self.tag, enc(nonce))
+    }
+
+    fn outbox_prefix(&self) -> String {
+        format!("{}:o:", self.tag)
+    }
+
+    fn outbox_due(&self) -> String {
+        format!("{}:outbox", self.tag)
+    }
+
     fn member(team: &str, user: &str) -> String {
         format!("{}:{}", enc(team), enc(user))
     }
@@ -229,6 +295,11 @@ impl RedisStore {
             usage: Script::new(USAGE),
             heartbeat: Script::new(HEARTBEAT),
             record: Script::new(RECORD),
+            observe: Script::new(OBSERVE),
+            claim_due: Script::new(CLAIM_DUE),
+            relays: Script::new(RELAYS),
+            reservations: Script::new(RESERVATIONS),
+            tasks: Script::new(TASKS),
             epoch: std::sync::Mutex::new(None),
         })
     }
@@ -320,6 +391,7 @@ impl RedisStore {
             "retention_s": self.retention_secs,
             "grant": grant.to_string(),
             "grant_key": self.keys.grant(grant),
+            "grants": self.keys.grants(),
             "plan": plan,
             "slots": req.slots.iter().map(|s| json!({"key": self.keys.slot(s), "max": s.max})).collect::<Vec<_>>(),
             "budgets": req.budgets.iter().map(|b| self.budget_json(b)).collect::<Vec<_>>(),
@@ -351,11 +423,12 @@ impl RedisStore {
     }
 
     fn unaccounted_json(&self, e: &Unaccounted) -> String {
-        let (kind, amount, task_id) = match &e.settlement {
-            Settlement::Charged { credits, task_id } => ("charged", *credits, task_id.as_deref()),
+        let (kind, amount, task) = match &e.settlement {
+            Settlement::Charged { credits, task } => ("charged", *credits, task.as_ref()),
             Settlement::Released => ("released", 0, None),
             Settlement::Unknown => ("unknown", e.run.estimate, None),
         };
+        let task_id = task.map(|t| t.task_id.as_str());
         let r = &e.record;
         json!({
             "once_key": self.keys.spooled(e.id),
@@ -368,6 +441,8 @@ impl RedisStore {
             "counting": self.counting(r, e.run.off_peak),
             "usage": self.usage_json(r),
             "task_key": task_id.map(|t| self.keys.task(t)).unwrap_or_default(),
+            "task": task.map(|t| self.task_start_json(t, self.now())),
+            "request_id": r.request_id,
             "user": r.user, "team": r.team, "model": r.model, "created_at": e.admitted_at,
         })
         .to_string()
@@ -560,13 +635,17 @@ impl Admissions for RedisStore {
 
     fn finish(&self, grant: Grant, settlement: Settlement) -> Answer<'_, ()> {
         async move {
-            let (kind, credits, task_id) = match settlement {
-                Settlement::Charged { credits, task_id } => ("charged", credits, task_id),
+            let (kind, credits, created) = match settlement {
+                Settlement::Charged { credits, task } => ("charged", credits, task),
                 Settlement::Released => ("released", 0, None),
                 Settlement::Unknown => ("unknown", 0, None),
             };
+            let task_id = created.as_ref().map(|t| t.task_id.clone());
             let task_key = task_id.as_deref().map(|t| self.keys.task(t));
-            let task = json!({"created_at": format!("{:.3}", jiff::Timestamp::now())}).to_string();
+            let task = created
+                .as_ref()
+                .map(|t| self.task_start_json(t, self.now()).to_string())
+                .unwrap_or_default();
             let answer: i64 = self
                 .call("settlement", async |c| {
                     self.finish
@@ -577,6 +656,7 @@ impl Admissions for RedisStore {
                         .arg(task_key.as_deref().unwrap_or(""))
                         .arg(task)
                         .arg(self.retention_secs)
+                        .arg(self.keys.grants())
                         .invoke_async(c)
                         .await
                 })
@@ -642,16 +722,7 @@ impl Records for RedisStore {
             if fields.is_empty() {
                 return Ok(None);
             }
-            let get = |k: &str| fields.get(k).cloned().unwrap_or_default();
-            Ok(Some(TaskRecord {
-                task_id: task_id.to_owned(),
-                user: get("user"),
-                team: get("team"),
-                credits: get("credits").parse().unwrap_or(0),
-                off_peak: get("off_peak") == "1",
-                model: get("model"),
-                created_at: get("created_at"),
-            }))
+            Ok(Some(lifecycle::task_of(task_id.to_owned(), &fields)))
         }
         .boxed()
     }
@@ -665,6 +736,8 @@ struct UsageDay {
     settled: f64,
     released: f64,
     unknown: f64,
+    #[serde(default)]
+    refunded: f64,
     off_peak: f64,
     #[serde(default)]
     rejected: Option<std::collections::BTreeMap<String, f64>>,
@@ -731,6 +804,7 @@ impl Reports for RedisStore {
                         credits_settled: whole(d.settled),
                         credits_released: whole(d.released),
                         credits_unknown: whole(d.unknown),
+                        credits_refunded: whole(d.refunded),
                         off_peak_requests: whole(d.off_peak),
                     }
                 })

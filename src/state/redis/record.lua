@@ -30,8 +30,23 @@ redis.call('SADD', u.members, u.member)
 if r.task_key ~= '' and redis.call('EXISTS', r.task_key) == 0 then
   local off_peak = 0
   if r.off_peak then off_peak = 1 end
+  local t = r.task
+  local budgets = {}
+  for _, c in ipairs(r.counting) do budgets[#budgets + 1] = c.key end
+  local ended = ''
+  if t.terminal then ended = r.created_at end
   redis.call('HSET', r.task_key, 'user', r.user, 'team', r.team, 'credits', r.amount, 'off_peak', off_peak,
-    'model', r.model, 'created_at', r.created_at)
+    'model', r.model, 'created_at', r.created_at, 'request_id', r.request_id, 'estimate', r.estimate,
+    'refunded', 0, 'state', t.state, 'callback_url', t.callback_url, 'updated_at', r.created_at,
+    'ended_at', ended, 'budgets', table.concat(budgets, '\n'), 'usage', u.hash, 'relay', '')
   redis.call('EXPIRE', r.task_key, r.retention_s)
+  local member = r.created_at .. '|' .. t.task_id
+  local function enc(s) return (string.gsub(string.gsub(string.gsub(s, '%%', '%%25'), ':', '%%3A'), '\n', '%%0A')) end
+  local lists = { t.list_prefix .. 'a', t.list_prefix .. 't:' .. enc(r.team), t.list_prefix .. 'u:' .. enc(r.user) }
+  for _, index in ipairs(lists) do
+    redis.call('ZADD', index, 0, member)
+    redis.call('EXPIRE', index, r.retention_s)
+  end
+  if not t.terminal then redis.call('ZADD', t.live, 0, t.task_id) end
 end
 return 1

@@ -9,7 +9,8 @@ table.sort(days)
 local out = {}
 for _, day in ipairs(days) do
   if (from == '' or day >= from) and (to == '' or day <= to) then
-    local row = { day = day, admitted = 0, reserved = 0, settled = 0, released = 0, unknown = 0, off_peak = 0,
+    local row = { day = day, admitted = 0, reserved = 0, settled = 0, released = 0, unknown = 0, refunded = 0,
+      off_peak = 0,
       rejected = {} }
     local any = false
     for _, member in ipairs(redis.call('SMEMBERS', members_prefix .. day)) do

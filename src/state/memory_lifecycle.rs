@@ -1,0 +1,461 @@
+//! The memory backend's side of following tasks: unfinished tasks, `unknown` reservations and the relay outbox
+//! held in memory under the store's one lock (each decision atomic), every change queued to the ledger writer,
+//! all of it loaded back from the ledger when the store opens.
+
+use std::collections::VecDeque;
+
+use super::*;
+use crate::state::ledger_tasks::TaskWrite;
+use crate::state::lifecycle::money_of;
+
+/// Nonces are pruned of expired entries every this many claims.
+const NONCE_PRUNE_EVERY: u32 = 1024;
+
+/// An unfinished task: its record, and every budget its reservation counts against (its creation's periods).
+struct Live {
+    task: TaskRecord,
+    keys: Vec<BudgetKey>,
+    /// When the gateway last heard of it (ms); 0 = due at once.
+    heard_ms: i64,
+}
+
+/// A reservation whose outcome is unknown.
+struct Unknown {
+    row: i64,
+    view: ReservationView,
+    keys: Vec<BudgetKey>,
+}
+
+pub(super) struct Life {
+    clock: SharedClock,
+    live: HashMap<String, Live>,
+    unknown: HashMap<String, Unknown>,
+    /// Relay jobs by id, with the time they are due (ms).
+    outbox: HashMap<String, (RelayJob, i64)>,
+    /// Callback nonces seen, until they expire (ms).
+    nonces: HashMap<String, i64>,
+    claims: u32,
+    /// The reconciler's lease: holder and expiry (ms).
+    lease: Option<(String, i64)>,
+    /// When the reconciler's queries of the last minute were claimed (ms).
+    queries: VecDeque<i64>,
+}
+
+fn stamp(t: jiff::Timestamp) -> String {
+    format!("{t:.3}")
+}
+
+impl Life {
+    /// Loads what the ledger holds of unfinished tasks, unknown reservations and relays still owed.
+    pub(super) fn load(ledger: &Ledger, clock: SharedClock) -> anyhow::Result<Self> {
+        let mut live = HashMap::default();
+        for row in ledger.live_tasks()? {
+            let keys = BudgetKey::counting(&row.record, row.task.off_peak);
+            live.insert(
+                row.task.task_id.clone(),
+                Live {
+                    task: row.task,
+                    keys,
+                    heard_ms: 0,
+                },
+            );
+        }
+        let mut unknown = HashMap::default();
+        for u in ledger.unknown_reservations()? {
+            let id = u
+                .grant
+                .map(|g| g.to_string())
+                .unwrap_or_else(|| format!("row-{}", u.row));
+            unknown.insert(
+                id.clone(),
+                Unknown {
+                    row: u.row,
+                    keys: BudgetKey::counting(&u.record, u.off_peak),
+                    view: ReservationView {
+                        id,
+                        request_id: u.record.request_id,
+                        user: u.record.user,
+                        team: u.record.team,
+                        model: u.record.model,
+                        off_peak: u.off_peak,
+                        estimate: u.estimate,
+                        state: "unknown",
+                        created_at: u.created_at,
+                    },
+                },
+            );
+        }
+        let outbox = ledger
+            .outbox()?
+            .into_iter()
+            .map(|(job, due)| (job.id.clone(), (job, due)))
+            .collect();
+        Ok(Self {
+            clock,
+            live,
+            unknown,
+            outbox,
+            nonces: HashMap::default(),
+            claims: 0,
+            lease: None,
+            queries: VecDeque::new(),
+        })
+    }
+
+    /// Now, in ms and as stamped on records.
+    pub(super) fn now(&self) -> (i64, String) {
+        let t = self.clock.now();
+        (t.as_millisecond(), stamp(t))
+    }
+
+    /// The record of a task Vidu created for the grant `out`, charging `charged`.
+    pub(super) fn created(&self, out: &Outstanding, created: Created, charged: u64) -> TaskRecord {
+        let (_, now) = self.now();
+        let ended = created.state.is_terminal();
+        TaskRecord {
+            task_id: created.task_id,
+            request_id: out.record.request_id.clone(),
+            user: out.record.user.clone(),
+            team: out.record.team.clone(),
+            model: out.record.model.clone(),
+            off_peak: out.off_peak,
+            estimate: out.estimate,
+            charged,
+            refunded: 0,
+            state: created.state,
+            callback_url: created.callback_url,
+            created_at: now.clone(),
+            updated_at: now.clone(),
+            ended_at: ended.then_some(now),
+            relay: None,
+        }
+    }
+
+    /// Follows a task just created until it ends (one already ended needs no following).
+    pub(super) fn follow(&mut self, task: &TaskRecord, out: &Outstanding) {
+        if task.state.is_terminal() || self.live.contains_key(&task.task_id) {
+            return;
+        }
+        let (now, _) = self.now();
+        self.live.insert(
+            task.task_id.clone(),
+            Live {
+                task: task.clone(),
+                keys: out.keys.clone(),
+                heard_ms: now,
+            },
+        );
+    }
+
+    /// An unfinished task's current record.
+    pub(super) fn live(&self, task_id: &str) -> Option<TaskRecord> {
+        self.live.get(task_id).map(|l| l.task.clone())
+    }
+
+    pub(super) fn unknown_from(&mut self, id: GrantId, out: &Outstanding) {
+        let id = id.to_string();
+        self.unknown.insert(
+            id.clone(),
+            Unknown {
+                row: out.row,
+                keys: out.keys.clone(),
+                view: ReservationView {
+                    id,
+                    request_id: out.record.request_id.clone(),
+                    user: out.record.user.clone(),
+                    team: out.record.team.clone(),
+                    model: out.record.model.clone(),
+                    off_peak: out.off_peak,
+                    estimate: out.estimate,
+                    state: "unknown",
+                    created_at: out.at.clone(),
+                },
+            },
+        );
+    }
+}
+
+impl Inner {
+    fn observe(&mut self, seen: &Observation, writer: &Writer) -> Option<Transition> {
+        let (now_ms, now) = self.life.now();
+        let live = self.life.live.get_mut(&seen.task_id)?;
+        live.heard_ms = now_ms;
+        let money = money_of(live.task.state, live.task.charged, seen)?;
+        let from = live.task.state;
+        let task = &mut live.task;
+        task.state = seen.state;
+        task.charged = money.charged;
+        task.refunded += money.refunded;
+        task.updated_at = now.clone();
+        if seen.state.is_terminal() {
+            task.ended_at = Some(now);
+        }
+        let relay = task.callback_url.clone().map(|url| RelayJob {
+            id: uuid::Uuid::new_v4().to_string(),
+            task_id: task.task_id.clone(),
+            team: task.team.clone(),
+            url,
+            body: seen.body.clone(),
+            attempts: 0,
+        });
+        if relay.is_some() {
+            task.relay = Some(RelayStatus::Pending);
+        }
+        let task = task.clone();
+        let keys = std::mem::take(&mut live.keys);
+        let seq = writer.send(Write::Task(TaskWrite::Changed {
+            task_id: task.task_id.clone(),
+            state: task.state,
+            charged: task.charged,
+            refunded: task.refunded,
+            updated_at: task.updated_at.clone(),
+            ended_at: task.ended_at.clone(),
+            relay: task.relay,
+            money: (money.delta != 0).then_some(money.delta),
+        }));
+        if money.delta != 0 {
+            self.shift(&keys, i128::from(money.delta), seq);
+        }
+        if task.state.is_terminal() {
+            self.life.live.remove(&task.task_id);
+        } else if let Some(live) = self.life.live.get_mut(&task.task_id) {
+            live.keys = keys;
+        }
+        let relay_queued = relay.is_some();
+        if let Some(job) = relay {
+            writer.send(Write::Task(TaskWrite::OutboxPut {
+                job: job.clone(),
+                due_ms: now_ms,
+            }));
+            self.life.outbox.insert(job.id.clone(), (job, now_ms));
+        }
+        Some(Transition {
+            from,
+            refunded: money.refunded,
+            adjusted: if task.state == TaskState::Success {
+                money.delta
+            } else {
+                0
+            },
+            task,
+            relay_queued,
+        })
+    }
+
+    fn claim_nonce(&mut self, nonce: &str, ttl_secs: u64) -> bool {
+        let (now, _) = self.life.now();
+        let life = &mut self.life;
+        life.claims = life.claims.wrapping_add(1);
+        if life.claims % NONCE_PRUNE_EVERY == 0 {
+            life.nonces.retain(|_, until| *until > now);
+        }
+        match life.nonces.get(nonce) {
+            Some(until) if *until > now => false,
+            _ => {
+                let ttl = i64::try_from(ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+                life.nonces
+                    .insert(nonce.to_owned(), now.saturating_add(ttl));
+                true
+            }
+        }
+    }
+
+    fn claim_due(&mut self, claim: &DueClaim) -> Vec<String> {
+        let (now, _) = self.life.now();
+        let life = &mut self.life;
+        if let Some((holder, until)) = &life.lease
+            && holder != &claim.holder
+            && *until > now
+        {
+            return Vec::new();
+        }
+        life.lease = Some((
+            claim.holder.clone(),
+            now.saturating_add(i64::try_from(claim.lease_ms).unwrap_or(i64::MAX)),
+        ));
+        while life.queries.front().is_some_and(|t| *t <= now - 60_000) {
+            life.queries.pop_front();
+        }
+        let room = (claim.per_minute as usize).saturating_sub(life.queries.len());
+        if room == 0 {
+            return Vec::new();
+        }
+        let quiet = i64::try_from(claim.quiet_ms).unwrap_or(i64::MAX);
+        let mut due: Vec<(i64, &String)> = life
+            .live
+            .iter()
+            .filter(|(_, l)| l.heard_ms <= now.saturating_sub(quiet))
+            .map(|(id, l)| (l.heard_ms, id))
+            .collect();
+        due.sort();
+        let ids: Vec<String> = due
+            .into_iter()
+            .take(room)
+            .map(|(_, id)| id.clone())
+            .collect();
+        for id in &ids {
+            if let Some(l) = life.live.get_mut(id) {
+                l.heard_ms = now;
+            }
+            life.queries.push_back(now);
+        }
+        ids
+    }
+
+    fn claim_relays(&mut self, limit: usize, lease_ms: u64) -> Vec<RelayJob> {
+        let (now, _) = self.life.now();
+        let mut due: Vec<(i64, String)> = self
+            .life
+            .outbox
+            .iter()
+            .filter(|(_, (_, at))| *at <= now)
+            .map(|(id, (_, at))| (*at, id.clone()))
+            .collect();
+        due.sort();
+        let until = now.saturating_add(i64::try_from(lease_ms).unwrap_or(i64::MAX));
+        due.into_iter()
+            .take(limit)
+            .filter_map(|(_, id)| {
+                let (job, at) = self.life.outbox.get_mut(&id)?;
+                *at = until;
+                Some(job.clone())
+            })
+            .collect()
+    }
+
+    fn relay_done(&mut self, job: &RelayJob, outcome: RelayOutcome, writer: &Writer) {
+        let (now, _) = self.life.now();
+        if !self.life.outbox.contains_key(&job.id) {
+            return;
+        }
+        let status = match outcome {
+            RelayOutcome::Retry { after_ms } => {
+                let due = now.saturating_add(i64::try_from(after_ms).unwrap_or(i64::MAX));
+                let attempts = job.attempts + 1;
+                if let Some((held, at)) = self.life.outbox.get_mut(&job.id) {
+                    held.attempts = attempts;
+                    *at = due;
+                }
+                writer.send(Write::Task(TaskWrite::OutboxRetry {
+                    id: job.id.clone(),
+                    attempts,
+                    due_ms: due,
+                }));
+                return;
+            }
+            RelayOutcome::Delivered => RelayStatus::Delivered,
+            RelayOutcome::GaveUp => RelayStatus::Failed,
+        };
+        self.life.outbox.remove(&job.id);
+        writer.send(Write::Task(TaskWrite::OutboxDone { id: job.id.clone() }));
+        if let Some(l) = self.life.live.get_mut(&job.task_id) {
+            l.task.relay = Some(status);
+        }
+        writer.send(Write::Task(TaskWrite::Relay {
+            task_id: job.task_id.clone(),
+            status,
+        }));
+    }
+
+    fn reservations(&self) -> Vec<ReservationView> {
+        let mut all: Vec<ReservationView> = self
+            .outstanding
+            .iter()
+            .map(|(id, o)| ReservationView {
+                id: id.to_string(),
+                request_id: o.record.request_id.clone(),
+                user: o.record.user.clone(),
+                team: o.record.team.clone(),
+                model: o.record.model.clone(),
+                off_peak: o.off_peak,
+                estimate: o.estimate,
+                state: "open",
+                created_at: o.at.clone(),
+            })
+            .chain(self.life.unknown.values().map(|u| u.view.clone()))
+            .collect();
+        all.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+        all
+    }
+
+    fn resolve(&mut self, id: &str, how: Resolution, writer: &Writer) -> Option<ReservationView> {
+        let u = self.life.unknown.remove(id)?;
+        let estimate = u.view.estimate;
+        let (status, credits, amount) = match how {
+            Resolution::Settle(n) => ("settled", Some(n), n),
+            Resolution::Release => ("released", None, 0),
+        };
+        let seq = writer.send(Write::Settle {
+            row: u.row,
+            status,
+            credits,
+            task: None,
+        });
+        self.shift(&u.keys, i128::from(amount) - i128::from(estimate), seq);
+        Some(u.view)
+    }
+}
+
+impl Lifecycle for MemoryStore {
+    fn observe<'a>(&'a self, seen: &'a Observation) -> Answer<'a, Option<Transition>> {
+        let t = self.shared.lock().observe(seen, &self.shared.writer);
+        ready(Ok(t)).boxed()
+    }
+
+    fn tasks<'a>(&'a self, query: &'a TaskQuery) -> Answer<'a, TaskPage> {
+        let through = self.shared.writer.last_sent();
+        let shared = self.shared.clone();
+        let query = query.clone();
+        self.reports
+            .read(move |ledger| {
+                shared.writer.wait_processed(through, REPORT_WAIT)?;
+                let mut tasks = ledger.tasks(&query)?;
+                let next = (tasks.len() > query.limit).then(|| {
+                    tasks.truncate(query.limit);
+                    tasks
+                        .last()
+                        .map(|t| (t.created_at.clone(), t.task_id.clone()))
+                });
+                Ok(TaskPage {
+                    tasks,
+                    next: next.flatten(),
+                })
+            })
+            .boxed()
+    }
+
+    fn claim_nonce<'a>(&'a self, nonce: &'a str, ttl_secs: u64) -> Answer<'a, bool> {
+        ready(Ok(self.shared.lock().claim_nonce(nonce, ttl_secs))).boxed()
+    }
+
+    fn nudge<'a>(&'a self, task_id: &'a str) -> Answer<'a, ()> {
+        if let Some(l) = self.shared.lock().life.live.get_mut(task_id) {
+            l.heard_ms = 0;
+        }
+        ready(Ok(())).boxed()
+    }
+
+    fn claim_due<'a>(&'a self, claim: &'a DueClaim) -> Answer<'a, Vec<String>> {
+        ready(Ok(self.shared.lock().claim_due(claim))).boxed()
+    }
+
+    fn claim_relays(&self, limit: usize, lease_ms: u64) -> Answer<'_, Vec<RelayJob>> {
+        ready(Ok(self.shared.lock().claim_relays(limit, lease_ms))).boxed()
+    }
+
+    fn relay_done<'a>(&'a self, job: &'a RelayJob, outcome: RelayOutcome) -> Answer<'a, ()> {
+        self.shared
+            .lock()
+            .relay_done(job, outcome, &self.shared.writer);
+        ready(Ok(())).boxed()
+    }
+
+    fn reservations(&self) -> Answer<'_, Vec<ReservationView>> {
+        ready(Ok(self.shared.lock().reservations())).boxed()
+    }
+
+    fn resolve<'a>(&'a self, id: &'a str, how: Resolution) -> Answer<'a, Option<ReservationView>> {
+        let r = self.shared.lock().resolve(id, how, &self.shared.writer);
+        ready(Ok(r)).boxed()
+    }
+}

@@ -1,0 +1,415 @@
+//! The redis backend's side of following tasks: each decision one script (`observe.lua`, `claim_due.lua`,
+//! `relays.lua`, `reservations.lua`, `tasks.lua`), nonces one `SET NX`, a nudge one `ZADD XX`.
+
+use std::collections::HashMap;
+
+use super::*;
+
+/// Members of a task list read by one page at most (a `?state=` filter matching little returns a shorter page
+/// with a cursor rather than scanning everything in one script).
+const TASK_SCAN: usize = 2000;
+
+/// A task's record from its hash.
+pub(super) fn task_of(task_id: String, f: &HashMap<String, String>) -> TaskRecord {
+    let get = |k: &str| f.get(k).cloned().unwrap_or_default();
+    let num = |k: &str| {
+        f.get(k)
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(whole)
+            .unwrap_or(0)
+    };
+    let opt = |k: &str| f.get(k).filter(|v| !v.is_empty()).cloned();
+    let created_at = get("created_at");
+    TaskRecord {
+        task_id,
+        request_id: get("request_id"),
+        user: get("user"),
+        team: get("team"),
+        model: get("model"),
+        off_peak: get("off_peak") == "1",
+        estimate: num("estimate"),
+        charged: num("credits"),
+        refunded: num("refunded"),
+        // Records written before the lifecycle was followed are taken as ended.
+        state: TaskState::parse(&get("state")).unwrap_or(TaskState::Success),
+        callback_url: opt("callback_url"),
+        updated_at: opt("updated_at").unwrap_or_else(|| created_at.clone()),
+        created_at,
+        ended_at: opt("ended_at"),
+        relay: opt("relay").as_deref().and_then(RelayStatus::parse),
+    }
+}
+
+fn stamp(t: jiff::Timestamp) -> String {
+    format!("{t:.3}")
+}
+
+/// A script's JSON object, as the string hash `task_of` reads (numbers and booleans as Redis holds them).
+fn as_fields(v: &Value) -> HashMap<String, String> {
+    v.as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| {
+                    let s = match v {
+                        Value::String(s) => s.clone(),
+                        Value::Bool(b) => if *b { "1" } else { "0" }.to_owned(),
+                        Value::Null => String::new(),
+                        other => other.to_string(),
+                    };
+                    (k.clone(), s)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl RedisStore {
+    /// The time task records are stamped with: the test clock, else this replica's.
+    pub(super) fn now(&self) -> jiff::Timestamp {
+        self.clock
+            .as_ref()
+            .map(|c| c.now())
+            .unwrap_or_else(jiff::Timestamp::now)
+    }
+
+    /// What `finish.lua` and `record.lua` need to start a task's lifecycle.
+    pub(super) fn task_start_json(&self, t: &Created, now: jiff::Timestamp) -> Value {
+        let retention = jiff::SignedDuration::from_secs(
+            i64::try_from(self.retention_secs).unwrap_or(i64::MAX / 2),
+        );
+        let cutoff = now.checked_sub(retention).unwrap_or(now);
+        json!({
+            "now": stamp(now),
+            "now_ms": now.as_millisecond(),
+            "task_id": t.task_id,
+            "state": t.state.as_str(),
+            "terminal": t.state.is_terminal(),
+            "callback_url": t.callback_url.as_deref().unwrap_or(""),
+            "list_prefix": format!("{}:tl:", self.keys.tag),
+            "cutoff": stamp(cutoff),
+            "live": self.keys.live(),
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct Changed {
+    from: String,
+    task: Value,
+    refunded_now: f64,
+    adjusted: f64,
+    relay_queued: bool,
+}
+
+#[derive(Deserialize)]
+struct Page {
+    tasks: Vec<Value>,
+    last: String,
+    more: bool,
+}
+
+#[derive(Deserialize)]
+struct GrantView {
+    id: String,
+    request_id: String,
+    user: String,
+    team: String,
+    model: String,
+    off_peak: bool,
+    estimate: f64,
+    state: String,
+    created_ms: Option<f64>,
+}
+
+impl GrantView {
+    fn view(self) -> ReservationView {
+        let created_at = self
+            .created_ms
+            .and_then(|ms| jiff::Timestamp::from_millisecond(ms as i64).ok())
+            .map(stamp)
+            .unwrap_or_default();
+        ReservationView {
+            id: self.id,
+            request_id: self.request_id,
+            user: self.user,
+            team: self.team,
+            model: self.model,
+            off_peak: self.off_peak,
+            estimate: whole(self.estimate),
+            state: if self.state == "unknown" {
+                "unknown"
+            } else {
+                "open"
+            },
+            created_at,
+        }
+    }
+}
+
+impl Lifecycle for RedisStore {
+    fn observe<'a>(&'a self, seen: &'a Observation) -> Answer<'a, Option<Transition>> {
+        async move {
+            let now = self.now();
+            let outbox_id = uuid::Uuid::new_v4().to_string();
+            let arg = json!({
+                "task_key": self.keys.task(&seen.task_id),
+                "task_id": seen.task_id,
+                "state": seen.state.as_str(),
+                "credits": seen.credits,
+                "now": stamp(now),
+                "now_ms": now.as_millisecond(),
+                "body": seen.body,
+                "live": self.keys.live(),
+                "outbox": {
+                    "key": format!("{}{outbox_id}", self.keys.outbox_prefix()),
+                    "id": outbox_id,
+                    "due": self.keys.outbox_due(),
+                },
+            })
+            .to_string();
+            let text: String = self
+                .call_on(&self.side, "task state", async |c| {
+                    self.observe.arg(&arg).invoke_async(c).await
+                })
+                .await?;
+            if text.is_empty() {
+                return Ok(None);
+            }
+            let c: Changed = serde_json::from_str(&text).map_err(|_| bad_answer("task state"))?;
+            Ok(Some(Transition {
+                from: TaskState::parse(&c.from).unwrap_or(TaskState::Created),
+                task: task_of(seen.task_id.clone(), &as_fields(&c.task)),
+                refunded: whole(c.refunded_now),
+                adjusted: c.adjusted.round() as i64,
+                relay_queued: c.relay_queued,
+            }))
+        }
+        .boxed()
+    }
+
+    fn tasks<'a>(&'a self, query: &'a TaskQuery) -> Answer<'a, TaskPage> {
+        async move {
+            let index = self
+                .keys
+                .task_list(query.team.as_deref(), query.user.as_deref());
+            let arg = json!({
+                "index": index,
+                "prefix": self.keys.task_prefix(),
+                "after": query.after.as_ref().map(|(at, id)| format!("{at}|{id}")).unwrap_or_default(),
+                "limit": query.limit,
+                "state": query.state.map(TaskState::as_str).unwrap_or(""),
+                "scan": TASK_SCAN,
+            })
+            .to_string();
+            let text: String = self
+                .call_on(&self.side, "task list", async |c| {
+                    self.tasks.arg(&arg).invoke_async(c).await
+                })
+                .await?;
+            let page: Page = serde_json::from_str(&text).map_err(|_| bad_answer("task list"))?;
+            let mut tasks: Vec<TaskRecord> = page
+                .tasks
+                .iter()
+                .map(|v| {
+                    let f = as_fields(v);
+                    let id = f.get("task_id").cloned().unwrap_or_default();
+                    task_of(id, &f)
+                })
+                .collect();
+            // A user's list holds the user's tasks in every team; a team filter on it keeps the team's.
+            if query.user.is_some()
+                && let Some(team) = &query.team
+            {
+                tasks.retain(|t| &t.team == team);
+            }
+            let next = if page.more {
+                page.last
+                    .split_once('|')
+                    .map(|(at, id)| (at.to_owned(), id.to_owned()))
+            } else {
+                None
+            };
+            Ok(TaskPage { tasks, next })
+        }
+        .boxed()
+    }
+
+    fn claim_nonce<'a>(&'a self, nonce: &'a str, ttl_secs: u64) -> Answer<'a, bool> {
+        async move {
+            let key = self.keys.nonce(nonce);
+            let set: Option<String> = self
+                .call_on(&self.side, "callback nonce", async |c| {
+                    ::redis::cmd("SET")
+                        .arg(&key)
+                        .arg("1")
+                        .arg("NX")
+                        .arg("EX")
+                        .arg(ttl_secs.max(1))
+                        .query_async(c)
+                        .await
+                })
+                .await?;
+            Ok(set.is_some())
+        }
+        .boxed()
+    }
+
+    fn nudge<'a>(&'a self, task_id: &'a str) -> Answer<'a, ()> {
+        async move {
+            self.call_on(&self.side, "task nudge", async |c| {
+                ::redis::cmd("ZADD")
+                    .arg(self.keys.live())
+                    .arg("XX")
+                    .arg(0)
+                    .arg(task_id)
+                    .query_async::<()>(c)
+                    .await
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn claim_due<'a>(&'a self, claim: &'a DueClaim) -> Answer<'a, Vec<String>> {
+        async move {
+            let arg = json!({
+                "lease_key": self.keys.reconcile_lease(),
+                "holder": claim.holder,
+                "lease_ms": claim.lease_ms.max(1),
+                "queries_key": self.keys.reconcile_queries(),
+                "live": self.keys.live(),
+                "quiet_ms": claim.quiet_ms,
+                "per_minute": claim.per_minute,
+                "now_ms": self.now().as_millisecond(),
+            })
+            .to_string();
+            let text: String = self
+                .call_on(&self.side, "reconciler claim", async |c| {
+                    self.claim_due.arg(&arg).invoke_async(c).await
+                })
+                .await?;
+            serde_json::from_str(&text).map_err(|_| bad_answer("reconciler claim"))
+        }
+        .boxed()
+    }
+
+    fn claim_relays(&self, limit: usize, lease_ms: u64) -> Answer<'_, Vec<RelayJob>> {
+        async move {
+            #[derive(Deserialize)]
+            struct Job {
+                id: String,
+                task_id: String,
+                team: String,
+                url: String,
+                body: String,
+                attempts: u32,
+            }
+            let arg = json!({
+                "op": "claim",
+                "due": self.keys.outbox_due(),
+                "prefix": self.keys.outbox_prefix(),
+                "now_ms": self.now().as_millisecond(),
+                "limit": limit,
+                "lease_ms": lease_ms,
+            })
+            .to_string();
+            let text: String = self
+                .call_on(&self.side, "relay claim", async |c| {
+                    self.relays.arg(&arg).invoke_async(c).await
+                })
+                .await?;
+            let jobs: Vec<Job> =
+                serde_json::from_str(&text).map_err(|_| bad_answer("relay claim"))?;
+            Ok(jobs
+                .into_iter()
+                .map(|j| RelayJob {
+                    id: j.id,
+                    task_id: j.task_id,
+                    team: j.team,
+                    url: j.url,
+                    body: j.body,
+                    attempts: j.attempts,
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn relay_done<'a>(&'a self, job: &'a RelayJob, outcome: RelayOutcome) -> Answer<'a, ()> {
+        async move {
+            let (name, after_ms) = match outcome {
+                RelayOutcome::Delivered => ("delivered", 0),
+                RelayOutcome::Retry { after_ms } => ("retry", after_ms),
+                RelayOutcome::GaveUp => ("gave_up", 0),
+            };
+            let arg = json!({
+                "op": "done",
+                "due": self.keys.outbox_due(),
+                "prefix": self.keys.outbox_prefix(),
+                "now_ms": self.now().as_millisecond(),
+                "id": job.id,
+                "task_key": self.keys.task(&job.task_id),
+                "outcome": name,
+                "after_ms": after_ms,
+                "attempts": job.attempts + 1,
+            })
+            .to_string();
+            self.call_on(&self.side, "relay outcome", async |c| {
+                self.relays.arg(&arg).invoke_async::<i64>(c).await
+            })
+            .await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn reservations(&self) -> Answer<'_, Vec<ReservationView>> {
+        async move {
+            let arg = json!({
+                "op": "list",
+                "grants": self.keys.grants(),
+                "prefix": format!("{}:g:", self.keys.tag),
+            })
+            .to_string();
+            let text: String = self
+                .call_on(&self.side, "reservation list", async |c| {
+                    self.reservations.arg(&arg).invoke_async(c).await
+                })
+                .await?;
+            let list: Vec<GrantView> =
+                serde_json::from_str(&text).map_err(|_| bad_answer("reservation list"))?;
+            Ok(list.into_iter().map(GrantView::view).collect())
+        }
+        .boxed()
+    }
+
+    fn resolve<'a>(&'a self, id: &'a str, how: Resolution) -> Answer<'a, Option<ReservationView>> {
+        async move {
+            let (name, credits) = match how {
+                Resolution::Settle(n) => ("settle", n),
+                Resolution::Release => ("release", 0),
+            };
+            let arg = json!({
+                "op": "resolve",
+                "grants": self.keys.grants(),
+                "prefix": format!("{}:g:", self.keys.tag),
+                "id": id,
+                "how": name,
+                "credits": credits,
+            })
+            .to_string();
+            let text: String = self
+                .call_on(&self.side, "reservation resolve", async |c| {
+                    self.reservations.arg(&arg).invoke_async(c).await
+                })
+                .await?;
+            if text.is_empty() {
+                return Ok(None);
+            }
+            let g: GrantView =
+                serde_json::from_str(&text).map_err(|_| bad_answer("reservation resolve"))?;
+            Ok(Some(g.view()))
+        }
+        .boxed()
+    }
+}
