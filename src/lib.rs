@@ -21,6 +21,7 @@ pub mod replicas;
 pub mod settle;
 pub mod startup;
 pub mod state;
+pub mod tasks;
 pub mod telemetry;
 pub mod usage;
 pub mod validate;

@@ -61,6 +61,30 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    /// success | failed | cancelled
+    pub state: &'static str,
+    pub team: String,
+}
+
+/// Following tasks to their end: callbacks in, reconciliation queries, relays out, unknown reservations.
+#[derive(Clone, Debug, Default)]
+pub struct LifecycleMetrics {
+    /// Tasks that reached an end, by state and team.
+    pub tasks_ended: Family<TaskLabels, Counter>,
+    /// Callbacks received, by outcome (accepted, bad_signature, replayed, unknown_task, unavailable).
+    pub callbacks: Family<OutcomeLabels, Counter>,
+    /// Queries of unfinished tasks by the reconciler, by outcome (ok, not_found, error).
+    pub reconcile_queries: Family<OutcomeLabels, Counter>,
+    /// Relay deliveries, by outcome (delivered, retried, gave_up).
+    pub relays: Family<OutcomeLabels, Counter>,
+    /// `unknown` reservations released after `tasks.unknown_release_after_hours`.
+    pub reservations_auto_released: Counter,
+    /// `unknown` reservations resolved by an admin, by outcome (settled, released).
+    pub reservations_resolved: Family<OutcomeLabels, Counter>,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -95,6 +119,7 @@ pub struct Metrics {
     pub in_flight: Family<TeamLabels, Gauge>,
     pub budget_remaining: Family<TeamLabels, Gauge>,
     pub ledger: LedgerMetrics,
+    pub lifecycle: LifecycleMetrics,
 }
 
 /// The ledger writer's figures: shared handles, updated by the writer and checkpointer threads, read by `/metrics`.
@@ -202,7 +227,8 @@ impl Metrics {
         let credits: Family<CreditLabels, Counter> = register(
             &mut registry,
             "credits",
-            "Credits reserved, settled (Vidu's figure), released and unknown, by team",
+            "Credits reserved, settled (Vidu's figure), released and unknown, by team; refunded (failed and \
+             cancelled tasks) and adjusted_up / adjusted_down (a success whose final credits differ)",
         );
         let in_flight: Family<TeamLabels, Gauge> = register(
             &mut registry,
@@ -245,6 +271,38 @@ impl Metrics {
             "Ledger WAL checkpoints that failed (retried)",
             ledger.checkpoint_errors.clone(),
         );
+        let lifecycle = LifecycleMetrics::default();
+        registry.register(
+            "tasks_ended",
+            "Tasks created through the gateway that reached an end (success, failed, cancelled), by team",
+            lifecycle.tasks_ended.clone(),
+        );
+        registry.register(
+            "callbacks",
+            "Task callbacks received on /gateway/v1/callbacks/vidu, by outcome (accepted, bad_signature, replayed, \
+             unknown_task, unavailable)",
+            lifecycle.callbacks.clone(),
+        );
+        registry.register(
+            "reconcile_queries",
+            "Queries of unfinished tasks made by the reconciler, by outcome (ok, not_found, error)",
+            lifecycle.reconcile_queries.clone(),
+        );
+        registry.register(
+            "relays",
+            "Deliveries of task states to callers' callback_url, by outcome (delivered, retried, gave_up)",
+            lifecycle.relays.clone(),
+        );
+        registry.register(
+            "reservations_auto_released",
+            "Unknown reservations released after tasks.unknown_release_after_hours without an admin's decision",
+            lifecycle.reservations_auto_released.clone(),
+        );
+        registry.register(
+            "reservations_resolved",
+            "Unknown reservations settled or released by an admin, by outcome",
+            lifecycle.reservations_resolved.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -267,6 +325,7 @@ impl Metrics {
             in_flight,
             budget_remaining,
             ledger,
+            lifecycle,
         }
     }
 

@@ -11,6 +11,8 @@ use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use tracing_actix_web::TracingLogger;
 
+use crate::tasks::reconciler::Reconciler;
+use crate::tasks::relay::Relay;
 use crate::auth::Authenticator;
 use crate::clock::{AlignedClock, SharedClock, SystemClock};
 use crate::config::{LiveConfig, LoadedConfig, OnUnavailable, StateBackend, UpstreamMode};
@@ -43,6 +45,10 @@ pub struct Options {
     pub state_reads_clock: bool,
     /// How often this replica publishes its config version to the state backend.
     pub heartbeat_every: Duration,
+    /// How often the reconciler looks for tasks to query (unknown reservations: every 10 of these).
+    pub reconcile_every: Duration,
+    /// How often the relay looks at its outbox.
+    pub relay_every: Duration,
 }
 
 impl Default for Options {
@@ -51,6 +57,8 @@ impl Default for Options {
             clock: Arc::new(SystemClock),
             state_reads_clock: false,
             heartbeat_every: crate::replicas::HEARTBEAT_EVERY,
+            reconcile_every: crate::tasks::reconciler::TICK,
+            relay_every: crate::tasks::relay::TICK,
         }
     }
 }
@@ -173,6 +181,30 @@ impl Application {
             metrics.clone(),
             options.heartbeat_every,
         ));
+        // Following tasks to their end runs on the main runtime, with an upstream client of its own.
+        let background_upstream = match &state.sandbox {
+            Some(s) => Upstream::Sandbox(s.clone()),
+            None => Upstream::Vidu(ViduClient::new(state.config.clone())?),
+        };
+        actix_web::rt::spawn(
+            Reconciler {
+                store: state.store.clone(),
+                config: state.config.clone(),
+                metrics: metrics.clone(),
+                clock: state.clock.clone(),
+                replica: state.replicas.id().to_owned(),
+            }
+            .run(background_upstream, options.reconcile_every),
+        );
+        actix_web::rt::spawn(
+            Relay {
+                store: state.store.clone(),
+                config: state.config.clone(),
+                metrics: metrics.clone(),
+                clock: state.clock.clone(),
+            }
+            .run(options.relay_every),
+        );
 
         if let crate::config::Origin::File(path) = &state.config.current().origin {
             actix_web::rt::spawn(crate::reload::watch_file(state.clone(), path.clone()));

@@ -50,6 +50,8 @@ pub struct Totals {
     pub credits_settled: u64,
     pub credits_released: u64,
     pub credits_unknown: u64,
+    /// Credits given back for tasks that failed or were cancelled (`credits_settled` is what is still charged).
+    pub credits_refunded: u64,
     pub off_peak_requests: u64,
     /// Share of admitted requests that ran off-peak (0..=1).
     pub off_peak_share: f64,
@@ -83,6 +85,7 @@ pub fn totals(days: &[UsageRow]) -> Totals {
         t.credits_settled += d.credits_settled;
         t.credits_released += d.credits_released;
         t.credits_unknown += d.credits_unknown;
+        t.credits_refunded += d.credits_refunded;
         t.off_peak_requests += d.off_peak_requests;
     }
     if t.admitted > 0 {
@@ -299,7 +302,7 @@ impl Report {
 /// The report as CSV: one line per section and day.
 pub fn to_csv(report: &Report) -> String {
     let mut out = String::from(
-        "scope,name,day,admitted,rejected,credits_reserved,credits_settled,credits_released,credits_unknown,off_peak_requests,rejected_by_reason\n",
+        "scope,name,day,admitted,rejected,credits_reserved,credits_settled,credits_released,credits_unknown,credits_refunded,off_peak_requests,rejected_by_reason\n",
     );
     for (scope, s) in report.sections() {
         for d in &s.days {
@@ -317,7 +320,7 @@ pub fn to_csv(report: &Report) -> String {
 }
 
 /// A day's counts, in column order (the CSV's and the table's).
-fn counts(d: &UsageRow) -> [u64; 7] {
+fn counts(d: &UsageRow) -> [u64; 8] {
     [
         d.admitted,
         d.rejected,
@@ -325,6 +328,7 @@ fn counts(d: &UsageRow) -> [u64; 7] {
         d.credits_settled,
         d.credits_released,
         d.credits_unknown,
+        d.credits_refunded,
         d.off_peak_requests,
     ]
 }
@@ -348,13 +352,14 @@ fn csv_field(s: &str) -> String {
 }
 
 /// The table's count columns: heading and width.
-const COLUMNS: [(&str, usize); 7] = [
+const COLUMNS: [(&str, usize); 8] = [
     ("admitted", 8),
     ("rejected", 8),
     ("reserved", 9),
     ("settled", 9),
     ("released", 9),
     ("unknown", 8),
+    ("refunded", 9),
     ("offpeak", 8),
 ];
 
@@ -370,7 +375,7 @@ fn table_line(first: &str, cells: &[String], last: &str) -> String {
 
 /// The report as an aligned text table.
 pub fn to_table(report: &Report) -> String {
-    let text = |counts: [u64; 7]| counts.map(|c| c.to_string());
+    let text = |counts: [u64; 8]| counts.map(|c| c.to_string());
     let mut out = String::new();
     for (scope, s) in report.sections() {
         out.push_str(&format!("{scope} {}\n", s.name));
@@ -396,6 +401,7 @@ pub fn to_table(report: &Report) -> String {
             t.credits_settled,
             t.credits_released,
             t.credits_unknown,
+            t.credits_refunded,
             t.off_peak_requests,
         ];
         out.push_str(&table_line(
@@ -641,7 +647,7 @@ mod tests {
         assert!(lines[0].starts_with("scope,name,day,admitted,rejected,"));
         assert_eq!(
             lines[1],
-            "user,\"a,\"\"b\"\"\",2026-11-25,2,3,0,80,0,0,1,CreditBudgetExhausted=2;TooManyRequests=1"
+            "user,\"a,\"\"b\"\"\",2026-11-25,2,3,0,80,0,0,0,1,CreditBudgetExhausted=2;TooManyRequests=1"
         );
         assert!(lines[2].starts_with("team,mkt,2026-11-25,"), "{csv}");
         assert_eq!(lines.len(), 3);

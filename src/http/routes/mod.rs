@@ -2,6 +2,7 @@
 
 pub mod gateway;
 pub mod img2video;
+pub mod lifecycle;
 pub mod ops;
 pub mod tasks;
 
@@ -25,6 +26,21 @@ pub fn configure(cfg: &mut web::ServiceConfig, metrics_here: bool) {
         )
         .service(web::resource("/gateway/v1/usage").route(web::get().to(gateway::usage)))
         .service(web::resource("/gateway/v1/config").route(web::get().to(gateway::config)))
+        .service(web::resource("/gateway/v1/tasks").route(web::get().to(lifecycle::tasks)))
+        .service(
+            web::resource(lifecycle::CALLBACK_PATH).route(web::post().to(lifecycle::vidu_callback)),
+        )
+        .service(
+            web::resource("/gateway/v1/reservations").route(web::get().to(lifecycle::reservations)),
+        )
+        .service(
+            web::resource("/gateway/v1/reservations/{id}/settle")
+                .route(web::post().to(lifecycle::settle)),
+        )
+        .service(
+            web::resource("/gateway/v1/reservations/{id}/release")
+                .route(web::post().to(lifecycle::release)),
+        )
         .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
         .service(web::resource("/readyz").route(web::get().to(ops::readyz)));
     if metrics_here {
@@ -48,14 +64,14 @@ pub fn query_config() -> web::QueryConfig {
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, GatewayError> {
     Err(GatewayError::NotFound(format!(
         "no route for {} {}: the gateway serves /ent/v2/img2video, /ent/v2/tasks/{{id}}/creations, \
-         /ent/v2/tasks/{{id}}/cancel and /gateway/v1/*",
+         /ent/v2/tasks/{{id}}/cancel and /gateway/v1/* (tasks, usage, reservations, quote, config, callbacks/vidu)",
         req.method(),
         req.path()
     )))
 }
 
-/// Sends one call to Vidu and turns its answer into the response: status, content type and body unchanged.
-pub async fn forward(
+/// Sends one call to Vidu; a failed exchange is the caller-facing error.
+pub async fn send(
     state: &AppState,
     upstream: &Upstream,
     req: &HttpRequest,
@@ -63,7 +79,7 @@ pub async fn forward(
     method: Method,
     path: String,
     body: Bytes,
-) -> Result<HttpResponse, GatewayError> {
+) -> Result<crate::forward::upstream::UpstreamResponse, GatewayError> {
     let call = UpstreamRequest {
         endpoint,
         method,
@@ -72,11 +88,10 @@ pub async fn forward(
         request_id: request_id(req),
     };
     let timeout_ms = state.config.current().settings.upstream.request_timeout_ms;
-    let answer = upstream
+    upstream
         .send(call, &state.metrics)
         .await
-        .map_err(|e| upstream_error(e, timeout_ms))?;
-    Ok(crate::http::responses::upstream_response(answer))
+        .map_err(|e| upstream_error(e, timeout_ms))
 }
 
 /// The caller-facing error of a failed upstream call.

@@ -4,7 +4,9 @@
 use actix_web::http::Method;
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::forward;
+use super::send;
+use crate::http::responses::upstream_response;
+use crate::tasks::learn;
 use crate::auth::Identity;
 use crate::forward::upstream::{Endpoint, Upstream};
 use crate::http::app_state::AppState;
@@ -69,7 +71,7 @@ pub async fn creations(
 ) -> Result<HttpResponse, GatewayError> {
     let id = task_id(&path)?;
     may_access(&state, &identity, id, true).await?;
-    forward(
+    let answer = send(
         &state,
         &upstream,
         &req,
@@ -78,7 +80,17 @@ pub async fn creations(
         format!("/ent/v2/tasks/{id}/creations"),
         bytes::Bytes::new(),
     )
-    .await
+    .await?;
+    // What the caller learned, the gateway learns too (after the answer; a failure only logs).
+    if answer.status.is_success()
+        && let Some(seen) = learn::observation(id, &answer.body)
+    {
+        let (store, metrics) = (state.store.clone(), state.metrics.clone());
+        actix_web::rt::spawn(async move {
+            learn::learn(store.as_ref(), &metrics, &seen).await;
+        });
+    }
+    Ok(upstream_response(answer))
 }
 
 pub async fn cancel(
@@ -100,7 +112,7 @@ pub async fn cancel(
         read::require_json_object(&bytes)?;
     }
     drop(bytes);
-    forward(
+    let answer = send(
         &state,
         &upstream,
         &req,
@@ -109,5 +121,14 @@ pub async fn cancel(
         format!("/ent/v2/tasks/{id}/cancel"),
         bytes::Bytes::from_static(CANCEL_BODY),
     )
-    .await
+    .await?;
+    // A cancel Vidu accepted ends the task: it is refunded.
+    if answer.status.is_success() {
+        let seen = learn::cancelled(id);
+        let (store, metrics) = (state.store.clone(), state.metrics.clone());
+        actix_web::rt::spawn(async move {
+            learn::learn(store.as_ref(), &metrics, &seen).await;
+        });
+    }
+    Ok(upstream_response(answer))
 }
