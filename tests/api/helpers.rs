@@ -265,6 +265,10 @@ algorithms = ["HS256"]
 hs256_secret = "{HS_SECRET}"
 admin_role = "gw-admin"
 
+[tasks]
+# Tests that follow tasks by reconciliation turn it on; the others must not see the reconciler's queries.
+reconcile_interval_secs = 0
+
 [telemetry]
 log_level = "warn"
 "#
@@ -415,6 +419,8 @@ impl TestApp {
                 state_reads_clock,
                 // The first beat runs at start; tests beat on demand through `/readyz`.
                 heartbeat_every: Duration::from_secs(3600),
+                reconcile_every: Duration::from_millis(100),
+                relay_every: Duration::from_millis(50),
             },
         )
         .unwrap();
