@@ -1,26 +1,70 @@
 //! The sandbox upstream: an in-process Vidu simulator with Vidu's response shapes, so teams integrate without a
-//! key and without spending credits. Tasks go `created` → `processing` → `success` over
-//! `upstream.sandbox_complete_after_secs` (read from the injectable clock); unfinished tasks can be cancelled;
-//! unknown ids get Vidu's 404 `TaskNotFound`. It never calls a `callback_url`.
+//! key and without spending credits. It plays a task's whole lifecycle, read from the injectable clock:
+//!
+//! - A task goes `created` → `processing` (from a fifth of `upstream.sandbox_complete_after_secs`) → `success`
+//!   (at `upstream.sandbox_complete_after_secs`, with `creations[]`).
+//! - A prompt containing `[fail]` makes the task end `failed` instead, at the time it would have succeeded:
+//!   `err_code` `CreationFailed`, `credits` 0, no creations.
+//! - The sandbox has no off-peak capacity: an off-peak task stays `queueing` and is `cancelled`
+//!   `upstream.sandbox_offpeak_expire_secs` after its creation (`err_code` `OffPeakExpired`, `credits` 0), as
+//!   Vidu cancels an off-peak task it has not run within 48 h.
+//! - An unfinished task can be cancelled: it is `cancelled` from then on (`err_code` `UserCancelled`, `credits`
+//!   0); a finished one cannot. Unknown ids get Vidu's 404 `TaskNotFound`.
+//!
+//! Callbacks: a create with an http(s) `callback_url` gets, as from Vidu, a POST of the query answer
+//! (`GET /ent/v2/tasks/{id}/creations`) on each state change — `processing` when it starts, then the terminal
+//! state (`success`, `failed`, or `cancelled` on expiry and right after a cancel). They are signed as Vidu signs
+//! them (`../shared/vidu/CALLBACKS.md`), with [`CALLBACK_KEY`] in place of the enterprise key: the gateway
+//! verifies sandbox callbacks with that key. A terminal callback is tried 3 more times, 1 s apart, when it is not
+//! answered 2xx; each attempt is bounded by 5 s; redirects are not followed. A failed delivery is logged at WARN
+//! with the task id and the URL's host only.
+//!
+//! Deliveries are scheduled in real time, at the transition's offset from the creation, on the actix worker that
+//! took the create (none without an actix runtime, e.g. in unit tests). Their body is the query answer for the
+//! state of that transition — built by the same function as the query's, but not from the clock at send time, so
+//! that a manual clock (tests) does not hold callbacks back; a task cancelled meanwhile announces `cancelled`
+//! instead. The `Date` they are signed with is read from the injectable clock, as the gateway's verification is.
 
 use std::collections::BTreeMap;
+use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use actix_web::http::header::CONTENT_TYPE;
 use actix_web::http::{Method, StatusCode};
+use awc::error::SendRequestError;
 use bytes::Bytes;
+use futures_util::future::{Either, select};
 use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use url::Url;
 
 use super::exchange::{UpstreamRequest, UpstreamResponse};
+use crate::callbacks::signature::signed_headers;
 use crate::catalog::Model;
 use crate::clock::SharedClock;
 use crate::config::LiveConfig;
 
+/// The key the sandbox signs its callbacks with (Vidu signs with the enterprise key; the sandbox has none).
+pub const CALLBACK_KEY: &str = "vidu-sandbox-callback-key";
+
 /// Tasks kept before the oldest are forgotten (the sandbox is for integration, not storage).
 const MAX_TASKS: usize = 100_000;
+/// A prompt containing this makes the task fail.
+const FAIL_MARKER: &str = "[fail]";
+/// Attempts at delivering a terminal callback (Vidu retries it 3 times); other states get one.
+const TERMINAL_ATTEMPTS: u32 = 4;
+/// The wait between two attempts at one callback.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// One attempt at a callback, connect to answer.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Tasks = BTreeMap<u64, Task>;
 
 #[derive(Debug)]
 struct Task {
@@ -28,14 +72,164 @@ struct Task {
     cancelled: bool,
     credits: u64,
     off_peak: bool,
+    /// The prompt asked for a failure (`[fail]`).
+    fail: bool,
     payload: String,
     complete_after_secs: u64,
+    offpeak_expire_secs: u64,
+    callback: Option<Callback>,
+}
+
+/// Where a task's state changes are posted.
+#[derive(Debug)]
+struct Callback {
+    url: Url,
+    /// Wakes the task's scheduled deliveries on a cancel (none: nothing scheduled, or the schedule has ended).
+    cancel: Option<oneshot::Sender<()>>,
+}
+
+/// A task's state, as Vidu names it in `state` and `err_code`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Created,
+    Queueing,
+    Processing,
+    Success,
+    /// The prompt asked for a failure.
+    Failed,
+    /// Cancelled through the API.
+    UserCancelled,
+    /// An off-peak task not run in time.
+    OffPeakExpired,
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Queueing => "queueing",
+            Self::Processing => "processing",
+            Self::Success => "success",
+            Self::Failed => "failed",
+            Self::UserCancelled | Self::OffPeakExpired => "cancelled",
+        }
+    }
+
+    fn err_code(self) -> &'static str {
+        match self {
+            Self::Failed => "CreationFailed",
+            Self::UserCancelled => "UserCancelled",
+            Self::OffPeakExpired => "OffPeakExpired",
+            _ => "",
+        }
+    }
+
+    fn terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Success | Self::Failed | Self::UserCancelled | Self::OffPeakExpired
+        )
+    }
+
+    /// Whether the task is charged in this state (a failed or cancelled one is not).
+    fn charged(self) -> bool {
+        !matches!(
+            self,
+            Self::Failed | Self::UserCancelled | Self::OffPeakExpired
+        )
+    }
+}
+
+impl Task {
+    /// The state changes the task goes through on its own, in order, each with its time after the creation (ms):
+    /// what the callbacks announce. [`Task::state_at`] reports the same states from the same times.
+    fn transitions(&self) -> Vec<(u64, State)> {
+        if self.off_peak {
+            return vec![(
+                self.offpeak_expire_secs.saturating_mul(1000),
+                State::OffPeakExpired,
+            )];
+        }
+        let total = self.complete_after_secs.saturating_mul(1000);
+        let end = if self.fail {
+            State::Failed
+        } else {
+            State::Success
+        };
+        let processing = processing_from(total);
+        if processing < total {
+            vec![(processing, State::Processing), (total, end)]
+        } else {
+            vec![(total, end)]
+        }
+    }
+
+    /// The state at `now`.
+    fn state_at(&self, now: Timestamp) -> State {
+        if self.cancelled {
+            return State::UserCancelled;
+        }
+        let elapsed_ms = now
+            .duration_since(self.created_at)
+            .as_millis()
+            .max(0)
+            .unsigned_abs();
+        if self.off_peak {
+            return if elapsed_ms >= u128::from(self.offpeak_expire_secs) * 1000 {
+                State::OffPeakExpired
+            } else {
+                State::Queueing
+            };
+        }
+        let total = self.complete_after_secs.saturating_mul(1000);
+        if elapsed_ms >= u128::from(total) {
+            if self.fail {
+                State::Failed
+            } else {
+                State::Success
+            }
+        } else if elapsed_ms < u128::from(processing_from(total)) {
+            State::Created
+        } else {
+            State::Processing
+        }
+    }
+}
+
+/// When processing starts (ms after the creation), for a task done `total` ms after it: at a fifth.
+fn processing_from(total: u64) -> u64 {
+    total.div_ceil(5)
+}
+
+/// The query answer for task `id` in `state`: what `GET /ent/v2/tasks/{id}/creations` answers, and what a
+/// callback carries.
+fn answer(id: u64, task: &Task, state: State) -> Value {
+    let creations = if state == State::Success {
+        json!([{
+            "id": format!("{id}0"),
+            "url": format!("https://sandbox.vidu-gateway.invalid/creations/{id}.mp4"),
+            "cover_url": format!("https://sandbox.vidu-gateway.invalid/creations/{id}.jpg"),
+            "watermarked_url": format!("https://sandbox.vidu-gateway.invalid/creations/{id}-wm.mp4"),
+        }])
+    } else {
+        json!([])
+    };
+    json!({
+        "id": id.to_string(),
+        "state": state.name(),
+        "err_code": state.err_code(),
+        "credits": if state.charged() { task.credits } else { 0 },
+        "payload": task.payload,
+        "off_peak": task.off_peak,
+        "creations": creations,
+    })
 }
 
 pub struct Sandbox {
     config: Arc<LiveConfig>,
     clock: SharedClock,
-    tasks: Mutex<BTreeMap<u64, Task>>,
+    /// Shared with the scheduled callback deliveries, which read the task when they send.
+    tasks: Arc<Mutex<Tasks>>,
     next_id: AtomicU64,
 }
 
@@ -55,6 +249,7 @@ struct CreateBody<'a> {
     watermark: Option<bool>,
     audio: Option<bool>,
     is_rec: Option<bool>,
+    callback_url: Option<String>,
 }
 
 impl Sandbox {
@@ -64,7 +259,7 @@ impl Sandbox {
         Self {
             config,
             clock,
-            tasks: Mutex::new(BTreeMap::new()),
+            tasks: Arc::new(Mutex::new(BTreeMap::new())),
             next_id: AtomicU64::new(start),
         }
     }
@@ -169,11 +364,13 @@ impl Sandbox {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let now = self.clock.now();
         let payload = b.payload.unwrap_or_default();
+        let prompt = b.prompt.unwrap_or_default();
+        let fail = prompt.contains(FAIL_MARKER);
         let response = json!({
             "task_id": id.to_string(),
             "state": "created",
             "model": model_name,
-            "prompt": b.prompt.unwrap_or_default(),
+            "prompt": prompt,
             "images": images,
             "duration": duration,
             "seed": seed,
@@ -185,88 +382,226 @@ impl Sandbox {
             "watermark": b.watermark.unwrap_or(false),
             "created_at": now.to_string(),
         });
+        let mut task = Task {
+            created_at: now,
+            cancelled: false,
+            credits,
+            off_peak,
+            fail,
+            payload,
+            complete_after_secs: settings.upstream.sandbox_complete_after_secs,
+            offpeak_expire_secs: settings.upstream.sandbox_offpeak_expire_secs,
+            callback: None,
+        };
+        let mut schedule = None;
+        if let Some(url) = b.callback_url.as_deref().and_then(callback_url) {
+            let cancel = if runtime() {
+                let (tx, rx) = oneshot::channel();
+                schedule = Some((self.delivery(id, url.clone()), task.transitions(), rx));
+                Some(tx)
+            } else {
+                None
+            };
+            task.callback = Some(Callback { url, cancel });
+        }
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        tasks.insert(
-            id,
-            Task {
-                created_at: now,
-                cancelled: false,
-                credits,
-                off_peak,
-                payload,
-                complete_after_secs: settings.upstream.sandbox_complete_after_secs,
-            },
-        );
+        tasks.insert(id, task);
         while tasks.len() > MAX_TASKS {
             tasks.pop_first();
         }
         drop(tasks);
+        if let Some((delivery, transitions, cancelled)) = schedule {
+            actix_web::rt::spawn(delivery.follow(Instant::now(), transitions, cancelled));
+        }
         json_response(StatusCode::OK, &response)
     }
 
     fn query(&self, id: &str, request_id: &str) -> UpstreamResponse {
         let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(task) = id.parse::<u64>().ok().and_then(|n| tasks.get(&n)) else {
+        let Some((n, task)) = id
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| tasks.get(&n).map(|t| (n, t)))
+        else {
             return task_not_found(request_id);
         };
-        let state = self.state_of(task);
-        let creations = if state == "success" {
-            json!([{
-                "id": format!("{id}0"),
-                "url": format!("https://sandbox.vidu-gateway.invalid/creations/{id}.mp4"),
-                "cover_url": format!("https://sandbox.vidu-gateway.invalid/creations/{id}.jpg"),
-                "watermarked_url": format!("https://sandbox.vidu-gateway.invalid/creations/{id}-wm.mp4"),
-            }])
-        } else {
-            json!([])
-        };
-        let response = json!({
-            "id": id,
-            "state": state,
-            "err_code": if task.cancelled { "UserCancelled" } else { "" },
-            "credits": if task.cancelled { 0 } else { task.credits },
-            "payload": task.payload,
-            "off_peak": task.off_peak,
-            "creations": creations,
-        });
+        let response = answer(n, task, task.state_at(self.clock.now()));
+        drop(tasks);
         json_response(StatusCode::OK, &response)
     }
 
     fn cancel(&self, id: &str, request_id: &str) -> UpstreamResponse {
+        let now = self.clock.now();
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(n) = id.parse::<u64>().ok().filter(|n| tasks.contains_key(n)) else {
+        let Some((n, task)) = id
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| tasks.get_mut(&n).map(|t| (n, t)))
+        else {
             return task_not_found(request_id);
         };
-        let state = tasks.get(&n).map(|t| self.state_of(t)).unwrap_or("failed");
-        if matches!(state, "success" | "failed") {
+        let state = task.state_at(now);
+        if state.terminal() {
             return vidu_error(
                 StatusCode::BAD_REQUEST,
                 "BadRequest",
-                &format!("task is already {state} and cannot be cancelled"),
+                &format!("task is already {} and cannot be cancelled", state.name()),
                 request_id,
             );
         }
-        if let Some(t) = tasks.get_mut(&n) {
-            t.cancelled = true;
+        task.cancelled = true;
+        // The scheduled deliveries announce the cancel; when none are left to (the schedule ended early, as it
+        // can when a test's manual clock lags real time), one delivery is sent on its own.
+        let alone = match task.callback.as_mut() {
+            Some(callback) => {
+                let woken = callback
+                    .cancel
+                    .take()
+                    .is_some_and(|wake| wake.send(()).is_ok());
+                (!woken && runtime()).then(|| self.delivery(n, callback.url.clone()))
+            }
+            None => None,
+        };
+        drop(tasks);
+        if let Some(delivery) = alone {
+            actix_web::rt::spawn(async move {
+                delivery
+                    .announce(&callback_client(), State::UserCancelled)
+                    .await;
+            });
         }
         json_response(StatusCode::OK, &json!({}))
     }
 
-    fn state_of(&self, task: &Task) -> &'static str {
-        if task.cancelled {
-            return "failed";
+    fn delivery(&self, id: u64, url: Url) -> Delivery {
+        Delivery {
+            tasks: self.tasks.clone(),
+            clock: self.clock.clone(),
+            id,
+            url,
         }
-        let elapsed_ms = (self.clock.now() - task.created_at)
-            .as_millis()
-            .max(0)
-            .unsigned_abs();
-        let total_ms = u128::from(task.complete_after_secs) * 1000;
-        if elapsed_ms >= total_ms {
-            "success"
-        } else if elapsed_ms * 5 < total_ms {
-            "created"
+    }
+}
+
+/// A caller's `callback_url` the sandbox posts to: an absolute http(s) URL with a host.
+fn callback_url(raw: &str) -> Option<Url> {
+    Url::parse(raw)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+}
+
+/// Whether callbacks can be scheduled: an actix runtime runs on this thread.
+fn runtime() -> bool {
+    actix_web::rt::System::try_current().is_some()
+}
+
+/// The client of one task's callbacks: no redirects, each attempt bounded.
+fn callback_client() -> awc::Client {
+    awc::Client::builder()
+        .disable_redirects()
+        .timeout(ATTEMPT_TIMEOUT)
+        .finish()
+}
+
+/// The callbacks of one task.
+struct Delivery {
+    tasks: Arc<Mutex<Tasks>>,
+    clock: SharedClock,
+    id: u64,
+    url: Url,
+}
+
+impl Delivery {
+    /// Announces each of `transitions` when it is due (ms after `created`, real time), or the cancel as soon as
+    /// `cancelled` wakes; ends after the terminal state (or when the task is forgotten).
+    async fn follow(
+        self,
+        created: Instant,
+        transitions: Vec<(u64, State)>,
+        mut cancelled: oneshot::Receiver<()>,
+    ) {
+        let client = callback_client();
+        let mut last = None;
+        for (after_ms, state) in transitions {
+            let due = pin!(tokio::time::sleep_until(
+                created + Duration::from_millis(after_ms)
+            ));
+            if let Either::Right((Err(_), _)) = select(due, &mut cancelled).await {
+                // The task was forgotten (its waker dropped with it).
+                return;
+            }
+            last = self.announce(&client, state).await;
+            match last {
+                None => return,
+                Some(s) if s.terminal() => break,
+                Some(_) => {}
+            }
+        }
+        // A cancel accepted while the terminal state was being announced (a manual clock behind real time).
+        if last != Some(State::UserCancelled) && cancelled.try_recv().is_ok() {
+            self.announce(&client, State::UserCancelled).await;
+        }
+    }
+
+    /// Posts the query answer of the task in `state` (in `cancelled` if it was cancelled meanwhile); returns the
+    /// state announced, `None` when the task is forgotten.
+    async fn announce(&self, client: &awc::Client, state: State) -> Option<State> {
+        let (body, state) = {
+            let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+            let task = tasks.get(&self.id)?;
+            let state = if task.cancelled {
+                State::UserCancelled
+            } else {
+                state
+            };
+            (answer(self.id, task, state), state)
+        };
+        let attempts = if state.terminal() {
+            TERMINAL_ATTEMPTS
         } else {
-            "processing"
+            1
+        };
+        self.deliver(
+            client,
+            Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
+            attempts,
+        )
+        .await;
+        Some(state)
+    }
+
+    /// Up to `attempts` signed POSTs of `body`, until one is answered 2xx.
+    async fn deliver(&self, client: &awc::Client, body: Bytes, attempts: u32) {
+        for attempt in 1..=attempts {
+            if attempt > 1 {
+                tokio::time::sleep(RETRY_AFTER).await;
+            }
+            let nonce = uuid::Uuid::new_v4().to_string();
+            let mut request = client
+                .post(self.url.as_str())
+                .insert_header((CONTENT_TYPE, "application/json"));
+            for (name, value) in
+                signed_headers(CALLBACK_KEY.as_bytes(), &self.url, self.clock.now(), &nonce)
+            {
+                request = request.insert_header((name, value));
+            }
+            let failure = match request.send_body(body.clone()).await {
+                Ok(res) if res.status().is_success() => return,
+                Ok(res) => format!("answered {}", res.status().as_u16()),
+                Err(SendRequestError::Timeout) => {
+                    format!("no answer within {} s", ATTEMPT_TIMEOUT.as_secs())
+                }
+                Err(SendRequestError::Connect(e)) => format!("could not connect ({e})"),
+                Err(_) => "the request failed".to_owned(),
+            };
+            tracing::warn!(
+                task_id = self.id,
+                host = self.url.host_str().unwrap_or_default(),
+                attempt,
+                attempts,
+                "a sandbox callback was not delivered: {failure}; the callback_url must answer 2xx within {} s",
+                ATTEMPT_TIMEOUT.as_secs()
+            );
         }
     }
 }
@@ -303,28 +638,74 @@ fn task_not_found(request_id: &str) -> UpstreamResponse {
 
 #[cfg(test)]
 mod tests {
+    use super::super::exchange::Endpoint;
     use super::*;
     use crate::clock::ManualClock;
     use crate::config::{BUILTIN_CONFIG, Origin, load_from_str};
 
     fn sandbox() -> Sandbox {
-        let config = load_from_str(BUILTIN_CONFIG, Origin::Builtin, Default::default()).unwrap();
-        let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).unwrap());
-        Sandbox::new(Arc::new(LiveConfig::new(config)), clock)
+        sandbox_on_clock().0
     }
 
-    fn create(s: &Sandbox, body: serde_json::Value) -> (u16, serde_json::Value) {
+    /// The sandbox of the built-in configuration (done after 10 s, off-peak expiry after 30 s) and its clock.
+    fn sandbox_on_clock() -> (Sandbox, Arc<ManualClock>) {
+        let config = load_from_str(BUILTIN_CONFIG, Origin::Builtin, Default::default()).unwrap();
+        let clock = ManualClock::new(Timestamp::from_second(1_800_000_000).unwrap());
+        let s = Sandbox::new(Arc::new(LiveConfig::new(config)), clock.clone());
+        (s, clock)
+    }
+
+    fn call(s: &Sandbox, method: Method, path: &str, body: &str) -> (u16, serde_json::Value) {
+        let endpoint = match path {
+            "/ent/v2/img2video" => Endpoint::Img2Video,
+            p if p.ends_with("/cancel") => Endpoint::TaskCancel,
+            _ => Endpoint::TaskCreations,
+        };
         let res = s.handle(&UpstreamRequest {
-            endpoint: super::super::exchange::Endpoint::Img2Video,
-            method: Method::POST,
-            path: "/ent/v2/img2video".into(),
-            body: Bytes::from(body.to_string()),
+            endpoint,
+            method,
+            path: path.into(),
+            body: Bytes::from(body.to_owned()),
             request_id: "t".into(),
         });
         (
             res.status.as_u16(),
             serde_json::from_slice(&res.body).unwrap(),
         )
+    }
+
+    fn create(s: &Sandbox, body: serde_json::Value) -> (u16, serde_json::Value) {
+        call(s, Method::POST, "/ent/v2/img2video", &body.to_string())
+    }
+
+    /// Creates `body` (asserting 200) and returns the task id.
+    fn created(s: &Sandbox, body: serde_json::Value) -> String {
+        let (status, task) = create(s, body);
+        assert_eq!(status, 200, "{task}");
+        task["task_id"].as_str().unwrap().to_owned()
+    }
+
+    fn query(s: &Sandbox, id: &str) -> serde_json::Value {
+        let (status, answer) = call(s, Method::GET, &format!("/ent/v2/tasks/{id}/creations"), "");
+        assert_eq!(status, 200, "{answer}");
+        answer
+    }
+
+    fn cancel(s: &Sandbox, id: &str) -> (u16, serde_json::Value) {
+        call(s, Method::POST, &format!("/ent/v2/tasks/{id}/cancel"), "")
+    }
+
+    /// `state`, `err_code` and `credits` of an answer.
+    fn outcome(answer: &serde_json::Value) -> (&str, &str, u64) {
+        (
+            answer["state"].as_str().unwrap(),
+            answer["err_code"].as_str().unwrap(),
+            answer["credits"].as_u64().unwrap(),
+        )
+    }
+
+    fn secs(n: i64) -> jiff::SignedDuration {
+        jiff::SignedDuration::from_secs(n)
     }
 
     /// What Vidu itself refuses, the simulator refuses in Vidu's envelope (without the gateway's `source`).
@@ -386,5 +767,182 @@ mod tests {
                 "{body}"
             );
         }
+    }
+
+    /// `[fail]` in the prompt: created and priced as usual, then `failed` when it would have succeeded, nothing
+    /// charged, no creations.
+    #[test]
+    fn a_fail_prompt_fails_the_task_when_it_would_have_succeeded() {
+        let (s, clock) = sandbox_on_clock();
+        let body =
+            json!({"model": "viduq2", "images": ["https://e.com/a.png"], "prompt": "a cat [fail]"});
+        let (status, task) = create(&s, body.clone());
+        assert_eq!((status, task["state"].clone()), (200, json!("created")));
+        assert_eq!(task["credits"], 55, "the estimate, as for any task");
+        let id = task["task_id"].as_str().unwrap();
+        assert_eq!(outcome(&query(&s, id)), ("created", "", 55));
+        clock.advance(secs(5));
+        assert_eq!(outcome(&query(&s, id)), ("processing", "", 55));
+        clock.advance(secs(5));
+        let answer = query(&s, id);
+        assert_eq!(outcome(&answer), ("failed", "CreationFailed", 0));
+        assert_eq!(answer["creations"], json!([]));
+        assert_eq!(cancel(&s, id).0, 400, "a failed task cannot be cancelled");
+
+        let ok = created(
+            &s,
+            json!({"model": "viduq2", "images": ["https://e.com/a.png"], "prompt": "a cat"}),
+        );
+        clock.advance(secs(10));
+        assert_eq!(outcome(&query(&s, &ok)), ("success", "", 55));
+    }
+
+    /// No off-peak capacity: an off-peak task queues, then is cancelled `sandbox_offpeak_expire_secs` (30 s here)
+    /// after its creation, nothing charged.
+    #[test]
+    fn an_off_peak_task_queues_then_expires() {
+        let (s, clock) = sandbox_on_clock();
+        let body = json!({"model": "viduq2", "images": ["https://e.com/a.png"], "off_peak": true});
+        let (status, task) = create(&s, body);
+        assert_eq!((status, task["state"].clone()), (200, json!("created")));
+        let id = task["task_id"].as_str().unwrap();
+        assert_eq!(outcome(&query(&s, id)), ("queueing", "", 28));
+        clock.advance(secs(29));
+        assert_eq!(
+            outcome(&query(&s, id)),
+            ("queueing", "", 28),
+            "not run, even past sandbox_complete_after_secs"
+        );
+        clock.advance(secs(1));
+        let answer = query(&s, id);
+        assert_eq!(outcome(&answer), ("cancelled", "OffPeakExpired", 0));
+        assert_eq!(answer["creations"], json!([]));
+        let (status, refusal) = cancel(&s, id);
+        assert_eq!(status, 400, "an expired task cannot be cancelled");
+        assert_eq!(
+            refusal["message"],
+            "task is already cancelled and cannot be cancelled"
+        );
+    }
+
+    /// A cancel through the API: `cancelled` by the user from then on, nothing charged; no second cancel.
+    #[test]
+    fn a_cancelled_task_answers_cancelled_by_the_user() {
+        let (s, clock) = sandbox_on_clock();
+        for (body, at) in [
+            (
+                json!({"model": "viduq2", "images": ["https://e.com/a.png"]}),
+                1,
+            ),
+            (
+                json!({"model": "viduq2", "images": ["https://e.com/a.png"]}),
+                5,
+            ),
+            (
+                json!({"model": "viduq2", "images": ["https://e.com/a.png"], "off_peak": true}),
+                20,
+            ),
+        ] {
+            let id = created(&s, body.clone());
+            clock.advance(secs(at));
+            assert_eq!(cancel(&s, &id), (200, json!({})), "{body} at {at} s");
+            let answer = query(&s, &id);
+            assert_eq!(
+                outcome(&answer),
+                ("cancelled", "UserCancelled", 0),
+                "{body}"
+            );
+            assert_eq!(answer["creations"], json!([]));
+            clock.advance(secs(60));
+            assert_eq!(
+                outcome(&query(&s, &id)),
+                ("cancelled", "UserCancelled", 0),
+                "it stays cancelled: {body}"
+            );
+            assert_eq!(cancel(&s, &id).0, 400, "{body}");
+        }
+        let done = created(
+            &s,
+            json!({"model": "viduq2", "images": ["https://e.com/a.png"]}),
+        );
+        clock.advance(secs(10));
+        let (status, refusal) = cancel(&s, &done);
+        assert_eq!(status, 400);
+        assert_eq!(
+            refusal["message"],
+            "task is already success and cannot be cancelled"
+        );
+        assert_eq!(outcome(&query(&s, &done)), ("success", "", 55));
+    }
+
+    /// The callbacks announce the states the query reports, from the times it reports them.
+    #[test]
+    fn the_callback_schedule_follows_the_states_the_query_reports() {
+        let created_at = Timestamp::from_second(1_800_000_000).unwrap();
+        for (complete_after_secs, fail, off_peak, expected) in [
+            (
+                10,
+                false,
+                false,
+                vec![(2000, State::Processing), (10_000, State::Success)],
+            ),
+            (
+                1,
+                true,
+                false,
+                vec![(200, State::Processing), (1000, State::Failed)],
+            ),
+            (0, false, false, vec![(0, State::Success)]),
+            (10, false, true, vec![(30_000, State::OffPeakExpired)]),
+        ] {
+            let task = Task {
+                created_at,
+                cancelled: false,
+                credits: 55,
+                off_peak,
+                fail,
+                payload: String::new(),
+                complete_after_secs,
+                offpeak_expire_secs: 30,
+                callback: None,
+            };
+            assert_eq!(task.transitions(), expected);
+            let mut before = if off_peak {
+                State::Queueing
+            } else {
+                State::Created
+            };
+            for (after_ms, state) in expected {
+                let at = created_at + jiff::SignedDuration::from_millis(after_ms as i64);
+                assert_eq!(task.state_at(at), state, "{after_ms} ms");
+                if after_ms > 0 {
+                    let just_before = at - jiff::SignedDuration::from_millis(1);
+                    assert_eq!(task.state_at(just_before), before, "{after_ms} ms");
+                }
+                before = state;
+            }
+        }
+    }
+
+    /// Without an actix runtime nothing is scheduled, and the task lives on as without a `callback_url`.
+    #[test]
+    fn without_a_runtime_a_callback_url_schedules_nothing() {
+        let (s, clock) = sandbox_on_clock();
+        let id = created(
+            &s,
+            json!({"model": "viduq2", "images": ["https://e.com/a.png"], "callback_url": "http://127.0.0.1:9/cb"}),
+        );
+        {
+            let tasks = s.tasks.lock().unwrap();
+            let callback = tasks[&id.parse::<u64>().unwrap()]
+                .callback
+                .as_ref()
+                .unwrap();
+            assert_eq!(callback.url.as_str(), "http://127.0.0.1:9/cb");
+            assert!(callback.cancel.is_none());
+        }
+        assert_eq!(cancel(&s, &id), (200, json!({})));
+        clock.advance(secs(10));
+        assert_eq!(outcome(&query(&s, &id)), ("cancelled", "UserCancelled", 0));
     }
 }
