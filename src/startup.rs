@@ -11,8 +11,6 @@ use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use tracing_actix_web::TracingLogger;
 
-use crate::tasks::reconciler::Reconciler;
-use crate::tasks::relay::Relay;
 use crate::auth::Authenticator;
 use crate::clock::{AlignedClock, SharedClock, SystemClock};
 use crate::config::{LiveConfig, LoadedConfig, OnUnavailable, StateBackend, UpstreamMode};
@@ -30,6 +28,8 @@ use crate::state::fail_open::FailOpen;
 use crate::state::memory::MemoryStore;
 use crate::state::redis::RedisStore;
 use crate::state::spool::Spool;
+use crate::tasks::reconciler::Reconciler;
+use crate::tasks::relay::Relay;
 use crate::telemetry::GatewayRootSpan;
 
 /// Time a client has to send a request's head (line and headers).

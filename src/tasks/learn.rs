@@ -113,7 +113,13 @@ pub enum Asked {
 }
 
 /// Asks Vidu for a task's state and hands it to the store.
-pub async fn ask(upstream: &Upstream, store: &dyn Store, metrics: &Metrics, task_id: &str, request_id: String) -> Asked {
+pub async fn ask(
+    upstream: &Upstream,
+    store: &dyn Store,
+    metrics: &Metrics,
+    task_id: &str,
+    request_id: String,
+) -> Asked {
     let call = UpstreamRequest {
         endpoint: Endpoint::TaskCreations,
         method: Method::GET,
@@ -141,10 +147,20 @@ mod tests {
 
     #[test]
     fn a_query_answer_says_the_state_and_credits() {
-        let o = observation("7", br#"{"id":"7","state":"success","credits":35,"creations":[]}"#);
-        assert_eq!(o.as_ref().map(|o| (o.state, o.credits)), Some((TaskState::Success, Some(35))));
+        let o = observation(
+            "7",
+            br#"{"id":"7","state":"success","credits":35,"creations":[]}"#,
+        );
+        assert_eq!(
+            o.as_ref().map(|o| (o.state, o.credits)),
+            Some((TaskState::Success, Some(35)))
+        );
         let o = observation("7", br#"{"status":"failed","err_code":"X"}"#);
-        assert_eq!(o.map(|o| o.state), Some(TaskState::Failed), "status is accepted too");
+        assert_eq!(
+            o.map(|o| o.state),
+            Some(TaskState::Failed),
+            "status is accepted too"
+        );
         assert_eq!(observation("7", br#"{"state":"dreaming"}"#), None);
         assert_eq!(observation("7", b"not json"), None);
         let c = cancelled("9");

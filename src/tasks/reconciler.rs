@@ -64,10 +64,21 @@ impl Reconciler {
         };
         for task_id in due {
             let request_id = format!("reconcile-{}", uuid::Uuid::new_v4());
-            let outcome = match ask(upstream, self.store.as_ref(), &self.metrics, &task_id, request_id).await {
+            let outcome = match ask(
+                upstream,
+                self.store.as_ref(),
+                &self.metrics,
+                &task_id,
+                request_id,
+            )
+            .await
+            {
                 Asked::Answered => "ok",
                 Asked::NotFound => {
-                    tracing::warn!(task_id, "Vidu does not know a task the gateway created; it stays as it was");
+                    tracing::warn!(
+                        task_id,
+                        "Vidu does not know a task the gateway created; it stays as it was"
+                    );
                     "not_found"
                 }
                 Asked::Failed(e) => {
@@ -86,12 +97,18 @@ impl Reconciler {
     /// Releases `unknown` reservations older than `tasks.unknown_release_after_hours` (each at most once, whichever
     /// replica gets there first).
     pub async fn release_unknown(&self) {
-        let hours = self.config.current().settings.tasks.unknown_release_after_hours;
+        let hours = self
+            .config
+            .current()
+            .settings
+            .tasks
+            .unknown_release_after_hours;
         let Ok(list) = self.store.reservations().await else {
             return;
         };
         let now = self.clock.now();
-        let limit = jiff::SignedDuration::from_hours(i64::try_from(hours).unwrap_or(i64::MAX / 3600));
+        let limit =
+            jiff::SignedDuration::from_hours(i64::try_from(hours).unwrap_or(i64::MAX / 3600));
         for r in list.into_iter().filter(|r| r.state == "unknown") {
             let Ok(made) = r.created_at.parse::<jiff::Timestamp>() else {
                 continue;

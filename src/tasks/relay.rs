@@ -31,9 +31,10 @@ pub struct Relay {
 
 /// The wait before attempt `attempts + 1` after `attempts` failed ones: `backoff_ms` doubling, capped.
 pub fn backoff(c: &CallbacksSettings, attempts: u32) -> u64 {
-    let doubled = c
-        .relay_backoff_ms
-        .saturating_mul(1u64.checked_shl(attempts.saturating_sub(1)).unwrap_or(u64::MAX));
+    let doubled = c.relay_backoff_ms.saturating_mul(
+        1u64.checked_shl(attempts.saturating_sub(1))
+            .unwrap_or(u64::MAX),
+    );
     doubled.min(c.relay_backoff_max_ms)
 }
 
@@ -97,11 +98,19 @@ impl Relay {
         }
     }
 
-    async fn attempt(&self, http: &awc::Client, settings: &CallbacksSettings, job: &RelayJob) -> Result<(), Refused> {
-        let url = url::Url::parse(&job.url).map_err(|e| Refused::Never(format!("callback_url: {e}")))?;
+    async fn attempt(
+        &self,
+        http: &awc::Client,
+        settings: &CallbacksSettings,
+        job: &RelayJob,
+    ) -> Result<(), Refused> {
+        let url =
+            url::Url::parse(&job.url).map_err(|e| Refused::Never(format!("callback_url: {e}")))?;
         let host = url.host_str().unwrap_or_default();
         if !hosts::allowed(settings, host) {
-            return Err(Refused::Never(format!("{host} is no longer in callbacks.relay_hosts")));
+            return Err(Refused::Never(format!(
+                "{host} is no longer in callbacks.relay_hosts"
+            )));
         }
         let Some(secret) = settings.secret_for(&job.team) else {
             return Err(Refused::Never(format!(
@@ -111,7 +120,9 @@ impl Relay {
         };
         let nonce = uuid::Uuid::new_v4().to_string();
         let mut req = http.post(url.as_str()).content_type("application/json");
-        for (name, value) in signed_headers(secret.expose().as_bytes(), &url, self.clock.now(), &nonce) {
+        for (name, value) in
+            signed_headers(secret.expose().as_bytes(), &url, self.clock.now(), &nonce)
+        {
             req = req.insert_header((name, value));
         }
         match req.send_body(job.body.clone()).await {
@@ -121,7 +132,10 @@ impl Relay {
                 if answer.status().is_success() {
                     Ok(())
                 } else {
-                    Err(Refused::Failed(format!("the endpoint answered {}", answer.status())))
+                    Err(Refused::Failed(format!(
+                        "the endpoint answered {}",
+                        answer.status()
+                    )))
                 }
             }
             Err(e) => Err(Refused::Failed(e.to_string())),

@@ -337,11 +337,16 @@ log_level = "warn"
                 // Read from a file: not a value the file can hold.
                 continue;
             }
-            let (section, name) = key.split_once('.').unwrap();
-            let table = doc
-                .get_mut(section)
-                .and_then(toml::Value::as_table_mut)
-                .unwrap();
+            // A dotted key path (`callbacks.teams.video.secret`): the value goes in its innermost table.
+            let mut path: Vec<&str> = key.split('.').collect();
+            let name = path.pop().unwrap();
+            let mut table = &mut doc;
+            for part in path {
+                table = table
+                    .get_mut(part)
+                    .and_then(toml::Value::as_table_mut)
+                    .unwrap();
+            }
             table.insert(name.to_owned(), secret.expose().into());
         }
         merge(&mut doc, self.overlay.clone());

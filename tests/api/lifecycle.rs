@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 
 use vidu_gateway::callbacks::signature::{signed_headers, verify};
 
+use vidu_gateway::clock::Clock as _;
+
 use crate::helpers::*;
 
 /// Where the gateway says Vidu reaches it (a proxy in front strips `/vidu`): callbacks are signed for this URL.
@@ -53,7 +55,10 @@ fn living_vidu(mock: &MockVidu, credits: u64) -> States {
                 v["credits"] = json!(0);
                 Reply::json(200, json!({}))
             }
-            _ => Reply::json(404, json!({"reason": "TaskNotFound", "message": "task not found"})),
+            _ => Reply::json(
+                404,
+                json!({"reason": "TaskNotFound", "message": "task not found"}),
+            ),
         }
     });
     states
@@ -71,13 +76,19 @@ fn q2() -> Value {
 }
 
 /// Polls `f` every 20 ms for up to 5 s until it returns `Some`.
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(what: &str, f: impl Fn() -> F) -> T {
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    f: impl Fn() -> F,
+) -> T {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         if let Some(v) = f().await {
             return v;
         }
-        assert!(std::time::Instant::now() < deadline, "{what}: not within 5 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 5 s"
+        );
         actix_web::rt::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -110,7 +121,11 @@ async fn task_record(app: &TestApp, id: &str) -> Value {
 }
 
 /// POSTs a callback for `body`, signed (or not) with `headers`.
-async fn post_callback(app: &TestApp, headers: &[(&str, String)], body: &Value) -> (StatusCode, Value) {
+async fn post_callback(
+    app: &TestApp,
+    headers: &[(&str, String)],
+    body: &Value,
+) -> (StatusCode, Value) {
     let mut req = app
         .client
         .post(format!("{}/gateway/v1/callbacks/vidu", app.url))
@@ -138,7 +153,12 @@ fn queries(mock: &MockVidu) -> Vec<String> {
     mock.received()
         .iter()
         .filter(|r| r.method == "GET" && r.path.starts_with("/ent/v2/tasks/"))
-        .map(|r| r.path.trim_start_matches("/ent/v2/tasks/").trim_end_matches("/creations").to_owned())
+        .map(|r| {
+            r.path
+                .trim_start_matches("/ent/v2/tasks/")
+                .trim_end_matches("/creations")
+                .to_owned()
+        })
         .collect()
 }
 
@@ -203,7 +223,9 @@ async fn a_success_charges_vidus_final_credits_and_a_cancel_refunds() {
     let cancelled = created_id(&app, &token).await;
     set_state(&states, &done, "success", 30);
     // The caller's own query teaches the gateway the final figure.
-    let (status, _, q) = app.get(&format!("/ent/v2/tasks/{done}/creations"), &token).await;
+    let (status, _, q) = app
+        .get(&format!("/ent/v2/tasks/{done}/creations"), &token)
+        .await;
     assert_eq!((status, q["credits"].clone()), (StatusCode::OK, json!(30)));
     let (status, _, _) = app
         .post(&format!("/ent/v2/tasks/{cancelled}/cancel"), &token, "{}")
@@ -222,9 +244,15 @@ async fn a_success_charges_vidus_final_credits_and_a_cancel_refunds() {
         "settled equals the sum of Vidu's final credits (30 + 0)"
     );
     let t = task_record(&app, &cancelled).await;
-    assert_eq!((&t["state"], &t["refunded"]), (&json!("cancelled"), &json!(40)));
+    assert_eq!(
+        (&t["state"], &t["refunded"]),
+        (&json!("cancelled"), &json!(40))
+    );
     let t = task_record(&app, &done).await;
-    assert_eq!((&t["state"], &t["charged"], &t["estimate"]), (&json!("success"), &json!(30), &json!(55)));
+    assert_eq!(
+        (&t["state"], &t["charged"], &t["estimate"]),
+        (&json!("success"), &json!(30), &json!(55))
+    );
 }
 
 async fn bad_callbacks_are_refused_with_401_and_change_nothing() {
@@ -283,13 +311,26 @@ async fn bad_callbacks_are_refused_with_401_and_change_nothing() {
     assert_eq!(post_callback(&app, &valid, &body).await.0, StatusCode::OK);
     let (status, answer) = post_callback(&app, &valid, &body).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
-    assert!(answer["message"].as_str().unwrap().contains("nonce"), "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("nonce"),
+        "{answer}"
+    );
     // Only the valid callback made the gateway ask Vidu.
-    eventually("the confirming query", || async { (queries(&mock).len() == 1).then_some(()) }).await;
+    eventually("the confirming query", || async {
+        (queries(&mock).len() == 1).then_some(())
+    })
+    .await;
     actix_web::rt::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(queries(&mock), [id.clone()], "no query for a callback that did not verify");
+    assert_eq!(
+        queries(&mock),
+        [id.clone()],
+        "no query for a callback that did not verify"
+    );
     let metrics = app.metrics_text().await;
-    assert!(metrics.contains(r#"vidu_gateway_callbacks_total{outcome="bad_signature"} 6"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"vidu_gateway_callbacks_total{outcome="bad_signature"} 6"#),
+        "{metrics}"
+    );
     assert!(metrics.contains(r#"vidu_gateway_callbacks_total{outcome="replayed"} 1"#));
 }
 
@@ -308,8 +349,14 @@ async fn a_callback_whose_body_lies_changes_only_what_the_query_confirms() {
         (t["state"] == "processing").then_some(t)
     })
     .await;
-    assert_eq!((&task["charged"], &task["refunded"]), (&json!(40), &json!(0)));
-    assert_eq!(team_usage(&app, &token).await["totals"]["credits_refunded"], 0);
+    assert_eq!(
+        (&task["charged"], &task["refunded"]),
+        (&json!(40), &json!(0))
+    );
+    assert_eq!(
+        team_usage(&app, &token).await["totals"]["credits_refunded"],
+        0
+    );
 }
 
 async fn the_reconciler_ends_tasks_whose_callbacks_were_lost_within_its_rate() {
@@ -343,9 +390,15 @@ async fn the_reconciler_ends_tasks_whose_callbacks_were_lost_within_its_rate() {
     actix_web::rt::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(queries(&mock).len(), 3, "at most 3 a minute");
     let t = task_record(&app, &ids[0]).await;
-    assert_eq!((&t["state"], &t["refunded"]), (&json!("cancelled"), &json!(40)));
+    assert_eq!(
+        (&t["state"], &t["refunded"]),
+        (&json!("cancelled"), &json!(40))
+    );
     let t = task_record(&app, &ids[1]).await;
-    assert_eq!((&t["state"], &t["charged"]), (&json!("success"), &json!(35)));
+    assert_eq!(
+        (&t["state"], &t["charged"]),
+        (&json!("success"), &json!(35))
+    );
     // The next minute: the other two, then the ones still unfinished again.
     app.clock.advance(SignedDuration::from_secs(61));
     let asked = eventually("the next 3", || async {
@@ -355,7 +408,10 @@ async fn the_reconciler_ends_tasks_whose_callbacks_were_lost_within_its_rate() {
     .await;
     assert_eq!(asked[3..5], ids[3..5]);
     let metrics = app.metrics_text().await;
-    assert!(metrics.contains(r#"vidu_gateway_reconcile_queries_total{outcome="ok"}"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"vidu_gateway_reconcile_queries_total{outcome="ok"}"#),
+        "{metrics}"
+    );
 }
 
 /// A team endpoint that records every relay and answers `statuses` in turn (then 200).
@@ -368,7 +424,10 @@ async fn team_endpoint(statuses: Vec<u16>) -> TeamEndpoint {
     let got: Arc<Mutex<Vec<(Vec<(String, String)>, Bytes)>>> = Arc::default();
     let answers = Arc::new(Mutex::new(statuses));
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://localhost:{}/hooks/vidu?team=video", listener.local_addr().unwrap().port());
+    let url = format!(
+        "http://localhost:{}/hooks/vidu?team=video",
+        listener.local_addr().unwrap().port()
+    );
     let g = got.clone();
     let server = HttpServer::new(move || {
         let (g, answers) = (g.clone(), answers.clone());
@@ -395,7 +454,8 @@ async fn team_endpoint(statuses: Vec<u16>) -> TeamEndpoint {
     TeamEndpoint { url, got }
 }
 
-async fn state_changes_are_relayed_to_the_callers_url_signed_with_the_team_secret_until_delivered() {
+async fn state_changes_are_relayed_to_the_callers_url_signed_with_the_team_secret_until_delivered()
+{
     let mock = MockVidu::start().await;
     let states = living_vidu(&mock, 40);
     let endpoint = team_endpoint(vec![500, 503]).await;
@@ -421,17 +481,31 @@ async fn state_changes_are_relayed_to_the_callers_url_signed_with_the_team_secre
     assert_eq!(status, StatusCode::OK, "{task}");
     let id = task["task_id"].as_str().unwrap().to_owned();
     let forwarded: Value = serde_json::from_slice(&mock.received()[0].body).unwrap();
-    assert_ne!(forwarded["callback_url"], json!(endpoint.url), "the caller's URL never reaches Vidu");
+    assert_ne!(
+        forwarded["callback_url"],
+        json!(endpoint.url),
+        "the caller's URL never reaches Vidu"
+    );
 
     set_state(&states, &id, "success", 40);
-    post_callback(&app, &vidu_signed(app.clock.now(), "n-relay"), &json!({"id": id})).await;
+    post_callback(
+        &app,
+        &vidu_signed(app.clock.now(), "n-relay"),
+        &json!({"id": id}),
+    )
+    .await;
     // Two failures, then delivered: three attempts of the one state change.
+    // Backoff is measured on the gateway's (manual) clock: let it run.
     let got = eventually("the relay's third attempt", || async {
+        app.clock.advance(SignedDuration::from_millis(50));
         let got = endpoint.got.lock().unwrap().clone();
         (got.len() >= 3).then_some(got)
     })
     .await;
-    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..6 {
+        app.clock.advance(SignedDuration::from_millis(100));
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(endpoint.got.lock().unwrap().len(), 3, "none after the 2xx");
     let registered = url::Url::parse(&endpoint.url).unwrap();
     let mut nonces = Vec::new();
@@ -452,9 +526,15 @@ async fn state_changes_are_relayed_to_the_callers_url_signed_with_the_team_secre
         let verified = verified.unwrap_or_else(|e| panic!("the relay's signature: {e}"));
         nonces.push(verified.nonce);
         let relayed: Value = serde_json::from_slice(body).unwrap();
-        assert_eq!((&relayed["id"], &relayed["state"]), (&json!(id), &json!("success")));
+        assert_eq!(
+            (&relayed["id"], &relayed["state"]),
+            (&json!(id), &json!("success"))
+        );
         let everything = format!("{headers:?}{}", String::from_utf8_lossy(body));
-        assert!(!everything.contains(VIDU_KEY), "the enterprise key in a relay");
+        assert!(
+            !everything.contains(VIDU_KEY),
+            "the enterprise key in a relay"
+        );
         assert_eq!(lookup("authorization"), None);
     }
     nonces.sort();
@@ -467,7 +547,10 @@ async fn state_changes_are_relayed_to_the_callers_url_signed_with_the_team_secre
     .await;
     assert_eq!(t["callback_url"], json!(endpoint.url));
     let metrics = app.metrics_text().await;
-    assert!(metrics.contains(r#"vidu_gateway_relays_total{outcome="retried"} 2"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"vidu_gateway_relays_total{outcome="retried"} 2"#),
+        "{metrics}"
+    );
     assert!(metrics.contains(r#"vidu_gateway_relays_total{outcome="delivered"} 1"#));
 }
 
@@ -492,12 +575,21 @@ async fn a_callback_url_the_gateway_may_not_relay_to_is_refused_at_create() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert_eq!(answer["reason"], "FieldInvalid");
     let msg = answer["message"].as_str().unwrap();
-    assert!(msg.contains("callback_url") && msg.contains("callbacks.relay_hosts"), "{msg}");
+    assert!(
+        msg.contains("callback_url") && msg.contains("callbacks.relay_hosts"),
+        "{msg}"
+    );
     // Allowed host, but the team has no secret.
     body["callback_url"] = json!("https://hooks.corp.example/cb");
     let (status, _, answer) = app.create(&app.token("bob", "design"), &body).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
-    assert!(answer["message"].as_str().unwrap().contains("callbacks.teams.design.secret"), "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("callbacks.teams.design.secret"),
+        "{answer}"
+    );
     assert!(mock.received().is_empty(), "nothing forwarded");
     // Allowed, with a secret: relaying on without a public URL, Vidu gets no callback_url at all.
     let (status, _, answer) = app.create(&app.token("alice", "video"), &body).await;
@@ -519,19 +611,44 @@ async fn tasks_are_listed_newest_first_for_their_owner_and_for_admins() {
     created_id(&app, &bob).await;
     let (status, _, page) = app.get("/gateway/v1/tasks?limit=2", &alice).await;
     assert_eq!(status, StatusCode::OK, "{page}");
-    let ids = |p: &Value| p["tasks"].as_array().unwrap().iter().map(|t| t["task_id"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    let ids = |p: &Value| {
+        p["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["task_id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(ids(&page), [mine[2].clone(), mine[1].clone()]);
     let cursor = page["next_cursor"].as_str().unwrap();
-    let (_, _, next) = app.get(&format!("/gateway/v1/tasks?limit=2&cursor={cursor}"), &alice).await;
+    let (_, _, next) = app
+        .get(
+            &format!("/gateway/v1/tasks?limit=2&cursor={cursor}"),
+            &alice,
+        )
+        .await;
     assert_eq!(ids(&next), [mine[0].clone()]);
     assert!(next["next_cursor"].is_null());
     let first = &page["tasks"][0];
-    for key in ["request_id", "user", "team", "model", "estimate", "charged", "refunded", "state", "created_at", "updated_at"] {
+    for key in [
+        "request_id",
+        "user",
+        "team",
+        "model",
+        "estimate",
+        "charged",
+        "refunded",
+        "state",
+        "created_at",
+        "updated_at",
+    ] {
         assert!(!first[key].is_null(), "{key} in {first}");
     }
     let (status, _, answer) = app.get("/gateway/v1/tasks?user=bob", &alice).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
-    let (_, _, admin) = app.get("/gateway/v1/tasks?team=design", &app.admin_token()).await;
+    let (_, _, admin) = app
+        .get("/gateway/v1/tasks?team=design", &app.admin_token())
+        .await;
     assert_eq!(admin["tasks"].as_array().unwrap().len(), 1);
     let (_, _, created) = app.get("/gateway/v1/tasks?state=created", &alice).await;
     assert_eq!(created["tasks"].as_array().unwrap().len(), 3);
@@ -541,7 +658,8 @@ async fn tasks_are_listed_newest_first_for_their_owner_and_for_admins() {
     }
 }
 
-async fn unknown_reservations_are_listed_settled_and_released_by_admins_and_released_after_the_configured_hours() {
+async fn unknown_reservations_are_listed_settled_and_released_by_admins_and_released_after_the_configured_hours()
+ {
     let mock = MockVidu::start().await;
     // Vidu never answers in time: each create ends unknown (the task may exist).
     mock.respond(|_| Reply::json(200, created_task("1", 40)).delayed(Duration::from_secs(5)));
@@ -562,33 +680,60 @@ async fn unknown_reservations_are_listed_settled_and_released_by_admins_and_rele
         (l.len() == 3 && l.iter().all(|r| r["state"] == "unknown")).then_some(l)
     })
     .await;
-    assert_eq!((&list[0]["user"], &list[0]["estimate"]), (&json!("alice"), &json!(55)));
+    assert_eq!(
+        (&list[0]["user"], &list[0]["estimate"]),
+        (&json!("alice"), &json!(55))
+    );
     let (status, _, answer) = app.get("/gateway/v1/reservations", &token).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
     let id = |i: usize| list[i]["id"].as_str().unwrap().to_owned();
     let (status, _, answer) = app
-        .post(&format!("/gateway/v1/reservations/{}/settle", id(0)), &token, r#"{"credits": 30}"#)
+        .post(
+            &format!("/gateway/v1/reservations/{}/settle", id(0)),
+            &token,
+            r#"{"credits": 30}"#,
+        )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
     let (status, _, answer) = app
-        .post(&format!("/gateway/v1/reservations/{}/settle", id(0)), &admin, r#"{"credits": 30}"#)
+        .post(
+            &format!("/gateway/v1/reservations/{}/settle", id(0)),
+            &admin,
+            r#"{"credits": 30}"#,
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     let (status, _, answer) = app
-        .post(&format!("/gateway/v1/reservations/{}/settle", id(0)), &admin, r#"{"credits": 30}"#)
+        .post(
+            &format!("/gateway/v1/reservations/{}/settle", id(0)),
+            &admin,
+            r#"{"credits": 30}"#,
+        )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "once: {answer}");
     let (status, _, answer) = app
-        .post(&format!("/gateway/v1/reservations/{}/settle", id(1)), &admin, r#"{"credits": "x"}"#)
+        .post(
+            &format!("/gateway/v1/reservations/{}/settle", id(1)),
+            &admin,
+            r#"{"credits": "x"}"#,
+        )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     let (status, _, _) = app
-        .post(&format!("/gateway/v1/reservations/{}/release", id(1)), &admin, "")
+        .post(
+            &format!("/gateway/v1/reservations/{}/release", id(1)),
+            &admin,
+            "",
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     let day = team_usage(&app, &token).await["days"][0].clone();
     assert_eq!(
-        (&day["credits_settled"], &day["credits_released"], &day["credits_unknown"]),
+        (
+            &day["credits_settled"],
+            &day["credits_released"],
+            &day["credits_unknown"]
+        ),
         (&json!(30), &json!(55), &json!(55)),
         "{day}"
     );
@@ -596,13 +741,23 @@ async fn unknown_reservations_are_listed_settled_and_released_by_admins_and_rele
     app.clock.advance(SignedDuration::from_mins(121));
     eventually("the automatic release", || async {
         let (_, _, v) = app.get("/gateway/v1/reservations", &admin).await;
-        v["reservations"].as_array().is_some_and(|l| l.is_empty()).then_some(())
+        v["reservations"]
+            .as_array()
+            .is_some_and(|l| l.is_empty())
+            .then_some(())
     })
     .await;
     let day = team_usage(&app, &token).await["days"][0].clone();
-    assert_eq!((&day["credits_released"], &day["credits_unknown"]), (&json!(110), &json!(0)), "{day}");
+    assert_eq!(
+        (&day["credits_released"], &day["credits_unknown"]),
+        (&json!(110), &json!(0)),
+        "{day}"
+    );
     let metrics = app.metrics_text().await;
-    assert!(metrics.contains("vidu_gateway_reservations_auto_released_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("vidu_gateway_reservations_auto_released_total 1"),
+        "{metrics}"
+    );
 }
 
 crate::on_both_backends!(

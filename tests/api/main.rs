@@ -11,6 +11,7 @@ mod deploy;
 mod docs;
 mod helpers;
 mod ledger_reads;
+mod lifecycle;
 mod live;
 mod logs;
 mod proxy;

@@ -48,8 +48,14 @@ fn admins_only(identity: &Identity, what: &str) -> Result<(), GatewayError> {
 fn callback_key(state: &AppState) -> Vec<u8> {
     let config = state.config.current();
     match config.settings.upstream.mode {
-        UpstreamMode::Sandbox => crate::callbacks::SANDBOX_KEY.as_bytes().to_vec(),
-        UpstreamMode::Vidu => config.settings.upstream.api_key.expose().as_bytes().to_vec(),
+        UpstreamMode::Sandbox => crate::forward::sandbox::CALLBACK_KEY.as_bytes().to_vec(),
+        UpstreamMode::Vidu => config
+            .settings
+            .upstream
+            .api_key
+            .expose()
+            .as_bytes()
+            .to_vec(),
     }
 }
 
@@ -92,9 +98,7 @@ pub async fn vidu_callback(
     let config = state.config.current();
     let callbacks = &config.settings.callbacks;
     // Path and query of the URL the gateway registered, not of the request line a proxy may have rewritten.
-    let registered = callbacks
-        .own_url()
-        .and_then(|u| url::Url::parse(&u).ok());
+    let registered = callbacks.own_url().and_then(|u| url::Url::parse(&u).ok());
     let (path, query) = match &registered {
         Some(u) => (u.path().to_owned(), u.query().unwrap_or("").to_owned()),
         None => (CALLBACK_PATH.to_owned(), String::new()),
@@ -125,7 +129,9 @@ pub async fn vidu_callback(
         Ok(true) => {}
         Ok(false) => {
             count("replayed");
-            tracing::warn!("a callback was refused: its x-request-nonce was seen before (a replay)");
+            tracing::warn!(
+                "a callback was refused: its x-request-nonce was seen before (a replay)"
+            );
             return Err(GatewayError::Unauthorized {
                 message: "callback refused: this x-request-nonce was used before".into(),
                 invalid_token: false,

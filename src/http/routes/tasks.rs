@@ -5,13 +5,13 @@ use actix_web::http::Method;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::send;
-use crate::http::responses::upstream_response;
-use crate::tasks::learn;
 use crate::auth::Identity;
 use crate::forward::upstream::{Endpoint, Upstream};
 use crate::http::app_state::AppState;
 use crate::http::error::GatewayError;
+use crate::http::responses::upstream_response;
 use crate::read;
+use crate::tasks::learn;
 
 /// What Vidu gets on cancel, always: the task is named by the path alone.
 const CANCEL_BODY: &[u8] = b"{}";
