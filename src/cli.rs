@@ -1,6 +1,7 @@
 //! The command line: `serve`, `check-config`, `usage`, `token`, `healthcheck`.
 
 mod healthcheck;
+mod reservations;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -62,6 +63,13 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Reservations not settled: list the open and `unknown` ones, settle or release an `unknown` one by its id.
+    Reservations {
+        #[arg(long, value_name = "PATH", global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        action: ReservationAction,
+    },
     /// Mint a token signed with the configured HS secret (development and tests).
     Token {
         #[arg(long, value_name = "PATH")]
@@ -101,6 +109,19 @@ pub enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ReservationAction {
+    /// Open (in flight) and `unknown` reservations, oldest first.
+    List {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Vidu did create the task of an `unknown` reservation and charged CREDITS.
+    Settle { id: String, credits: u64 },
+    /// Nothing was created: give an `unknown` reservation back.
+    Release { id: String },
+}
+
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(config),
@@ -113,6 +134,7 @@ pub fn run(cli: Cli) -> ExitCode {
             to,
             format,
         } => usage(config, team, user, from, to, format),
+        Command::Reservations { config, action } => reservations::run(config, action),
         Command::Token {
             config,
             sub,

@@ -343,7 +343,7 @@ fn reasons(d: &UsageRow, sep: &str) -> String {
     pairs.join(sep)
 }
 
-fn csv_field(s: &str) -> String {
+pub(crate) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

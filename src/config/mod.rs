@@ -31,6 +31,8 @@ pub const BUILTIN_CONFIG: &str = include_str!("../../config/default.toml");
 /// The development secret of the built-in configuration. `serve` warns loudly when it is in use, and refuses it
 /// against the real Vidu.
 pub const DEV_HS256_SECRET: &str = "vidu-gateway-development-secret-do-not-use-in-production";
+/// The relay secret of the built-in file: refused against the real Vidu, like the development HS256 secret.
+pub const DEV_RELAY_SECRET: &str = "vidu-gateway-development-relay-secret";
 
 /// Prefix of environment overrides: `VIDU_GW__UPSTREAM__API_KEY` sets `upstream.api_key`.
 pub const ENV_PREFIX: &str = "VIDU_GW";

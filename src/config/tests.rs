@@ -829,3 +829,14 @@ secret = "v"
         "{shown}"
     );
 }
+
+#[test]
+fn the_development_relay_secret_is_refused_against_the_real_vidu() {
+    let msg = problems(file(&format!(
+        "{MINIMAL}[upstream]\nmode = \"vidu\"\napi_key = \"k\"\n[callbacks]\nrelay_secret = \"{DEV_RELAY_SECRET}\"\n"
+    )));
+    assert!(
+        msg.contains("callbacks.relay_secret is the built-in development secret"),
+        "{msg}"
+    );
+}

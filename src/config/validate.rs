@@ -25,6 +25,16 @@ pub fn validate(s: &Settings, problems: &mut Vec<String>) {
                 .into(),
         );
     }
+    if s.upstream.mode == UpstreamMode::Vidu
+        && s.callbacks.relay_secret.expose() == super::DEV_RELAY_SECRET
+    {
+        problems.push(
+            "callbacks.relay_secret is the built-in development secret, which anyone can read: it is refused when \
+             upstream.mode = \"vidu\" — set a secret of your own (callbacks.relay_secret_file) and give it to the \
+             teams that verify relays"
+                .into(),
+        );
+    }
     server(&s.server, problems);
     upstream(&s.upstream, problems);
     auth(&s.auth, problems);

@@ -91,7 +91,7 @@ pub struct LiveRow {
     pub record: RequestRecord,
 }
 
-/// An `unknown` reservation as loaded at start.
+/// A reservation not settled, as read from the ledger.
 pub struct UnknownRow {
     pub row: i64,
     pub grant: Option<GrantId>,
@@ -99,6 +99,8 @@ pub struct UnknownRow {
     pub off_peak: bool,
     pub estimate: u64,
     pub created_at: String,
+    /// Still in flight (`reserved`), not `unknown`.
+    pub open: bool,
 }
 
 const TASK_COLUMNS: &str = "task_id, request_id, user, team, model, off_peak, estimate, credits, refunded, \
@@ -312,10 +314,20 @@ impl Ledger {
 
     /// Reservations whose outcome is unknown (loaded when the store opens).
     pub fn unknown_reservations(&self) -> rusqlite::Result<Vec<UnknownRow>> {
-        let mut st = self.conn.prepare(
-            "SELECT id, grant_id, request_id, user, team, day, month, model, off_peak, estimate, created_at \
-             FROM reservations WHERE status = 'unknown' ORDER BY id",
-        )?;
+        self.unsettled("status = 'unknown'")
+    }
+
+    /// Reservations not settled: open ones (in flight in a running gateway) and unknown ones, oldest first; the
+    /// `open` flag tells them apart (the `reservations` command beside a running gateway, read-only).
+    pub fn unsettled_reservations(&self) -> rusqlite::Result<Vec<UnknownRow>> {
+        self.unsettled("status IN ('reserved', 'unknown')")
+    }
+
+    fn unsettled(&self, cond: &str) -> rusqlite::Result<Vec<UnknownRow>> {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT id, grant_id, request_id, user, team, day, month, model, off_peak, estimate, created_at, \
+             status = 'reserved' FROM reservations WHERE {cond} ORDER BY id"
+        ))?;
         let rows = st.query_map([], |r| {
             let grant: Option<String> = r.get(1)?;
             Ok(UnknownRow {
@@ -332,6 +344,7 @@ impl Ledger {
                 off_peak: r.get(8)?,
                 estimate: r.get::<_, i64>(9)?.max(0).unsigned_abs(),
                 created_at: r.get(10)?,
+                open: r.get(11)?,
             })
         })?;
         rows.collect()

@@ -380,3 +380,103 @@ async fn token_mints_an_already_expired_token_with_a_negative_ttl() {
         );
     }
 }
+
+/// `vidu-gateway reservations`: unknown reservations listed, settled and released from the command line, on the
+/// state the gateway wrote (the ledger, or Redis); on the memory backend, refused while a gateway serves the ledger.
+async fn the_reservations_command_lists_settles_and_releases_unknown_reservations() {
+    use actix_web::http::StatusCode;
+    use std::time::Duration;
+
+    let mock = MockVidu::start().await;
+    mock.respond(|_| Reply::json(200, created_task("1", 40)).delayed(Duration::from_secs(5)));
+    let config = TestApp::builder(&mock).upstream(|u| u.request_timeout_ms = 300);
+    let memory = !config.on_redis();
+    let app = config.clone().spawn().await;
+    let token = app.token("alice", "video");
+    let body = serde_json::json!({"model": "viduq2", "images": ["https://example.com/a.png"], "duration": 5});
+    for _ in 0..2 {
+        assert_eq!(
+            app.create(&token, &body).await.0,
+            StatusCode::GATEWAY_TIMEOUT
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    if memory {
+        // A gateway serving this ledger keeps its budgets in memory: the command sends the admin to it.
+        let serving = config
+            .clone()
+            .server(|s| s.listen = format!("127.0.0.1:{}", app.port));
+        let path = write(&dir, "serving.toml", &serving.text());
+        let (code, _, err) = run_cli(&["reservations", "release", "x", "--config", &path], &[]);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains("POST /gateway/v1/reservations/{id}/settle"),
+            "{err}"
+        );
+    }
+    app.handle.stop(true).await;
+    let path = write(&dir, "gateway.toml", &config.text());
+    let list = || {
+        let (code, out, err) = run_cli(
+            &[
+                "reservations",
+                "list",
+                "--format",
+                "json",
+                "--config",
+                &path,
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let listed = list();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(
+        listed
+            .iter()
+            .all(|r| r["state"] == "unknown" && r["user"] == "alice")
+    );
+    let id = |i: usize| listed[i]["id"].as_str().unwrap().to_owned();
+    let (code, out, err) = run_cli(
+        &["reservations", "settle", &id(0), "30", "--config", &path],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("settled at 30 credits"), "{out}");
+    let (code, _, err) = run_cli(
+        &["reservations", "settle", &id(0), "30", "--config", &path],
+        &[],
+    );
+    assert_eq!(code, 1, "only once: {err}");
+    assert!(err.contains("no unknown reservation"), "{err}");
+    let (code, _, err) = run_cli(&["reservations", "release", &id(1), "--config", &path], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(list(), serde_json::json!([]));
+    let (code, out, err) = run_cli(
+        &[
+            "usage", "--team", "video", "--format", "json", "--config", &path,
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let usage: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let totals = &usage["team"]["totals"];
+    assert_eq!(
+        (
+            &totals["credits_settled"],
+            &totals["credits_released"],
+            &totals["credits_unknown"]
+        ),
+        (
+            &serde_json::json!(30),
+            &serde_json::json!(55),
+            &serde_json::json!(0)
+        ),
+        "{usage}"
+    );
+}
+
+crate::on_both_backends!(the_reservations_command_lists_settles_and_releases_unknown_reservations);

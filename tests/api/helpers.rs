@@ -292,6 +292,11 @@ log_level = "warn"
         }
     }
 
+    /// Whether this configuration runs on the Redis backend (a test inside `on_redis`).
+    pub fn on_redis(&self) -> bool {
+        self.settings.state.backend == StateBackend::Redis
+    }
+
     pub fn settings(mut self, edit: impl FnOnce(&mut Settings)) -> Self {
         edit(&mut self.settings);
         self

@@ -771,3 +771,40 @@ crate::on_both_backends!(
     tasks_are_listed_newest_first_for_their_owner_and_for_admins,
     unknown_reservations_are_listed_settled_and_released_by_admins_and_released_after_the_configured_hours,
 );
+
+mod replicas {
+    use super::*;
+
+    /// Two replicas on one Redis: one reconciler lease, one per-minute quota for both.
+    async fn two_replicas_reconcile_within_one_quota() {
+        let mock = MockVidu::start().await;
+        living_vidu(&mock, 40);
+        let config = TestApp::builder(&mock).settings(|s| {
+            s.tasks.reconcile_interval_secs = 60;
+            s.tasks.reconcile_max_per_minute = 3;
+        });
+        let start = Timestamp::now();
+        let a = TestApp::spawn_on(config.clone(), start, true).await;
+        let b = TestApp::spawn_on(config, start, true).await;
+        let token = a.token("alice", "video");
+        for _ in 0..6 {
+            created_id(&a, &token).await;
+        }
+        for app in [&a, &b] {
+            app.clock.advance(SignedDuration::from_secs(61));
+        }
+        eventually("3 queries", || async {
+            (queries(&mock).len() >= 3).then_some(())
+        })
+        .await;
+        actix_web::rt::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(
+            queries(&mock).len(),
+            3,
+            "one quota for both replicas: {:?}",
+            queries(&mock)
+        );
+    }
+
+    crate::on_redis_backend!(two_replicas_reconcile_within_one_quota);
+}

@@ -53,6 +53,15 @@ const SCRIPTS: [&str; 10] = [
 
 mod lifecycle;
 
+/// The SHA1 of the scripts the background loops run (the reconciler's claims, the relay outbox, the reservation
+/// list): Redis traffic that belongs to no request (tests that count a request's round trips leave it out).
+pub fn background_script_hashes() -> Vec<String> {
+    [CLAIM_DUE, RELAYS, RESERVATIONS]
+        .into_iter()
+        .map(|src| Script::new(src).get_hash().to_owned())
+        .collect()
+}
+
 /// A replica not heard of for this long is no longer counted among the live ones.
 const REPLICA_STALE_MS: u64 = 30_000;
 

@@ -297,13 +297,17 @@ pub struct Monitor {
 
 impl Monitor {
     /// Each round trip a client made, as `command arg1 …` (waits briefly for the feed to catch up).
+    /// (The background loops' scripts — reconciler, relay outbox, reservation list — are left out: they belong to
+    /// no request.)
     pub fn round_trips(&self) -> Vec<String> {
         std::thread::sleep(Duration::from_millis(100));
+        let background = super::background_script_hashes();
         self.lines
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .filter(|l| !l.contains(" lua] ") && !l.contains("[0 lua]"))
+            .filter(|l| !background.iter().any(|sha| l.contains(sha.as_str())))
             .filter_map(|l| l.split_once("] ").map(|(_, cmd)| cmd.to_owned()))
             .collect()
     }

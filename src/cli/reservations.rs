@@ -1,0 +1,180 @@
+//! `vidu-gateway reservations list | settle ID CREDITS | release ID`: the admins' view of reservations not settled,
+//! from the command line. On Redis every action is the store's atomic script, safe beside running replicas. On the
+//! memory backend the running gateway owns the ledger: `list` reads it read-only beside it, and `settle`/`release`
+//! work only while no gateway serves it (else they say to use the admin API, which the running gateway applies).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use super::{Format, ReservationAction, emit, healthcheck, load, missing_ledger};
+use crate::config::{LoadedConfig, StateBackend};
+use crate::state::ledger::Ledger;
+use crate::state::{Lifecycle, ReservationView, Resolution};
+
+pub fn run(config: Option<PathBuf>, action: ReservationAction) -> ExitCode {
+    let path = config.clone();
+    let config = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let result = actix_web::rt::System::new().block_on(act(&config, path, action));
+    match result {
+        Ok(text) => emit(&text),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn act(
+    config: &LoadedConfig,
+    path: Option<PathBuf>,
+    action: ReservationAction,
+) -> Result<String, String> {
+    let settings = &config.settings;
+    match settings.state.backend {
+        StateBackend::Redis => {
+            let store = crate::state::redis::RedisStore::open(
+                &settings.state,
+                settings.upstream.request_timeout_ms,
+            )
+            .map_err(|e| format!("{e:#}"))?;
+            apply(&store, action).await
+        }
+        StateBackend::Memory => {
+            let ledger_path = &settings.state.ledger_path;
+            if !ledger_path.exists() {
+                return Err(missing_ledger(config, ledger_path));
+            }
+            if let ReservationAction::List { format } = action {
+                let ledger = Ledger::open_read_only(ledger_path).map_err(|e| format!("{e:#}"))?;
+                let rows = ledger
+                    .unsettled_reservations()
+                    .map_err(|e| format!("cannot read the ledger: {e}"))?;
+                let list: Vec<ReservationView> = rows
+                    .into_iter()
+                    .map(|u| ReservationView {
+                        id: u
+                            .grant
+                            .map(|g| g.to_string())
+                            .unwrap_or_else(|| format!("row-{}", u.row)),
+                        request_id: u.record.request_id,
+                        user: u.record.user,
+                        team: u.record.team,
+                        model: u.record.model,
+                        off_peak: u.off_peak,
+                        estimate: u.estimate,
+                        state: if u.open { "open" } else { "unknown" },
+                        created_at: u.created_at,
+                    })
+                    .collect();
+                return Ok(render(&list, format));
+            }
+            if let Some(listen) = serving(path.as_deref()) {
+                return Err(format!(
+                    "a gateway is serving this ledger on {listen} and keeps its budgets in memory: resolve the \
+                     reservation through it, as an admin — POST /gateway/v1/reservations/{{id}}/settle with \
+                     {{\"credits\": N}}, or …/release — or stop it first"
+                ));
+            }
+            let store = crate::state::memory::MemoryStore::open(
+                ledger_path,
+                std::sync::Arc::new(crate::clock::SystemClock),
+                Default::default(),
+            )
+            .map_err(|e| format!("{e:#}"))?;
+            let out = apply(&store, action).await;
+            crate::state::Health::flush(&store)
+                .await
+                .map_err(|e| format!("the ledger could not be written: {e}"))?;
+            out
+        }
+    }
+}
+
+/// The address a gateway answers on for this configuration, if one does.
+fn serving(path: Option<&std::path::Path>) -> Option<String> {
+    let env_listen = std::env::var(format!("{}__SERVER__LISTEN", crate::config::ENV_PREFIX)).ok();
+    let listen = healthcheck::listen_address(path, env_listen).ok()?;
+    let target = healthcheck::Target::from_listen(&listen).ok()?;
+    healthcheck::probe(&target, Duration::from_millis(500))
+        .ok()
+        .map(|_| listen)
+}
+
+async fn apply(store: &dyn Lifecycle, action: ReservationAction) -> Result<String, String> {
+    let unreachable =
+        |e: crate::state::StoreError| format!("the state backend cannot be reached: {e}");
+    let (id, how) = match action {
+        ReservationAction::List { format } => {
+            let list = store.reservations().await.map_err(unreachable)?;
+            return Ok(render(&list, format));
+        }
+        ReservationAction::Settle { id, credits } => (id, Resolution::Settle(credits)),
+        ReservationAction::Release { id } => (id, Resolution::Release),
+    };
+    match store.resolve(&id, how).await.map_err(unreachable)? {
+        Some(r) => {
+            let done = match how {
+                Resolution::Settle(n) => format!("settled at {n} credits"),
+                Resolution::Release => "released".to_owned(),
+            };
+            tracing::info!(target: "audit", id = %r.id, user = %r.user, team = %r.team, outcome = %done,
+                "an unknown reservation was resolved from the command line");
+            Ok(format!(
+                "{} ({} of {}, estimate {}, {}): {done}\n",
+                r.id, r.user, r.team, r.estimate, r.created_at
+            ))
+        }
+        None => Err(format!(
+            "no unknown reservation has the id {id:?}: `vidu-gateway reservations list` shows them"
+        )),
+    }
+}
+
+fn render(list: &[ReservationView], format: Format) -> String {
+    match format {
+        Format::Json => format!(
+            "{}\n",
+            serde_json::to_string_pretty(list).unwrap_or_default()
+        ),
+        Format::Csv => {
+            let mut out =
+                String::from("id,state,user,team,model,off_peak,estimate,created_at,request_id\n");
+            for r in list {
+                let f = crate::usage::csv_field;
+                out.push_str(&format!(
+                    "{},{},{},{},{},{},{},{},{}\n",
+                    f(&r.id),
+                    r.state,
+                    f(&r.user),
+                    f(&r.team),
+                    f(&r.model),
+                    r.off_peak,
+                    r.estimate,
+                    r.created_at,
+                    f(&r.request_id)
+                ));
+            }
+            out
+        }
+        Format::Table => {
+            if list.is_empty() {
+                return "no open or unknown reservations\n".into();
+            }
+            let mut out = format!(
+                "{:<38} {:<8} {:<16} {:<12} {:>8}  {}\n",
+                "id", "state", "user", "team", "estimate", "created_at"
+            );
+            for r in list {
+                out.push_str(&format!(
+                    "{:<38} {:<8} {:<16} {:<12} {:>8}  {}\n",
+                    r.id, r.state, r.user, r.team, r.estimate, r.created_at
+                ));
+            }
+            out
+        }
+    }
+}
