@@ -49,6 +49,8 @@ impl Life {
     /// Loads what the ledger holds of unfinished tasks, unknown reservations and relays still owed.
     pub(super) fn load(ledger: &Ledger, clock: SharedClock) -> anyhow::Result<Self> {
         let mut live = HashMap::default();
+        // Heard of "now": after a restart they are due once the quiet time has passed, like any other.
+        let loaded_at = clock.now().as_millisecond();
         for row in ledger.live_tasks()? {
             let keys = BudgetKey::counting(&row.record, row.task.off_peak);
             live.insert(
@@ -56,7 +58,7 @@ impl Life {
                 Live {
                     task: row.task,
                     keys,
-                    heard_ms: 0,
+                    heard_ms: loaded_at,
                 },
             );
         }
@@ -246,7 +248,7 @@ impl Inner {
         let (now, _) = self.life.now();
         let life = &mut self.life;
         life.claims = life.claims.wrapping_add(1);
-        if life.claims % NONCE_PRUNE_EVERY == 0 {
+        if life.claims.is_multiple_of(NONCE_PRUNE_EVERY) {
             life.nonces.retain(|_, until| *until > now);
         }
         match life.nonces.get(nonce) {

@@ -2,6 +2,8 @@
 //! heard of for `tasks.reconcile_interval_secs` (oldest first, at most `tasks.reconcile_max_per_minute` a minute,
 //! all replicas together), so a lost callback — or no callback URL at all — still ends every task. Every few ticks
 //! it also releases the `unknown` reservations nobody resolved within `tasks.unknown_release_after_hours`.
+//! With `tasks.reconcile_interval_secs = 0` it asks only about tasks a callback marked due (the callback's replica
+//! stopped, or its confirming query failed).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +36,7 @@ impl Reconciler {
             tokio::time::sleep(tick).await;
             self.reconcile(&upstream, tick).await;
             ticks = ticks.wrapping_add(1);
-            if ticks % RELEASE_EVERY_TICKS == 0 {
+            if ticks.is_multiple_of(RELEASE_EVERY_TICKS) {
                 self.release_unknown().await;
             }
         }
@@ -43,16 +45,19 @@ impl Reconciler {
     /// One round: claim what is due and ask Vidu about each.
     pub async fn reconcile(&self, upstream: &Upstream, tick: Duration) {
         let tasks = self.config.current().settings.tasks.clone();
-        if tasks.reconcile_interval_secs == 0 {
-            return;
-        }
+        // `0` = never poll: only tasks a callback marked due (and the callback's own query did not confirm) are
+        // asked about, so a callback is not lost when the replica that took it stops.
+        let quiet_ms = match tasks.reconcile_interval_secs {
+            0 => u64::try_from(self.clock.now().as_millisecond()).unwrap_or(0),
+            secs => secs.saturating_mul(1000),
+        };
         let claim = DueClaim {
             holder: self.replica.clone(),
             // Held across a few ticks, so a replica that stops hands over within seconds.
             lease_ms: u64::try_from(tick.as_millis().saturating_mul(5))
                 .unwrap_or(u64::MAX)
                 .max(5_000),
-            quiet_ms: tasks.reconcile_interval_secs.saturating_mul(1000),
+            quiet_ms,
             per_minute: tasks.reconcile_max_per_minute,
         };
         let due = match self.store.claim_due(&claim).await {
@@ -119,6 +124,7 @@ impl Reconciler {
             if let Ok(Some(released)) = self.store.resolve(&r.id, Resolution::Release).await {
                 self.metrics.lifecycle.reservations_auto_released.inc();
                 tracing::warn!(
+                    target: "audit",
                     id = %released.id,
                     request_id = %released.request_id,
                     user = %released.user,

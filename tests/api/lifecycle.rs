@@ -770,6 +770,7 @@ crate::on_both_backends!(
     a_callback_url_the_gateway_may_not_relay_to_is_refused_at_create,
     tasks_are_listed_newest_first_for_their_owner_and_for_admins,
     unknown_reservations_are_listed_settled_and_released_by_admins_and_released_after_the_configured_hours,
+    a_callback_whose_confirmation_failed_is_confirmed_by_the_reconciler,
 );
 
 mod replicas {
@@ -807,4 +808,61 @@ mod replicas {
     }
 
     crate::on_redis_backend!(two_replicas_reconcile_within_one_quota);
+}
+
+/// A callback is not lost when its confirming query fails (or the replica that took it stops): it left the task
+/// due, and the reconciler asks again — even with polling off.
+async fn a_callback_whose_confirmation_failed_is_confirmed_by_the_reconciler() {
+    let mock = MockVidu::start().await;
+    let states = living_vidu(&mock, 40);
+    let app = with_callbacks(TestApp::builder(&mock)).spawn().await;
+    let token = app.token("alice", "video");
+    let id = created_id(&app, &token).await;
+    set_state(&states, &id, "failed", 0);
+    // Vidu's query endpoint fails once.
+    let failures = Arc::new(AtomicU64::new(1));
+    let living = {
+        let states = states.clone();
+        move |r: &Recorded| {
+            let path = r.path.clone();
+            let id = path
+                .trim_start_matches("/ent/v2/tasks/")
+                .trim_end_matches("/creations")
+                .to_owned();
+            Reply::json(
+                200,
+                states
+                    .lock()
+                    .unwrap()
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or(Value::Null),
+            )
+        }
+    };
+    let f = failures.clone();
+    mock.respond(move |r| {
+        if f.fetch_sub(1, Ordering::SeqCst) == 1 {
+            return Reply::json(500, json!({"reason": "InternalServiceFailure"}));
+        }
+        living(r)
+    });
+    let (status, _) = post_callback(
+        &app,
+        &vidu_signed(app.clock.now(), "n-retry"),
+        &json!({"id": id}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let task = eventually("the reconciler's confirmation", || async {
+        let t = task_record(&app, &id).await;
+        (t["state"] == "failed").then_some(t)
+    })
+    .await;
+    assert_eq!(task["refunded"], 40);
+    assert_eq!(
+        queries(&mock).len(),
+        2,
+        "the failed confirmation, then the reconciler's"
+    );
 }

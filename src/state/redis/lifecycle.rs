@@ -278,6 +278,7 @@ impl Lifecycle for RedisStore {
                 "lease_ms": claim.lease_ms.max(1),
                 "queries_key": self.keys.reconcile_queries(),
                 "live": self.keys.live(),
+                "task_prefix": self.keys.task_prefix(),
                 "quiet_ms": claim.quiet_ms,
                 "per_minute": claim.per_minute,
                 "now_ms": self.now().as_millisecond(),
