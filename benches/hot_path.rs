@@ -307,10 +307,7 @@ fn open_store(dir: &Path) -> MemoryStore {
 }
 
 fn charged() -> Settlement {
-    Settlement::Charged {
-        credits: 55,
-        task_id: Some("123".into()),
-    }
+    Settlement::charged(55, Some("123"))
 }
 
 fn bench_policy_and_admission(c: &mut Criterion) {

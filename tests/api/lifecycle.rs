@@ -323,7 +323,7 @@ async fn bad_callbacks_are_refused_with_401_and_change_nothing() {
     actix_web::rt::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         queries(&mock),
-        [id.clone()],
+        std::slice::from_ref(&id),
         "no query for a callback that did not verify"
     );
     let metrics = app.metrics_text().await;
@@ -414,14 +414,17 @@ async fn the_reconciler_ends_tasks_whose_callbacks_were_lost_within_its_rate() {
     );
 }
 
+/// Relays a team endpoint received: headers and body.
+type Received = Arc<Mutex<Vec<(Vec<(String, String)>, Bytes)>>>;
+
 /// A team endpoint that records every relay and answers `statuses` in turn (then 200).
 struct TeamEndpoint {
     url: String,
-    got: Arc<Mutex<Vec<(Vec<(String, String)>, Bytes)>>>,
+    got: Received,
 }
 
 async fn team_endpoint(statuses: Vec<u16>) -> TeamEndpoint {
-    let got: Arc<Mutex<Vec<(Vec<(String, String)>, Bytes)>>> = Arc::default();
+    let got: Received = Arc::default();
     let answers = Arc::new(Mutex::new(statuses));
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!(
