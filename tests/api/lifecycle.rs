@@ -423,7 +423,7 @@ struct TeamEndpoint {
     got: Received,
 }
 
-async fn team_endpoint(statuses: Vec<u16>) -> TeamEndpoint {
+async fn team_endpoint(statuses: Vec<u16>, location: Option<String>) -> TeamEndpoint {
     let got: Received = Arc::default();
     let answers = Arc::new(Mutex::new(statuses));
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -433,9 +433,9 @@ async fn team_endpoint(statuses: Vec<u16>) -> TeamEndpoint {
     );
     let g = got.clone();
     let server = HttpServer::new(move || {
-        let (g, answers) = (g.clone(), answers.clone());
+        let (g, answers, location) = (g.clone(), answers.clone(), location.clone());
         App::new().default_service(web::to(move |req: HttpRequest, body: Bytes| {
-            let (g, answers) = (g.clone(), answers.clone());
+            let (g, answers, location) = (g.clone(), answers.clone(), location.clone());
             async move {
                 let headers = req
                     .headers()
@@ -445,7 +445,11 @@ async fn team_endpoint(statuses: Vec<u16>) -> TeamEndpoint {
                 g.lock().unwrap().push((headers, body));
                 let mut a = answers.lock().unwrap();
                 let status = if a.is_empty() { 200 } else { a.remove(0) };
-                HttpResponse::build(StatusCode::from_u16(status).unwrap()).finish()
+                let mut res = HttpResponse::build(StatusCode::from_u16(status).unwrap());
+                if let Some(to) = location {
+                    res.insert_header(("location", to));
+                }
+                res.finish()
             }
         }))
     })
@@ -461,7 +465,7 @@ async fn state_changes_are_relayed_to_the_callers_url_signed_with_the_team_secre
 {
     let mock = MockVidu::start().await;
     let states = living_vidu(&mock, 40);
-    let endpoint = team_endpoint(vec![500, 503]).await;
+    let endpoint = team_endpoint(vec![500, 503], None).await;
     let app = with_callbacks(TestApp::builder(&mock))
         .settings(|s| {
             s.callbacks.relay_hosts = vec!["localhost".into()];
@@ -763,6 +767,45 @@ async fn unknown_reservations_are_listed_settled_and_released_by_admins_and_rele
     );
 }
 
+
+/// A team endpoint that redirects is not followed, and a relay that keeps failing is given up after
+/// `callbacks.relay_attempts`, with `failed` on the task.
+async fn a_relay_follows_no_redirect_and_gives_up_after_its_attempts() {
+    let mock = MockVidu::start().await;
+    let states = living_vidu(&mock, 40);
+    let elsewhere = team_endpoint(vec![], None).await;
+    let endpoint = team_endpoint(vec![302, 302, 302], Some(elsewhere.url.clone())).await;
+    let app = with_callbacks(TestApp::builder(&mock))
+        .settings(|s| {
+            s.callbacks.relay_hosts = vec!["localhost".into()];
+            s.callbacks.relay_attempts = 3;
+            s.callbacks.relay_backoff_ms = 10;
+            s.callbacks.relay_backoff_max_ms = 10;
+            s.callbacks.relay_secret = vidu_gateway::config::Secret::new(RELAY_SECRET);
+        })
+        .spawn()
+        .await;
+    let token = app.token("alice", "video");
+    let mut body = q2();
+    body["callback_url"] = json!(endpoint.url);
+    let (status, _, task) = app.create(&token, &body).await;
+    assert_eq!(status, StatusCode::OK, "{task}");
+    let id = task["task_id"].as_str().unwrap().to_owned();
+    set_state(&states, &id, "processing", 40);
+    post_callback(&app, &vidu_signed(app.clock.now(), "n-redirect"), &json!({"id": id})).await;
+    let t = eventually("the relay given up", || async {
+        app.clock.advance(SignedDuration::from_millis(20));
+        let t = task_record(&app, &id).await;
+        (t["relay"] == "failed").then_some(t)
+    })
+    .await;
+    assert_eq!(t["state"], "processing");
+    assert_eq!(endpoint.got.lock().unwrap().len(), 3, "relay_attempts = 3");
+    assert!(elsewhere.got.lock().unwrap().is_empty(), "no redirect followed");
+    let metrics = app.metrics_text().await;
+    assert!(metrics.contains(r#"vidu_gateway_relays_total{outcome="gave_up"} 1"#), "{metrics}");
+}
+
 crate::on_both_backends!(
     a_failed_task_is_refunded_to_its_creation_day_and_unblocks_a_refused_request,
     a_success_charges_vidus_final_credits_and_a_cancel_refunds,
@@ -774,6 +817,7 @@ crate::on_both_backends!(
     tasks_are_listed_newest_first_for_their_owner_and_for_admins,
     unknown_reservations_are_listed_settled_and_released_by_admins_and_released_after_the_configured_hours,
     a_callback_whose_confirmation_failed_is_confirmed_by_the_reconciler,
+    a_relay_follows_no_redirect_and_gives_up_after_its_attempts,
 );
 
 mod replicas {
