@@ -181,7 +181,7 @@ async fn a_failed_task_is_refunded_to_its_creation_day_and_unblocks_a_refused_re
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{refused}");
     assert_eq!(refused["reason"], "CreditBudgetExhausted");
 
-    // The task fails after midnight: the refund goes to the day it was created in.
+    // The task fails: its credits go back to the day it was created in.
     let created_day = team_usage(&app, &token).await["days"][0]["day"].clone();
     set_state(&states, &id, "failed", 0);
     let (status, answer) = post_callback(
@@ -206,12 +206,30 @@ async fn a_failed_task_is_refunded_to_its_creation_day_and_unblocks_a_refused_re
     assert!(task["ended_at"].is_string(), "{task}");
     let (status, _, again) = app.create(&token, &q2()).await;
     assert_eq!(status, StatusCode::OK, "admitted after the refund: {again}");
+    // This one fails after midnight: its refund still goes to the day it was created in.
+    let late = again["task_id"].as_str().unwrap().to_owned();
+    app.clock.advance(SignedDuration::from_hours(24));
+    set_state(&states, &late, "failed", 0);
+    let (status, _) = post_callback(
+        &app,
+        &vidu_signed(app.clock.now(), "nonce-2"),
+        &json!({"id": late, "state": "failed"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let days = eventually("the second refund", || async {
+        let days = team_usage(&app, &token).await["days"].clone();
+        (days[0]["credits_refunded"] == 80).then_some(days)
+    })
+    .await;
+    assert_eq!(days[0]["day"], created_day);
+    assert_eq!(days.as_array().unwrap().len(), 1, "nothing on the day it failed: {days}");
     let metrics = app.metrics_text().await;
     assert!(
-        metrics.contains(r#"vidu_gateway_tasks_ended_total{state="failed",team="video"} 1"#),
+        metrics.contains(r#"vidu_gateway_tasks_ended_total{state="failed",team="video"} 2"#),
         "{metrics}"
     );
-    assert!(metrics.contains(r#"vidu_gateway_credits_total{kind="refunded",team="video"} 40"#));
+    assert!(metrics.contains(r#"vidu_gateway_credits_total{kind="refunded",team="video"} 80"#));
 }
 
 async fn a_success_charges_vidus_final_credits_and_a_cancel_refunds() {
