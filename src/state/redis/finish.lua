@@ -66,7 +66,8 @@ if task_key ~= '' then
     local lists = { t.list_prefix .. 'a', t.list_prefix .. 't:' .. enc(g.team), t.list_prefix .. 'u:' .. enc(g.user) }
     for _, index in ipairs(lists) do
       redis.call('ZADD', index, 0, member)
-      redis.call('ZREMRANGEBYLEX', index, '-', '(' .. t.cutoff)
+      -- Members past the retention leave the list now and then (the caller asks about 1 create in 32).
+      if t.prune then redis.call('ZREMRANGEBYLEX', index, '-', '(' .. t.cutoff) end
       redis.call('EXPIRE', index, retention)
     end
     if not t.terminal then redis.call('ZADD', t.live, t.now_ms, t.task_id) end
