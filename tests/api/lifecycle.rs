@@ -223,7 +223,11 @@ async fn a_failed_task_is_refunded_to_its_creation_day_and_unblocks_a_refused_re
     })
     .await;
     assert_eq!(days[0]["day"], created_day);
-    assert_eq!(days.as_array().unwrap().len(), 1, "nothing on the day it failed: {days}");
+    assert_eq!(
+        days.as_array().unwrap().len(),
+        1,
+        "nothing on the day it failed: {days}"
+    );
     let metrics = app.metrics_text().await;
     assert!(
         metrics.contains(r#"vidu_gateway_tasks_ended_total{state="failed",team="video"} 2"#),
@@ -785,7 +789,6 @@ async fn unknown_reservations_are_listed_settled_and_released_by_admins_and_rele
     );
 }
 
-
 /// A team endpoint that redirects is not followed, and a relay that keeps failing is given up after
 /// `callbacks.relay_attempts`, with `failed` on the task.
 async fn a_relay_follows_no_redirect_and_gives_up_after_its_attempts() {
@@ -810,7 +813,12 @@ async fn a_relay_follows_no_redirect_and_gives_up_after_its_attempts() {
     assert_eq!(status, StatusCode::OK, "{task}");
     let id = task["task_id"].as_str().unwrap().to_owned();
     set_state(&states, &id, "processing", 40);
-    post_callback(&app, &vidu_signed(app.clock.now(), "n-redirect"), &json!({"id": id})).await;
+    post_callback(
+        &app,
+        &vidu_signed(app.clock.now(), "n-redirect"),
+        &json!({"id": id}),
+    )
+    .await;
     let t = eventually("the relay given up", || async {
         app.clock.advance(SignedDuration::from_millis(20));
         let t = task_record(&app, &id).await;
@@ -819,9 +827,15 @@ async fn a_relay_follows_no_redirect_and_gives_up_after_its_attempts() {
     .await;
     assert_eq!(t["state"], "processing");
     assert_eq!(endpoint.got.lock().unwrap().len(), 3, "relay_attempts = 3");
-    assert!(elsewhere.got.lock().unwrap().is_empty(), "no redirect followed");
+    assert!(
+        elsewhere.got.lock().unwrap().is_empty(),
+        "no redirect followed"
+    );
     let metrics = app.metrics_text().await;
-    assert!(metrics.contains(r#"vidu_gateway_relays_total{outcome="gave_up"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"vidu_gateway_relays_total{outcome="gave_up"} 1"#),
+        "{metrics}"
+    );
 }
 
 crate::on_both_backends!(
