@@ -137,20 +137,8 @@ async fn admit_inner(
 ) -> Result<Admitted, NotAdmitted> {
     let validated: Validated<'_> = validate(bytes, ctx.settings).map_err(NotAdmitted::Invalid)?;
     let callbacks = &ctx.settings.callbacks;
-    let relay_to = match &validated.params.callback_url {
-        Some(url) if callbacks.relaying() => {
-            let team = identity.team.as_deref().unwrap_or("");
-            check_callback_url(callbacks, team, url).map_err(|message| {
-                NotAdmitted::Invalid(Rejection::field(
-                    "callback_url",
-                    FieldReason::NotAllowed,
-                    message,
-                ))
-            })?;
-            Some(url.clone())
-        }
-        _ => None,
-    };
+    let relay_to =
+        relay_target(ctx.settings, identity, &validated).map_err(NotAdmitted::Invalid)?;
     let prepared = prepare(
         ctx.settings,
         identity,
@@ -190,6 +178,27 @@ async fn admit_inner(
     })
 }
 
+/// The caller's `callback_url` when the gateway relays to it (relaying on), checked against `callbacks.relay_hosts`
+/// and the team's relay secret: a URL the gateway may not call is the caller's mistake, refused before anything is
+/// taken.
+fn relay_target(
+    settings: &Settings,
+    identity: &Identity,
+    validated: &Validated<'_>,
+) -> Result<Option<String>, Rejection> {
+    let callbacks = &settings.callbacks;
+    match &validated.params.callback_url {
+        Some(url) if callbacks.relaying() => {
+            let team = identity.team.as_deref().unwrap_or("");
+            check_callback_url(callbacks, team, url).map_err(|message| {
+                Rejection::field("callback_url", FieldReason::NotAllowed, message)
+            })?;
+            Ok(Some(url.clone()))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// The quote: validation and policy as a create would see them, never forwarded, nothing taken. Only a body
 /// that is not a JSON object at all is an error; every other verdict is the answer.
 pub async fn quote(
@@ -198,7 +207,10 @@ pub async fn quote(
     bytes: &Bytes,
     prefer_never: bool,
 ) -> Result<Value, Rejection> {
-    let validated = match validate(bytes, ctx.settings) {
+    let validated = match validate(bytes, ctx.settings).and_then(|v| {
+        relay_target(ctx.settings, identity, &v)?;
+        Ok(v)
+    }) {
         Ok(v) => v,
         Err(r) if r.reason == Reason::BadRequest => return Err(r),
         Err(r) => {

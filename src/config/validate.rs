@@ -57,7 +57,8 @@ fn callbacks(c: &CallbacksSettings, p: &mut Vec<String>) {
                     && u.username().is_empty()
                     && u.password().is_none() => {}
             _ => p.push(format!(
-                "callbacks.public_base_url = {:?} must be the gateway's address as Vidu reaches it: http(s)://host[:port][/path],                  no query, no credentials (e.g. \"https://vidu-gw.example.com\"), or \"\" to learn task states by reconciliation",
+                "callbacks.public_base_url = {:?} must be the gateway's address as Vidu reaches it: http(s)://host[:port][/path], \
+                 no query, no credentials (e.g. \"https://vidu-gw.example.com\"), or \"\" to learn task states by reconciliation",
                 c.public_base_url
             )),
         }
@@ -94,6 +95,12 @@ fn tasks(t: &TasksSettings, p: &mut Vec<String>) {
              (set the interval to 0 to stop polling)"
                 .into(),
         );
+    }
+    if t.unknown_release_after_hours > 24 * 365 {
+        p.push(format!(
+            "tasks.unknown_release_after_hours = {} is more than a year: Vidu expires every task long before",
+            t.unknown_release_after_hours
+        ));
     }
     if t.unknown_release_after_hours == 0 {
         p.push(

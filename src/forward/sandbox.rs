@@ -11,7 +11,9 @@
 //! - An unfinished task can be cancelled: it is `cancelled` from then on (`err_code` `UserCancelled`, `credits`
 //!   0); a finished one cannot. Unknown ids get Vidu's 404 `TaskNotFound`.
 //!
-//! Callbacks: a create with an http(s) `callback_url` gets, as from Vidu, a POST of the query answer
+//! Callbacks: a create whose `callback_url` is the gateway's own (`callbacks.public_base_url` +
+//! `/gateway/v1/callbacks/vidu`, which the gateway puts there; the sandbox calls no other URL) gets, as from Vidu, a
+//! POST of the query answer
 //! (`GET /ent/v2/tasks/{id}/creations`) on each state change — `processing` when it starts, then the terminal
 //! state (`success`, `failed`, or `cancelled` on expiry and right after a cancel). They are signed as Vidu signs
 //! them (`../shared/vidu/CALLBACKS.md`), with [`CALLBACK_KEY`] in place of the enterprise key: the gateway
@@ -394,7 +396,14 @@ impl Sandbox {
             callback: None,
         };
         let mut schedule = None;
-        if let Some(url) = b.callback_url.as_deref().and_then(callback_url) {
+        // Only the gateway's own callback URL is called: the sandbox never fetches a URL a caller chose.
+        let own = settings.callbacks.own_url();
+        if let Some(url) = b
+            .callback_url
+            .as_deref()
+            .filter(|u| Some(*u) == own.as_deref())
+            .and_then(callback_url)
+        {
             let cancel = if runtime() {
                 let (tx, rx) = oneshot::channel();
                 schedule = Some((self.delivery(id, url.clone()), task.transitions(), rx));

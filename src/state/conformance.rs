@@ -51,6 +51,7 @@ macro_rules! run_conformance {
             remaining_credits_name_the_tightest_budget_and_the_team_one,
             a_spooled_admission_is_recorded_once_with_how_it_ended,
             a_spooled_admission_the_backend_ran_itself_is_settled_not_counted_twice,
+            a_spooled_admission_that_ended_unknown_is_listed_and_resolved,
             a_failed_task_is_refunded_to_the_period_it_was_created_in_once,
             success_charges_the_final_credits,
             a_state_change_of_a_relayed_task_queues_a_relay_until_delivered,
@@ -815,9 +816,33 @@ pub async fn a_state_change_of_a_relayed_task_queues_a_relay_until_delivered(
         Some(false),
         "no callback_url, no relay"
     );
+    // Two changes of one task: relayed one at a time, in order.
+    create_task(s, "alice", "t-6", 50, Some("https://hooks.example/six")).await;
+    observe(s, seen("t-6", TaskState::Processing, None)).await;
+    clock.advance(SignedDuration::from_millis(5));
+    observe(s, seen("t-6", TaskState::Success, Some(50))).await;
     let jobs = s.claim_relays(10, 30_000).await.unwrap_or_default();
-    assert_eq!(jobs.len(), 1, "{jobs:?}");
-    let job = jobs[0].clone();
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    let six: Vec<&RelayJob> = jobs.iter().filter(|j| j.task_id == "t-6").collect();
+    assert_eq!(six.len(), 1, "one at a time: {jobs:?}");
+    assert!(
+        six[0].body.contains("processing"),
+        "oldest first: {}",
+        six[0].body
+    );
+    assert_eq!(s.relay_done(six[0], RelayOutcome::Delivered).await, Ok(()));
+    let next = s.claim_relays(10, 30_000).await.unwrap_or_default();
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert!(next[0].body.contains("success"), "{}", next[0].body);
+    assert_eq!(
+        s.relay_done(&next[0], RelayOutcome::Delivered).await,
+        Ok(())
+    );
+    let job = jobs
+        .iter()
+        .find(|j| j.task_id == "t-4")
+        .cloned()
+        .unwrap_or_else(|| panic!("{jobs:?}"));
     assert_eq!(
         (
             job.task_id.as_str(),
@@ -906,9 +931,9 @@ pub async fn the_reconciler_claims_quiet_tasks_oldest_first_within_its_lease_and
         Vec::<String>::new(),
         "the minute's 3 are used"
     );
-    // A callback's nudge makes a task due at once, ahead of the quiet ones.
+    // A callback's nudge makes a task due after its grace, ahead of the quiet ones.
+    assert_eq!(s.nudge("r-5", 1_000).await, Ok(()));
     clock.advance(SignedDuration::from_secs(61));
-    assert_eq!(s.nudge("r-5").await, Ok(()));
     // The lease lapsed (30 s): b may take it now.
     assert_eq!(claimed(s.claim_due(&claim("b", 2)).await), ["r-5", "r-4"]);
     assert_eq!(
@@ -1045,4 +1070,23 @@ pub async fn unknown_reservations_are_listed_and_resolved_once(backend: &dyn Bac
         .into_iter()
         .collect();
     assert_eq!(left, ["open"]);
+}
+
+pub async fn a_spooled_admission_that_ended_unknown_is_listed_and_resolved(backend: &dyn Backend) {
+    let (o, _) = open(backend).await;
+    let s = o.store.as_ref();
+    let id = GrantId::random();
+    assert_eq!(
+        s.record_unaccounted(&spooled(id, Settlement::Unknown))
+            .await,
+        Ok(())
+    );
+    assert_eq!(used(s, &team_day()).await, 50);
+    let list = s.reservations().await.unwrap_or_default();
+    let listed: Vec<(String, &str)> = list.iter().map(|r| (r.id.clone(), r.state)).collect();
+    assert_eq!(listed, [(id.to_string(), "unknown")]);
+    let released = s.resolve(&id.to_string(), Resolution::Release).await;
+    assert!(released.ok().flatten().is_some());
+    assert_eq!(used(s, &team_day()).await, 0);
+    assert_eq!(s.reservations().await, Ok(Vec::new()));
 }

@@ -238,8 +238,8 @@ impl<S: Lifecycle> Lifecycle for FailOpen<S> {
         self.inner.claim_nonce(nonce, ttl_secs)
     }
 
-    fn nudge<'a>(&'a self, task_id: &'a str) -> Answer<'a, ()> {
-        self.inner.nudge(task_id)
+    fn nudge<'a>(&'a self, task_id: &'a str, after_ms: u64) -> Answer<'a, ()> {
+        self.inner.nudge(task_id, after_ms)
     }
 
     fn claim_due<'a>(&'a self, claim: &'a DueClaim) -> Answer<'a, Vec<String>> {

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     url TEXT NOT NULL,
     body TEXT NOT NULL,
     attempts INTEGER NOT NULL,
-    due_ms INTEGER NOT NULL
+    due_ms INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL DEFAULT 0
 );
 ";
 
@@ -215,8 +216,8 @@ impl Ledger {
             }
             TaskWrite::OutboxPut { job, due_ms } => {
                 conn.prepare_cached(
-                    "INSERT OR REPLACE INTO outbox (id, task_id, team, url, body, attempts, due_ms) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT OR REPLACE INTO outbox (id, task_id, team, url, body, attempts, due_ms, created_ms) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )?
                 .execute(params![
                     job.id,
@@ -225,7 +226,8 @@ impl Ledger {
                     job.url,
                     job.body,
                     job.attempts,
-                    due_ms
+                    due_ms,
+                    job.created_ms
                 ])?;
             }
             TaskWrite::OutboxRetry {
@@ -352,9 +354,9 @@ impl Ledger {
 
     /// The relay outbox (loaded when the store opens).
     pub fn outbox(&self) -> rusqlite::Result<Vec<(RelayJob, i64)>> {
-        let mut st = self
-            .conn
-            .prepare("SELECT id, task_id, team, url, body, attempts, due_ms FROM outbox")?;
+        let mut st = self.conn.prepare(
+            "SELECT id, task_id, team, url, body, attempts, due_ms, created_ms FROM outbox",
+        )?;
         let rows = st.query_map([], |r| {
             Ok((
                 RelayJob {
@@ -364,6 +366,7 @@ impl Ledger {
                     url: r.get(3)?,
                     body: r.get(4)?,
                     attempts: r.get(5)?,
+                    created_ms: r.get(7)?,
                 },
                 r.get(6)?,
             ))

@@ -239,6 +239,8 @@ pub struct RelayJob {
     pub body: String,
     /// Attempts made before this one.
     pub attempts: u32,
+    /// When the change was observed (ms): a task's relays are delivered one at a time, in this order.
+    pub created_ms: i64,
 }
 
 /// How a delivery attempt ended.

@@ -15,8 +15,10 @@ const NONCE_PRUNE_EVERY: u32 = 1024;
 struct Live {
     task: TaskRecord,
     keys: Vec<BudgetKey>,
-    /// When the gateway last heard of it (ms); 0 = due at once.
+    /// When the gateway last heard of it (ms).
     heard_ms: i64,
+    /// A callback said it changed: due for the reconciler at this time (ms) unless heard of before.
+    due_at: Option<i64>,
 }
 
 /// A reservation whose outcome is unknown.
@@ -59,6 +61,7 @@ impl Life {
                     task: row.task,
                     keys,
                     heard_ms: loaded_at,
+                    due_at: None,
                 },
             );
         }
@@ -145,6 +148,7 @@ impl Life {
                 task: task.clone(),
                 keys: out.keys.clone(),
                 heard_ms: now,
+                due_at: None,
             },
         );
     }
@@ -182,6 +186,7 @@ impl Inner {
         let (now_ms, now) = self.life.now();
         let live = self.life.live.get_mut(&seen.task_id)?;
         live.heard_ms = now_ms;
+        live.due_at = None;
         let money = money_of(live.task.state, live.task.charged, seen)?;
         let from = live.task.state;
         let task = &mut live.task;
@@ -199,6 +204,7 @@ impl Inner {
             url,
             body: seen.body.clone(),
             attempts: 0,
+            created_ms: now_ms,
         });
         if relay.is_some() {
             task.relay = Some(RelayStatus::Pending);
@@ -283,11 +289,15 @@ impl Inner {
             return Vec::new();
         }
         let quiet = i64::try_from(claim.quiet_ms).unwrap_or(i64::MAX);
-        let mut due: Vec<(i64, &String)> = life
+        // Marked due by a callback first (in the order they fell due), then the quietest.
+        let mut due: Vec<((bool, i64), &String)> = life
             .live
             .iter()
-            .filter(|(_, l)| l.heard_ms <= now.saturating_sub(quiet))
-            .map(|(id, l)| (l.heard_ms, id))
+            .filter_map(|(id, l)| match l.due_at {
+                Some(at) if at <= now => Some(((false, at), id)),
+                _ if l.heard_ms <= now.saturating_sub(quiet) => Some(((true, l.heard_ms), id)),
+                _ => None,
+            })
             .collect();
         due.sort();
         let ids: Vec<String> = due
@@ -298,6 +308,7 @@ impl Inner {
         for id in &ids {
             if let Some(l) = life.live.get_mut(id) {
                 l.heard_ms = now;
+                l.due_at = None;
             }
             life.queries.push_back(now);
         }
@@ -306,11 +317,21 @@ impl Inner {
 
     fn claim_relays(&mut self, limit: usize, lease_ms: u64) -> Vec<RelayJob> {
         let (now, _) = self.life.now();
+        // One relay per task at a time, oldest change first: a retried `processing` never lands after `success`.
+        let mut heads: HashMap<&str, (i64, &str)> = HashMap::default();
+        for (id, (job, _)) in &self.life.outbox {
+            let head = heads
+                .entry(job.task_id.as_str())
+                .or_insert((job.created_ms, id.as_str()));
+            *head = (*head).min((job.created_ms, id.as_str()));
+        }
         let mut due: Vec<(i64, String)> = self
             .life
             .outbox
             .iter()
-            .filter(|(_, (_, at))| *at <= now)
+            .filter(|(id, (job, at))| {
+                *at <= now && heads.get(job.task_id.as_str()).map(|h| h.1) == Some(id.as_str())
+            })
             .map(|(id, (_, at))| (*at, id.clone()))
             .collect();
         due.sort();
@@ -430,9 +451,12 @@ impl Lifecycle for MemoryStore {
         ready(Ok(self.shared.lock().claim_nonce(nonce, ttl_secs))).boxed()
     }
 
-    fn nudge<'a>(&'a self, task_id: &'a str) -> Answer<'a, ()> {
-        if let Some(l) = self.shared.lock().life.live.get_mut(task_id) {
-            l.heard_ms = 0;
+    fn nudge<'a>(&'a self, task_id: &'a str, after_ms: u64) -> Answer<'a, ()> {
+        let mut inner = self.shared.lock();
+        let (now, _) = inner.life.now();
+        if let Some(l) = inner.life.live.get_mut(task_id) {
+            let at = now.saturating_add(i64::try_from(after_ms).unwrap_or(i64::MAX));
+            l.due_at = Some(l.due_at.map_or(at, |d| d.min(at)));
         }
         ready(Ok(())).boxed()
     }

@@ -100,11 +100,13 @@ pub trait Lifecycle {
     /// Records a callback's nonce for `ttl_secs`; `false` when it was seen already (a replay).
     fn claim_nonce<'a>(&'a self, nonce: &'a str, ttl_secs: u64) -> Answer<'a, bool>;
 
-    /// Makes an unfinished task due for the reconciler at once (a callback said it changed): if the replica that
-    /// took the callback stops before confirming it, another one will.
-    fn nudge<'a>(&'a self, task_id: &'a str) -> Answer<'a, ()>;
+    /// Makes an unfinished task due for the reconciler `after_ms` from now unless a state of it is learned before
+    /// (a callback said it changed, and its own confirming query is on its way): if the replica that took the
+    /// callback stops, or the query fails, another one asks.
+    fn nudge<'a>(&'a self, task_id: &'a str, after_ms: u64) -> Answer<'a, ()>;
 
-    /// The unfinished tasks the reconciler should query now, oldest news first: empty unless `claim.holder` holds
+    /// The unfinished tasks the reconciler should query now — those a callback made due, then the ones heard of
+    /// least lately (`quiet_ms`; `u64::MAX`: none by quiet) — empty unless `claim.holder` holds
     /// (or takes) the reconciler's lease, and never more than `claim.per_minute` in any minute. The tasks
     /// claimed count as heard of now, so a query that fails is retried after the quiet time, not at once.
     fn claim_due<'a>(&'a self, claim: &'a DueClaim) -> Answer<'a, Vec<String>>;

@@ -48,7 +48,7 @@ impl Reconciler {
         // `0` = never poll: only tasks a callback marked due (and the callback's own query did not confirm) are
         // asked about, so a callback is not lost when the replica that took it stops.
         let quiet_ms = match tasks.reconcile_interval_secs {
-            0 => u64::try_from(self.clock.now().as_millisecond()).unwrap_or(0),
+            0 => u64::MAX,
             secs => secs.saturating_mul(1000),
         };
         let claim = DueClaim {
@@ -112,8 +112,9 @@ impl Reconciler {
             return;
         };
         let now = self.clock.now();
-        let limit =
-            jiff::SignedDuration::from_hours(i64::try_from(hours).unwrap_or(i64::MAX / 3600));
+        let limit = jiff::SignedDuration::from_secs(
+            i64::try_from(hours.saturating_mul(3600)).unwrap_or(i64::MAX),
+        );
         for r in list.into_iter().filter(|r| r.state == "unknown") {
             let Ok(made) = r.created_at.parse::<jiff::Timestamp>() else {
                 continue;

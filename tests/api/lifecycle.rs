@@ -228,12 +228,14 @@ async fn a_failed_task_is_refunded_to_its_creation_day_and_unblocks_a_refused_re
         1,
         "nothing on the day it failed: {days}"
     );
-    let metrics = app.metrics_text().await;
-    assert!(
-        metrics.contains(r#"vidu_gateway_tasks_ended_total{state="failed",team="video"} 2"#),
-        "{metrics}"
-    );
-    assert!(metrics.contains(r#"vidu_gateway_credits_total{kind="refunded",team="video"} 80"#));
+    // The counters follow the store's answer (on the task that learned it).
+    eventually("the metrics", || async {
+        let metrics = app.metrics_text().await;
+        (metrics.contains(r#"vidu_gateway_tasks_ended_total{state="failed",team="video"} 2"#)
+            && metrics.contains(r#"vidu_gateway_credits_total{kind="refunded",team="video"} 80"#))
+        .then_some(())
+    })
+    .await;
 }
 
 async fn a_success_charges_vidus_final_credits_and_a_cancel_refunds() {
@@ -608,6 +610,20 @@ async fn a_callback_url_the_gateway_may_not_relay_to_is_refused_at_create() {
         msg.contains("callback_url") && msg.contains("callbacks.relay_hosts"),
         "{msg}"
     );
+    // The quote says the same.
+    let (status, _, quote) = app
+        .post(
+            "/gateway/v1/img2video/quote",
+            &app.token("alice", "video"),
+            body.to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{quote}");
+    assert_eq!(
+        (&quote["valid"], &quote["reason"]),
+        (&json!(false), &json!("FieldInvalid")),
+        "{quote}"
+    );
     // Allowed host, but the team has no secret.
     body["callback_url"] = json!("https://hooks.corp.example/cb");
     let (status, _, answer) = app.create(&app.token("bob", "design"), &body).await;
@@ -933,7 +949,9 @@ async fn a_callback_whose_confirmation_failed_is_confirmed_by_the_reconciler() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
+    // The callback left the task due after a grace period: the reconciler asks once it has passed.
     let task = eventually("the reconciler's confirmation", || async {
+        app.clock.advance(SignedDuration::from_secs(2));
         let t = task_record(&app, &id).await;
         (t["state"] == "failed").then_some(t)
     })

@@ -361,6 +361,37 @@ async fn a_killed_replicas_in_flight_slots_are_free_after_the_lease_and_its_spen
     // conservatively until someone reconciles them).
     assert_eq!(usage["user"]["totals"]["credits_settled"], 110, "{usage}");
     assert_eq!(usage["user"]["totals"]["credits_reserved"], 110, "{usage}");
+
+    // Their replica is gone: past the lease they are listed as unknown, and an admin can release them.
+    let (status, _, list) = send(
+        "GET",
+        format!("{}/gateway/v1/reservations", b.url()),
+        &admin(),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let cut_off: Vec<String> = list["reservations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["state"] == "unknown")
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(cut_off.len(), 2, "{list}");
+    for id in &cut_off {
+        let (status, _, body) = send(
+            "POST",
+            format!("{}/gateway/v1/reservations/{id}/release", b.url()),
+            &admin(),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let usage = usage_of(&b, "user=alice").await;
+    assert_eq!(usage["user"]["totals"]["credits_reserved"], 0, "{usage}");
+    assert_eq!(usage["user"]["totals"]["credits_released"], 110, "{usage}");
 }
 
 /// The admission is one Redis round trip (one script over every bucket) before the request is forwarded; the

@@ -219,7 +219,7 @@ fn body_of(r: &Recorded) -> Value {
 /// query; returns its nonce.
 fn assert_signed(r: &Recorded, app: &TestApp) -> String {
     assert_eq!(r.method, "POST");
-    assert_eq!(r.path, "/hooks/vidu?team=marketing");
+    assert_eq!(r.path, "/hooks/gateway/v1/callbacks/vidu");
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert_eq!(
         r.header("x-hmac-signed-headers"),
@@ -229,8 +229,8 @@ fn assert_signed(r: &Recorded, app: &TestApp) -> String {
     assert_eq!(r.header("x-hmac-access-key"), Some("vidu"));
     let verified = signature::verify(
         CALLBACK_KEY.as_bytes(),
-        "/hooks/vidu",
-        "team=marketing",
+        "/hooks/gateway/v1/callbacks/vidu",
+        "",
         |name| r.header(name),
         app.clock.now(),
     )
@@ -238,8 +238,8 @@ fn assert_signed(r: &Recorded, app: &TestApp) -> String {
     assert_eq!(
         signature::verify(
             b"another-key",
-            "/hooks/vidu",
-            "team=marketing",
+            "/hooks/gateway/v1/callbacks/vidu",
+            "",
             |name| r.header(name),
             app.clock.now()
         ),
@@ -248,17 +248,18 @@ fn assert_signed(r: &Recorded, app: &TestApp) -> String {
     verified.nonce
 }
 
-/// A small recording server (the mock's) stands for a team's callback endpoint: the gateway forwards the caller's
-/// `callback_url` as is when it relays nothing, and the sandbox posts each state change to it, signed with its key.
+/// A small recording server (the mock's) stands for the gateway's public address: the gateway gives the sandbox its
+/// own callback URL (`callbacks.public_base_url`), and the sandbox posts each state change to it, signed with its key.
 #[actix_web::test]
 async fn the_sandbox_posts_signed_callbacks_for_processing_and_success() {
     let receiver = MockVidu::start().await;
     receiver.respond(|_| Reply::json(200, json!({})));
-    let app = sandbox_config(1).spawn().await;
+    let app = sandbox_config(1)
+        .settings(|s| s.callbacks.public_base_url = format!("{}/hooks", receiver.url))
+        .spawn()
+        .await;
     let token = app.token("alice", "marketing");
-    let callback_url = format!("{}/hooks/vidu?team=marketing", receiver.url);
-    let req = json!({"model": "viduq2", "images": ["https://e.com/a.png"], "payload": "ref-1",
-                     "callback_url": callback_url});
+    let req = json!({"model": "viduq2", "images": ["https://e.com/a.png"], "payload": "ref-1"});
     let (status, _, task) = app.post("/ent/v2/img2video", &token, req.to_string()).await;
     assert_eq!(status, StatusCode::OK, "{task}");
     let id = task["task_id"].as_str().unwrap().to_owned();
@@ -301,14 +302,13 @@ async fn the_sandbox_announces_cancels_and_expiries_and_retries_terminal_callbac
     let receiver = MockVidu::start().await;
     let app = sandbox_config(30)
         .upstream(|u| u.sandbox_offpeak_expire_secs = 1)
+        .settings(|s| s.callbacks.public_base_url = format!("{}/hooks", receiver.url))
         .spawn()
         .await;
     let token = app.token("alice", "marketing");
-    let callback_url = format!("{}/hooks/vidu?team=marketing", receiver.url);
     let create = |off_peak: bool| {
-        json!({"model": "viduq2", "images": ["https://e.com/a.png"], "off_peak": off_peak,
-               "callback_url": callback_url})
-        .to_string()
+        json!({"model": "viduq2", "images": ["https://e.com/a.png"], "off_peak": off_peak})
+            .to_string()
     };
     // The first delivery of each terminal callback fails: the second one counts.
     let failed_once = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
@@ -404,4 +404,20 @@ async fn a_request_vidu_would_refuse_is_refused_before_it_reaches_the_sandbox() 
         body["metadata"]["source"], "gateway",
         "the gateway's validation answered"
     );
+}
+
+/// The sandbox never fetches a URL a caller chose: with relaying off the caller's `callback_url` reaches it
+/// unchanged, and it is not called (no request from the gateway's host to an address of the caller's choosing).
+#[actix_web::test]
+async fn the_sandbox_calls_no_callback_url_but_the_gateways_own() {
+    let receiver = MockVidu::start().await;
+    receiver.respond(|_| Reply::json(200, json!({})));
+    let app = sandbox_config(1).spawn().await;
+    let token = app.token("alice", "marketing");
+    let req = json!({"model": "viduq2", "images": ["https://e.com/a.png"],
+                     "callback_url": format!("{}/internal/admin", receiver.url)});
+    let (status, _, task) = app.post("/ent/v2/img2video", &token, req.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{task}");
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert!(receiver.received().is_empty(), "{:?}", receiver.received());
 }

@@ -23,6 +23,9 @@ use crate::tasks::learn::ask;
 pub const CALLBACK_PATH: &str = "/gateway/v1/callbacks/vidu";
 /// Largest callback body accepted (a query answer: a few KB).
 const MAX_CALLBACK_BODY: usize = 1024 * 1024;
+/// A task a callback named is due for the reconciler this long after the callback unless the callback's own
+/// confirming query answers first (it is on its way; the reconciler must not ask twice).
+pub const CONFIRM_GRACE_MS: u64 = 30_000;
 /// Tasks per page unless `?limit=` says otherwise, and the most a page may hold.
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 500;
@@ -146,7 +149,7 @@ pub async fn vidu_callback(
         count("unknown_task");
         return Ok(HttpResponse::Ok().json(json!({})));
     };
-    if let Err(e) = state.store.nudge(&task_id).await {
+    if let Err(e) = state.store.nudge(&task_id, CONFIRM_GRACE_MS).await {
         count("unavailable");
         return Err(store_unavailable(e));
     }

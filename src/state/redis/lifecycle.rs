@@ -1,5 +1,5 @@
 //! The redis backend's side of following tasks: each decision one script (`observe.lua`, `claim_due.lua`,
-//! `relays.lua`, `reservations.lua`, `tasks.lua`), nonces one `SET NX`, a nudge one `ZADD XX`.
+//! `relays.lua`, `reservations.lua`, `tasks.lua`), nonces one `SET NX`, a nudge one `ZADD`.
 
 use std::collections::HashMap;
 
@@ -162,10 +162,12 @@ impl Lifecycle for RedisStore {
                 "now_ms": now.as_millisecond(),
                 "body": seen.body,
                 "live": self.keys.live(),
+                "due": self.keys.due(),
                 "outbox": {
                     "key": format!("{}{outbox_id}", self.keys.outbox_prefix()),
                     "id": outbox_id,
                     "due": self.keys.outbox_due(),
+                    "order": format!("{}{}", self.keys.outbox_order_prefix(), seen.task_id),
                 },
             })
             .to_string();
@@ -256,13 +258,18 @@ impl Lifecycle for RedisStore {
         .boxed()
     }
 
-    fn nudge<'a>(&'a self, task_id: &'a str) -> Answer<'a, ()> {
+    fn nudge<'a>(&'a self, task_id: &'a str, after_ms: u64) -> Answer<'a, ()> {
         async move {
+            let at = self
+                .now()
+                .as_millisecond()
+                .saturating_add(i64::try_from(after_ms).unwrap_or(i64::MAX / 2));
+            // `LT`: an earlier mark stays. A task not followed (ended, unknown) is dropped by the next claim.
             self.call_on(&self.side, "task nudge", async |c| {
                 ::redis::cmd("ZADD")
-                    .arg(self.keys.live())
-                    .arg("XX")
-                    .arg(0)
+                    .arg(self.keys.due())
+                    .arg("LT")
+                    .arg(at)
                     .arg(task_id)
                     .query_async::<()>(c)
                     .await
@@ -280,10 +287,14 @@ impl Lifecycle for RedisStore {
                 "lease_ms": claim.lease_ms.max(1),
                 "queries_key": self.keys.reconcile_queries(),
                 "live": self.keys.live(),
+                "due": self.keys.due(),
                 "task_prefix": self.keys.task_prefix(),
-                "quiet_ms": claim.quiet_ms,
+                // Lua numbers are doubles: "never by quiet" is -1.
+                "quiet_ms": if claim.quiet_ms > (1u64 << 52) { -1 } else { claim.quiet_ms as i64 },
                 "per_minute": claim.per_minute,
-                "now_ms": self.now().as_millisecond(),
+                // Redis's own `TIME` decides the lease and the quota, unless a test clock is set (replicas'
+                // clocks differ).
+                "now_ms": self.clock.as_ref().map(|c| c.now().as_millisecond()),
             })
             .to_string();
             let text: String = self
@@ -306,9 +317,11 @@ impl Lifecycle for RedisStore {
                 url: String,
                 body: String,
                 attempts: u32,
+                created_ms: f64,
             }
             let arg = json!({
                 "op": "claim",
+                "order_prefix": self.keys.outbox_order_prefix(),
                 "due": self.keys.outbox_due(),
                 "prefix": self.keys.outbox_prefix(),
                 "now_ms": self.now().as_millisecond(),
@@ -332,6 +345,7 @@ impl Lifecycle for RedisStore {
                     url: j.url,
                     body: j.body,
                     attempts: j.attempts,
+                    created_ms: j.created_ms as i64,
                 })
                 .collect())
         }
@@ -347,6 +361,8 @@ impl Lifecycle for RedisStore {
             };
             let arg = json!({
                 "op": "done",
+                "order_prefix": self.keys.outbox_order_prefix(),
+                "task_id": job.task_id,
                 "due": self.keys.outbox_due(),
                 "prefix": self.keys.outbox_prefix(),
                 "now_ms": self.now().as_millisecond(),
@@ -370,6 +386,8 @@ impl Lifecycle for RedisStore {
         async move {
             let arg = json!({
                 "op": "list",
+                "stale_ms": self.lease_ms,
+                "now_ms": self.clock.as_ref().map(|c| c.now().as_millisecond()),
                 "grants": self.keys.grants(),
                 "prefix": format!("{}:g:", self.keys.tag),
             })
@@ -394,6 +412,8 @@ impl Lifecycle for RedisStore {
             };
             let arg = json!({
                 "op": "resolve",
+                "stale_ms": self.lease_ms,
+                "now_ms": self.clock.as_ref().map(|c| c.now().as_millisecond()),
                 "grants": self.keys.grants(),
                 "prefix": format!("{}:g:", self.keys.tag),
                 "id": id,

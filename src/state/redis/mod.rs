@@ -209,6 +209,11 @@ impl Keys {
         format!("{}:live", self.tag)
     }
 
+    /// Tasks a callback made due, scored by when (ms).
+    fn due(&self) -> String {
+        format!("{}:due", self.tag)
+    }
+
     fn reconcile_lease(&self) -> String {
         format!("{}:reconciler", self.tag)
     }
@@ -223,6 +228,11 @@ impl Keys {
 
     fn outbox_prefix(&self) -> String {
         format!("{}:o:", self.tag)
+    }
+
+    /// A task's relay jobs, in order (`<prefix><task id>`).
+    fn outbox_order_prefix(&self) -> String {
+        format!("{}:ot:", self.tag)
     }
 
     fn outbox_due(&self) -> String {
@@ -452,6 +462,9 @@ impl RedisStore {
             "task_key": task_id.map(|t| self.keys.task(t)).unwrap_or_default(),
             "task": task.map(|t| self.task_start_json(t, self.now())),
             "request_id": r.request_id,
+            "grants": self.keys.grants(),
+            "once_key_id": e.id.to_string(),
+            "created_ms": e.admitted_at.parse::<jiff::Timestamp>().map(|t| t.as_millisecond()).unwrap_or(0),
             "user": r.user, "team": r.team, "model": r.model, "created_at": e.admitted_at,
         })
         .to_string()

@@ -2,7 +2,7 @@
 -- changes; success charges the final credits, failed and cancelled give back everything charged — to the budgets
 -- and the usage day the task was created in; a relay of the change is queued when the task has a callback_url.
 -- The task counts as heard of now either way.
--- ARGV[1]: JSON {task_key, task_id, state, credits (or null), now, now_ms, body, live, outbox: {key, id, due}}.
+-- ARGV[1]: JSON {task_key, task_id, state, credits (or null), now, now_ms, body, live, due, outbox: {key, id, due}}.
 -- Returns '' (no such task, or nothing changed) or JSON {from, task fields…, refunded_now, adjusted, relay_queued}.
 local a = cjson.decode(ARGV[1])
 local fields = redis.call('HGETALL', a.task_key)
@@ -10,7 +10,10 @@ if #fields == 0 then return '' end
 local t = {}
 for i = 1, #fields, 2 do t[fields[i]] = fields[i + 1] end
 local terminal = { success = true, failed = true, cancelled = true }
+-- A record written before tasks were followed has no state: it is taken as ended, as the replicas read it.
+if t.state == nil then return '' end
 
+redis.call('ZREM', a.due, a.task_id)
 if not terminal[t.state] then redis.call('ZADD', a.live, 'XX', a.now_ms, a.task_id) end
 if terminal[t.state] or t.state == a.state then return '' end
 
@@ -24,8 +27,11 @@ end
 local delta = new_charged - charged
 
 if delta ~= 0 then
+  -- A budget whose period is over (its counter expired) is not brought back.
   for b in string.gmatch(t.budgets or '', '[^\n]+') do
-    if redis.call('INCRBY', b, delta) < 0 then redis.call('SET', b, 0, 'KEEPTTL') end
+    if redis.call('EXISTS', b) == 1 and redis.call('INCRBY', b, delta) < 0 then
+      redis.call('SET', b, 0, 'KEEPTTL')
+    end
   end
   if (t.usage or '') ~= '' then
     redis.call('HINCRBY', t.usage, 'settled', delta)
@@ -44,8 +50,10 @@ local relay = t.relay or ''
 local queued = false
 if (t.callback_url or '') ~= '' then
   redis.call('HSET', a.outbox.key, 'task_id', a.task_id, 'team', t.team, 'url', t.callback_url, 'body', a.body,
-    'attempts', 0)
+    'attempts', 0, 'created_ms', a.now_ms)
   redis.call('ZADD', a.outbox.due, a.now_ms, a.outbox.id)
+  -- The task's relays, in the order they must arrive.
+  redis.call('RPUSH', a.outbox.order, a.outbox.id)
   relay, queued = 'pending', true
 end
 redis.call('HSET', a.task_key, 'state', a.state, 'credits', new_charged, 'refunded', refunded, 'updated_at', a.now,

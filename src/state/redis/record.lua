@@ -27,6 +27,19 @@ end
 redis.call('SADD', u.days, u.day)
 redis.call('SADD', u.members, u.member)
 
+-- Unknown (timed out after sending): kept as an unknown grant, listed and resolved like any other.
+if r.kind == 'unknown' then
+  local budgets = {}
+  for _, c in ipairs(r.counting) do budgets[#budgets + 1] = c.key end
+  local off_peak = 0
+  if r.off_peak then off_peak = 1 end
+  redis.call('HSET', r.grant_key, 'status', 'unknown', 'estimate', r.estimate, 'off_peak', off_peak, 'user', r.user,
+    'team', r.team, 'model', r.model, 'request_id', r.request_id, 'budgets', table.concat(budgets, '\n'),
+    'slots', '', 'usage', u.hash, 'created_ms', r.created_ms)
+  redis.call('EXPIRE', r.grant_key, r.retention_s)
+  redis.call('ZADD', r.grants, r.created_ms, r.once_key_id)
+end
+
 if r.task_key ~= '' and redis.call('EXISTS', r.task_key) == 0 then
   local off_peak = 0
   if r.off_peak then off_peak = 1 end
