@@ -364,7 +364,14 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
     let version = config.version.clone();
     let origin = config.origin.to_string();
     let result = actix_web::rt::System::new().block_on(async move {
+        let memory = (config.settings.state.backend == StateBackend::Memory)
+            .then(|| config.settings.state.ledger_path.clone());
         let app = Application::build(config)?;
+        // One process per ledger, held until the process ends.
+        let _ledger_lock = match memory {
+            Some(path) => Some(crate::state::ledger::lock_for_this_process(&path)?),
+            None => None,
+        };
         #[cfg(unix)]
         actix_web::rt::spawn(crate::reload::on_sighup(app.state()));
         tracing::info!(port = app.port(), config = %origin, config_version = %version, "vidu-gateway listening");

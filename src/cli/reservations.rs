@@ -1,24 +1,23 @@
 //! `vidu-gateway reservations list | settle ID CREDITS | release ID`: the admins' view of reservations not settled,
 //! from the command line. On Redis every action is the store's atomic script, safe beside running replicas. On the
-//! memory backend the running gateway owns the ledger: `list` reads it read-only beside it, and `settle`/`release`
-//! work only while no gateway serves it (else they say to use the admin API, which the running gateway applies).
+//! memory backend the running gateway owns the ledger (it holds the ledger's process lock): `list` reads it
+//! read-only beside it, and `settle`/`release` take the lock, so they work only while no gateway serves it (else
+//! they say to use the admin API, which the running gateway applies).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use super::{Format, ReservationAction, emit, healthcheck, load, missing_ledger};
+use super::{Format, ReservationAction, emit, load, missing_ledger};
 use crate::config::{LoadedConfig, StateBackend};
 use crate::state::ledger::Ledger;
 use crate::state::{Lifecycle, ReservationView, Resolution};
 
 pub fn run(config: Option<PathBuf>, action: ReservationAction) -> ExitCode {
-    let path = config.clone();
     let config = match load(config) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let result = actix_web::rt::System::new().block_on(act(&config, path, action));
+    let result = actix_web::rt::System::new().block_on(act(&config, action));
     match result {
         Ok(text) => emit(&text),
         Err(e) => {
@@ -28,11 +27,7 @@ pub fn run(config: Option<PathBuf>, action: ReservationAction) -> ExitCode {
     }
 }
 
-async fn act(
-    config: &LoadedConfig,
-    path: Option<PathBuf>,
-    action: ReservationAction,
-) -> Result<String, String> {
+async fn act(config: &LoadedConfig, action: ReservationAction) -> Result<String, String> {
     let settings = &config.settings;
     match settings.state.backend {
         StateBackend::Redis => {
@@ -72,13 +67,15 @@ async fn act(
                     .collect();
                 return Ok(render(&list, format));
             }
-            if let Some(listen) = serving(path.as_deref()) {
-                return Err(format!(
-                    "a gateway is serving this ledger on {listen} and keeps its budgets in memory: resolve the \
-                     reservation through it, as an admin — POST /gateway/v1/reservations/{{id}}/settle with \
-                     {{\"credits\": N}}, or …/release — or stop it first"
-                ));
-            }
+            // Held while the command writes: a running gateway holds it, and one starting now waits for nothing.
+            let _lock = crate::state::ledger::lock_for_this_process(ledger_path).map_err(|_| {
+                format!(
+                    "a gateway is serving {} and keeps its budgets in memory: resolve the reservation through it, \
+                     as an admin — POST /gateway/v1/reservations/{{id}}/settle with {{\"credits\": N}}, or …/release \
+                     — or stop it first",
+                    ledger_path.display()
+                )
+            })?;
             let store = crate::state::memory::MemoryStore::open(
                 ledger_path,
                 std::sync::Arc::new(crate::clock::SystemClock),
@@ -92,16 +89,6 @@ async fn act(
             out
         }
     }
-}
-
-/// The address a gateway answers on for this configuration, if one does.
-fn serving(path: Option<&std::path::Path>) -> Option<String> {
-    let env_listen = std::env::var(format!("{}__SERVER__LISTEN", crate::config::ENV_PREFIX)).ok();
-    let listen = healthcheck::listen_address(path, env_listen).ok()?;
-    let target = healthcheck::Target::from_listen(&listen).ok()?;
-    healthcheck::probe(&target, Duration::from_millis(500))
-        .ok()
-        .map(|_| listen)
 }
 
 async fn apply(store: &dyn Lifecycle, action: ReservationAction) -> Result<String, String> {

@@ -92,6 +92,28 @@ fn create_private(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Takes the ledger's process lock (an advisory lock on the file, released when the process ends): the memory
+/// backend keeps budgets in the memory of the one process that serves the ledger, so a second gateway — or the
+/// `reservations` command changing what a running gateway holds — must not write it. The error says who to stop.
+pub fn lock_for_this_process(path: &Path) -> anyhow::Result<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(anyhow::anyhow!(
+            "state.ledger_path = {} is in use by a running vidu-gateway: the memory backend is one process that \
+             keeps budgets in memory — stop that process first (or resolve reservations through its admin API), and \
+             use state.backend = \"redis\" to run several replicas",
+            path.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(anyhow::anyhow!("cannot lock {}: {e}", path.display()))
+        }
+    }
+}
+
 /// Vidu answered a create with a task id the ledger already holds: the first owner keeps the task (a later
 /// creator must not gain access to someone else's task); the collision is logged for ops.
 pub(super) fn task_id_reused(task_id: &str, user: &str, team: &str) {

@@ -758,6 +758,93 @@ mod tests {
     }
 
     /// Budgets come back from the ledger after a restart, each reservation counted as it ended.
+    /// What a task still owes survives a restart: an unfinished task (its refund goes to its creation period), a
+    /// relay not yet delivered, and a reservation whose outcome is unknown.
+    #[actix_web::test]
+    async fn unfinished_tasks_pending_relays_and_unknown_reservations_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.sqlite3");
+        let key = team_month();
+        let lost = {
+            let store = MemoryStore::open(&path, clock(), Default::default()).unwrap();
+            let g = take(&store, &request("alice", 50, &[])).await;
+            let created = Created {
+                task_id: "t-9".into(),
+                state: TaskState::Created,
+                callback_url: Some("https://hooks.example/cb".into()),
+            };
+            store
+                .finish(
+                    g,
+                    Settlement::Charged {
+                        credits: 40,
+                        task: Some(created),
+                    },
+                )
+                .await
+                .unwrap();
+            let seen = |state| Observation {
+                task_id: "t-9".into(),
+                state,
+                credits: None,
+                body: format!(r#"{{"state":"{state}"}}"#),
+            };
+            assert!(
+                store
+                    .observe(&seen(TaskState::Processing))
+                    .await
+                    .unwrap()
+                    .is_some()
+            );
+            let lost = take(&store, &request("bob", 7, &[])).await;
+            store
+                .finish(lost.clone(), Settlement::Unknown)
+                .await
+                .unwrap();
+            store.flush().await.unwrap();
+            lost
+        };
+        let store = MemoryStore::open(&path, clock(), Default::default()).unwrap();
+        let jobs = store.claim_relays(10, 1_000).await.unwrap();
+        assert_eq!(jobs.len(), 1, "the relay of `processing` is still owed");
+        assert!(jobs[0].body.contains("processing"));
+        let listed = store.reservations().await.unwrap();
+        assert_eq!(
+            listed
+                .iter()
+                .map(|r| (r.id.clone(), r.state))
+                .collect::<Vec<_>>(),
+            [(lost.id().to_string(), "unknown")]
+        );
+        assert_eq!(
+            store.used(std::slice::from_ref(&key)).await.unwrap(),
+            vec![47]
+        );
+        let failed = Observation {
+            task_id: "t-9".into(),
+            state: TaskState::Failed,
+            credits: Some(0),
+            body: "{}".into(),
+        };
+        let t = store.observe(&failed).await.unwrap().unwrap();
+        assert_eq!((t.from, t.refunded), (TaskState::Processing, 40));
+        assert_eq!(
+            store.used(std::slice::from_ref(&key)).await.unwrap(),
+            vec![7]
+        );
+        assert!(
+            store
+                .resolve(&lost.id().to_string(), Resolution::Release)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            store.used(std::slice::from_ref(&key)).await.unwrap(),
+            vec![0]
+        );
+    }
+
     #[actix_web::test]
     async fn budgets_are_loaded_from_the_ledger_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();

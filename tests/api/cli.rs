@@ -401,21 +401,23 @@ async fn the_reservations_command_lists_settles_and_releases_unknown_reservation
         );
     }
     let dir = tempfile::tempdir().unwrap();
+    app.handle.stop(true).await;
+    let path = write(&dir, "gateway.toml", &config.text());
     if memory {
-        // A gateway serving this ledger keeps its budgets in memory: the command sends the admin to it.
-        let serving = config
-            .clone()
-            .server(|s| s.listen = format!("127.0.0.1:{}", app.port));
-        let path = write(&dir, "serving.toml", &serving.text());
+        // A gateway serving this ledger keeps its budgets in memory (and holds the ledger's lock): the command
+        // sends the admin to it, and a second gateway does not start on the same ledger.
+        let serving = Binary::start(&config, &[]).await;
         let (code, _, err) = run_cli(&["reservations", "release", "x", "--config", &path], &[]);
         assert_eq!(code, 1, "{err}");
         assert!(
             err.contains("POST /gateway/v1/reservations/{id}/settle"),
             "{err}"
         );
+        let (code, _, err) = run_cli(&["serve", "--config", &path], &[]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("is in use by a running vidu-gateway"), "{err}");
+        drop(serving);
     }
-    app.handle.stop(true).await;
-    let path = write(&dir, "gateway.toml", &config.text());
     let list = || {
         let (code, out, err) = run_cli(
             &[

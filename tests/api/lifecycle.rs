@@ -395,12 +395,19 @@ async fn the_reconciler_ends_tasks_whose_callbacks_were_lost_within_its_rate() {
         .await;
     let token = app.token("alice", "video");
     let mut ids = Vec::new();
-    for _ in 0..5 {
+    // The first runs off-peak.
+    let mut off_peak = q2();
+    off_peak["off_peak"] = json!(true);
+    let (status, _, task) = app.create(&token, &off_peak).await;
+    assert_eq!(status, StatusCode::OK, "{task}");
+    ids.push(task["task_id"].as_str().unwrap().to_owned());
+    app.clock.advance(SignedDuration::from_secs(1));
+    for _ in 0..4 {
         ids.push(created_id(&app, &token).await);
         app.clock.advance(SignedDuration::from_secs(1));
     }
-    // An off-peak task Vidu expired, and one that succeeded: no callback ever came (no public URL).
-    set_state(&states, &ids[0], "cancelled", 0);
+    // The off-peak task Vidu expired, and one that succeeded: no callback ever came (no public URL).
+    set_state(&states, &ids[0], "expired", 0);
     set_state(&states, &ids[1], "success", 35);
     actix_web::rt::time::sleep(Duration::from_millis(400)).await;
     assert!(queries(&mock).is_empty(), "nothing is due yet");
@@ -415,8 +422,8 @@ async fn the_reconciler_ends_tasks_whose_callbacks_were_lost_within_its_rate() {
     assert_eq!(queries(&mock).len(), 3, "at most 3 a minute");
     let t = task_record(&app, &ids[0]).await;
     assert_eq!(
-        (&t["state"], &t["refunded"]),
-        (&json!("cancelled"), &json!(40))
+        (&t["state"], &t["refunded"], &t["off_peak"]),
+        (&json!("cancelled"), &json!(40), &json!(true))
     );
     let t = task_record(&app, &ids[1]).await;
     assert_eq!(
@@ -902,7 +909,26 @@ mod replicas {
         );
     }
 
-    crate::on_redis_backend!(two_replicas_reconcile_within_one_quota);
+    /// A delivery replayed to the other replica is refused too: nonces are shared.
+    async fn a_callback_replayed_to_another_replica_is_refused() {
+        let mock = MockVidu::start().await;
+        living_vidu(&mock, 40);
+        let config = with_callbacks(TestApp::builder(&mock));
+        let start = Timestamp::now();
+        let a = TestApp::spawn_on(config.clone(), start, true).await;
+        let b = TestApp::spawn_on(config, start, true).await;
+        let id = created_id(&a, &a.token("alice", "video")).await;
+        let headers = vidu_signed(a.clock.now(), "n-shared");
+        let body = json!({"id": id, "state": "processing"});
+        assert_eq!(post_callback(&a, &headers, &body).await.0, StatusCode::OK);
+        let (status, answer) = post_callback(&b, &headers, &body).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+    }
+
+    crate::on_redis_backend!(
+        two_replicas_reconcile_within_one_quota,
+        a_callback_replayed_to_another_replica_is_refused
+    );
 }
 
 /// A callback is not lost when its confirming query fails (or the replica that took it stops): it left the task
