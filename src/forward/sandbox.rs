@@ -939,6 +939,12 @@ mod tests {
         let (s, clock) = sandbox_on_clock();
         let id = created(
             &s,
+            json!({"model": "viduq2", "images": ["https://e.com/a.png"],
+                   "callback_url": "http://127.0.0.1:8080/gateway/v1/callbacks/vidu"}),
+        );
+        // Another URL (a caller's) is never called: nothing is kept for it.
+        let foreign = created(
+            &s,
             json!({"model": "viduq2", "images": ["https://e.com/a.png"], "callback_url": "http://127.0.0.1:9/cb"}),
         );
         {
@@ -947,8 +953,12 @@ mod tests {
                 .callback
                 .as_ref()
                 .unwrap();
-            assert_eq!(callback.url.as_str(), "http://127.0.0.1:9/cb");
+            assert_eq!(
+                callback.url.as_str(),
+                "http://127.0.0.1:8080/gateway/v1/callbacks/vidu"
+            );
             assert!(callback.cancel.is_none());
+            assert!(tasks[&foreign.parse::<u64>().unwrap()].callback.is_none());
         }
         assert_eq!(cancel(&s, &id), (200, json!({})));
         clock.advance(secs(10));
