@@ -272,6 +272,44 @@ async fn a_success_charges_vidus_final_credits_and_a_cancel_refunds() {
         (&t["state"], &t["refunded"]),
         (&json!("cancelled"), &json!(40))
     );
+    // The `usage` command shows the same, from the ledger file or Redis.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, app.config.text()).unwrap();
+    let (code, out, err) = run_cli(
+        &[
+            "usage",
+            "--team",
+            "video",
+            "--format",
+            "json",
+            "--config",
+            path.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let cli: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            &cli["team"]["totals"]["credits_settled"],
+            &cli["team"]["totals"]["credits_refunded"]
+        ),
+        (&json!(30), &json!(40)),
+        "{cli}"
+    );
+    let (code, table, _) = run_cli(
+        &[
+            "usage",
+            "--team",
+            "video",
+            "--config",
+            path.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0);
+    assert!(table.contains("refunded"), "{table}");
     let t = task_record(&app, &done).await;
     assert_eq!(
         (&t["state"], &t["charged"], &t["estimate"]),
@@ -861,6 +899,72 @@ async fn a_relay_follows_no_redirect_and_gives_up_after_its_attempts() {
     );
 }
 
+/// Each relay attempt is cut off at `callbacks.relay_timeout_ms`: an endpoint that does not answer does not hold
+/// the relay, which is given up after its attempts.
+async fn a_relay_attempt_is_cut_off_at_the_relay_timeout() {
+    let mock = MockVidu::start().await;
+    let states = living_vidu(&mock, 40);
+    let hits = Arc::new(AtomicU64::new(0));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://localhost:{}/slow",
+        listener.local_addr().unwrap().port()
+    );
+    let h = hits.clone();
+    let server = HttpServer::new(move || {
+        let h = h.clone();
+        App::new().default_service(web::to(move || {
+            let h = h.clone();
+            async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                actix_web::rt::time::sleep(Duration::from_secs(10)).await;
+                HttpResponse::Ok().finish()
+            }
+        }))
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    actix_web::rt::spawn(server);
+    let app = with_callbacks(TestApp::builder(&mock))
+        .settings(|s| {
+            s.callbacks.relay_hosts = vec!["localhost".into()];
+            s.callbacks.relay_attempts = 2;
+            s.callbacks.relay_timeout_ms = 200;
+            s.callbacks.relay_backoff_ms = 10;
+            s.callbacks.relay_backoff_max_ms = 10;
+            s.callbacks.relay_secret = vidu_gateway::config::Secret::new(RELAY_SECRET);
+        })
+        .spawn()
+        .await;
+    let token = app.token("alice", "video");
+    let mut body = q2();
+    body["callback_url"] = json!(url);
+    let (status, _, task) = app.create(&token, &body).await;
+    assert_eq!(status, StatusCode::OK, "{task}");
+    let id = task["task_id"].as_str().unwrap().to_owned();
+    set_state(&states, &id, "processing", 40);
+    let started = std::time::Instant::now();
+    post_callback(
+        &app,
+        &vidu_signed(app.clock.now(), "n-slow"),
+        &json!({"id": id}),
+    )
+    .await;
+    eventually("the relay given up", || async {
+        app.clock.advance(SignedDuration::from_millis(20));
+        (task_record(&app, &id).await["relay"] == "failed").then_some(())
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "two attempts of 200 ms, not of the endpoint's 10 s: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}
+
 crate::on_both_backends!(
     a_failed_task_is_refunded_to_its_creation_day_and_unblocks_a_refused_request,
     a_success_charges_vidus_final_credits_and_a_cancel_refunds,
@@ -873,6 +977,7 @@ crate::on_both_backends!(
     unknown_reservations_are_listed_settled_and_released_by_admins_and_released_after_the_configured_hours,
     a_callback_whose_confirmation_failed_is_confirmed_by_the_reconciler,
     a_relay_follows_no_redirect_and_gives_up_after_its_attempts,
+    a_relay_attempt_is_cut_off_at_the_relay_timeout,
 );
 
 mod replicas {
