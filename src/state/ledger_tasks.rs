@@ -19,6 +19,8 @@ const COLUMNS: &[(&str, &str, &str)] = &[
     ("tasks", "ended_at", "TEXT"),
     ("tasks", "relay", "TEXT"),
     ("tasks", "reservation", "INTEGER"),
+    // A callback's due mark (ms), so that a restart does not forget a callback it answered but did not confirm.
+    ("tasks", "due_ms", "INTEGER"),
 ];
 
 const SCHEMA: &str = "
@@ -71,6 +73,11 @@ pub enum TaskWrite {
         task_id: String,
         status: RelayStatus,
     },
+    /// A callback's due mark set (`Some`) or cleared.
+    Due {
+        task_id: String,
+        due_ms: Option<i64>,
+    },
     OutboxPut {
         job: RelayJob,
         due_ms: i64,
@@ -90,6 +97,7 @@ pub struct LiveRow {
     pub task: TaskRecord,
     pub row: i64,
     pub record: RequestRecord,
+    pub due_ms: Option<i64>,
 }
 
 /// A reservation not settled, as read from the ledger.
@@ -210,6 +218,10 @@ impl Ledger {
                     ])?;
                 }
             }
+            TaskWrite::Due { task_id, due_ms } => {
+                conn.prepare_cached("UPDATE tasks SET due_ms = ?2 WHERE task_id = ?1")?
+                    .execute(params![task_id, due_ms])?;
+            }
             TaskWrite::Relay { task_id, status } => {
                 conn.prepare_cached("UPDATE tasks SET relay = ?2 WHERE task_id = ?1")?
                     .execute(params![task_id, status.as_str()])?;
@@ -293,7 +305,7 @@ impl Ledger {
     /// Unfinished tasks, with their reservations (loaded when the store opens).
     pub fn live_tasks(&self) -> rusqlite::Result<Vec<LiveRow>> {
         let mut st = self.conn.prepare(&format!(
-            "SELECT {TASK_COLUMNS_T}, r.id, r.day, r.month FROM tasks t JOIN reservations r ON r.id = t.reservation \
+            "SELECT {TASK_COLUMNS_T}, r.id, r.day, r.month, t.due_ms FROM tasks t JOIN reservations r ON r.id = t.reservation \
              WHERE t.state NOT IN ('success', 'failed', 'cancelled')"
         ))?;
         let rows = st.query_map([], |r| {
@@ -308,6 +320,7 @@ impl Ledger {
                     month: r.get(17)?,
                     model: task.model.clone(),
                 },
+                due_ms: r.get(18)?,
                 task,
             })
         })?;

@@ -796,6 +796,8 @@ mod tests {
                     .unwrap()
                     .is_some()
             );
+            // A callback was answered, its confirmation not made yet.
+            store.nudge("t-9", 0).await.unwrap();
             let lost = take(&store, &request("bob", 7, &[])).await;
             store
                 .finish(lost.clone(), Settlement::Unknown)
@@ -805,6 +807,15 @@ mod tests {
             lost
         };
         let store = MemoryStore::open(&path, clock(), Default::default()).unwrap();
+        // The callback's due mark survived: the reconciler asks even with polling off.
+        let claim = DueClaim {
+            holder: "r".into(),
+            lease_ms: 1_000,
+            quiet_ms: u64::MAX,
+            per_minute: 10,
+        };
+        assert_eq!(store.claim_due(&claim).await.unwrap(), ["t-9"]);
+        assert_eq!(store.claim_due(&claim).await.unwrap(), Vec::<String>::new());
         let jobs = store.claim_relays(10, 1_000).await.unwrap();
         assert_eq!(jobs.len(), 1, "the relay of `processing` is still owed");
         assert!(jobs[0].body.contains("processing"));

@@ -61,7 +61,7 @@ impl Life {
                     task: row.task,
                     keys,
                     heard_ms: loaded_at,
-                    due_at: None,
+                    due_at: row.due_ms,
                 },
             );
         }
@@ -186,7 +186,12 @@ impl Inner {
         let (now_ms, now) = self.life.now();
         let live = self.life.live.get_mut(&seen.task_id)?;
         live.heard_ms = now_ms;
-        live.due_at = None;
+        if live.due_at.take().is_some() {
+            writer.send(Write::Task(TaskWrite::Due {
+                task_id: seen.task_id.clone(),
+                due_ms: None,
+            }));
+        }
         let money = money_of(live.task.state, live.task.charged, seen)?;
         let from = live.task.state;
         let task = &mut live.task;
@@ -268,7 +273,7 @@ impl Inner {
         }
     }
 
-    fn claim_due(&mut self, claim: &DueClaim) -> Vec<String> {
+    fn claim_due(&mut self, claim: &DueClaim, writer: &Writer) -> Vec<String> {
         let (now, _) = self.life.now();
         let life = &mut self.life;
         if let Some((holder, until)) = &life.lease
@@ -308,7 +313,12 @@ impl Inner {
         for id in &ids {
             if let Some(l) = life.live.get_mut(id) {
                 l.heard_ms = now;
-                l.due_at = None;
+                if l.due_at.take().is_some() {
+                    writer.send(Write::Task(TaskWrite::Due {
+                        task_id: id.clone(),
+                        due_ms: None,
+                    }));
+                }
             }
             life.queries.push_back(now);
         }
@@ -456,13 +466,19 @@ impl Lifecycle for MemoryStore {
         let (now, _) = inner.life.now();
         if let Some(l) = inner.life.live.get_mut(task_id) {
             let at = now.saturating_add(i64::try_from(after_ms).unwrap_or(i64::MAX));
-            l.due_at = Some(l.due_at.map_or(at, |d| d.min(at)));
+            let due = l.due_at.map_or(at, |d| d.min(at));
+            l.due_at = Some(due);
+            // Written too: a restart right after the callback was answered still asks.
+            self.shared.writer.send(Write::Task(TaskWrite::Due {
+                task_id: task_id.to_owned(),
+                due_ms: Some(due),
+            }));
         }
         ready(Ok(())).boxed()
     }
 
     fn claim_due<'a>(&'a self, claim: &'a DueClaim) -> Answer<'a, Vec<String>> {
-        ready(Ok(self.shared.lock().claim_due(claim))).boxed()
+        ready(Ok(self.shared.lock().claim_due(claim, &self.shared.writer))).boxed()
     }
 
     fn claim_relays(&self, limit: usize, lease_ms: u64) -> Answer<'_, Vec<RelayJob>> {
