@@ -710,14 +710,20 @@ async fn metrics_show_the_ledger_writer_at_work() {
     let mock = MockVidu::start().await;
     let app = app(&mock, "").await;
     let t = app.token("ana", "mkt");
-    let (status, _, body) = app.create(&t, &q2()).await;
+    let (status, _, _) = app.create(&t, &q2()).await;
     assert_eq!(status, StatusCode::OK);
-    // A task lookup reads the ledger, which commits everything queued first.
-    let task = body["task_id"].as_str().unwrap();
-    let _ = app
-        .get(&format!("/ent/v2/tasks/{task}/creations"), &t)
-        .await;
-    let text = app.metrics_text().await;
+    // The writer commits within its gather window (a few ms): wait for its first commit.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = app.metrics_text().await;
+        let committed = text
+            .lines()
+            .any(|l| l.starts_with("vidu_gateway_ledger_commits_total ") && !l.ends_with(" 0"));
+        if committed || std::time::Instant::now() > deadline {
+            break text;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+    };
     let value = |name: &str| -> f64 {
         text.lines()
             .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
