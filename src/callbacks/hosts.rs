@@ -3,60 +3,11 @@
 
 use crate::config::CallbacksSettings;
 
-/// One entry of `callbacks.relay_hosts`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HostPattern {
-    Exact(String),
-    /// `*.corp.example`: any host ending in `.corp.example` (not `corp.example` itself).
-    Suffix(String),
-}
+pub use crate::config::HostPattern;
 
-impl HostPattern {
-    /// Parses an entry; the error says what is wrong with it.
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        let lower = raw.trim().to_ascii_lowercase();
-        let (suffix, name) = match lower.strip_prefix("*.") {
-            Some(rest) => (true, rest.to_owned()),
-            None => (false, lower),
-        };
-        let valid = !name.is_empty()
-            && name.len() <= 253
-            && name.split('.').all(|l| {
-                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            });
-        if !valid {
-            return Err(format!(
-                "{raw:?} is not a host name or *.suffix (e.g. \"hooks.example.com\", \"*.corp.example\")"
-            ));
-        }
-        Ok(if suffix {
-            Self::Suffix(name)
-        } else {
-            Self::Exact(name)
-        })
-    }
-
-    pub fn matches(&self, host: &str) -> bool {
-        let host = host.trim_end_matches('.');
-        match self {
-            Self::Exact(h) => host.eq_ignore_ascii_case(h),
-            Self::Suffix(s) => {
-                host.len() > s.len() + 1
-                    && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
-                    && host.as_bytes()[host.len() - s.len() - 1] == b'.'
-            }
-        }
-    }
-}
-
-/// Whether `host` matches one of `callbacks.relay_hosts` (entries that do not parse match nothing; the config
-/// check refuses them at load).
+/// Whether `host` matches one of `callbacks.relay_hosts` (parsed at load).
 pub fn allowed(settings: &CallbacksSettings, host: &str) -> bool {
-    settings
-        .relay_hosts
-        .iter()
-        .filter_map(|p| HostPattern::parse(p).ok())
-        .any(|p| p.matches(host))
+    settings.relay_hosts.iter().any(|p| p.matches(host))
 }
 
 /// Checks a caller's `callback_url` for a create by `team` while relaying is on: a URL the gateway may relay to,
@@ -114,7 +65,10 @@ mod tests {
 
     fn settings(hosts: &[&str], secret: &str) -> CallbacksSettings {
         CallbacksSettings {
-            relay_hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+            relay_hosts: hosts
+                .iter()
+                .map(|h| HostPattern::parse(h).unwrap())
+                .collect(),
             relay_secret: crate::config::Secret::new(secret),
             ..Default::default()
         }

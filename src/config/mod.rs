@@ -22,7 +22,7 @@ pub use hours::HourWindow;
 pub use live::LiveConfig;
 pub use secret::{REDACTED, Secret};
 pub use settings::*;
-pub use values::{BaseUrl, Zone};
+pub use values::{BaseUrl, HostPattern, Zone};
 
 /// The built-in configuration (`config/default.toml`), compiled into the binary: sandbox upstream and a
 /// development HS256 secret. Used when `--config` is not given.

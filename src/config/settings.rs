@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::hours::HourWindow;
 use super::secret::Secret;
-use super::values::{BaseUrl, Zone, at_least_one};
+use super::values::{BaseUrl, HostPattern, Zone, at_least_one};
 use crate::catalog::Catalog;
 use crate::catalog::pricing::PricingSettings;
 
@@ -370,7 +370,7 @@ pub struct CallbacksSettings {
     /// A callback's `Date` may be this far from the gateway's clock.
     pub max_skew_secs: u64,
     /// Hosts a caller's `callback_url` may name (`host` or `*.suffix`); `[]` = relay nothing.
-    pub relay_hosts: Vec<String>,
+    pub relay_hosts: Vec<HostPattern>,
     /// The secret relays are signed with, for teams without one of their own.
     pub relay_secret: Secret,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -95,6 +95,59 @@ impl Default for Zone {
 
 written_as_given!(Zone);
 
+/// One entry of `callbacks.relay_hosts`, parsed at load: an exact host (`hooks.example.com`) or `*.suffix`
+/// (`*.corp.example`: any host ending in `.corp.example`, not `corp.example` itself). Compared without case.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPattern {
+    text: String,
+    /// Lower-cased host, or suffix without the `*.`.
+    name: String,
+    suffix: bool,
+}
+
+impl HostPattern {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let lower = raw.trim().to_ascii_lowercase();
+        let (suffix, name) = match lower.strip_prefix("*.") {
+            Some(rest) => (true, rest.to_owned()),
+            None => (false, lower),
+        };
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid {
+            return Err(format!(
+                "{raw:?} is not a host name or *.suffix (e.g. \"hooks.example.com\", \"*.corp.example\")"
+            ));
+        }
+        Ok(Self {
+            text: raw.to_owned(),
+            name,
+            suffix,
+        })
+    }
+
+    /// The entry as configured.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn matches(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.');
+        let s = &self.name;
+        if !self.suffix {
+            return host.eq_ignore_ascii_case(s);
+        }
+        host.len() > s.len() + 1
+            && host[host.len() - s.len()..].eq_ignore_ascii_case(s)
+            && host.as_bytes()[host.len() - s.len() - 1] == b'.'
+    }
+}
+
+written_as_given!(HostPattern);
+
 /// `upstream.base_url`: an absolute http(s) URL with a host and no query, parsed at load. The path of each call is
 /// appended to it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use vidu_gateway::callbacks::signature::{signed_headers, verify};
 
 use vidu_gateway::clock::Clock as _;
+use vidu_gateway::config::HostPattern;
 
 use crate::helpers::*;
 
@@ -537,7 +538,7 @@ async fn state_changes_are_relayed_to_the_callers_url_signed_with_the_team_secre
     let endpoint = team_endpoint(vec![500, 503], None).await;
     let app = with_callbacks(TestApp::builder(&mock))
         .settings(|s| {
-            s.callbacks.relay_hosts = vec!["localhost".into()];
+            s.callbacks.relay_hosts = vec![HostPattern::parse("localhost").unwrap()];
             s.callbacks.relay_backoff_ms = 50;
             s.callbacks.relay_backoff_max_ms = 100;
             s.callbacks.teams.insert(
@@ -634,7 +635,7 @@ async fn a_callback_url_the_gateway_may_not_relay_to_is_refused_at_create() {
     let mock = MockVidu::start().await;
     let app = TestApp::builder(&mock)
         .settings(|s| {
-            s.callbacks.relay_hosts = vec!["*.corp.example".into()];
+            s.callbacks.relay_hosts = vec![HostPattern::parse("*.corp.example").unwrap()];
             s.callbacks.teams.insert(
                 "video".into(),
                 vidu_gateway::config::TeamCallbacks {
@@ -859,7 +860,7 @@ async fn a_relay_follows_no_redirect_and_gives_up_after_its_attempts() {
     let endpoint = team_endpoint(vec![302, 302, 302], Some(elsewhere.url.clone())).await;
     let app = with_callbacks(TestApp::builder(&mock))
         .settings(|s| {
-            s.callbacks.relay_hosts = vec!["localhost".into()];
+            s.callbacks.relay_hosts = vec![HostPattern::parse("localhost").unwrap()];
             s.callbacks.relay_attempts = 3;
             s.callbacks.relay_backoff_ms = 10;
             s.callbacks.relay_backoff_max_ms = 10;
@@ -929,7 +930,7 @@ async fn a_relay_attempt_is_cut_off_at_the_relay_timeout() {
     actix_web::rt::spawn(server);
     let app = with_callbacks(TestApp::builder(&mock))
         .settings(|s| {
-            s.callbacks.relay_hosts = vec!["localhost".into()];
+            s.callbacks.relay_hosts = vec![HostPattern::parse("localhost").unwrap()];
             s.callbacks.relay_attempts = 2;
             s.callbacks.relay_timeout_ms = 200;
             s.callbacks.relay_backoff_ms = 10;
