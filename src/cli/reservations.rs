@@ -48,23 +48,7 @@ async fn act(config: &LoadedConfig, action: ReservationAction) -> Result<String,
                 let rows = ledger
                     .unsettled_reservations()
                     .map_err(|e| format!("cannot read the ledger: {e}"))?;
-                let list: Vec<ReservationView> = rows
-                    .into_iter()
-                    .map(|u| ReservationView {
-                        id: u
-                            .grant
-                            .map(|g| g.to_string())
-                            .unwrap_or_else(|| format!("row-{}", u.row)),
-                        request_id: u.record.request_id,
-                        user: u.record.user,
-                        team: u.record.team,
-                        model: u.record.model,
-                        off_peak: u.off_peak,
-                        estimate: u.estimate,
-                        state: if u.open { "open" } else { "unknown" },
-                        created_at: u.created_at,
-                    })
-                    .collect();
+                let list: Vec<ReservationView> = rows.into_iter().map(|u| u.view()).collect();
                 return Ok(render(&list, format));
             }
             // Held while the command writes: a running gateway holds it, and one starting now waits for nothing.

@@ -4,7 +4,10 @@
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::ledger::{Ledger, task_id_reused};
-use super::{GrantId, RelayJob, RelayStatus, RequestRecord, TaskQuery, TaskRecord, TaskState};
+use super::{
+    GrantId, RelayJob, RelayStatus, RequestRecord, ReservationView, TaskQuery, TaskRecord,
+    TaskState,
+};
 
 /// Columns added to older ledgers: (table, column, definition).
 const COLUMNS: &[(&str, &str, &str)] = &[
@@ -98,6 +101,26 @@ pub struct LiveRow {
     pub row: i64,
     pub record: RequestRecord,
     pub due_ms: Option<i64>,
+}
+
+impl UnknownRow {
+    /// The reservation as listed: its grant's id (`row-<n>` for rows older than grant ids).
+    pub fn view(self) -> ReservationView {
+        ReservationView {
+            id: self
+                .grant
+                .map(|g| g.to_string())
+                .unwrap_or_else(|| format!("row-{}", self.row)),
+            request_id: self.record.request_id,
+            user: self.record.user,
+            team: self.record.team,
+            model: self.record.model,
+            off_peak: self.off_peak,
+            estimate: self.estimate,
+            state: if self.open { "open" } else { "unknown" },
+            created_at: self.created_at,
+        }
+    }
 }
 
 /// A reservation not settled, as read from the ledger.

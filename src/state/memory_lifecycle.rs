@@ -67,28 +67,9 @@ impl Life {
         }
         let mut unknown = HashMap::default();
         for u in ledger.unknown_reservations()? {
-            let id = u
-                .grant
-                .map(|g| g.to_string())
-                .unwrap_or_else(|| format!("row-{}", u.row));
-            unknown.insert(
-                id.clone(),
-                Unknown {
-                    row: u.row,
-                    keys: BudgetKey::counting(&u.record, u.off_peak),
-                    view: ReservationView {
-                        id,
-                        request_id: u.record.request_id,
-                        user: u.record.user,
-                        team: u.record.team,
-                        model: u.record.model,
-                        off_peak: u.off_peak,
-                        estimate: u.estimate,
-                        state: "unknown",
-                        created_at: u.created_at,
-                    },
-                },
-            );
+            let (row, keys) = (u.row, BudgetKey::counting(&u.record, u.off_peak));
+            let view = u.view();
+            unknown.insert(view.id.clone(), Unknown { row, view, keys });
         }
         let outbox = ledger
             .outbox()?
@@ -159,25 +140,32 @@ impl Life {
     }
 
     pub(super) fn unknown_from(&mut self, id: GrantId, out: &Outstanding) {
-        let id = id.to_string();
+        let view = out.view(id, "unknown");
         self.unknown.insert(
-            id.clone(),
+            view.id.clone(),
             Unknown {
                 row: out.row,
                 keys: out.keys.clone(),
-                view: ReservationView {
-                    id,
-                    request_id: out.record.request_id.clone(),
-                    user: out.record.user.clone(),
-                    team: out.record.team.clone(),
-                    model: out.record.model.clone(),
-                    off_peak: out.off_peak,
-                    estimate: out.estimate,
-                    state: "unknown",
-                    created_at: out.at.clone(),
-                },
+                view,
             },
         );
+    }
+}
+
+impl Outstanding {
+    /// The grant as a listed reservation.
+    fn view(&self, id: GrantId, state: &'static str) -> ReservationView {
+        ReservationView {
+            id: id.to_string(),
+            request_id: self.record.request_id.clone(),
+            user: self.record.user.clone(),
+            team: self.record.team.clone(),
+            model: self.record.model.clone(),
+            off_peak: self.off_peak,
+            estimate: self.estimate,
+            state,
+            created_at: self.at.clone(),
+        }
     }
 }
 
@@ -394,17 +382,7 @@ impl Inner {
         let mut all: Vec<ReservationView> = self
             .outstanding
             .iter()
-            .map(|(id, o)| ReservationView {
-                id: id.to_string(),
-                request_id: o.record.request_id.clone(),
-                user: o.record.user.clone(),
-                team: o.record.team.clone(),
-                model: o.record.model.clone(),
-                off_peak: o.off_peak,
-                estimate: o.estimate,
-                state: "open",
-                created_at: o.at.clone(),
-            })
+            .map(|(id, o)| o.view(*id, "open"))
             .chain(self.life.unknown.values().map(|u| u.view.clone()))
             .collect();
         all.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
