@@ -7,10 +7,10 @@
 //! - A budget not yet counted in memory (a user's first request of the day, or the first after a restart) is
 //!   loaded by the point reader's thread, without the lock: the read returns the sum with the sequence number of
 //!   the last write it includes, and the changes queued while it ran are added from a log kept under the lock.
-//! - Task ownership settled moments ago is answered from memory until the writer has written it.
+//! - An unfinished task is answered from memory (before it is written); any other from the ledger, once the
+//!   writes queued before the question are in it.
 //! - Reports run on their own reader thread, so a long scan never stands in front of a request's read.
 
-use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -62,7 +62,6 @@ struct Inner {
     slots: HashMap<Scope, HashMap<String, u32>>,
     rates: RateLimits,
     outstanding: HashMap<GrantId, Outstanding>,
-    tasks: UnwrittenTasks,
     /// The latest day seen; counters of earlier periods are dropped when a later one starts.
     current_day: String,
     /// Spooled admissions recorded by this process (each at most once).
@@ -91,35 +90,6 @@ struct Outstanding {
     off_peak: bool,
     /// When it was admitted (RFC 3339).
     at: String,
-}
-
-/// Task ownership queued to the writer and not yet written, oldest first.
-#[derive(Default)]
-struct UnwrittenTasks {
-    by_id: HashMap<String, TaskRecord>,
-    order: VecDeque<(u64, String)>,
-}
-
-impl UnwrittenTasks {
-    /// The first owner of an id keeps it, as in the ledger.
-    fn remember(&mut self, seq: u64, task: TaskRecord) {
-        if self.by_id.contains_key(&task.task_id) {
-            return;
-        }
-        self.order.push_back((seq, task.task_id.clone()));
-        self.by_id.insert(task.task_id.clone(), task);
-    }
-
-    /// Drops what the writer has processed (it is in the file now, or was lost with a failed batch).
-    fn forget_processed(&mut self, processed: u64) {
-        while let Some((seq, _)) = self.order.front()
-            && *seq <= processed
-        {
-            if let Some((_, id)) = self.order.pop_front() {
-                self.by_id.remove(&id);
-            }
-        }
-    }
 }
 
 fn shifted(v: u64, delta: i128) -> u64 {
@@ -151,7 +121,6 @@ impl MemoryStore {
                     slots: HashMap::default(),
                     rates: RateLimits::new(clock),
                     outstanding: HashMap::default(),
-                    tasks: UnwrittenTasks::default(),
                     current_day: String::new(),
                     recorded: Default::default(),
                     life,
@@ -503,7 +472,6 @@ impl Inner {
         }
         if let Some(task) = task {
             self.life.follow(&task, &out);
-            self.tasks.remember(seq, task);
         }
     }
 }
@@ -592,19 +560,12 @@ impl Records for MemoryStore {
         ready(Ok(())).boxed()
     }
 
-    /// What memory holds of unwritten ownership is looked at first, the ledger file second: every row in the
-    /// file predates anything still unwritten, so the file's answer (the first owner) wins, and a task written
-    /// between the two looks is still found in the file.
+    /// An unfinished task is answered from memory at once (even before it is written); any other from the ledger
+    /// file once the writes queued before the call are in it (an ended task's refund, a relay's outcome).
     fn task<'a>(&'a self, task_id: &'a str) -> Answer<'a, Option<TaskRecord>> {
-        let unwritten = {
-            let mut inner = self.shared.lock();
-            if let Some(live) = inner.life.live(task_id) {
-                return ready(Ok(Some(live))).boxed();
-            }
-            inner.tasks.forget_processed(self.shared.writer.processed());
-            inner.tasks.by_id.get(task_id).cloned()
-        };
-        // Lifecycle changes queued before this call are in the answer (a relay's outcome, a refund).
+        if let Some(live) = self.shared.lock().life.live(task_id) {
+            return ready(Ok(Some(live))).boxed();
+        }
         let through = self.shared.writer.last_sent();
         let shared = self.shared.clone();
         let id = task_id.to_owned();
@@ -612,7 +573,7 @@ impl Records for MemoryStore {
             shared.writer.wait_processed(through, SEED_WAIT)?;
             Ok(ledger.task(&id)?)
         });
-        async move { Ok(written.await?.or(unwritten)) }.boxed()
+        written.boxed()
     }
 }
 
