@@ -231,6 +231,13 @@ fn admission_request() -> AdmissionRequest {
         source: "policy.defaults.daily_credits".into(),
     };
     AdmissionRequest {
+        // Tracked as in production (every scope counted), no cap.
+        running: RunningSpec {
+            ttl_ms: 7_200_000,
+            offpeak_holds: false,
+            limits: Vec::new(),
+            share: None,
+        },
         rates: vec![
             rate(Scope::User, "bench"),
             rate(Scope::Team, "perf"),

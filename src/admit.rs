@@ -17,6 +17,7 @@ use crate::policy::access::{FallbackState, OffPeak, RequestFacts, check_access, 
 use crate::policy::denial::{Denial, LimitReason};
 use crate::policy::periods::{Periods, periods};
 use crate::policy::resolve::{TeamLimits, UserRules, team_limits, user_rules};
+use crate::state::share;
 use crate::state::*;
 use crate::validate::Effective;
 
@@ -181,6 +182,7 @@ pub fn prepare<'a>(
         plan,
         rates: Vec::new(),
         slots: Vec::new(),
+        running: running_spec(settings, identity, &rules, &team),
         budgets: Vec::new(),
     };
     buckets(settings, identity, &rules, &team, &p, &mut request);
@@ -386,6 +388,90 @@ fn buckets(
     }
 }
 
+/// Running-task slots: the user's and team's caps, and the global one with every share group's guarantee.
+fn running_spec(
+    settings: &Settings,
+    identity: &Identity,
+    rules: &UserRules,
+    team: &TeamLimits,
+) -> RunningSpec {
+    let tasks = &settings.tasks;
+    let mut limits = Vec::new();
+    if let Some(m) = &rules.max_running_tasks {
+        limits.push(SlotSpec {
+            scope: Scope::User,
+            subject: identity.user.clone(),
+            max: m.value.get(),
+            source: m.key("max_running_tasks"),
+        });
+    }
+    if let (Some(m), Some(t)) = (team.max_running_tasks, identity.team.as_deref()) {
+        limits.push(SlotSpec {
+            scope: Scope::Team,
+            subject: t.into(),
+            max: m.get(),
+            source: format!("policy.teams.{t}.team_max_running_tasks"),
+        });
+    }
+    let policy = &settings.policy;
+    let share = policy.global.max_running_tasks.map(|max| {
+        let max = max.get();
+        let weight_of = |p: &crate::config::TeamPolicy| p.task_share.unwrap_or(1);
+        let pool_weight = policy.defaults.task_share.unwrap_or(1);
+        let total: u64 = policy
+            .teams
+            .values()
+            .map(|p| u64::from(weight_of(p)))
+            .sum::<u64>()
+            + u64::from(pool_weight);
+        let mine = identity
+            .team
+            .as_deref()
+            .and_then(|t| policy.teams.get_key_value(t));
+        let (group, weight, guarantee_source) = match mine {
+            Some((t, p)) => (
+                ShareGroup::Team(t.clone()),
+                weight_of(p),
+                format!(
+                    "policy.teams.{t}.task_share = {} of a total weight of {total}",
+                    weight_of(p)
+                ),
+            ),
+            None => (
+                ShareGroup::Pool,
+                pool_weight,
+                format!(
+                    "policy.defaults.task_share = {pool_weight} of a total weight of {total}, shared by every \
+                     team not listed under [policy.teams]"
+                ),
+            ),
+        };
+        let others = policy
+            .teams
+            .iter()
+            .map(|(t, p)| (ShareGroup::Team(t.clone()), weight_of(p)))
+            .chain([(ShareGroup::Pool, pool_weight)])
+            .filter(|(g, _)| *g != group)
+            .map(|(g, w)| (g, share::guarantee(max, w, total)))
+            .collect();
+        ShareSpec {
+            max,
+            source: "policy.global.max_running_tasks".into(),
+            group,
+            guarantee: share::guarantee(max, weight, total),
+            guarantee_source,
+            others,
+            idle_ms: tasks.fair_share_idle_secs.saturating_mul(1000),
+        }
+    });
+    RunningSpec {
+        ttl_ms: tasks.running_slot_ttl_secs.saturating_mul(1000),
+        offpeak_holds: tasks.offpeak_holds_slot,
+        limits,
+        share,
+    }
+}
+
 /// The config keys of a rate limit: the per-minute figure's, and the burst's when one is set.
 fn rate_source(per_minute: String, burst: Option<String>) -> String {
     match burst {
@@ -415,6 +501,18 @@ pub fn refusal_error(r: &Refusal, estimate: u64) -> Denial {
                 "too many requests in flight: the {scope} limit is {max} at once ({source}); retry when one finishes"
             ),
             retry_after_secs: 1,
+        },
+        Refusal::Running {
+            scope,
+            subject,
+            max,
+            running,
+            source,
+            share,
+        } => Denial::Limited {
+            reason: LimitReason::RunningTasksLimited,
+            message: running_message(*scope, subject, *max, *running, source, share.as_ref()),
+            retry_after_secs: RUNNING_RETRY_AFTER_SECS,
         },
         Refusal::Budget {
             key,
@@ -453,6 +551,51 @@ pub fn refusal_error(r: &Refusal, estimate: u64) -> Denial {
             ),
             retry_after_secs: *retry_after_secs,
         },
+    }
+}
+
+/// `Retry-After` of a `RunningTasksLimited`: a slot frees when some task ends, which nobody can predict; tasks
+/// take minutes, so asking again every 10 s is often enough and not wasteful.
+pub const RUNNING_RETRY_AFTER_SECS: u64 = 10;
+
+fn running_message(
+    scope: Scope,
+    subject: &str,
+    max: u32,
+    running: u32,
+    source: &str,
+    share: Option<&ShareRefusal>,
+) -> String {
+    let retry = "a slot frees when a task ends (success, failure or cancel); retry then";
+    match (scope, share) {
+        (Scope::User, _) => format!(
+            "running-task limit: you have {running} tasks running, the most your limit allows ({max}, {source}); \
+             {retry}"
+        ),
+        (Scope::Team, _) => format!(
+            "running-task limit: team {subject} has {running} tasks running, the most its limit allows ({max}, \
+             {source}); {retry}"
+        ),
+        (Scope::Global, None) => format!(
+            "running-task limit: all {max} running-task slots of the enterprise key are in use ({source}); {retry}"
+        ),
+        (Scope::Global, Some(s)) => format!(
+            "running-task fair share: {} {} tasks running, at or over {} guarantee of {} ({}); the {} free \
+             slot(s) of the {max} ({source}) are kept for other teams under their guarantee ({} owed); {retry}",
+            match &s.group {
+                ShareGroup::Team(t) => format!("team {t} has"),
+                ShareGroup::Pool => "the teams not listed under [policy.teams] have".into(),
+            },
+            s.running,
+            match &s.group {
+                ShareGroup::Team(_) => "its",
+                ShareGroup::Pool => "their",
+            },
+            s.guarantee,
+            s.guarantee_source,
+            s.free,
+            s.owed,
+        ),
     }
 }
 

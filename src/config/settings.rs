@@ -219,6 +219,11 @@ macro_rules! policy_struct {
             #[serde(default, skip_serializing_if = "Option::is_none")] pub off_peak: Option<OffPeakMode>,
             #[serde(default, skip_serializing_if = "Option::is_none")] pub immediate_daily_credits: Option<u64>,
             #[serde(default, skip_serializing_if = "Option::is_none")] pub immediate_hours: Option<Vec<HourWindow>>,
+            #[serde(default, deserialize_with = "at_least_one", skip_serializing_if = "Option::is_none")]
+            pub max_running_tasks: Option<NonZeroU32>,
+            /// Fair share weight: a team's own (`[policy.teams.<t>]`), or the pool of unlisted teams
+            /// (`[policy.defaults]`); no effect in a user table.
+            #[serde(default, skip_serializing_if = "Option::is_none")] pub task_share: Option<u32>,
         }
     };
 }
@@ -239,6 +244,8 @@ policy_struct!(
         team_max_in_flight: NonZeroU32,
         team_daily_credits: u64,
         team_monthly_credits: u64,
+        #[serde(deserialize_with = "at_least_one")]
+        team_max_running_tasks: NonZeroU32,
     }
 );
 
@@ -268,6 +275,13 @@ pub struct GlobalPolicy {
     pub daily_credits: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monthly_credits: Option<u64>,
+    /// Tasks running at once for the whole enterprise key, shared fairly between teams (`task_share`).
+    #[serde(
+        default,
+        deserialize_with = "at_least_one",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_running_tasks: Option<NonZeroU32>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -449,6 +463,12 @@ pub struct TasksSettings {
     pub reconcile_max_per_minute: u32,
     /// An `unknown` reservation nobody resolved is released after this long.
     pub unknown_release_after_hours: u64,
+    /// A running-task slot is freed when nothing is heard of its task for this long.
+    pub running_slot_ttl_secs: u64,
+    /// Whether off-peak tasks hold a running-task slot.
+    pub offpeak_holds_slot: bool,
+    /// A team that has neither a running task nor asked for one for this long leaves its guarantee to others.
+    pub fair_share_idle_secs: u64,
 }
 
 impl Default for TasksSettings {
@@ -457,6 +477,9 @@ impl Default for TasksSettings {
             reconcile_interval_secs: 60,
             reconcile_max_per_minute: 60,
             unknown_release_after_hours: 48,
+            running_slot_ttl_secs: 7200,
+            offpeak_holds_slot: false,
+            fair_share_idle_secs: 300,
         }
     }
 }

@@ -104,6 +104,19 @@ fn tasks(t: &TasksSettings, p: &mut Vec<String>) {
                 .into(),
         );
     }
+    if t.running_slot_ttl_secs == 0 || t.running_slot_ttl_secs > 7 * 86_400 {
+        p.push(format!(
+            "tasks.running_slot_ttl_secs = {} is out of range: set 1..=604800 (seconds a running-task slot is \
+             kept without news of its task; Vidu tasks end within hours)",
+            t.running_slot_ttl_secs
+        ));
+    }
+    if t.fair_share_idle_secs > 7 * 86_400 {
+        p.push(format!(
+            "tasks.fair_share_idle_secs = {} is more than a week: set 0..=604800",
+            t.fair_share_idle_secs
+        ));
+    }
 }
 
 fn server(s: &ServerSettings, p: &mut Vec<String>) {
@@ -372,7 +385,14 @@ fn policy(s: &Settings, p: &mut Vec<String>) {
         user_rules(&format!("policy.teams.{team}"), &t.as_user_policy(), s, p);
     }
     for (user, u) in &pol.users {
-        user_rules(&format!("policy.users.{user:?}"), u, s, p);
+        let key = format!("policy.users.{user:?}");
+        if u.task_share.is_some() {
+            p.push(format!(
+                "{key}.task_share: a share of the running-task slots belongs to a team, not a user; set \
+                 task_share in [policy.teams.<team>] (or in [policy.defaults] for the teams not listed)"
+            ));
+        }
+        user_rules(&key, u, s, p);
     }
 }
 
@@ -412,6 +432,8 @@ impl TeamPolicy {
             off_peak: self.off_peak,
             immediate_daily_credits: self.immediate_daily_credits,
             immediate_hours: self.immediate_hours.clone(),
+            max_running_tasks: self.max_running_tasks,
+            task_share: self.task_share,
         }
     }
 }

@@ -8,6 +8,7 @@ pub enum LimitReason {
     ConcurrencyLimited,
     CreditBudgetExhausted,
     OffPeakRequired,
+    RunningTasksLimited,
 }
 
 impl LimitReason {
@@ -17,6 +18,7 @@ impl LimitReason {
             LimitReason::ConcurrencyLimited => "ConcurrencyLimited",
             LimitReason::CreditBudgetExhausted => "CreditBudgetExhausted",
             LimitReason::OffPeakRequired => "OffPeakRequired",
+            LimitReason::RunningTasksLimited => "RunningTasksLimited",
         }
     }
 }

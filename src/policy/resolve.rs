@@ -52,6 +52,7 @@ pub struct UserRules {
     pub off_peak: Sourced<OffPeakMode>,
     pub immediate_daily_credits: Option<Sourced<u64>>,
     pub immediate_hours: Option<Sourced<Vec<HourWindow>>>,
+    pub max_running_tasks: Option<Sourced<NonZeroU32>>,
 }
 
 /// Team-wide aggregate limits (`team_*` keys).
@@ -62,6 +63,7 @@ pub struct TeamLimits {
     pub max_in_flight: Option<NonZeroU32>,
     pub daily_credits: Option<u64>,
     pub monthly_credits: Option<u64>,
+    pub max_running_tasks: Option<NonZeroU32>,
 }
 
 pub fn user_rules(settings: &Settings, user: &str, team: Option<&str>) -> UserRules {
@@ -113,6 +115,7 @@ pub fn user_rules(settings: &Settings, user: &str, team: Option<&str>) -> UserRu
         // 0 and [] are how a table says "no immediate cap" and "no hour windows" over one that sets them.
         immediate_daily_credits: pick!(immediate_daily_credits).filter(|s| s.value > 0),
         immediate_hours: pick!(immediate_hours).filter(|s| !s.value.is_empty()),
+        max_running_tasks: pick!(max_running_tasks),
     }
 }
 
@@ -126,6 +129,7 @@ pub fn team_limits(settings: &Settings, team: Option<&str>) -> TeamLimits {
         max_in_flight: t.team_max_in_flight,
         daily_credits: t.team_daily_credits,
         monthly_credits: t.team_monthly_credits,
+        max_running_tasks: t.team_max_running_tasks,
     }
 }
 

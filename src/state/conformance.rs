@@ -59,6 +59,12 @@ macro_rules! run_conformance {
             the_reconciler_claims_quiet_tasks_oldest_first_within_its_lease_and_rate,
             tasks_are_listed_newest_first_by_owner_and_state_in_pages,
             unknown_reservations_are_listed_and_resolved_once,
+            running_slots_are_kept_by_the_task_and_freed_when_it_ends,
+            team_and_global_running_caps_count_every_member,
+            running_slots_lapse_without_news_and_news_keeps_them,
+            off_peak_runs_hold_no_running_slot_unless_configured,
+            fair_share_lends_idle_slots_and_gives_them_back_as_tasks_end,
+            fair_share_invariants_hold_over_random_arrivals_and_endings,
         );
     };
     (@rules $backend:expr; $($rule:ident),* $(,)?) => {
@@ -74,6 +80,10 @@ macro_rules! run_conformance {
     };
 }
 pub(crate) use run_conformance;
+
+#[path = "conformance_running.rs"]
+mod running;
+pub use running::*;
 
 const DAY: &str = "2026-11-25";
 const MONTH: &str = "2026-11";
@@ -114,6 +124,7 @@ fn request(user: &str, team: &str, estimate: u64) -> AdmissionRequest {
         }),
         rates: Vec::new(),
         slots: Vec::new(),
+        running: RunningSpec::none(),
         budgets: Vec::new(),
     }
 }

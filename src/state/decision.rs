@@ -4,7 +4,7 @@ use std::fmt;
 
 use super::lifecycle::{Created, TaskState};
 use super::rate::Exhausted;
-use super::request::{BudgetKey, Run, Scope};
+use super::request::{BudgetKey, Run, Scope, ShareGroup};
 
 /// A grant's identity: a random UUID (v4), unique across processes and replicas, so any backend instance can
 /// finish a grant another one made.
@@ -91,7 +91,7 @@ pub struct Granted {
     pub rate: Option<RateStatus>,
 }
 
-/// Why admission refused, in check order: the plan, then slots, then budgets, then rates. A refused request
+/// Why admission refused, in check order: the plan, then in-flight slots, running-task slots, budgets, rates. A refused request
 /// takes nothing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -102,6 +102,19 @@ pub enum Refusal {
         scope: Scope,
         max: u32,
         source: String,
+    },
+    /// A running-task cap is reached (user, team, or the global one with its fair share).
+    Running {
+        scope: Scope,
+        /// The team or user (`""` globally).
+        subject: String,
+        max: u32,
+        /// Tasks running in that scope now.
+        running: u32,
+        source: String,
+        /// Global only: a slot is free, but the requesting group is at or over its fair share and the free
+        /// slots are owed to groups under theirs.
+        share: Option<ShareRefusal>,
     },
     Budget {
         key: BudgetKey,
@@ -119,6 +132,19 @@ pub enum Refusal {
         retry_after_secs: u64,
         source: String,
     },
+}
+
+/// Why the fair share kept a free global slot from a group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShareRefusal {
+    pub group: ShareGroup,
+    /// The group's running tasks and guarantee.
+    pub running: u32,
+    pub guarantee: u32,
+    pub guarantee_source: String,
+    pub free: u32,
+    /// The other active groups' unused guarantees.
+    pub owed: u32,
 }
 
 /// The answer to one admission request.

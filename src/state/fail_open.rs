@@ -261,6 +261,10 @@ impl<S: Lifecycle> Lifecycle for FailOpen<S> {
     fn resolve<'a>(&'a self, id: &'a str, how: Resolution) -> Answer<'a, Option<ReservationView>> {
         self.inner.resolve(id, how)
     }
+
+    fn running(&self) -> Answer<'_, RunningNow> {
+        self.inner.running()
+    }
 }
 
 impl<S: Reports> Reports for FailOpen<S> {

@@ -24,6 +24,8 @@ const COLUMNS: &[(&str, &str, &str)] = &[
     ("tasks", "reservation", "INTEGER"),
     // A callback's due mark (ms), so that a restart does not forget a callback it answered but did not confirm.
     ("tasks", "due_ms", "INTEGER"),
+    // The task holds a running-task slot, kept this long (ms) after each news of it.
+    ("tasks", "slot_ttl_ms", "INTEGER"),
 ];
 
 const SCHEMA: &str = "
@@ -76,6 +78,11 @@ pub enum TaskWrite {
         task_id: String,
         status: RelayStatus,
     },
+    /// Whether the task holds a running-task slot, and for how long after each news.
+    Holds {
+        task_id: String,
+        slot_ttl_ms: Option<u64>,
+    },
     /// A callback's due mark set (`Some`) or cleared.
     Due {
         task_id: String,
@@ -101,6 +108,7 @@ pub struct LiveRow {
     pub row: i64,
     pub record: RequestRecord,
     pub due_ms: Option<i64>,
+    pub slot_ttl_ms: Option<u64>,
 }
 
 impl UnknownRow {
@@ -241,6 +249,13 @@ impl Ledger {
                     ])?;
                 }
             }
+            TaskWrite::Holds {
+                task_id,
+                slot_ttl_ms,
+            } => {
+                conn.prepare_cached("UPDATE tasks SET slot_ttl_ms = ?2 WHERE task_id = ?1")?
+                    .execute(params![task_id, slot_ttl_ms.map(signed)])?;
+            }
             TaskWrite::Due { task_id, due_ms } => {
                 conn.prepare_cached("UPDATE tasks SET due_ms = ?2 WHERE task_id = ?1")?
                     .execute(params![task_id, due_ms])?;
@@ -328,7 +343,7 @@ impl Ledger {
     /// Unfinished tasks, with their reservations (loaded when the store opens).
     pub fn live_tasks(&self) -> rusqlite::Result<Vec<LiveRow>> {
         let mut st = self.conn.prepare(&format!(
-            "SELECT {TASK_COLUMNS_T}, r.id, r.day, r.month, t.due_ms FROM tasks t JOIN reservations r ON r.id = t.reservation \
+            "SELECT {TASK_COLUMNS_T}, r.id, r.day, r.month, t.due_ms, t.slot_ttl_ms FROM tasks t JOIN reservations r ON r.id = t.reservation \
              WHERE t.state NOT IN ('success', 'failed', 'cancelled')"
         ))?;
         let rows = st.query_map([], |r| {
@@ -344,6 +359,9 @@ impl Ledger {
                     model: task.model.clone(),
                 },
                 due_ms: r.get(18)?,
+                slot_ttl_ms: r
+                    .get::<_, Option<i64>>(19)?
+                    .and_then(|v| u64::try_from(v).ok()),
                 task,
             })
         })?;

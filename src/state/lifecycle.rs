@@ -346,3 +346,12 @@ mod tests {
         assert_eq!(TaskState::parse("dreaming"), None);
     }
 }
+
+/// Tasks holding a running-task slot now (in flight, created and not ended, or unknown), per team and user.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RunningNow {
+    pub total: u32,
+    /// Teams with a running task (users without a team are counted in `total` only).
+    pub teams: std::collections::BTreeMap<String, u32>,
+    pub users: std::collections::BTreeMap<String, u32>,
+}

@@ -19,12 +19,15 @@ use futures_util::future::{FutureExt, ready};
 use tokio::sync::oneshot;
 
 use super::ledger::{Ledger, Write};
+use super::ledger_tasks::TaskWrite;
 use super::rate::{Checked, RateLimits};
 use super::reader::Reader;
 use super::writer::Writer;
 
 #[path = "memory_lifecycle.rs"]
 mod lifecycle;
+#[path = "memory_running.rs"]
+mod running;
 use super::*;
 use crate::clock::SharedClock;
 
@@ -90,6 +93,8 @@ struct Outstanding {
     off_peak: bool,
     /// When it was admitted (RFC 3339).
     at: String,
+    /// It holds a running-task slot (member: its grant id), kept this long (ms) after each news of its task.
+    slot_ttl: Option<u64>,
 }
 
 fn shifted(v: u64, delta: i128) -> u64 {
@@ -313,6 +318,13 @@ impl Inner {
             }
         }
 
+        if req.running.holds(run) {
+            let (now, _) = self.life.now();
+            self.life
+                .running
+                .check(&req.running, now, mode == Mode::Take)?;
+        }
+
         let mut remaining: Option<u64> = None;
         let mut team_remaining: Option<u64> = None;
         for b in req.budgets.iter().chain(immediate_budget) {
@@ -391,7 +403,15 @@ impl Inner {
 
     /// Takes the slots and reserves the estimate (the rate tokens are already taken).
     fn take(&mut self, req: &AdmissionRequest, run: Run, id: GrantId, writer: &Writer) -> Grant {
-        let at = self.life.now().1;
+        let (now, at) = self.life.now();
+        let slot_ttl = req.running.holds(run).then_some(req.running.ttl_ms);
+        if let Some(ttl) = slot_ttl {
+            let r = &req.record;
+            let until = lifecycle::after(now, ttl);
+            self.life
+                .running
+                .take(id.to_string(), &r.user, &r.team, until);
+        }
         let row = self.next_row;
         self.next_row += 1;
         let seq = writer.send(Write::Reserve {
@@ -424,6 +444,7 @@ impl Inner {
                 record: req.record.clone(),
                 off_peak: run.off_peak,
                 at,
+                slot_ttl,
             },
         );
         Grant::new(id)
@@ -467,11 +488,22 @@ impl Inner {
             i128::from(amount) - i128::from(out.estimate),
             seq,
         );
+        let mut slot_kept = false;
         if status == "unknown" {
             self.life.unknown_from(id, &out);
+            slot_kept = true;
         }
-        if let Some(task) = task {
-            self.life.follow(&task, &out);
+        if let Some(task) = task
+            && self.life.follow(id, &task, &out)
+        {
+            writer.send(Write::Task(TaskWrite::Holds {
+                task_id: task.task_id,
+                slot_ttl_ms: out.slot_ttl,
+            }));
+            slot_kept = true;
+        }
+        if !slot_kept {
+            self.life.running.free(&id.to_string());
         }
     }
 }
@@ -519,6 +551,7 @@ impl Admissions for MemoryStore {
                 plan: Plan::Fixed(entry.run),
                 rates: Vec::new(),
                 slots: Vec::new(),
+                running: RunningSpec::none(),
                 budgets: Vec::new(),
             };
             let decided = self.admit_as(&request, Mode::Take, entry.id).await;
@@ -661,6 +694,35 @@ mod tests {
 
     run_conformance!(Memory);
 
+    mod fair_share {
+        use proptest::prelude::*;
+
+        use super::Memory;
+        use crate::state::conformance::{Step, fair_share_invariants_hold};
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                5 => (0u8..4).prop_map(Step::Ask),
+                4 => any::<u8>().prop_map(Step::End),
+                1 => (0u16..120).prop_map(Step::Wait),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+            /// Random arrivals, endings and waits on a manual clock: never more than the global cap runs, a team
+            /// under its guarantee is never refused while a slot is free, and nobody borrows a slot owed to an
+            /// active team under its guarantee.
+            #[test]
+            fn fair_share_invariants_hold_for_any_arrivals_and_endings(
+                steps in prop::collection::vec(step(), 1..160)
+            ) {
+                actix_web::rt::System::new().block_on(fair_share_invariants_hold(&Memory, &steps));
+            }
+        }
+    }
+
     fn clock() -> SharedClock {
         crate::clock::ManualClock::new(jiff::Timestamp::from_second(1_795_600_800).unwrap())
     }
@@ -695,6 +757,7 @@ mod tests {
             }),
             rates: Vec::new(),
             slots: Vec::new(),
+            running: RunningSpec::none(),
             budgets: budgets
                 .iter()
                 .map(|key| BudgetSpec {

@@ -19,6 +19,8 @@ struct Live {
     heard_ms: i64,
     /// A callback said it changed: due for the reconciler at this time (ms) unless heard of before.
     due_at: Option<i64>,
+    /// It holds a running-task slot (member: its task id), kept this long (ms) after each news.
+    slot_ttl: Option<u64>,
 }
 
 /// A reservation whose outcome is unknown.
@@ -26,6 +28,8 @@ struct Unknown {
     row: i64,
     view: ReservationView,
     keys: Vec<BudgetKey>,
+    /// It holds a running-task slot (member: its grant id).
+    holds_slot: bool,
 }
 
 pub(super) struct Life {
@@ -41,6 +45,13 @@ pub(super) struct Life {
     lease: Option<(String, i64)>,
     /// When the reconciler's queries of the last minute were claimed (ms).
     queries: VecDeque<i64>,
+    /// Running-task slots.
+    pub(super) running: super::running::Running,
+}
+
+/// `ms` from `now`, saturating.
+pub(super) fn after(now: i64, ms: u64) -> i64 {
+    now.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX))
 }
 
 fn stamp(t: jiff::Timestamp) -> String {
@@ -53,8 +64,13 @@ impl Life {
         let mut live = HashMap::default();
         // Heard of "now": after a restart they are due once the quiet time has passed, like any other.
         let loaded_at = clock.now().as_millisecond();
+        let mut running = super::running::Running::default();
         for row in ledger.live_tasks()? {
             let keys = BudgetKey::counting(&row.record, row.task.off_peak);
+            if let Some(ttl) = row.slot_ttl_ms {
+                let t = &row.task;
+                running.take(t.task_id.clone(), &t.user, &t.team, after(loaded_at, ttl));
+            }
             live.insert(
                 row.task.task_id.clone(),
                 Live {
@@ -62,6 +78,7 @@ impl Life {
                     keys,
                     heard_ms: loaded_at,
                     due_at: row.due_ms,
+                    slot_ttl: row.slot_ttl_ms,
                 },
             );
         }
@@ -69,7 +86,16 @@ impl Life {
         for u in ledger.unknown_reservations()? {
             let (row, keys) = (u.row, BudgetKey::counting(&u.record, u.off_peak));
             let view = u.view();
-            unknown.insert(view.id.clone(), Unknown { row, view, keys });
+            // A restart forgets the slot of an unknown reservation (it had no task to hear of anyway).
+            unknown.insert(
+                view.id.clone(),
+                Unknown {
+                    row,
+                    view,
+                    keys,
+                    holds_slot: false,
+                },
+            );
         }
         let outbox = ledger
             .outbox()?
@@ -85,6 +111,7 @@ impl Life {
             claims: 0,
             lease: None,
             queries: VecDeque::new(),
+            running,
         })
     }
 
@@ -117,12 +144,17 @@ impl Life {
         }
     }
 
-    /// Follows a task just created until it ends (one already ended needs no following).
-    pub(super) fn follow(&mut self, task: &TaskRecord, out: &Outstanding) {
+    /// Follows a task just created until it ends (one already ended needs no following); the grant's
+    /// running-task slot passes to it. `false`: the task holds no slot (ended, or its id was known already).
+    pub(super) fn follow(&mut self, id: GrantId, task: &TaskRecord, out: &Outstanding) -> bool {
         if task.state.is_terminal() || self.live.contains_key(&task.task_id) {
-            return;
+            return false;
         }
         let (now, _) = self.now();
+        if let Some(ttl) = out.slot_ttl {
+            self.running
+                .rename(&id.to_string(), task.task_id.clone(), after(now, ttl));
+        }
         self.live.insert(
             task.task_id.clone(),
             Live {
@@ -130,8 +162,10 @@ impl Life {
                 keys: out.keys.clone(),
                 heard_ms: now,
                 due_at: None,
+                slot_ttl: out.slot_ttl,
             },
         );
+        out.slot_ttl.is_some()
     }
 
     /// An unfinished task's current record.
@@ -139,14 +173,21 @@ impl Life {
         self.live.get(task_id).map(|l| l.task.clone())
     }
 
+    /// The outcome of a grant is unknown: the task may exist, so its running-task slot is kept until its time
+    /// runs out or the reservation is resolved.
     pub(super) fn unknown_from(&mut self, id: GrantId, out: &Outstanding) {
         let view = out.view(id, "unknown");
+        if let Some(ttl) = out.slot_ttl {
+            let (now, _) = self.now();
+            self.running.touch(&view.id, after(now, ttl));
+        }
         self.unknown.insert(
             view.id.clone(),
             Unknown {
                 row: out.row,
                 keys: out.keys.clone(),
                 view,
+                holds_slot: out.slot_ttl.is_some(),
             },
         );
     }
@@ -174,6 +215,13 @@ impl Inner {
         let (now_ms, now) = self.life.now();
         let live = self.life.live.get_mut(&seen.task_id)?;
         live.heard_ms = now_ms;
+        if let Some(ttl) = live.slot_ttl {
+            if seen.state.is_terminal() {
+                self.life.running.free(&seen.task_id);
+            } else {
+                self.life.running.touch(&seen.task_id, after(now_ms, ttl));
+            }
+        }
         if live.due_at.take().is_some() {
             writer.send(Write::Task(TaskWrite::Due {
                 task_id: seen.task_id.clone(),
@@ -391,6 +439,9 @@ impl Inner {
 
     fn resolve(&mut self, id: &str, how: Resolution, writer: &Writer) -> Option<ReservationView> {
         let u = self.life.unknown.remove(id)?;
+        if u.holds_slot {
+            self.life.running.free(id);
+        }
         let estimate = u.view.estimate;
         let (status, credits, amount) = match how {
             Resolution::Settle(n) => ("settled", Some(n), n),
@@ -477,5 +528,12 @@ impl Lifecycle for MemoryStore {
     fn resolve<'a>(&'a self, id: &'a str, how: Resolution) -> Answer<'a, Option<ReservationView>> {
         let r = self.shared.lock().resolve(id, how, &self.shared.writer);
         ready(Ok(r)).boxed()
+    }
+
+    fn running(&self) -> Answer<'_, RunningNow> {
+        let mut inner = self.shared.lock();
+        let (now, _) = inner.life.now();
+        inner.life.running.prune(now);
+        ready(Ok(inner.life.running.now())).boxed()
     }
 }

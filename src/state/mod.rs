@@ -27,6 +27,7 @@ pub mod rate;
 mod reader;
 pub mod redis;
 pub mod request;
+pub mod share;
 pub mod spool;
 pub mod writer;
 
@@ -35,16 +36,19 @@ pub mod conformance;
 
 use futures_util::future::BoxFuture;
 
-pub use decision::{Decision, Grant, GrantId, Granted, RateStatus, Refusal, Settlement};
+pub use decision::{
+    Decision, Grant, GrantId, Granted, RateStatus, Refusal, Settlement, ShareRefusal,
+};
 pub use error::StoreError;
 pub use ledger::{UsageFilter, UsageRow};
 pub use lifecycle::{
     Created, DueClaim, Observation, RelayJob, RelayOutcome, RelayStatus, ReservationView,
-    Resolution, TaskPage, TaskQuery, TaskRecord, TaskState, Transition,
+    Resolution, RunningNow, TaskPage, TaskQuery, TaskRecord, TaskState, Transition,
 };
 pub use request::{
     AdmissionRequest, BudgetKey, BudgetSpec, Fallback, Mode, Period, Plan, RateSpec,
-    RejectionRecord, RequestRecord, Run, Scope, SlotSpec, Unaccounted,
+    RejectionRecord, RequestRecord, Run, RunningSpec, Scope, ShareGroup, ShareSpec, SlotSpec,
+    Unaccounted,
 };
 
 /// What every store call returns: a boxed future of its answer (boxed, so that the traits stay object-safe).
@@ -122,6 +126,9 @@ pub trait Lifecycle {
 
     /// Settles or releases an `unknown` reservation, once; `None` when `id` names no unknown reservation.
     fn resolve<'a>(&'a self, id: &'a str, how: Resolution) -> Answer<'a, Option<ReservationView>>;
+
+    /// The running-task slots held now (those whose time ran out without news are freed first).
+    fn running(&self) -> Answer<'_, RunningNow>;
 }
 
 /// What was spent (the usage API and CLI).

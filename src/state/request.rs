@@ -168,6 +168,62 @@ pub struct Fallback {
     pub if_short: Option<Run>,
 }
 
+/// The running-task slots of a request: tasks created and not yet ended, counted per user, team and globally
+/// whether or not a limit applies (a limit added by a reload counts what already runs). A run holds a slot
+/// unless it is off-peak and `offpeak_holds` is off.
+#[derive(Clone, Debug)]
+pub struct RunningSpec {
+    /// A slot is freed when nothing is heard of its task for this long (`tasks.running_slot_ttl_secs`).
+    pub ttl_ms: u64,
+    /// Whether an off-peak run holds a slot (`tasks.offpeak_holds_slot`).
+    pub offpeak_holds: bool,
+    /// User and team caps (`max_running_tasks`, `team_max_running_tasks`).
+    pub limits: Vec<SlotSpec>,
+    /// The global cap, shared fairly between teams.
+    pub share: Option<ShareSpec>,
+}
+
+impl RunningSpec {
+    /// A request that takes no running-task slot (a spooled admission written back: it already ran).
+    pub fn none() -> Self {
+        Self {
+            ttl_ms: 0,
+            offpeak_holds: false,
+            limits: Vec::new(),
+            share: None,
+        }
+    }
+
+    /// Whether `run` holds a running-task slot (a `ttl_ms` of 0 holds none).
+    pub fn holds(&self, run: Run) -> bool {
+        self.ttl_ms > 0 && (!run.off_peak || self.offpeak_holds)
+    }
+}
+
+/// A share group: a team listed under `[policy.teams]`, or the pool of every team not listed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ShareGroup {
+    Team(String),
+    Pool,
+}
+
+/// `[policy.global] max_running_tasks` with its fair share: the requesting group's guarantee and every other
+/// group's (each listed team and the pool), so the decision can tell which guarantees are unused.
+#[derive(Clone, Debug)]
+pub struct ShareSpec {
+    pub max: u32,
+    pub source: String,
+    pub group: ShareGroup,
+    pub guarantee: u32,
+    /// Where the guarantee comes from (`policy.teams.x.task_share = 2 of 5`), for messages.
+    pub guarantee_source: String,
+    /// Every other group and its guarantee.
+    pub others: Vec<(ShareGroup, u32)>,
+    /// A group with no running task that has not asked for one for this long is idle
+    /// (`tasks.fair_share_idle_secs`).
+    pub idle_ms: u64,
+}
+
 /// Everything one all-or-nothing decision covers.
 #[derive(Clone, Debug)]
 pub struct AdmissionRequest {
@@ -175,6 +231,7 @@ pub struct AdmissionRequest {
     pub plan: Plan,
     pub rates: Vec<RateSpec>,
     pub slots: Vec<SlotSpec>,
+    pub running: RunningSpec,
     /// Budgets every run counts against (a fallback plan adds its immediate budget to an immediate run).
     pub budgets: Vec<BudgetSpec>,
 }

@@ -1,5 +1,6 @@
 -- One admission decision over every bucket of a request, atomically: the plan (for the off-peak `fallback`
--- rule, the immediate budget decides which run), then in-flight slots, budgets and rates are all checked; then,
+-- rule, the immediate budget decides which run), then in-flight slots, running-task slots, budgets and rates are
+-- all checked; then,
 -- when asked to take, everything is taken. A refusal takes nothing. ARGV[1] is the request as JSON (built by
 -- `state/redis/mod.rs`); the answer is JSON too. Time is Redis's own (`TIME`) unless the request carries
 -- `now_us` (tests on a manual clock).
@@ -51,6 +52,59 @@ for i, s in ipairs(req.slots) do
   redis.call('ZREMRANGEBYSCORE', s.key, '-inf', now_ms)
   if redis.call('ZCARD', s.key) >= s.max then
     return refused({ kind = 'slot', i = i - 1 })
+  end
+end
+
+-- Running-task slots (when the run holds one): the user's and team's caps, then the global one with its fair
+-- share (`state/share.rs` is the same arithmetic). Holders whose time ran out without news are dropped first.
+local rn = req.running
+local holds = rn.ttl_ms > 0 and ((not run.off_peak) or rn.offpeak_holds)
+local function running_in(key)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
+  return redis.call('ZCARD', key)
+end
+if holds then
+  local sh = opt(rn.share)
+  if sh and req.take then redis.call('HSET', rn.asked, sh.field, now_ms) end
+  for i, l in ipairs(rn.limits) do
+    local n = running_in(l.key)
+    if n >= l.max then return refused({ kind = 'running', i = i - 1, running = n }) end
+  end
+  if sh then
+    local total = running_in(rn.global)
+    if total >= sh.max then return refused({ kind = 'running', i = -1, running = total }) end
+    -- The pool runs whatever the listed teams do not.
+    local listed, counts, mine = 0, {}, nil
+    if opt(sh.team_key) then
+      mine = running_in(sh.team_key)
+      listed = listed + mine
+    end
+    local fields = {}
+    for j, o in ipairs(sh.others) do
+      fields[j] = o.field
+      if opt(o.team_key) then
+        counts[j] = running_in(o.team_key)
+        listed = listed + counts[j]
+      end
+    end
+    local pool = math.max(total - listed, 0)
+    if mine == nil then mine = pool end
+    if mine >= sh.guarantee then
+      local free = sh.max - total
+      local owed = 0
+      local asked = {}
+      if #fields > 0 then asked = redis.call('HMGET', rn.asked, unpack(fields)) end
+      for j, o in ipairs(sh.others) do
+        local r = counts[j] or pool
+        local at = tonumber(asked[j])
+        local active = r > 0 or (at ~= nil and at > now_ms - sh.idle_ms)
+        if active and o.guarantee > r then owed = owed + (o.guarantee - r) end
+      end
+      if free - 1 < owed then
+        return refused({ kind = 'running', i = -1, running = total,
+          share = { running = mine, free = free, owed = owed } })
+      end
+    end
   end
 end
 
@@ -107,6 +161,16 @@ for _, s in ipairs(req.slots) do
   redis.call('PEXPIRE', s.key, req.lease_ms * 2)
   slot_keys[#slot_keys + 1] = s.key
 end
+local running_keys = {}
+if holds then
+  local until_ms = now_ms + rn.ttl_ms
+  for _, key in ipairs(rn.holds_in) do
+    redis.call('ZADD', key, until_ms, req.grant)
+    -- The set outlives its longest holder.
+    if redis.call('PTTL', key) < rn.ttl_ms * 2 then redis.call('PEXPIRE', key, rn.ttl_ms * 2) end
+    running_keys[#running_keys + 1] = key
+  end
+end
 local counting = req.counting_immediate
 if run.off_peak then counting = req.counting_off_peak end
 local budget_keys = {}
@@ -128,7 +192,7 @@ redis.call('HSET', req.grant_key,
   'status', 'reserved', 'estimate', run.estimate, 'off_peak', off_peak,
   'user', rec.user, 'team', rec.team, 'day', rec.day, 'model', rec.model, 'request_id', rec.request_id,
   'budgets', table.concat(budget_keys, '\n'), 'slots', table.concat(slot_keys, '\n'), 'usage', u.hash,
-  'created_ms', now_ms)
+  'created_ms', now_ms, 'running', table.concat(running_keys, '\n'), 'slot_ttl', rn.ttl_ms)
 redis.call('EXPIRE', req.grant_key, req.retention_s)
 redis.call('ZADD', req.grants, now_ms, req.grant)
 return cjson.encode({ run = run, imm_used = imm_used or null, granted = granted })

@@ -3,12 +3,13 @@
 -- that is not `reserved` any more, or that this deployment never made, changes nothing.
 -- ARGV: grant key, grant id, kind (charged | released | unknown), credits, task key ('' for none), task fields as
 -- JSON (now, now_ms, task_id, state, terminal, callback_url, list_prefix, cutoff, live), retention in seconds, the index
--- of open and unknown grants. Returns 0 (nothing to do), 1 (settled) or 2 (settled; the task id already had an
+-- of open and unknown grants, now (ms). Returns 0 (nothing to do), 1 (settled) or 2 (settled; the task id already had an
 -- owner, who keeps it).
 local grant_key, grant_id, kind = ARGV[1], ARGV[2], ARGV[3]
 local credits = tonumber(ARGV[4])
 local task_key, task, retention = ARGV[5], ARGV[6], tonumber(ARGV[7])
 local t_grants = ARGV[8] or ''
+local now_ms = tonumber(ARGV[9])
 
 local fields = redis.call('HGETALL', grant_key)
 if #fields == 0 then return 0 end
@@ -26,6 +27,19 @@ end
 for _, slot in ipairs(lines(g.slots)) do
   redis.call('ZREM', slot, grant_id)
 end
+-- The running-task slot (if the grant holds one) passes to the task Vidu created, stays while the outcome is
+-- unknown (the task may exist), and is freed otherwise.
+local running = lines(g.running)
+local slot_ttl = tonumber(g.slot_ttl) or 0
+local function keep_running(member)
+  for _, key in ipairs(running) do
+    if redis.call('ZREM', key, grant_id) == 1 then
+      redis.call('ZADD', key, now_ms + slot_ttl, member)
+      if redis.call('PTTL', key) < slot_ttl * 2 then redis.call('PEXPIRE', key, slot_ttl * 2) end
+    end
+  end
+end
+local slot_kept = false
 
 local estimate = tonumber(g.estimate)
 local amount = estimate
@@ -60,6 +74,11 @@ if task_key ~= '' then
       'model', g.model, 'created_at', t.now, 'request_id', g.request_id or '', 'estimate', estimate,
       'refunded', 0, 'state', t.state, 'callback_url', t.callback_url, 'updated_at', t.now, 'ended_at', ended,
       'budgets', g.budgets or '', 'usage', g.usage or '', 'relay', '')
+    if #running > 0 and not t.terminal then
+      keep_running(t.task_id)
+      redis.call('HSET', task_key, 'running', g.running, 'slot_ttl', slot_ttl)
+      slot_kept = true
+    end
     redis.call('EXPIRE', task_key, retention)
     local member = t.now .. '|' .. t.task_id
     local function enc(s) return (string.gsub(string.gsub(string.gsub(s, '%%', '%%25'), ':', '%%3A'), '\n', '%%0A')) end
@@ -72,6 +91,14 @@ if task_key ~= '' then
     end
     if not t.terminal then redis.call('ZADD', t.live, t.now_ms, t.task_id) end
   end
+end
+
+if kind == 'unknown' then
+  keep_running(grant_id)
+  slot_kept = true
+end
+if not slot_kept then
+  for _, key in ipairs(running) do redis.call('ZREM', key, grant_id) end
 end
 
 if kind ~= 'unknown' and t_grants ~= '' then redis.call('ZREM', t_grants, grant_id) end

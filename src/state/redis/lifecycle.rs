@@ -435,4 +435,33 @@ impl Lifecycle for RedisStore {
         }
         .boxed()
     }
+
+    fn running(&self) -> Answer<'_, RunningNow> {
+        async move {
+            let arg = json!({
+                "global": self.keys.running(Scope::Global, ""),
+                "grant_prefix": format!("{}:g:", self.keys.tag),
+                "task_prefix": self.keys.task_prefix(),
+                "now_ms": self.clock.as_ref().map(|c| c.now().as_millisecond()),
+            })
+            .to_string();
+            let text: String = self
+                .call_on(&self.side, "running tasks", async |c| {
+                    self.running.arg(&arg).invoke_async(c).await
+                })
+                .await?;
+            let holders: Vec<(String, String)> =
+                serde_json::from_str(&text).map_err(|_| bad_answer("running tasks"))?;
+            let mut now = RunningNow::default();
+            for (user, team) in holders {
+                now.total += 1;
+                *now.users.entry(user).or_default() += 1;
+                if !team.is_empty() {
+                    *now.teams.entry(team).or_default() += 1;
+                }
+            }
+            Ok(now)
+        }
+        .boxed()
+    }
 }

@@ -29,6 +29,7 @@ pub mod server;
 
 const ADMIT: &str = include_str!("admit.lua");
 const FINISH: &str = include_str!("finish.lua");
+const RUNNING: &str = include_str!("running.lua");
 const USAGE: &str = include_str!("usage.lua");
 const HEARTBEAT: &str = include_str!("heartbeat.lua");
 const RECORD: &str = include_str!("record.lua");
@@ -56,7 +57,7 @@ mod lifecycle;
 /// The SHA1 of the scripts the background loops run (the reconciler's claims, the relay outbox, the reservation
 /// list): Redis traffic that belongs to no request (tests that count a request's round trips leave it out).
 pub fn background_script_hashes() -> Vec<String> {
-    [CLAIM_DUE, RELAYS, RESERVATIONS]
+    [CLAIM_DUE, RELAYS, RESERVATIONS, RUNNING]
         .into_iter()
         .map(|src| Script::new(src).get_hash().to_owned())
         .collect()
@@ -85,6 +86,7 @@ pub struct RedisStore {
     clock: Option<SharedClock>,
     admit: Script,
     finish: Script,
+    running: Script,
     usage: Script,
     heartbeat: Script,
     record: Script,
@@ -140,6 +142,17 @@ impl Keys {
 
     fn slot(&self, s: &SlotSpec) -> String {
         format!("{}:s:{}:{}", self.tag, s.scope.as_str(), enc(&s.subject))
+    }
+
+    /// Running-task slots of a scope: a sorted set of holders (a grant, then its task) by when they are freed
+    /// without news (ms).
+    fn running(&self, scope: Scope, subject: &str) -> String {
+        format!("{}:rt:{}:{}", self.tag, scope.as_str(), enc(subject))
+    }
+
+    /// When each fair-share group last asked for a running-task slot (a hash: `t:<team>` or `pool` → ms).
+    fn share_asked(&self) -> String {
+        format!("{}:rt:asked", self.tag)
     }
 
     fn rate(&self, r: &RateSpec) -> String {
@@ -311,6 +324,7 @@ impl RedisStore {
             clock: None,
             admit: Script::new(ADMIT),
             finish: Script::new(FINISH),
+            running: Script::new(RUNNING),
             usage: Script::new(USAGE),
             heartbeat: Script::new(HEARTBEAT),
             record: Script::new(RECORD),
@@ -413,6 +427,7 @@ impl RedisStore {
             "grants": self.keys.grants(),
             "plan": plan,
             "slots": req.slots.iter().map(|s| json!({"key": self.keys.slot(s), "max": s.max})).collect::<Vec<_>>(),
+            "running": self.running_json(req),
             "budgets": req.budgets.iter().map(|b| self.budget_json(b)).collect::<Vec<_>>(),
             "rates": req.rates.iter().map(|x| json!({
                 "key": self.keys.rate(x),
@@ -427,6 +442,50 @@ impl RedisStore {
             "usage": self.usage_json(r),
         })
         .to_string()
+    }
+
+    /// The running-task slots of a request: the keys its slot is held in (user, team, global), the caps, and the
+    /// fair share's groups.
+    fn running_json(&self, req: &AdmissionRequest) -> Value {
+        let rn = &req.running;
+        let r = &req.record;
+        let mut holds_in = vec![self.keys.running(Scope::User, &r.user)];
+        if !r.team.is_empty() {
+            holds_in.push(self.keys.running(Scope::Team, &r.team));
+        }
+        holds_in.push(self.keys.running(Scope::Global, ""));
+        let group = |g: &ShareGroup| match g {
+            ShareGroup::Team(t) => (json!(self.keys.running(Scope::Team, t)), format!("t:{t}")),
+            ShareGroup::Pool => (Value::Null, "pool".to_owned()),
+        };
+        let share = rn.share.as_ref().map(|sh| {
+            let (team_key, field) = group(&sh.group);
+            let others: Vec<Value> = sh
+                .others
+                .iter()
+                .map(|(g, guarantee)| {
+                    let (team_key, field) = group(g);
+                    json!({"team_key": team_key, "field": field, "guarantee": guarantee})
+                })
+                .collect();
+            json!({
+                "max": sh.max,
+                "team_key": team_key,
+                "field": field,
+                "guarantee": sh.guarantee,
+                "others": others,
+                "idle_ms": sh.idle_ms,
+            })
+        });
+        json!({
+            "ttl_ms": rn.ttl_ms,
+            "offpeak_holds": rn.offpeak_holds,
+            "holds_in": holds_in,
+            "global": self.keys.running(Scope::Global, ""),
+            "asked": self.keys.share_asked(),
+            "limits": rn.limits.iter().map(|l| json!({"key": self.keys.running(l.scope, &l.subject), "max": l.max})).collect::<Vec<_>>(),
+            "share": share,
+        })
     }
 
     /// Where a request's day of usage is counted.
@@ -496,6 +555,13 @@ struct GrantedJson {
 }
 
 #[derive(Deserialize)]
+struct ShareJson {
+    running: f64,
+    free: f64,
+    owed: f64,
+}
+
+#[derive(Deserialize)]
 struct RateJson {
     i: usize,
     remaining: f64,
@@ -507,6 +573,13 @@ enum RefusalJson {
     Norun,
     Slot {
         i: usize,
+    },
+    /// `i`: a cap of `running.limits`, or -1 for the global one (with `share` when a free slot was kept).
+    Running {
+        i: i64,
+        running: f64,
+        #[serde(default)]
+        share: Option<ShareJson>,
     },
     Budget {
         i: usize,
@@ -582,6 +655,44 @@ impl RedisStore {
                     max: s.max,
                     source: s.source.clone(),
                 })
+            }
+            (None, Some(RefusalJson::Running { i, running, share })) => {
+                let running = u32::try_from(whole(running)).unwrap_or(u32::MAX);
+                let limit = usize::try_from(i)
+                    .ok()
+                    .map(|i| {
+                        req.running
+                            .limits
+                            .get(i)
+                            .ok_or_else(|| bad_answer("admission"))
+                    })
+                    .transpose()?;
+                match (limit, &req.running.share) {
+                    (Some(l), _) => Err(Refusal::Running {
+                        scope: l.scope,
+                        subject: l.subject.clone(),
+                        max: l.max,
+                        running,
+                        source: l.source.clone(),
+                        share: None,
+                    }),
+                    (None, Some(sh)) => Err(Refusal::Running {
+                        scope: Scope::Global,
+                        subject: String::new(),
+                        max: sh.max,
+                        running,
+                        source: sh.source.clone(),
+                        share: share.map(|s| ShareRefusal {
+                            group: sh.group.clone(),
+                            running: u32::try_from(whole(s.running)).unwrap_or(u32::MAX),
+                            guarantee: sh.guarantee,
+                            guarantee_source: sh.guarantee_source.clone(),
+                            free: u32::try_from(whole(s.free)).unwrap_or(u32::MAX),
+                            owed: u32::try_from(whole(s.owed)).unwrap_or(u32::MAX),
+                        }),
+                    }),
+                    (None, None) => return Err(bad_answer("admission")),
+                }
             }
             (None, Some(RefusalJson::Budget { i, used })) => {
                 let b = req
@@ -679,6 +790,7 @@ impl Admissions for RedisStore {
                         .arg(task)
                         .arg(self.retention_secs)
                         .arg(self.keys.grants())
+                        .arg(self.now().as_millisecond())
                         .invoke_async(c)
                         .await
                 })

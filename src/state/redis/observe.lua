@@ -15,6 +15,16 @@ if t.state == nil then return '' end
 
 redis.call('ZREM', a.due, a.task_id)
 if not terminal[t.state] then redis.call('ZADD', a.live, 'XX', a.now_ms, a.task_id) end
+-- News of a task keeps its running-task slot (if it holds one); its end frees it.
+local slot_ttl = tonumber(t.slot_ttl) or 0
+for key in string.gmatch(t.running or '', '[^\n]+') do
+  if terminal[a.state] then
+    redis.call('ZREM', key, a.task_id)
+  elseif redis.call('ZADD', key, 'XX', 'CH', a.now_ms + slot_ttl, a.task_id) == 1
+    and redis.call('PTTL', key) < slot_ttl * 2 then
+    redis.call('PEXPIRE', key, slot_ttl * 2)
+  end
+end
 if terminal[t.state] or t.state == a.state then return '' end
 
 local charged = tonumber(t.credits) or 0
@@ -60,7 +70,7 @@ redis.call('HSET', a.task_key, 'state', a.state, 'credits', new_charged, 'refund
   'ended_at', ended, 'relay', relay)
 
 t.state, t.credits, t.refunded, t.updated_at, t.ended_at, t.relay = a.state, new_charged, refunded, a.now, ended, relay
-t.budgets, t.usage = nil, nil
+t.budgets, t.usage, t.running, t.slot_ttl = nil, nil, nil, nil
 local adjusted = 0
 if a.state == 'success' then adjusted = delta end
 return cjson.encode({ from = from, task = t, refunded_now = refunded_now, adjusted = adjusted, relay_queued = queued })

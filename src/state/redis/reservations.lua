@@ -53,6 +53,8 @@ if g.status == 'reserved' then
   redis.call('HINCRBY', g.usage, 'reserved', -tonumber(g.estimate))
   redis.call('HINCRBY', g.usage, 'unknown', tonumber(g.estimate))
 end
+-- Resolved: whatever happened, nothing more will be heard of it; its running-task slot (if any) is freed.
+for key in string.gmatch(g.running or '', '[^\n]+') do redis.call('ZREM', key, a.id) end
 local estimate = tonumber(g.estimate)
 local amount = 0
 if a.how == 'settle' then amount = a.credits end

@@ -19,7 +19,7 @@ while read < a.scan do
     else
       local t = { task_id = id }
       for i = 1, #fields, 2 do t[fields[i]] = fields[i + 1] end
-      t.budgets, t.usage = nil, nil
+      t.budgets, t.usage, t.running, t.slot_ttl = nil, nil, nil, nil
       if a.state == '' or t.state == a.state then
         if #out == a.limit then
           more = true
