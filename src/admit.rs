@@ -17,7 +17,6 @@ use crate::policy::access::{FallbackState, OffPeak, RequestFacts, check_access, 
 use crate::policy::denial::{Denial, LimitReason};
 use crate::policy::periods::{Periods, periods};
 use crate::policy::resolve::{TeamLimits, UserRules, team_limits, user_rules};
-use crate::state::share;
 use crate::state::*;
 use crate::validate::Effective;
 
@@ -413,57 +412,7 @@ fn running_spec(
             source: format!("policy.teams.{t}.team_max_running_tasks"),
         });
     }
-    let policy = &settings.policy;
-    let share = policy.global.max_running_tasks.map(|max| {
-        let max = max.get();
-        let weight_of = |p: &crate::config::TeamPolicy| p.task_share.unwrap_or(1);
-        let pool_weight = policy.defaults.task_share.unwrap_or(1);
-        let total: u64 = policy
-            .teams
-            .values()
-            .map(|p| u64::from(weight_of(p)))
-            .sum::<u64>()
-            + u64::from(pool_weight);
-        let mine = identity
-            .team
-            .as_deref()
-            .and_then(|t| policy.teams.get_key_value(t));
-        let (group, weight, guarantee_source) = match mine {
-            Some((t, p)) => (
-                ShareGroup::Team(t.clone()),
-                weight_of(p),
-                format!(
-                    "policy.teams.{t}.task_share = {} of a total weight of {total}",
-                    weight_of(p)
-                ),
-            ),
-            None => (
-                ShareGroup::Pool,
-                pool_weight,
-                format!(
-                    "policy.defaults.task_share = {pool_weight} of a total weight of {total}, shared by every \
-                     team not listed under [policy.teams]"
-                ),
-            ),
-        };
-        let others = policy
-            .teams
-            .iter()
-            .map(|(t, p)| (ShareGroup::Team(t.clone()), weight_of(p)))
-            .chain([(ShareGroup::Pool, pool_weight)])
-            .filter(|(g, _)| *g != group)
-            .map(|(g, w)| (g, share::guarantee(max, w, total)))
-            .collect();
-        ShareSpec {
-            max,
-            source: "policy.global.max_running_tasks".into(),
-            group,
-            guarantee: share::guarantee(max, weight, total),
-            guarantee_source,
-            others,
-            idle_ms: tasks.fair_share_idle_secs.saturating_mul(1000),
-        }
-    });
+    let share = crate::policy::share::share_spec(settings, identity.team.as_deref());
     RunningSpec {
         ttl_ms: tasks.running_slot_ttl_secs.saturating_mul(1000),
         offpeak_holds: tasks.offpeak_holds_slot,

@@ -275,9 +275,16 @@ fn redis_report(
             settings.upstream.request_timeout_ms,
         )
         .map_err(|e| format!("{e:#}"))?;
-        crate::usage::collect(settings, &store, jiff::Timestamp::now(), subject, from, to)
+        let unreadable = |e| format!("cannot read usage from Redis: {e}");
+        let mut report =
+            crate::usage::collect(settings, &store, jiff::Timestamp::now(), subject, from, to)
+                .await
+                .map_err(unreadable)?;
+        let running = crate::state::Lifecycle::running(&store)
             .await
-            .map_err(|e| format!("cannot read usage from Redis: {e}"))
+            .map_err(unreadable)?;
+        crate::usage::add_running(&mut report, settings, subject, &running);
+        Ok(report)
     })
 }
 

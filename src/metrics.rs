@@ -118,6 +118,10 @@ pub struct Metrics {
     pub credits: Family<CreditLabels, Counter>,
     pub in_flight: Family<TeamLabels, Gauge>,
     pub budget_remaining: Family<TeamLabels, Gauge>,
+    /// Tasks holding a running-task slot, by team (read from the state backend at each scrape).
+    pub running_tasks: Family<TeamLabels, Gauge>,
+    /// Tasks holding a running-task slot, all teams (and users without a team) together.
+    pub running_tasks_global: Gauge,
     pub ledger: LedgerMetrics,
     pub lifecycle: LifecycleMetrics,
 }
@@ -240,6 +244,18 @@ impl Metrics {
             "budget_remaining_credits",
             "Tightest remaining team budget (team daily/monthly credits) after the team's last admission; teams without a team budget are not reported",
         );
+        let running_tasks: Family<TeamLabels, Gauge> = register(
+            &mut registry,
+            "running_tasks",
+            "Tasks created and not yet ended (holding a running-task slot: in flight, running, or unknown), by team; \
+             read from the state backend at each scrape",
+        );
+        let running_tasks_global = Gauge::default();
+        registry.register(
+            "running_tasks_global",
+            "Tasks created and not yet ended for the whole enterprise key (compare with policy.global.max_running_tasks)",
+            running_tasks_global.clone(),
+        );
         let ledger = LedgerMetrics::default();
         registry.register(
             "ledger_pending_writes",
@@ -324,6 +340,8 @@ impl Metrics {
             credits,
             in_flight,
             budget_remaining,
+            running_tasks,
+            running_tasks_global,
             ledger,
             lifecycle,
         }
@@ -332,6 +350,17 @@ impl Metrics {
     /// The registry, for modules that register their own families at start-up.
     pub fn registry_mut(&mut self) -> &mut Registry {
         &mut self.registry
+    }
+
+    /// Sets the running-task gauges to what the state backend holds now (teams no longer running drop out).
+    pub fn set_running(&self, now: &crate::state::RunningNow) {
+        self.running_tasks.clear();
+        for (team, n) in &now.teams {
+            self.running_tasks
+                .get_or_create(&TeamLabels { team: team.clone() })
+                .set(i64::from(*n));
+        }
+        self.running_tasks_global.set(i64::from(now.total));
     }
 
     /// The Prometheus text exposition.

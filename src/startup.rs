@@ -226,6 +226,7 @@ impl Application {
             App::new()
                 .app_data(factory_state.clone())
                 .app_data(web::Data::new(factory_metrics.clone()))
+                .app_data(web::Data::new(factory_state.store.clone()))
                 .app_data(web::Data::new(upstream))
                 .app_data(buffered_bodies.clone())
                 .app_data(routes::query_config())
@@ -252,10 +253,12 @@ impl Application {
             None => None,
             Some(l) => {
                 let m = metrics.clone();
+                let store = state.store.clone();
                 Some(
                     HttpServer::new(move || {
                         App::new()
                             .app_data(web::Data::new(m.clone()))
+                            .app_data(web::Data::new(store.clone()))
                             .wrap(from_fn(request_context))
                             .service(
                                 web::resource("/metrics")

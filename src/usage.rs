@@ -9,7 +9,9 @@ use crate::auth::Identity;
 use crate::config::Settings;
 use crate::policy::periods::periods;
 use crate::policy::resolve::{team_limits, user_rules};
-use crate::state::{BudgetKey, Period, Reports, Scope, StoreError, UsageFilter, UsageRow};
+use crate::state::{
+    BudgetKey, Period, Reports, RunningNow, Scope, StoreError, UsageFilter, UsageRow,
+};
 
 /// Whose usage: a user, a team, or both (a caller's own view).
 #[derive(Clone, Debug, Default)]
@@ -57,9 +59,29 @@ pub struct Totals {
     pub off_peak_share: f64,
 }
 
+/// Tasks created and not yet ended (holding a running-task slot), against the cap of the section's scope.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RunningTasks {
+    pub running: u32,
+    /// The cap (`max_running_tasks`, `team_max_running_tasks`, `policy.global.max_running_tasks`); none: unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// A team's (or the pool's) fair-share guarantee of the global cap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guarantee: Option<u32>,
+    /// Everyone: running tasks per team.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub teams: std::collections::BTreeMap<String, u32>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Section {
     pub name: String,
+    /// Only where the state backend reports them (the gateway's API, the `usage` command on Redis).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub running_tasks: Option<RunningTasks>,
     pub budgets: Vec<Budget>,
     pub totals: Totals,
     pub days: Vec<UsageRow>,
@@ -146,6 +168,7 @@ async fn section(
         .collect();
     Ok(Section {
         name: name.to_owned(),
+        running_tasks: None,
         budgets,
         totals: totals(&days),
         days,
@@ -264,6 +287,43 @@ pub async fn collect(
         None
     };
     Ok(Report { user, team, all })
+}
+
+/// Adds the running tasks the backend holds now to each section of `report` about `subject`.
+pub fn add_running(report: &mut Report, settings: &Settings, subject: &Subject, now: &RunningNow) {
+    if let (Some(section), Some(u)) = (report.user.as_mut(), &subject.user) {
+        let rules = user_rules(settings, u, subject.team.as_deref());
+        section.running_tasks = Some(RunningTasks {
+            running: now.users.get(u).copied().unwrap_or(0),
+            limit: rules.max_running_tasks.as_ref().map(|m| m.value.get()),
+            source: rules
+                .max_running_tasks
+                .as_ref()
+                .map(|m| m.key("max_running_tasks")),
+            guarantee: None,
+            teams: Default::default(),
+        });
+    }
+    if let (Some(section), Some(t)) = (report.team.as_mut(), &subject.team) {
+        let limit = team_limits(settings, Some(t)).max_running_tasks;
+        section.running_tasks = Some(RunningTasks {
+            running: now.teams.get(t).copied().unwrap_or(0),
+            limit: limit.map(|m| m.get()),
+            source: limit.map(|_| format!("policy.teams.{t}.team_max_running_tasks")),
+            guarantee: crate::policy::share::share_spec(settings, Some(t)).map(|s| s.guarantee),
+            teams: Default::default(),
+        });
+    }
+    if let Some(section) = report.all.as_mut() {
+        let limit = settings.policy.global.max_running_tasks;
+        section.running_tasks = Some(RunningTasks {
+            running: now.total,
+            limit: limit.map(|m| m.get()),
+            source: limit.map(|_| "policy.global.max_running_tasks".into()),
+            guarantee: None,
+            teams: now.teams.clone(),
+        });
+    }
 }
 
 /// [`collect`] from a source whose every answer is ready at once: a ledger file read directly (the `usage`
@@ -632,6 +692,7 @@ mod tests {
         .into_iter()
         .collect();
         let section = |name: &str| Section {
+            running_tasks: None,
             name: name.into(),
             budgets: Vec::new(),
             totals: totals(std::slice::from_ref(&d)),

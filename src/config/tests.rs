@@ -628,6 +628,37 @@ fn problem_lines(result: Result<LoadedConfig, ConfigError>) -> Vec<String> {
 }
 
 #[test]
+fn running_task_keys_are_checked_at_load_naming_the_key() {
+    let lines = problem_lines(file(&format!(
+        "{MINIMAL}[policy.defaults]\nmax_running_tasks = 0\n[policy.teams.mkt]\nteam_max_running_tasks = 0\n\
+         [policy.users.\"a@b.c\"]\ntask_share = 3\n[policy.global]\nmax_running_tasks = 0\n\
+         [tasks]\nrunning_slot_ttl_secs = 0\nfair_share_idle_secs = 999999999\n"
+    )));
+    let mut lines = lines;
+    lines.sort();
+    let mut expected = vec![
+        "policy.defaults.max_running_tasks must be at least 1 (leave it out for no limit)".to_owned(),
+        "policy.teams.mkt.team_max_running_tasks must be at least 1 (leave it out for no limit)".into(),
+        "policy.global.max_running_tasks must be at least 1 (leave it out for no limit)".into(),
+        "policy.users.\"a@b.c\".task_share: a share of the running-task slots belongs to a team, not a user; set \
+         task_share in [policy.teams.<team>] (or in [policy.defaults] for the teams not listed)"
+            .into(),
+        "tasks.running_slot_ttl_secs = 0 is out of range: set 1..=604800 (seconds a running-task slot is kept \
+         without news of its task; Vidu tasks end within hours)"
+            .into(),
+        "tasks.fair_share_idle_secs = 999999999 is more than a week: set 0..=604800".into(),
+    ];
+    expected.sort();
+    assert_eq!(lines, expected);
+    // Weights of 0 are allowed: a team (or the pool) that only borrows.
+    let ok = file(&format!(
+        "{MINIMAL}[policy.defaults]\ntask_share = 0\nmax_running_tasks = 2\n[policy.teams.mkt]\ntask_share = 0\n\
+         team_max_running_tasks = 3\n[policy.global]\nmax_running_tasks = 5\n"
+    ));
+    assert!(ok.is_ok(), "{:?}", ok.err());
+}
+
+#[test]
 fn a_limit_of_zero_is_refused_at_load_naming_the_key() {
     let lines = problem_lines(file(&format!(
         "{MINIMAL}[policy.defaults]\nrequests_per_minute = 0\nburst = 0\nmax_in_flight = 0\n\

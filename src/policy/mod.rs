@@ -6,3 +6,4 @@ pub mod access;
 pub mod denial;
 pub mod periods;
 pub mod resolve;
+pub mod share;

@@ -781,6 +781,46 @@ mod tests {
         }
     }
 
+    /// A running task keeps its running-task slot across a restart, and frees it when it ends.
+    #[actix_web::test]
+    async fn running_task_slots_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.sqlite3");
+        let mut capped = request("alice", 10, &[]);
+        capped.running = RunningSpec {
+            ttl_ms: 60_000,
+            offpeak_holds: false,
+            limits: vec![SlotSpec {
+                scope: Scope::User,
+                subject: "alice".into(),
+                max: 1,
+                source: "policy.defaults.max_running_tasks".into(),
+            }],
+            share: None,
+        };
+        {
+            let store = MemoryStore::open(&path, clock(), Default::default()).unwrap();
+            let g = take(&store, &capped).await;
+            store.finish(g, charged(10, "slot-1")).await.unwrap();
+            store.flush().await.unwrap();
+        }
+        let store = MemoryStore::open(&path, clock(), Default::default()).unwrap();
+        assert_eq!(store.running().await.unwrap().total, 1);
+        let refused = store.admit(&capped, Mode::Take).await.unwrap().outcome;
+        assert!(
+            matches!(refused, Err(Refusal::Running { running: 1, .. })),
+            "{refused:?}"
+        );
+        let seen = Observation {
+            task_id: "slot-1".into(),
+            state: TaskState::Success,
+            credits: Some(10),
+            body: "{}".into(),
+        };
+        store.observe(&seen).await.unwrap();
+        take(&store, &capped).await;
+    }
+
     /// Budgets come back from the ledger after a restart, each reservation counted as it ended.
     /// What a task still owes survives a restart: an unfinished task (its refund goes to its creation period), a
     /// relay not yet delivered, and a reservation whose outcome is unknown.

@@ -22,15 +22,15 @@ use vidu_gateway::config::HostPattern;
 use crate::helpers::*;
 
 /// Where the gateway says Vidu reaches it (a proxy in front strips `/vidu`): callbacks are signed for this URL.
-const PUBLIC: &str = "https://gw.example.com/vidu";
+pub(crate) const PUBLIC: &str = "https://gw.example.com/vidu";
 const RELAY_SECRET: &str = "team-relay-secret-0123456789";
 
 /// Task states as the mock Vidu reports them, by task id.
-type States = Arc<Mutex<HashMap<String, Value>>>;
+pub(crate) type States = Arc<Mutex<HashMap<String, Value>>>;
 
 /// Makes `mock` a Vidu whose tasks live: creates answer a new id charging `credits` (state `created`), queries
 /// answer the task's current state (404 for an unknown id), cancels set `cancelled`.
-fn living_vidu(mock: &MockVidu, credits: u64) -> States {
+pub(crate) fn living_vidu(mock: &MockVidu, credits: u64) -> States {
     let states: States = Arc::default();
     let next = Arc::new(AtomicU64::new(900_000_000_000_001));
     let s = states.clone();
@@ -65,19 +65,19 @@ fn living_vidu(mock: &MockVidu, credits: u64) -> States {
     states
 }
 
-fn set_state(states: &States, id: &str, state: &str, credits: u64) {
+pub(crate) fn set_state(states: &States, id: &str, state: &str, credits: u64) {
     let mut s = states.lock().unwrap();
     let v = s.get_mut(id).unwrap();
     v["state"] = json!(state);
     v["credits"] = json!(credits);
 }
 
-fn q2() -> Value {
+pub(crate) fn q2() -> Value {
     json!({"model": "viduq2", "images": ["https://example.com/a.png"], "duration": 5})
 }
 
 /// Polls `f` every 20 ms for up to 5 s until it returns `Some`.
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+pub(crate) async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
     what: &str,
     f: impl Fn() -> F,
 ) -> T {
@@ -101,13 +101,13 @@ async fn team_usage(app: &TestApp, token: &str) -> Value {
     usage["team"].clone()
 }
 
-async fn created_id(app: &TestApp, token: &str) -> String {
+pub(crate) async fn created_id(app: &TestApp, token: &str) -> String {
     let (status, _, task) = app.create(token, &q2()).await;
     assert_eq!(status, StatusCode::OK, "{task}");
     task["task_id"].as_str().unwrap().to_owned()
 }
 
-async fn task_record(app: &TestApp, id: &str) -> Value {
+pub(crate) async fn task_record(app: &TestApp, id: &str) -> Value {
     let (status, _, list) = app
         .get("/gateway/v1/tasks?limit=500", &app.admin_token())
         .await;
@@ -122,7 +122,7 @@ async fn task_record(app: &TestApp, id: &str) -> Value {
 }
 
 /// POSTs a callback for `body`, signed (or not) with `headers`.
-async fn post_callback(
+pub(crate) async fn post_callback(
     app: &TestApp,
     headers: &[(&str, String)],
     body: &Value,
@@ -140,17 +140,17 @@ async fn post_callback(
 }
 
 /// The headers Vidu would sign a callback with, for the gateway's registered URL, at `date`.
-fn vidu_signed(date: Timestamp, nonce: &str) -> Vec<(&'static str, String)> {
+pub(crate) fn vidu_signed(date: Timestamp, nonce: &str) -> Vec<(&'static str, String)> {
     let url = url::Url::parse(&format!("{PUBLIC}/gateway/v1/callbacks/vidu")).unwrap();
     signed_headers(VIDU_KEY.as_bytes(), &url, date, nonce)
 }
 
-fn with_callbacks(config: TestConfig) -> TestConfig {
+pub(crate) fn with_callbacks(config: TestConfig) -> TestConfig {
     config.settings(|s| s.callbacks.public_base_url = PUBLIC.into())
 }
 
 /// Queries of task ids the mock received.
-fn queries(mock: &MockVidu) -> Vec<String> {
+pub(crate) fn queries(mock: &MockVidu) -> Vec<String> {
     mock.received()
         .iter()
         .filter(|r| r.method == "GET" && r.path.starts_with("/ent/v2/tasks/"))

@@ -17,6 +17,7 @@ mod logs;
 mod proxy;
 mod redis_link;
 mod replicas;
+mod running;
 mod sandbox;
 mod state;
 mod upstream_faults;

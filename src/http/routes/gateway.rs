@@ -62,18 +62,22 @@ pub async fn usage(
         }
     }
     let config = state.config.current();
-    let report = crate::usage::collect(
+    let subject = crate::usage::Subject::resolve(&identity, q.user, q.team);
+    let unreadable = |e: crate::state::StoreError| GatewayError::ServiceUnavailable {
+        message: format!("the usage ledger cannot be read ({e}); retry shortly"),
+        retry_after_secs: 5,
+    };
+    let mut report = crate::usage::collect(
         &config.settings,
         state.store.as_ref(),
         state.clock.now(),
-        &crate::usage::Subject::resolve(&identity, q.user, q.team),
+        &subject,
         q.from,
         q.to,
     )
     .await
-    .map_err(|e| GatewayError::ServiceUnavailable {
-        message: format!("the usage ledger cannot be read ({e}); retry shortly"),
-        retry_after_secs: 5,
-    })?;
+    .map_err(unreadable)?;
+    let running = state.store.running().await.map_err(unreadable)?;
+    crate::usage::add_running(&mut report, &config.settings, &subject, &running);
     Ok(HttpResponse::Ok().json(report))
 }

@@ -9,7 +9,7 @@ use crate::config::{OnUnavailable, StateBackend};
 use crate::http::app_state::AppState;
 use crate::http::error::GatewayError;
 use crate::metrics::Metrics;
-use crate::state::StoreError;
+use crate::state::{Store, StoreError};
 
 /// The process is alive and answering.
 pub async fn healthz() -> HttpResponse {
@@ -95,7 +95,16 @@ fn redis_endpoint(url: &str) -> String {
     }
 }
 
-pub async fn metrics(metrics: web::Data<Arc<Metrics>>) -> HttpResponse {
+pub async fn metrics(
+    metrics: web::Data<Arc<Metrics>>,
+    store: web::Data<Arc<dyn Store>>,
+) -> HttpResponse {
+    // Read from the backend now: every replica reports the same running tasks. A backend that does not answer
+    // leaves the last figures.
+    match store.running().await {
+        Ok(now) => metrics.set_running(&now),
+        Err(e) => tracing::debug!(error = %e, "running tasks not read for /metrics"),
+    }
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(metrics.render())
