@@ -124,6 +124,22 @@ pub struct Metrics {
     pub running_tasks_global: Gauge,
     pub ledger: LedgerMetrics,
     pub lifecycle: LifecycleMetrics,
+    pub balance: BalanceMetrics,
+}
+
+/// The Vidu account as the balance watch last read it (`GET /ent/v2/credits`), and the burn rate and runway
+/// computed from the gateway's own ledger.
+#[derive(Clone, Debug, Default)]
+pub struct BalanceMetrics {
+    pub credits_remaining: Gauge,
+    pub concurrency_limit: Gauge,
+    pub current_concurrency: Gauge,
+    pub queue_count: Gauge,
+    /// Credits charged per hour over the last 24 h.
+    pub burn_per_hour: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Hours until the balance runs out at that rate.
+    pub runway_hours: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub polls: Family<OutcomeLabels, Counter>,
 }
 
 /// The ledger writer's figures: shared handles, updated by the writer and checkpointer threads, read by `/metrics`.
@@ -319,6 +335,46 @@ impl Metrics {
             "Unknown reservations settled or released by an admin, by outcome",
             lifecycle.reservations_resolved.clone(),
         );
+        let balance = BalanceMetrics::default();
+        for (name, help, gauge) in [
+            (
+                "vidu_credits_remaining",
+                "Credits left on the Vidu account (the sum of remains[].credit_remain of GET /ent/v2/credits)",
+                &balance.credits_remaining,
+            ),
+            (
+                "vidu_concurrency_limit",
+                "Tasks Vidu runs at once for the organisation",
+                &balance.concurrency_limit,
+            ),
+            (
+                "vidu_current_concurrency",
+                "Tasks Vidu runs now for the organisation",
+                &balance.current_concurrency,
+            ),
+            (
+                "vidu_queue_count",
+                "Tasks queued at Vidu for the organisation",
+                &balance.queue_count,
+            ),
+        ] {
+            registry.register(name, help, gauge.clone());
+        }
+        registry.register(
+            "vidu_credits_burn_per_hour",
+            "Credits charged per hour over the last 24 h, from the gateway's own ledger",
+            balance.burn_per_hour.clone(),
+        );
+        registry.register(
+            "vidu_credits_runway_hours",
+            "Hours until the Vidu balance runs out at the burn rate of the last 24 h",
+            balance.runway_hours.clone(),
+        );
+        registry.register(
+            "balance_polls",
+            "Reads of the Vidu balance (GET /ent/v2/credits), by outcome (ok, error)",
+            balance.polls.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -344,6 +400,7 @@ impl Metrics {
             running_tasks_global,
             ledger,
             lifecycle,
+            balance,
         }
     }
 
