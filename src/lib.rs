@@ -5,6 +5,7 @@
 
 pub mod admit;
 pub mod auth;
+pub mod balance;
 pub mod callbacks;
 pub mod catalog;
 pub mod cli;

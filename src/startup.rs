@@ -12,6 +12,7 @@ use anyhow::Context;
 use tracing_actix_web::TracingLogger;
 
 use crate::auth::Authenticator;
+use crate::balance::BalanceWatch;
 use crate::clock::{AlignedClock, SharedClock, SystemClock};
 use crate::config::{LiveConfig, LoadedConfig, OnUnavailable, StateBackend, UpstreamMode};
 use crate::forward::client::ViduClient;
@@ -49,6 +50,9 @@ pub struct Options {
     pub reconcile_every: Duration,
     /// How often the relay looks at its outbox.
     pub relay_every: Duration,
+    /// Reads the Vidu balance this often instead of every `balance.poll_secs` (tests; `balance.poll_secs = 0`
+    /// still turns the watch off).
+    pub balance_every: Option<Duration>,
 }
 
 impl Default for Options {
@@ -59,6 +63,7 @@ impl Default for Options {
             heartbeat_every: crate::replicas::HEARTBEAT_EVERY,
             reconcile_every: crate::tasks::reconciler::TICK,
             relay_every: crate::tasks::relay::TICK,
+            balance_every: None,
         }
     }
 }
@@ -174,6 +179,7 @@ impl Application {
             clock,
             sandbox,
             replicas: Arc::new(ReplicaView::new(aligned)),
+            balance: Arc::new(BalanceWatch::new()),
         });
         actix_web::rt::spawn(state.replicas.clone().run(
             state.store.clone(),
@@ -181,11 +187,22 @@ impl Application {
             metrics.clone(),
             options.heartbeat_every,
         ));
-        // Following tasks to their end runs on the main runtime, with an upstream client of its own.
-        let background_upstream = match &state.sandbox {
-            Some(s) => Upstream::Sandbox(s.clone()),
-            None => Upstream::Vidu(ViduClient::new(state.config.clone())?),
+        // Following tasks to their end and the balance watch run on the main runtime, with upstream clients of
+        // their own.
+        let background_upstream = || -> anyhow::Result<Upstream> {
+            Ok(match &state.sandbox {
+                Some(s) => Upstream::Sandbox(s.clone()),
+                None => Upstream::Vidu(ViduClient::new(state.config.clone())?),
+            })
         };
+        actix_web::rt::spawn(state.balance.clone().run(
+            background_upstream()?,
+            state.store.clone(),
+            metrics.clone(),
+            state.config.clone(),
+            state.clock.clone(),
+            options.balance_every,
+        ));
         actix_web::rt::spawn(
             Reconciler {
                 store: state.store.clone(),
@@ -194,7 +211,7 @@ impl Application {
                 clock: state.clock.clone(),
                 replica: state.replicas.id().to_owned(),
             }
-            .run(background_upstream, options.reconcile_every),
+            .run(background_upstream()?, options.reconcile_every),
         );
         actix_web::rt::spawn(
             Relay {

@@ -29,6 +29,7 @@ pub struct Settings {
     pub state: StateSettings,
     pub callbacks: CallbacksSettings,
     pub tasks: TasksSettings,
+    pub balance: BalanceSettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -480,6 +481,25 @@ impl Default for TasksSettings {
             running_slot_ttl_secs: 7200,
             offpeak_holds_slot: false,
             fair_share_idle_secs: 300,
+        }
+    }
+}
+
+/// Watching the Vidu account's balance (`GET /ent/v2/credits`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BalanceSettings {
+    /// Seconds between two reads of the balance; 0 = never read it.
+    pub poll_secs: u64,
+    /// A WARN log each time the balance is read below this; 0 = never.
+    pub warn_below: u64,
+}
+
+impl Default for BalanceSettings {
+    fn default() -> Self {
+        Self {
+            poll_secs: 300,
+            warn_below: 0,
         }
     }
 }

@@ -43,6 +43,13 @@ pub fn validate(s: &Settings, problems: &mut Vec<String>) {
     state(&s.state, problems);
     callbacks(&s.callbacks, problems);
     tasks(&s.tasks, problems);
+    if s.balance.poll_secs > 0 && s.balance.poll_secs < 10 {
+        problems.push(format!(
+            "balance.poll_secs = {} is too often: Vidu's balance changes with tasks, read it at most every 10 s \
+             (or 0 to stop reading it)",
+            s.balance.poll_secs
+        ));
+    }
     telemetry(&s.telemetry, problems);
 }
 

@@ -10,6 +10,7 @@ pub enum Endpoint {
     Img2Video,
     TaskCreations,
     TaskCancel,
+    Credits,
 }
 
 impl Endpoint {
@@ -18,6 +19,7 @@ impl Endpoint {
             Endpoint::Img2Video => "img2video",
             Endpoint::TaskCreations => "task_creations",
             Endpoint::TaskCancel => "task_cancel",
+            Endpoint::Credits => "credits",
         }
     }
 }

@@ -59,6 +59,10 @@ pub const CALLBACK_KEY: &str = "vidu-sandbox-callback-key";
 const MAX_TASKS: usize = 100_000;
 /// A prompt containing this makes the task fail.
 const FAIL_MARKER: &str = "[fail]";
+/// The sandbox account's balance before any task: `GET /ent/v2/credits` answers it minus what tasks were charged.
+pub const SANDBOX_BALANCE: u64 = 1_000_000;
+/// Tasks the sandbox account runs at once (Vidu's default per organisation); the others count as queued.
+const SANDBOX_CONCURRENCY: u64 = 5;
 /// Attempts at delivering a terminal callback (Vidu retries it 3 times); other states get one.
 const TERMINAL_ATTEMPTS: u32 = 4;
 /// The wait between two attempts at one callback.
@@ -275,6 +279,7 @@ impl Sandbox {
             (&Method::POST, "/ent/v2/img2video", _) => self.create(&req.body, &req.request_id),
             (&Method::GET, _, Some((id, "creations"))) => self.query(id, &req.request_id),
             (&Method::POST, _, Some((id, "cancel"))) => self.cancel(id, &req.request_id),
+            (&Method::GET, "/ent/v2/credits", _) => self.credits(),
             _ => vidu_error(
                 StatusCode::NOT_FOUND,
                 "NotFound",
@@ -437,6 +442,35 @@ impl Sandbox {
         let response = answer(n, task, task.state_at(self.clock.now()));
         drop(tasks);
         json_response(StatusCode::OK, &response)
+    }
+
+    /// The account, as Vidu answers `GET /ent/v2/credits`: the balance left after every task still charged (a
+    /// failed or cancelled one is given back), tasks running (at most the concurrency limit) and queued.
+    fn credits(&self) -> UpstreamResponse {
+        let now = self.clock.now();
+        let tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut charged, mut unfinished) = (0u64, 0u64);
+        for task in tasks.values() {
+            let state = task.state_at(now);
+            if state.charged() {
+                charged = charged.saturating_add(task.credits);
+            }
+            if !state.terminal() {
+                unfinished += 1;
+            }
+        }
+        drop(tasks);
+        let running = unfinished.min(SANDBOX_CONCURRENCY);
+        json_response(
+            StatusCode::OK,
+            &json!({"remains": [{
+                "type": "sandbox",
+                "credit_remain": SANDBOX_BALANCE.saturating_sub(charged),
+                "concurrency_limit": SANDBOX_CONCURRENCY,
+                "current_concurrency": running,
+                "queue_count": unfinished - running,
+            }]}),
+        )
     }
 
     fn cancel(&self, id: &str, request_id: &str) -> UpstreamResponse {

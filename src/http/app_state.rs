@@ -26,6 +26,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// This replica's id and its latest view of its peers (the heartbeat's).
     pub replicas: Arc<crate::replicas::ReplicaView>,
+    /// The Vidu balance as last read.
+    pub balance: Arc<crate::balance::BalanceWatch>,
 }
 
 impl AppState {

@@ -59,6 +59,7 @@ macro_rules! run_conformance {
             the_reconciler_claims_quiet_tasks_oldest_first_within_its_lease_and_rate,
             tasks_are_listed_newest_first_by_owner_and_state_in_pages,
             unknown_reservations_are_listed_and_resolved_once,
+            credits_charged_since_count_tasks_created_since_as_charged_now,
             running_slots_are_kept_by_the_task_and_freed_when_it_ends,
             team_and_global_running_caps_count_every_member,
             running_slots_lapse_without_news_and_news_keeps_them,
@@ -1100,4 +1101,30 @@ pub async fn a_spooled_admission_that_ended_unknown_is_listed_and_resolved(backe
     assert!(released.ok().flatten().is_some());
     assert_eq!(used(s, &team_day()).await, 0);
     assert_eq!(s.reservations().await, Ok(Vec::new()));
+}
+
+pub async fn credits_charged_since_count_tasks_created_since_as_charged_now(backend: &dyn Backend) {
+    let (o, clock) = open(backend).await;
+    let s = o.store.as_ref();
+    let start = crate::clock::Clock::now(clock.as_ref());
+    create_task(s, "alice", "burn-old", 30, None).await;
+    clock.advance(SignedDuration::from_hours(2));
+    let since = crate::clock::Clock::now(clock.as_ref());
+    create_task(s, "alice", "burn-1", 40, None).await;
+    clock.advance(SignedDuration::from_secs(1));
+    create_task(s, "bob", "burn-2", 25, None).await;
+    create_task(s, "bob", "burn-3", 10, None).await;
+    // A refund is netted, a success's final credits counted.
+    observe(s, seen("burn-2", TaskState::Failed, None)).await;
+    observe(s, seen("burn-3", TaskState::Success, Some(12))).await;
+    let charged = |at| async move {
+        match s.charged_since(at).await {
+            Ok(n) => n,
+            Err(e) => panic!("charged_since: {e}"),
+        }
+    };
+    assert_eq!(charged(since).await, 52);
+    assert_eq!(charged(start).await, 82);
+    clock.advance(SignedDuration::from_secs(5));
+    assert_eq!(charged(crate::clock::Clock::now(clock.as_ref())).await, 0);
 }

@@ -262,6 +262,10 @@ impl<S: Lifecycle> Lifecycle for FailOpen<S> {
         self.inner.resolve(id, how)
     }
 
+    fn charged_since(&self, since: jiff::Timestamp) -> Answer<'_, u64> {
+        self.inner.charged_since(since)
+    }
+
     fn running(&self) -> Answer<'_, RunningNow> {
         self.inner.running()
     }

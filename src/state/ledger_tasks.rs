@@ -305,6 +305,16 @@ impl Ledger {
             .optional()
     }
 
+    /// Credits the tasks created at or after `since` (as stamped) are charged now.
+    pub fn charged_since(&self, since: &str) -> rusqlite::Result<u64> {
+        let total: i64 = self.conn.query_row(
+            "SELECT COALESCE(SUM(credits), 0) FROM tasks WHERE created_at >= ?1",
+            params![since],
+            |r| r.get(0),
+        )?;
+        Ok(u64::try_from(total).unwrap_or(0))
+    }
+
     /// A page of tasks, newest first (one more than `limit` is read to know whether there are more).
     pub fn tasks(&self, q: &TaskQuery) -> rusqlite::Result<Vec<TaskRecord>> {
         let mut conds: Vec<&str> = Vec::new();

@@ -530,6 +530,18 @@ impl Lifecycle for MemoryStore {
         ready(Ok(r)).boxed()
     }
 
+    fn charged_since(&self, since: jiff::Timestamp) -> Answer<'_, u64> {
+        let through = self.shared.writer.last_sent();
+        let shared = self.shared.clone();
+        let since = stamp(since);
+        self.reports
+            .read(move |ledger| {
+                shared.writer.wait_processed(through, REPORT_WAIT)?;
+                Ok(ledger.charged_since(&since)?)
+            })
+            .boxed()
+    }
+
     fn running(&self) -> Answer<'_, RunningNow> {
         let mut inner = self.shared.lock();
         let (now, _) = inner.life.now();

@@ -127,6 +127,9 @@ pub trait Lifecycle {
     /// Settles or releases an `unknown` reservation, once; `None` when `id` names no unknown reservation.
     fn resolve<'a>(&'a self, id: &'a str, how: Resolution) -> Answer<'a, Option<ReservationView>>;
 
+    /// Credits the tasks created since `since` are charged now (refunds netted): the burn rate's figure.
+    fn charged_since(&self, since: jiff::Timestamp) -> Answer<'_, u64>;
+
     /// The running-task slots held now (those whose time ran out without news are freed first).
     fn running(&self) -> Answer<'_, RunningNow>;
 }

@@ -269,6 +269,10 @@ admin_role = "gw-admin"
 # Tests that follow tasks by reconciliation turn it on; the others must not see the reconciler's queries.
 reconcile_interval_secs = 0
 
+[balance]
+# Likewise the balance watch's reads of GET /ent/v2/credits (tests that turn it on read every 100 ms).
+poll_secs = 0
+
 [telemetry]
 log_level = "warn"
 "#
@@ -430,6 +434,7 @@ impl TestApp {
                 // The first beat runs at start; tests beat on demand through `/readyz`.
                 heartbeat_every: Duration::from_secs(3600),
                 reconcile_every: Duration::from_millis(100),
+                balance_every: Some(Duration::from_millis(100)),
                 relay_every: Duration::from_millis(50),
             },
         )

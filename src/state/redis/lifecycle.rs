@@ -8,6 +8,8 @@ use super::*;
 /// Members of a task list read by one page at most (a `?state=` filter matching little returns a shorter page
 /// with a cursor rather than scanning everything in one script).
 const TASK_SCAN: usize = 2000;
+/// The most task records the burn rate reads (a day of tasks at more than one a second).
+const BURN_SCAN: usize = 100_000;
 
 /// A task's record from its hash.
 pub(super) fn task_of(task_id: String, f: &HashMap<String, String>) -> TaskRecord {
@@ -432,6 +434,25 @@ impl Lifecycle for RedisStore {
             let g: GrantView =
                 serde_json::from_str(&text).map_err(|_| bad_answer("reservation resolve"))?;
             Ok(Some(g.view()))
+        }
+        .boxed()
+    }
+
+    fn charged_since(&self, since: jiff::Timestamp) -> Answer<'_, u64> {
+        async move {
+            let arg = json!({
+                "index": self.keys.task_list(None, None),
+                "prefix": self.keys.task_prefix(),
+                "since": stamp(since),
+                "scan": BURN_SCAN,
+            })
+            .to_string();
+            let total: i64 = self
+                .call_on(&self.side, "credits charged", async |c| {
+                    self.burn.arg(&arg).invoke_async(c).await
+                })
+                .await?;
+            Ok(u64::try_from(total).unwrap_or(0))
         }
         .boxed()
     }

@@ -30,6 +30,7 @@ pub mod server;
 const ADMIT: &str = include_str!("admit.lua");
 const FINISH: &str = include_str!("finish.lua");
 const RUNNING: &str = include_str!("running.lua");
+const BURN: &str = include_str!("burn.lua");
 const USAGE: &str = include_str!("usage.lua");
 const HEARTBEAT: &str = include_str!("heartbeat.lua");
 const RECORD: &str = include_str!("record.lua");
@@ -57,7 +58,7 @@ mod lifecycle;
 /// The SHA1 of the scripts the background loops run (the reconciler's claims, the relay outbox, the reservation
 /// list): Redis traffic that belongs to no request (tests that count a request's round trips leave it out).
 pub fn background_script_hashes() -> Vec<String> {
-    [CLAIM_DUE, RELAYS, RESERVATIONS, RUNNING]
+    [CLAIM_DUE, RELAYS, RESERVATIONS, RUNNING, BURN]
         .into_iter()
         .map(|src| Script::new(src).get_hash().to_owned())
         .collect()
@@ -87,6 +88,7 @@ pub struct RedisStore {
     admit: Script,
     finish: Script,
     running: Script,
+    burn: Script,
     usage: Script,
     heartbeat: Script,
     record: Script,
@@ -325,6 +327,7 @@ impl RedisStore {
             admit: Script::new(ADMIT),
             finish: Script::new(FINISH),
             running: Script::new(RUNNING),
+            burn: Script::new(BURN),
             usage: Script::new(USAGE),
             heartbeat: Script::new(HEARTBEAT),
             record: Script::new(RECORD),
