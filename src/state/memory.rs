@@ -23,6 +23,8 @@ use super::rate::{Checked, RateLimits};
 use super::reader::Reader;
 use super::writer::Writer;
 
+#[path = "memory_idempotency.rs"]
+mod idempotency;
 #[path = "memory_lifecycle.rs"]
 mod lifecycle;
 use super::*;
@@ -49,6 +51,8 @@ pub struct MemoryStore {
 struct Shared {
     inner: Mutex<Inner>,
     writer: Writer,
+    /// `Idempotency-Key` records (`memory_idempotency.rs`), under a lock of their own.
+    idem: Mutex<idempotency::Keys>,
 }
 
 struct Inner {
@@ -109,11 +113,15 @@ impl MemoryStore {
         let (next_row, life) = Ledger::open_read_only(ledger_path)
             .and_then(|l| Ok((l.max_id()? + 1, lifecycle::Life::load(&l, clock.clone())?)))
             .map_err(context)?;
+        let idem = Ledger::open_read_only(ledger_path)
+            .and_then(|l| idempotency::Keys::load(&l, clock.clone()))
+            .map_err(context)?;
         Ok(Self {
             point: Reader::start(ledger_path, "ledger-reads").map_err(context)?,
             reports: Reader::start(ledger_path, "ledger-reports").map_err(context)?,
             shared: Arc::new(Shared {
                 writer,
+                idem: Mutex::new(idem),
                 inner: Mutex::new(Inner {
                     next_row,
                     budgets: HashMap::default(),
@@ -660,6 +668,7 @@ mod tests {
     }
 
     run_conformance!(Memory);
+    crate::state::conformance_idempotency::run_idempotency_conformance!(Memory);
 
     fn clock() -> SharedClock {
         crate::clock::ManualClock::new(jiff::Timestamp::from_second(1_795_600_800).unwrap())
