@@ -120,6 +120,8 @@ pub struct Metrics {
     pub budget_remaining: Family<TeamLabels, Gauge>,
     pub ledger: LedgerMetrics,
     pub lifecycle: LifecycleMetrics,
+    /// Creates with an `Idempotency-Key`, by outcome.
+    pub idempotency: Family<OutcomeLabels, Counter>,
 }
 
 /// The ledger writer's figures: shared handles, updated by the writer and checkpointer threads, read by `/metrics`.
@@ -303,6 +305,13 @@ impl Metrics {
             "Unknown reservations settled or released by an admin, by outcome",
             lifecycle.reservations_resolved.clone(),
         );
+        let idempotency: Family<OutcomeLabels, Counter> = register(
+            &mut registry,
+            "idempotency",
+            "Creates with an Idempotency-Key, by outcome: claimed, replayed, in_flight (409), reused (422), \
+             unavailable (the state backend could not answer: 503, or unchecked under fail_open); then per claim \
+             stored, abandoned (refused before forwarding, or nothing reached Vidu), not_stored",
+        );
         Self {
             registry,
             http_requests,
@@ -326,6 +335,7 @@ impl Metrics {
             budget_remaining,
             ledger,
             lifecycle,
+            idempotency,
         }
     }
 

@@ -29,6 +29,7 @@ pub struct Settings {
     pub state: StateSettings,
     pub callbacks: CallbacksSettings,
     pub tasks: TasksSettings,
+    pub idempotency: IdempotencySettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -458,6 +459,20 @@ impl Default for TasksSettings {
             reconcile_max_per_minute: 60,
             unknown_release_after_hours: 48,
         }
+    }
+}
+
+/// `Idempotency-Key` on creates.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdempotencySettings {
+    /// How long the answer to a create with an `Idempotency-Key` is kept for the retries that repeat it.
+    pub ttl_secs: u64,
+}
+
+impl Default for IdempotencySettings {
+    fn default() -> Self {
+        Self { ttl_secs: 86_400 }
     }
 }
 

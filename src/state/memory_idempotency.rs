@@ -79,7 +79,7 @@ impl Keys {
     fn claim(&mut self, c: &IdemClaim, writer: &Writer) -> Claim {
         let now = self.now_ms();
         self.claims = self.claims.wrapping_add(1);
-        if self.claims % PRUNE_EVERY == 0 {
+        if self.claims.is_multiple_of(PRUNE_EVERY) {
             self.records.retain(|_, r| r.until_ms() > now);
             writer.send(Write::Idempotency(IdemWrite::Prune { before_ms: now }));
         }
