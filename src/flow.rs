@@ -15,6 +15,7 @@ use crate::config::Settings;
 use crate::forward::upstream::{
     Endpoint, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse,
 };
+use crate::idempotency::Keeper;
 use crate::metrics::{AdmissionLabels, CreditLabels, Metrics, TeamLabels};
 use crate::settle::{Pending, settlement_of};
 use crate::state::{Grant, Mode, RejectionRecord, Store};
@@ -279,7 +280,8 @@ pub async fn quote(
 }
 
 /// Forward the admitted request and settle. Runs detached from the caller's connection; the caller has the answer
-/// as soon as Vidu gives it, the settlement follows without holding it up.
+/// as soon as Vidu gives it (and its `Idempotency-Key` answer is stored, when `keeper` holds one), the settlement
+/// follows without holding it up.
 pub async fn forward_admitted(
     upstream: Arc<Upstream>,
     store: Arc<dyn Store>,
@@ -287,6 +289,7 @@ pub async fn forward_admitted(
     identity: &Identity,
     admitted: Admitted,
     request_id: String,
+    keeper: Option<Keeper>,
 ) -> Result<UpstreamResponse, UpstreamError> {
     let estimate = admitted.decided.run.estimate;
     let relay_to = admitted.relay_to;
@@ -313,6 +316,11 @@ pub async fn forward_admitted(
     actix_web::rt::spawn(async move {
         let result = upstream.send(call, &metrics).await;
         let settlement = settlement_of(&result, estimate, relay_to);
+        // Stored before the caller has the answer (a retry then finds it), here rather than in the handler: a
+        // caller who hangs up must not leave the key to be forwarded again once its claim lapses.
+        if let Some(keeper) = keeper {
+            keeper.answered(&result).await;
+        }
         // The caller gets Vidu's answer now; the settlement is issued in this same poll (before the caller's
         // response is even written, so a later request on this replica is ordered after it) but not waited for:
         // one round trip to the store on the request path, the admission.

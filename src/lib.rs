@@ -14,6 +14,7 @@ pub mod config;
 pub mod flow;
 pub mod forward;
 pub mod http;
+pub mod idempotency;
 pub mod metrics;
 pub mod policy;
 pub mod read;

@@ -125,6 +125,8 @@ pub struct Metrics {
     pub ledger: LedgerMetrics,
     pub lifecycle: LifecycleMetrics,
     pub balance: BalanceMetrics,
+    /// Creates with an `Idempotency-Key`, by outcome.
+    pub idempotency: Family<OutcomeLabels, Counter>,
 }
 
 /// The Vidu account as the balance watch last read it (`GET /ent/v2/credits`), and the burn rate and runway
@@ -375,6 +377,13 @@ impl Metrics {
             "Reads of the Vidu balance (GET /ent/v2/credits), by outcome (ok, error)",
             balance.polls.clone(),
         );
+        let idempotency: Family<OutcomeLabels, Counter> = register(
+            &mut registry,
+            "idempotency",
+            "Creates with an Idempotency-Key, by outcome: claimed, replayed, in_flight (409), reused (422), \
+             unavailable (the state backend could not answer: 503, or unchecked under fail_open); then per claim \
+             stored, abandoned (refused before forwarding, or nothing reached Vidu), not_stored",
+        );
         Self {
             registry,
             http_requests,
@@ -401,6 +410,7 @@ impl Metrics {
             ledger,
             lifecycle,
             balance,
+            idempotency,
         }
     }
 

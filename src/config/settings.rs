@@ -30,6 +30,7 @@ pub struct Settings {
     pub callbacks: CallbacksSettings,
     pub tasks: TasksSettings,
     pub balance: BalanceSettings,
+    pub idempotency: IdempotencySettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -501,6 +502,20 @@ impl Default for BalanceSettings {
             poll_secs: 300,
             warn_below: 0,
         }
+    }
+}
+
+/// `Idempotency-Key` on creates.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdempotencySettings {
+    /// How long the answer to a create with an `Idempotency-Key` is kept for the retries that repeat it.
+    pub ttl_secs: u64,
+}
+
+impl Default for IdempotencySettings {
+    fn default() -> Self {
+        Self { ttl_secs: 86_400 }
     }
 }
 

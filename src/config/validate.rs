@@ -50,7 +50,21 @@ pub fn validate(s: &Settings, problems: &mut Vec<String>) {
             s.balance.poll_secs
         ));
     }
+    idempotency(&s.idempotency, problems);
     telemetry(&s.telemetry, problems);
+}
+
+/// The longest `idempotency.ttl_secs`: 30 days (every answer kept is memory on the memory backend, and Redis's).
+pub const MAX_IDEMPOTENCY_TTL_SECS: u64 = 30 * 86_400;
+
+fn idempotency(i: &IdempotencySettings, p: &mut Vec<String>) {
+    if i.ttl_secs == 0 || i.ttl_secs > MAX_IDEMPOTENCY_TTL_SECS {
+        p.push(format!(
+            "idempotency.ttl_secs = {} must be between 1 and {MAX_IDEMPOTENCY_TTL_SECS} (30 days): it is how long a \
+             create's answer is kept for retries with the same Idempotency-Key (86400 = one day)",
+            i.ttl_secs
+        ));
+    }
 }
 
 fn callbacks(c: &CallbacksSettings, p: &mut Vec<String>) {

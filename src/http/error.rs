@@ -58,6 +58,21 @@ pub enum GatewayError {
     },
     #[error("Vidu did not answer within {timeout_ms} ms (upstream.request_timeout_ms)")]
     UpstreamTimeout { timeout_ms: u64 },
+    /// A create with the same `Idempotency-Key` and body is still running (409, with `Retry-After`).
+    #[error(
+        "a request with this Idempotency-Key is still being processed: retry after {retry_after_secs} s to get its \
+         answer (if it never finishes, the key is free again within {lease_secs} s)"
+    )]
+    IdempotencyKeyInFlight {
+        retry_after_secs: u64,
+        lease_secs: u64,
+    },
+    /// The `Idempotency-Key` was used with another body (422).
+    #[error(
+        "this Idempotency-Key was used with a different request body: send the same body to get the first \
+         request's answer, or use a new key for a new request"
+    )]
+    IdempotencyKeyReused,
     /// A bug or an unexpected failure: the caller sees an opaque message, the cause goes to the log.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -99,6 +114,8 @@ impl GatewayError {
             GatewayError::UpstreamUnavailable(_) => "UpstreamUnavailable",
             GatewayError::ServiceUnavailable { .. } => "ServiceUnavailable",
             GatewayError::UpstreamTimeout { .. } => "UpstreamTimeout",
+            GatewayError::IdempotencyKeyInFlight { .. } => "IdempotencyKeyInFlight",
+            GatewayError::IdempotencyKeyReused => "IdempotencyKeyReused",
             GatewayError::Internal(_) => "InternalServiceFailure",
         }
     }
@@ -123,7 +140,8 @@ pub struct PendingEnvelope {
     pub fields: Vec<FieldViolation>,
 }
 
-/// Marks a response whose body is Vidu's own (passed through unchanged, even when it is an error).
+/// Marks a response whose body is final: Vidu's own (passed through unchanged, even when it is an error), or an
+/// answer stored for an `Idempotency-Key`, replayed byte for byte.
 #[derive(Clone, Copy, Debug)]
 pub struct UpstreamBody;
 
@@ -213,6 +231,8 @@ impl ResponseError for GatewayError {
             GatewayError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             GatewayError::ServiceUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::IdempotencyKeyInFlight { .. } => StatusCode::CONFLICT,
+            GatewayError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -247,6 +267,9 @@ impl ResponseError for GatewayError {
                 }
             }
             GatewayError::ServiceUnavailable {
+                retry_after_secs, ..
+            }
+            | GatewayError::IdempotencyKeyInFlight {
                 retry_after_secs, ..
             } => {
                 res.insert_header((header::RETRY_AFTER, retry_after_secs.max(&1).to_string()));

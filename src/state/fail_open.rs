@@ -271,6 +271,41 @@ impl<S: Lifecycle> Lifecycle for FailOpen<S> {
     }
 }
 
+/// A claim the backend cannot answer: `fail_closed` passes the error on (503); `fail_open` lets the request go on
+/// without idempotency — never refused for it — and says so. Abandoning and storing pass through (a failure there
+/// is logged by the caller; the claim's lease frees the key).
+impl<S: Idempotency + Sync> Idempotency for FailOpen<S> {
+    fn claim<'a>(&'a self, claim: &'a IdemClaim) -> Answer<'a, Claim> {
+        async move {
+            match self.inner.claim(claim).await {
+                Err(e) if (self.rule)() == OnUnavailable::FailOpen => {
+                    tracing::warn!(
+                        error = %e,
+                        "state backend unavailable: a create with an Idempotency-Key goes on without its key \
+                         (fail_open); a retry of it may be forwarded again"
+                    );
+                    Ok(Claim::Unchecked)
+                }
+                claimed => claimed,
+            }
+        }
+        .boxed()
+    }
+
+    fn abandon<'a>(&'a self, claim: &'a IdemClaim) -> Answer<'a, ()> {
+        self.inner.abandon(claim)
+    }
+
+    fn keep<'a>(
+        &'a self,
+        claim: &'a IdemClaim,
+        answer: &'a StoredAnswer,
+        ttl_secs: u64,
+    ) -> Answer<'a, bool> {
+        self.inner.keep(claim, answer, ttl_secs)
+    }
+}
+
 impl<S: Reports> Reports for FailOpen<S> {
     fn used<'a>(&'a self, keys: &'a [BudgetKey]) -> Answer<'a, Vec<u64>> {
         self.inner.used(keys)

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use futures_util::future::{FutureExt, ready};
 
+use super::ledger_idempotency::IdemWrite;
 use super::ledger_tasks::TaskWrite;
 use super::{
     Answer, BudgetKey, GrantId, Period, RejectionRecord, Reports, RequestRecord, Scope, StoreError,
@@ -187,6 +188,8 @@ pub enum Write {
     Rejection(RejectionRecord),
     /// A task's lifecycle, the relay outbox (`ledger_tasks.rs`).
     Task(TaskWrite),
+    /// A stored `Idempotency-Key` answer (`ledger_idempotency.rs`).
+    Idempotency(IdemWrite),
 }
 
 impl Ledger {
@@ -202,6 +205,7 @@ impl Ledger {
         conn.execute_batch(SCHEMA)?;
         add_grant_id_column(&conn)?;
         super::ledger_tasks::migrate(&conn)?;
+        super::ledger_idempotency::migrate(&conn)?;
         conn.execute(
             "UPDATE reservations SET status = 'unknown', updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
              WHERE status = 'reserved'",
@@ -342,6 +346,7 @@ impl Ledger {
                 }
                 Write::Rejection(r) => Self::record_rejection(&tx, r)?,
                 Write::Task(t) => Self::apply_task(&tx, t, now)?,
+                Write::Idempotency(w) => Self::apply_idempotency(&tx, w)?,
             }
         }
         tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'applied_seq'")?

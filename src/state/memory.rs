@@ -24,6 +24,8 @@ use super::rate::{Checked, RateLimits};
 use super::reader::Reader;
 use super::writer::Writer;
 
+#[path = "memory_idempotency.rs"]
+mod idempotency;
 #[path = "memory_lifecycle.rs"]
 mod lifecycle;
 #[path = "memory_running.rs"]
@@ -52,6 +54,8 @@ pub struct MemoryStore {
 struct Shared {
     inner: Mutex<Inner>,
     writer: Writer,
+    /// `Idempotency-Key` records (`memory_idempotency.rs`), under a lock of their own.
+    idem: Mutex<idempotency::Keys>,
 }
 
 struct Inner {
@@ -114,11 +118,15 @@ impl MemoryStore {
         let (next_row, life) = Ledger::open_read_only(ledger_path)
             .and_then(|l| Ok((l.max_id()? + 1, lifecycle::Life::load(&l, clock.clone())?)))
             .map_err(context)?;
+        let idem = Ledger::open_read_only(ledger_path)
+            .and_then(|l| idempotency::Keys::load(&l, clock.clone()))
+            .map_err(context)?;
         Ok(Self {
             point: Reader::start(ledger_path, "ledger-reads").map_err(context)?,
             reports: Reader::start(ledger_path, "ledger-reports").map_err(context)?,
             shared: Arc::new(Shared {
                 writer,
+                idem: Mutex::new(idem),
                 inner: Mutex::new(Inner {
                     next_row,
                     budgets: HashMap::default(),
@@ -693,6 +701,7 @@ mod tests {
     }
 
     run_conformance!(Memory);
+    crate::state::conformance_idempotency::run_idempotency_conformance!(Memory);
 
     mod fair_share {
         use proptest::prelude::*;

@@ -18,7 +18,9 @@ pub mod decision;
 pub mod error;
 pub mod fail_open;
 pub mod file_guard;
+pub mod idempotency;
 pub mod ledger;
+pub mod ledger_idempotency;
 pub mod ledger_tasks;
 pub mod lifecycle;
 pub mod memory;
@@ -33,6 +35,8 @@ pub mod writer;
 
 #[cfg(test)]
 pub mod conformance;
+#[cfg(test)]
+pub mod conformance_idempotency;
 
 use futures_util::future::BoxFuture;
 
@@ -40,6 +44,7 @@ pub use decision::{
     Decision, Grant, GrantId, Granted, RateStatus, Refusal, Settlement, ShareRefusal,
 };
 pub use error::StoreError;
+pub use idempotency::{Claim, IdemClaim, IdemKey, StoredAnswer};
 pub use ledger::{UsageFilter, UsageRow};
 pub use lifecycle::{
     Created, DueClaim, Observation, RelayJob, RelayOutcome, RelayStatus, ReservationView,
@@ -134,6 +139,25 @@ pub trait Lifecycle {
     fn running(&self) -> Answer<'_, RunningNow>;
 }
 
+/// `Idempotency-Key` on creates (`idempotency.rs`): each method is one atomic decision of the backend.
+pub trait Idempotency {
+    /// Takes the key for this request (`Claimed`), unless its record says otherwise: another request with the same
+    /// body holds it (`InFlight`; a lapsed lease counts as no record), its record has another body (`Reused`), or
+    /// its answer is stored (`Replay`, until `ttl_secs` after it was stored).
+    fn claim<'a>(&'a self, claim: &'a IdemClaim) -> Answer<'a, Claim>;
+
+    /// The request was refused before it was forwarded: frees the key, if this claim still holds it.
+    fn abandon<'a>(&'a self, claim: &'a IdemClaim) -> Answer<'a, ()>;
+
+    /// Stores the request's answer for `ttl_secs`, unless another request holds the key now (`false`: not stored).
+    fn keep<'a>(
+        &'a self,
+        claim: &'a IdemClaim,
+        answer: &'a StoredAnswer,
+        ttl_secs: u64,
+    ) -> Answer<'a, bool>;
+}
+
 /// What was spent (the usage API and CLI).
 pub trait Reports {
     /// Credits used (settled + reserved + unknown) in each budget, in order.
@@ -183,6 +207,12 @@ impl Replicas {
 }
 
 /// A whole backend, shared by every worker.
-pub trait Store: Admissions + Records + Lifecycle + Reports + Health + Send + Sync {}
+pub trait Store:
+    Admissions + Records + Lifecycle + Idempotency + Reports + Health + Send + Sync
+{
+}
 
-impl<T: Admissions + Records + Lifecycle + Reports + Health + Send + Sync> Store for T {}
+impl<T: Admissions + Records + Lifecycle + Idempotency + Reports + Health + Send + Sync> Store
+    for T
+{
+}

@@ -89,11 +89,15 @@ pub fn created_task(id: &str, credits: u64) -> Value {
 
 impl MockVidu {
     pub async fn start() -> Self {
+        Self::start_on(TcpListener::bind("127.0.0.1:0").unwrap()).await
+    }
+
+    /// The mock on `listener` (a port a test chose, e.g. one the gateway found closed before).
+    pub async fn start_on(listener: TcpListener) -> Self {
         let received: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let default: Responder =
             Arc::new(|_| Reply::json(200, created_task("800000000000001", 25)));
         let responder = Arc::new(Mutex::new(default));
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (rec, resp) = (received.clone(), responder.clone());
         let server = HttpServer::new(move || {

@@ -1,8 +1,9 @@
-//! `POST /ent/v2/img2video` and `POST /gateway/v1/img2video/quote`: thin handlers over `crate::flow`.
+//! `POST /ent/v2/img2video` and `POST /gateway/v1/img2video/quote`: thin handlers over `crate::flow` (and, for a
+//! create's `Idempotency-Key`, `crate::idempotency`; the quote ignores the header).
 
 use std::sync::Arc;
 
-use actix_web::http::header;
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 
@@ -13,6 +14,7 @@ use crate::forward::upstream::Upstream;
 use crate::http::app_state::{AppState, request_id};
 use crate::http::error::GatewayError;
 use crate::http::responses;
+use crate::idempotency::{self, Held, Keeper};
 use crate::read;
 
 /// What both handlers start from: the configuration in force for the whole request (read once), the caller,
@@ -66,17 +68,36 @@ pub async fn create(
     upstream: web::Data<Upstream>,
 ) -> Result<HttpResponse, GatewayError> {
     let started = Started::read(&req, payload, &state).await?;
-    let admitted = match flow::admit(
-        &started.context(&state),
-        &started.identity,
+    let key = idempotency::key_of(
+        req.headers()
+            .get_all(idempotency::HEADER)
+            .map(HeaderValue::as_bytes),
+    )
+    .map_err(GatewayError::BadRequest)?;
+    let ctx = started.context(&state);
+    let held = match idempotency::begin(
+        ctx.store,
+        ctx.metrics,
+        ctx.settings,
+        &started.identity.user,
+        key,
         &started.bytes,
-        prefer_never(&req),
     )
     .await
     {
-        Ok(a) => a,
-        Err(refused) => return Ok(responses::refused_response(refused)),
+        Ok(held) => held,
+        Err(stopped) => return Ok(responses::stopped(stopped)),
     };
+    let admitted =
+        match flow::admit(&ctx, &started.identity, &started.bytes, prefer_never(&req)).await {
+            Ok(a) => a,
+            Err(refused) => {
+                if let Some(held) = held {
+                    held.abandon().await;
+                }
+                return Ok(responses::refused_response(refused));
+            }
+        };
     let Started {
         config,
         identity,
@@ -87,6 +108,7 @@ pub async fn create(
     drop(bytes);
     let headers = responses::admission_headers(&admitted.decided);
     let timeout_ms = config.settings.upstream.request_timeout_ms;
+    let keeper = held.and_then(|held| keeper(held, &headers, &request_id, timeout_ms));
     let answer = flow::forward_admitted(
         upstream.into_inner(),
         state.store.clone(),
@@ -94,16 +116,34 @@ pub async fn create(
         &identity,
         admitted,
         request_id,
+        keeper,
     )
     .await;
     let mut res = match answer {
         Ok(a) => responses::upstream_response(a),
-        Err(e) => actix_web::ResponseError::error_response(&super::upstream_error(e, timeout_ms)),
+        Err(e) => actix_web::ResponseError::error_response(&super::upstream_error(&e, timeout_ms)),
     };
     for (name, value) in headers {
         res.headers_mut().insert(name, value);
     }
     Ok(res)
+}
+
+/// The claim of a create about to be forwarded, with the way to render its answer exactly as the caller gets it
+/// (the same status, headers and body as the response `create` builds from it) for a retry to replay.
+fn keeper(
+    held: Held,
+    headers: &[(HeaderName, HeaderValue)],
+    request_id: &str,
+    timeout_ms: u64,
+) -> Option<Keeper> {
+    let (headers, request_id) = (headers.to_vec(), request_id.to_owned());
+    held.keeper(Box::new(move |result| {
+        let answer = result
+            .as_ref()
+            .map_err(|e| super::upstream_error(e, timeout_ms));
+        responses::kept_answer(answer, &headers, &request_id)
+    }))
 }
 
 pub async fn quote(

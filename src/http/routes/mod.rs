@@ -91,11 +91,11 @@ pub async fn send(
     upstream
         .send(call, &state.metrics)
         .await
-        .map_err(|e| upstream_error(e, timeout_ms))
+        .map_err(|e| upstream_error(&e, timeout_ms))
 }
 
 /// The caller-facing error of a failed upstream call.
-pub fn upstream_error(e: UpstreamError, timeout_ms: u64) -> GatewayError {
+pub fn upstream_error(e: &UpstreamError, timeout_ms: u64) -> GatewayError {
     match e {
             UpstreamError::Timeout => GatewayError::UpstreamTimeout { timeout_ms },
             UpstreamError::Connect(_) => GatewayError::UpstreamUnavailable(

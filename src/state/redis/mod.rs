@@ -40,7 +40,8 @@ const RELAYS: &str = include_str!("relays.lua");
 const RESERVATIONS: &str = include_str!("reservations.lua");
 const TASKS: &str = include_str!("tasks.lua");
 /// Every script, as the heartbeat loads them.
-const SCRIPTS: [&str; 10] = [
+const SCRIPTS: [&str; 11] = [
+    idempotency::SOURCE,
     ADMIT,
     FINISH,
     USAGE,
@@ -53,6 +54,7 @@ const SCRIPTS: [&str; 10] = [
     TASKS,
 ];
 
+mod idempotency;
 mod lifecycle;
 
 /// The SHA1 of the scripts the background loops run (the reconciler's claims, the relay outbox, the reservation
@@ -1074,6 +1076,7 @@ mod tests {
     }
 
     run_conformance!(Redis);
+    crate::state::conformance_idempotency::run_idempotency_conformance!(Redis);
 
     #[test]
     fn subjects_with_separators_are_encoded() {
