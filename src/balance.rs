@@ -35,9 +35,18 @@ pub struct Balance {
     pub read_at: String,
 }
 
-/// What Vidu's `GET /ent/v2/credits` says: the balance summed over `remains[]`, and the concurrency figures from the
-/// first entry that has them (or the top level).
-pub fn parse_account(body: &[u8]) -> Option<(u64, Option<u64>, Option<u64>, Option<u64>)> {
+/// What Vidu's `GET /ent/v2/credits` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Account {
+    pub credits: u64,
+    pub concurrency_limit: Option<u64>,
+    pub current_concurrency: Option<u64>,
+    pub queue_count: Option<u64>,
+}
+
+/// The account from Vidu's `GET /ent/v2/credits` answer: the balance summed over `remains[]`, and the concurrency
+/// figures from the first entry that has them (or the top level).
+pub fn parse_account(body: &[u8]) -> Option<Account> {
     let v: Value = serde_json::from_slice(body).ok()?;
     let remains = v.get("remains")?.as_array()?;
     let number = |x: &Value| x.as_u64().or_else(|| x.as_f64().map(|f| f.max(0.0) as u64));
@@ -51,12 +60,12 @@ pub fn parse_account(body: &[u8]) -> Option<(u64, Option<u64>, Option<u64>, Opti
             .chain(std::iter::once(&v))
             .find_map(|r| r.get(name).and_then(number))
     };
-    Some((
+    Some(Account {
         credits,
-        figure("concurrency_limit"),
-        figure("current_concurrency"),
-        figure("queue_count"),
-    ))
+        concurrency_limit: figure("concurrency_limit"),
+        current_concurrency: figure("current_concurrency"),
+        queue_count: figure("queue_count"),
+    })
 }
 
 /// Hours of runway at `burn_per_hour`; `None` when nothing is spent.
@@ -157,7 +166,7 @@ impl BalanceWatch {
         if !answer.status.is_success() {
             return Err(format!("Vidu answered {}", answer.status));
         }
-        let (credits, limit, current, queued) = parse_account(&answer.body)
+        let account = parse_account(&answer.body)
             .ok_or_else(|| "the answer has no remains[] with credit_remain".to_owned())?;
         let now = clock.now();
         let since = now
@@ -169,12 +178,12 @@ impl BalanceWatch {
             .map_err(|e| format!("the burn rate could not be read: {e}"))?;
         let burn_per_hour = charged as f64 / 24.0;
         Ok(Balance {
-            credits_remaining: credits,
-            concurrency_limit: limit,
-            current_concurrency: current,
-            queue_count: queued,
+            credits_remaining: account.credits,
+            concurrency_limit: account.concurrency_limit,
+            current_concurrency: account.current_concurrency,
+            queue_count: account.queue_count,
             burn_per_hour,
-            runway_hours: runway(credits, burn_per_hour),
+            runway_hours: runway(account.credits, burn_per_hour),
             read_at: format!("{now:.3}"),
         })
     }
@@ -214,9 +223,18 @@ mod tests {
     #[test]
     fn the_account_is_read_from_remains() {
         let body = br#"{"remains":[{"type":"a","credit_remain":1200,"concurrency_limit":5,"current_concurrency":2,"queue_count":1},{"type":"b","credit_remain":300}]}"#;
-        assert_eq!(parse_account(body), Some((1500, Some(5), Some(2), Some(1))));
+        let account = |credits, limit, current, queued| Account {
+            credits,
+            concurrency_limit: limit,
+            current_concurrency: current,
+            queue_count: queued,
+        };
+        assert_eq!(
+            parse_account(body),
+            Some(account(1500, Some(5), Some(2), Some(1)))
+        );
         let top = br#"{"remains":[{"credit_remain":10.0}],"concurrency_limit":8}"#;
-        assert_eq!(parse_account(top), Some((10, Some(8), None, None)));
+        assert_eq!(parse_account(top), Some(account(10, Some(8), None, None)));
         assert_eq!(parse_account(br#"{"credits":5}"#), None);
         assert_eq!(parse_account(b"nope"), None);
     }
