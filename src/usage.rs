@@ -96,6 +96,9 @@ pub struct Report {
     /// Everyone (the enterprise key as a whole): when neither a user nor a team is named (CLI).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub all: Option<Section>,
+    /// The Vidu account as the balance watch last read it, with the burn rate and runway (admins only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vidu_balance: Option<crate::balance::Balance>,
 }
 
 pub fn totals(days: &[UsageRow]) -> Totals {
@@ -286,7 +289,117 @@ pub async fn collect(
     } else {
         None
     };
-    Ok(Report { user, team, all })
+    Ok(Report {
+        user,
+        team,
+        all,
+        vidu_balance: None,
+    })
+}
+
+/// `credit_remain` for a caller no budget applies to: unlimited, as the largest integer every JSON client reads
+/// exactly (2^53 − 1) — never the company's balance.
+pub const UNLIMITED_CREDITS: u64 = (1 << 53) - 1;
+
+/// What `GET /ent/v2/credits` answers a caller: what *they* may spend and run, in Vidu's shape.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CallerAccount {
+    /// The tightest remaining of the caller's budgets (user, team, global; day and month).
+    pub credit_remain: u64,
+    /// The running-task cap with the least room left (user, team or global), and what runs in its scope.
+    pub concurrency_limit: Option<u32>,
+    pub current_concurrency: u32,
+}
+
+/// The caller's own view of the account: the tightest remaining budget, and the running-task cap with the least
+/// room (or, with no cap, `fallback_limit`: Vidu's own, as last read) with the tasks running in its scope.
+pub async fn caller_account(
+    settings: &Settings,
+    store: &dyn crate::state::Store,
+    now: Timestamp,
+    user: &str,
+    team: Option<&str>,
+    fallback_limit: Option<u32>,
+) -> Result<CallerAccount, StoreError> {
+    let p = periods(now, settings.policy.timezone.tz());
+    let rules = user_rules(settings, user, team);
+    let limits = team_limits(settings, team);
+    let global = &settings.policy.global;
+    let key = |scope, subject: &str, period, period_key: &String| BudgetKey {
+        scope,
+        subject: subject.to_owned(),
+        period,
+        period_key: period_key.clone(),
+    };
+    let mut lines: Vec<(BudgetKey, u64)> = Vec::new();
+    let mut add = |k: BudgetKey, limit: Option<u64>| {
+        if let Some(limit) = limit {
+            lines.push((k, limit));
+        }
+    };
+    add(
+        key(Scope::User, user, Period::Day, &p.day),
+        rules.daily_credits.as_ref().map(|s| s.value),
+    );
+    add(
+        key(Scope::User, user, Period::Month, &p.month),
+        rules.monthly_credits.as_ref().map(|s| s.value),
+    );
+    if let Some(t) = team {
+        add(
+            key(Scope::Team, t, Period::Day, &p.day),
+            limits.daily_credits,
+        );
+        add(
+            key(Scope::Team, t, Period::Month, &p.month),
+            limits.monthly_credits,
+        );
+    }
+    add(
+        key(Scope::Global, "", Period::Day, &p.day),
+        global.daily_credits,
+    );
+    add(
+        key(Scope::Global, "", Period::Month, &p.month),
+        global.monthly_credits,
+    );
+    let keys: Vec<BudgetKey> = lines.iter().map(|(k, _)| k.clone()).collect();
+    let used = store.used(&keys).await?;
+    let credit_remain = lines
+        .iter()
+        .zip(used)
+        .map(|((_, limit), used)| limit.saturating_sub(used))
+        .min()
+        .unwrap_or(UNLIMITED_CREDITS);
+    let running = store.running().await?;
+    let caps = [
+        (
+            rules.max_running_tasks.as_ref().map(|m| m.value.get()),
+            running.users.get(user).copied().unwrap_or(0),
+        ),
+        (
+            team.and(limits.max_running_tasks).map(|m| m.get()),
+            team.and_then(|t| running.teams.get(t).copied())
+                .unwrap_or(0),
+        ),
+        (global.max_running_tasks.map(|m| m.get()), running.total),
+    ];
+    let tightest = caps
+        .into_iter()
+        .filter_map(|(limit, running)| limit.map(|l| (l, running)))
+        .min_by_key(|(limit, running)| limit.saturating_sub(*running));
+    let (concurrency_limit, current_concurrency) = match tightest {
+        Some((limit, running)) => (Some(limit), running),
+        None => (
+            fallback_limit,
+            running.users.get(user).copied().unwrap_or(0),
+        ),
+    };
+    Ok(CallerAccount {
+        credit_remain,
+        concurrency_limit,
+        current_concurrency,
+    })
 }
 
 /// Adds the running tasks the backend holds now to each section of `report` about `subject`.
@@ -702,6 +815,7 @@ mod tests {
             user: Some(section("a,\"b\"")),
             team: Some(section("mkt")),
             all: None,
+            vidu_balance: None,
         };
         let csv = to_csv(&r);
         let lines: Vec<&str> = csv.lines().collect();

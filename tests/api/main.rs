@@ -4,6 +4,7 @@
 
 mod admission;
 mod auth;
+mod balance;
 mod binary;
 mod body;
 mod cli;

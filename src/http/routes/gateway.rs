@@ -79,5 +79,45 @@ pub async fn usage(
     .map_err(unreadable)?;
     let running = state.store.running().await.map_err(unreadable)?;
     crate::usage::add_running(&mut report, &config.settings, &subject, &running);
+    if identity.is_admin {
+        report.vidu_balance = state.balance.latest();
+    }
     Ok(HttpResponse::Ok().json(report))
+}
+
+/// `GET /ent/v2/credits`, as Vidu answers it — but the caller's view: what they may spend (the tightest of their
+/// budgets) and run (the running-task cap with the least room, and what runs in its scope), never the company's
+/// wallet. A Vidu client that checks its credits before creating works unchanged.
+pub async fn credits(
+    identity: Identity,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, GatewayError> {
+    let config = state.config.current();
+    let vidu_limit = state
+        .balance
+        .latest()
+        .and_then(|b| b.concurrency_limit)
+        .and_then(|l| u32::try_from(l).ok());
+    let account = crate::usage::caller_account(
+        &config.settings,
+        state.store.as_ref(),
+        state.clock.now(),
+        &identity.user,
+        identity.team.as_deref(),
+        vidu_limit,
+    )
+    .await
+    .map_err(|e| GatewayError::ServiceUnavailable {
+        message: format!("the gateway's state backend cannot be read ({e}); retry shortly"),
+        retry_after_secs: 5,
+    })?;
+    Ok(HttpResponse::Ok()
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .json(json!({"remains": [{
+            "type": "gateway",
+            "credit_remain": account.credit_remain,
+            "concurrency_limit": account.concurrency_limit,
+            "current_concurrency": account.current_concurrency,
+            "queue_count": 0,
+        }]})))
 }

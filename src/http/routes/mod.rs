@@ -21,6 +21,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, metrics_here: bool) {
             web::resource("/ent/v2/tasks/{id}/creations").route(web::get().to(tasks::creations)),
         )
         .service(web::resource("/ent/v2/tasks/{id}/cancel").route(web::post().to(tasks::cancel)))
+        .service(web::resource("/ent/v2/credits").route(web::get().to(gateway::credits)))
         .service(
             web::resource("/gateway/v1/img2video/quote").route(web::post().to(img2video::quote)),
         )
@@ -64,7 +65,7 @@ pub fn query_config() -> web::QueryConfig {
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, GatewayError> {
     Err(GatewayError::NotFound(format!(
         "no route for {} {}: the gateway serves /ent/v2/img2video, /ent/v2/tasks/{{id}}/creations, \
-         /ent/v2/tasks/{{id}}/cancel and /gateway/v1/* (tasks, usage, reservations, quote, config, callbacks/vidu)",
+         /ent/v2/tasks/{{id}}/cancel, /ent/v2/credits and /gateway/v1/* (tasks, usage, reservations, quote, config, callbacks/vidu)",
         req.method(),
         req.path()
     )))
