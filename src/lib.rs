@@ -4,6 +4,7 @@
 //! → `admit` → `forward` → `settle`, put together by `flow`, behind the HTTP edge `http`. See ARCHITECTURE.md.
 
 pub mod admit;
+pub mod audit;
 pub mod auth;
 pub mod balance;
 pub mod callbacks;

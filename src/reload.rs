@@ -111,13 +111,49 @@ pub fn reload(state: &AppState, trigger: Trigger) -> Outcome {
     *attempted = attempt.inputs;
     tracing::info!(config = %current.origin, trigger = %trigger, "reloading the configuration");
     let mut secrets_changed = Vec::new();
+    let mut keys_changed = Vec::new();
     let outcome = match attempt.result {
         Err(e) => Outcome::Invalid(e.to_string()),
         Ok(new) => {
             secrets_changed = current.settings.changed_secrets(&new.settings);
+            keys_changed = current.settings.changed_keys(&new.settings);
             apply(state, &current, new)
         }
     };
+    let audited = |outcome: &str, detail: serde_json::Value| {
+        crate::audit::record(
+            &state.store,
+            crate::audit::entry(
+                state.clock.now(),
+                "config_reload",
+                crate::audit::GATEWAY,
+                outcome,
+                detail,
+            ),
+        );
+    };
+    match &outcome {
+        Outcome::Applied { version } => audited(
+            "applied",
+            serde_json::json!({
+                "trigger": trigger.to_string(),
+                "version": version,
+                "previous": current.version,
+                "keys_changed": keys_changed,
+                "secrets_changed": secrets_changed,
+            }),
+        ),
+        Outcome::Invalid(why) => audited(
+            "refused",
+            serde_json::json!({
+                "trigger": trigger.to_string(),
+                "version_in_force": current.version,
+                "keys_changed": keys_changed,
+                "why": why,
+            }),
+        ),
+        Outcome::Unchanged => {}
+    }
     match &outcome {
         Outcome::Applied { version } => tracing::info!(
             config = %current.origin,

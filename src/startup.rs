@@ -181,6 +181,15 @@ impl Application {
             replicas: Arc::new(ReplicaView::new(aligned)),
             balance: Arc::new(BalanceWatch::new()),
         });
+        {
+            let loaded = state.config.current();
+            crate::audit::config_loaded(
+                &state.store,
+                state.clock.now(),
+                &loaded.version,
+                &loaded.origin.to_string(),
+            );
+        }
         actix_web::rt::spawn(state.replicas.clone().run(
             state.store.clone(),
             state.config.clone(),

@@ -75,7 +75,10 @@ async fn act(config: &LoadedConfig, action: ReservationAction) -> Result<String,
     }
 }
 
-async fn apply(store: &dyn Lifecycle, action: ReservationAction) -> Result<String, String> {
+async fn apply<S: Lifecycle + crate::state::Audit>(
+    store: &S,
+    action: ReservationAction,
+) -> Result<String, String> {
     let unreachable =
         |e: crate::state::StoreError| format!("the state backend cannot be reached: {e}");
     let (id, how) = match action {
@@ -94,6 +97,27 @@ async fn apply(store: &dyn Lifecycle, action: ReservationAction) -> Result<Strin
             };
             tracing::info!(target: "audit", id = %r.id, user = %r.user, team = %r.team, outcome = %done,
                 "an unknown reservation was resolved from the command line");
+            let (kind, credits) = match how {
+                Resolution::Settle(n) => ("reservation_settled", n),
+                Resolution::Release => ("reservation_released", 0),
+            };
+            let actor = format!(
+                "cli:{}",
+                std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+            );
+            let entry = crate::audit::entry(
+                jiff::Timestamp::now(),
+                kind,
+                &actor,
+                "ok",
+                serde_json::json!({
+                    "id": r.id, "request_id": r.request_id, "user": r.user, "team": r.team,
+                    "estimate": r.estimate, "credits": credits,
+                }),
+            );
+            if let Err(e) = store.audit(entry).await {
+                tracing::error!(error = %e, "the audit entry of this resolution was not kept (it is in the log)");
+            }
             Ok(format!(
                 "{} ({} of {}, estimate {}, {}): {done}\n",
                 r.id, r.user, r.team, r.estimate, r.created_at

@@ -168,6 +168,41 @@ impl Settings {
         changed
     }
 
+    /// The keys whose value differs in `other` (added, removed or changed), dotted, sorted; a changed secret is
+    /// named by its key, its value never read here.
+    pub fn changed_keys(&self, other: &Settings) -> Vec<String> {
+        fn flatten(v: &toml::Value, path: &mut Vec<String>, out: &mut BTreeMap<String, String>) {
+            match v {
+                toml::Value::Table(t) => {
+                    for (k, v) in t {
+                        path.push(k.clone());
+                        flatten(v, path, out);
+                        path.pop();
+                    }
+                }
+                other => {
+                    out.insert(path.join("."), other.to_string());
+                }
+            }
+        }
+        let flat = |s: &Settings| {
+            let mut out = BTreeMap::new();
+            if let Ok(v) = toml::Value::try_from(s) {
+                flatten(&v, &mut Vec::new(), &mut out);
+            }
+            out
+        };
+        let (before, after) = (flat(self), flat(other));
+        let mut keys: std::collections::BTreeSet<String> = before
+            .iter()
+            .filter(|(k, v)| after.get(*k) != Some(*v))
+            .map(|(k, _)| k.clone())
+            .chain(after.keys().filter(|k| !before.contains_key(*k)).cloned())
+            .collect();
+        keys.extend(self.changed_secrets(other));
+        keys.into_iter().collect()
+    }
+
     /// Every file read when this configuration is loaded or put in force (secrets, public keys, a JWKS file):
     /// a change to any of them is a change of the configuration's inputs (a key added here that names a file
     /// belongs in this list).

@@ -60,6 +60,7 @@ macro_rules! run_conformance {
             tasks_are_listed_newest_first_by_owner_and_state_in_pages,
             unknown_reservations_are_listed_and_resolved_once,
             credits_charged_since_count_tasks_created_since_as_charged_now,
+            audit_entries_are_listed_newest_first_by_kind_and_time_in_pages,
             running_slots_are_kept_by_the_task_and_freed_when_it_ends,
             team_and_global_running_caps_count_every_member,
             running_slots_lapse_without_news_and_news_keeps_them,
@@ -1127,4 +1128,91 @@ pub async fn credits_charged_since_count_tasks_created_since_as_charged_now(back
     assert_eq!(charged(start).await, 82);
     clock.advance(SignedDuration::from_secs(5));
     assert_eq!(charged(crate::clock::Clock::now(clock.as_ref())).await, 0);
+}
+
+pub async fn audit_entries_are_listed_newest_first_by_kind_and_time_in_pages(
+    backend: &dyn Backend,
+) {
+    let (o, clock) = open(backend).await;
+    let s = o.store.as_ref();
+    let mut stamps = Vec::new();
+    for (i, kind) in [
+        "config_load",
+        "task_read",
+        "config_reload",
+        "task_read",
+        "usage_read",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let at = crate::clock::Clock::now(clock.as_ref());
+        stamps.push(format!("{at:.3}"));
+        let entry = AuditEntry {
+            id: format!("e-{i}"),
+            at: format!("{at:.3}"),
+            kind: (*kind).into(),
+            actor: "root".into(),
+            outcome: "ok".into(),
+            detail: serde_json::json!({"n": i, "note": "a | in the detail"}),
+        };
+        if let Err(e) = s.audit(entry).await {
+            panic!("audit: {e}");
+        }
+        clock.advance(SignedDuration::from_secs(60));
+    }
+    let list = |q: AuditQuery| async move {
+        match s.audit_entries(&q).await {
+            Ok(p) => p,
+            Err(e) => panic!("audit_entries: {e}"),
+        }
+    };
+    let ids = |p: &AuditPage| p.entries.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+    let all = list(AuditQuery {
+        limit: 50,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&all), ["e-4", "e-3", "e-2", "e-1", "e-0"]);
+    assert_eq!(all.entries[0].detail["note"], "a | in the detail");
+    assert_eq!(all.next, None);
+    let reads = list(AuditQuery {
+        kind: Some("task_read".into()),
+        limit: 50,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&reads), ["e-3", "e-1"]);
+    let window = list(AuditQuery {
+        since: Some(stamps[1].clone()),
+        until: Some(stamps[3].clone()),
+        limit: 50,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        ids(&window),
+        ["e-2", "e-1"],
+        "since inclusive, until exclusive"
+    );
+    let first = list(AuditQuery {
+        limit: 2,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&first), ["e-4", "e-3"]);
+    let second = list(AuditQuery {
+        limit: 2,
+        before: first.next.clone(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&second), ["e-2", "e-1"]);
+    let last = list(AuditQuery {
+        limit: 2,
+        before: second.next.clone(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!((ids(&last), last.next), (vec!["e-0".to_owned()], None));
 }

@@ -306,6 +306,16 @@ impl<S: Idempotency + Sync> Idempotency for FailOpen<S> {
     }
 }
 
+impl<S: Audit> Audit for FailOpen<S> {
+    fn audit(&self, entry: AuditEntry) -> Answer<'_, ()> {
+        self.inner.audit(entry)
+    }
+
+    fn audit_entries<'a>(&'a self, query: &'a AuditQuery) -> Answer<'a, AuditPage> {
+        self.inner.audit_entries(query)
+    }
+}
+
 impl<S: Reports> Reports for FailOpen<S> {
     fn used<'a>(&'a self, keys: &'a [BudgetKey]) -> Answer<'a, Vec<u64>> {
         self.inner.used(keys)

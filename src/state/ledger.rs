@@ -190,6 +190,8 @@ pub enum Write {
     Task(TaskWrite),
     /// A stored `Idempotency-Key` answer (`ledger_idempotency.rs`).
     Idempotency(IdemWrite),
+    /// An audit entry (`ledger_audit.rs`).
+    Audit(super::AuditEntry),
 }
 
 impl Ledger {
@@ -206,6 +208,7 @@ impl Ledger {
         add_grant_id_column(&conn)?;
         super::ledger_tasks::migrate(&conn)?;
         super::ledger_idempotency::migrate(&conn)?;
+        super::ledger_audit::migrate(&conn)?;
         conn.execute(
             "UPDATE reservations SET status = 'unknown', updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
              WHERE status = 'reserved'",
@@ -347,6 +350,7 @@ impl Ledger {
                 Write::Rejection(r) => Self::record_rejection(&tx, r)?,
                 Write::Task(t) => Self::apply_task(&tx, t, now)?,
                 Write::Idempotency(w) => Self::apply_idempotency(&tx, w)?,
+                Write::Audit(e) => Self::apply_audit(&tx, e)?,
             }
         }
         tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'applied_seq'")?

@@ -618,6 +618,25 @@ impl Records for MemoryStore {
     }
 }
 
+impl Audit for MemoryStore {
+    fn audit(&self, entry: AuditEntry) -> Answer<'_, ()> {
+        self.shared.writer.send(Write::Audit(entry));
+        ready(Ok(())).boxed()
+    }
+
+    fn audit_entries<'a>(&'a self, query: &'a AuditQuery) -> Answer<'a, AuditPage> {
+        let through = self.shared.writer.last_sent();
+        let shared = self.shared.clone();
+        let query = query.clone();
+        self.reports
+            .read(move |ledger| {
+                shared.writer.wait_processed(through, REPORT_WAIT)?;
+                Ok(ledger.audit_entries(&query)?)
+            })
+            .boxed()
+    }
+}
+
 impl Reports for MemoryStore {
     fn used<'a>(&'a self, keys: &'a [BudgetKey]) -> Answer<'a, Vec<u64>> {
         async move {

@@ -14,12 +14,14 @@
 //! boxing keeps the contract object-safe (`Arc<dyn Store>`). What to do when the backend cannot answer
 //! (`state.on_unavailable`) is decided once, by the [`fail_open::FailOpen`] wrapper, not by its callers.
 
+pub mod audit;
 pub mod decision;
 pub mod error;
 pub mod fail_open;
 pub mod file_guard;
 pub mod idempotency;
 pub mod ledger;
+pub mod ledger_audit;
 pub mod ledger_idempotency;
 pub mod ledger_tasks;
 pub mod lifecycle;
@@ -40,6 +42,7 @@ pub mod conformance_idempotency;
 
 use futures_util::future::BoxFuture;
 
+pub use audit::{AuditEntry, AuditPage, AuditQuery};
 pub use decision::{
     Decision, Grant, GrantId, Granted, RateStatus, Refusal, Settlement, ShareRefusal,
 };
@@ -158,6 +161,15 @@ pub trait Idempotency {
     ) -> Answer<'a, bool>;
 }
 
+/// The audit trail (`audit.rs`).
+pub trait Audit {
+    /// Keeps an entry (the caller has logged it on the `audit` target).
+    fn audit(&self, entry: AuditEntry) -> Answer<'_, ()>;
+
+    /// Entries, newest first.
+    fn audit_entries<'a>(&'a self, query: &'a AuditQuery) -> Answer<'a, AuditPage>;
+}
+
 /// What was spent (the usage API and CLI).
 pub trait Reports {
     /// Credits used (settled + reserved + unknown) in each budget, in order.
@@ -208,11 +220,11 @@ impl Replicas {
 
 /// A whole backend, shared by every worker.
 pub trait Store:
-    Admissions + Records + Lifecycle + Idempotency + Reports + Health + Send + Sync
+    Admissions + Records + Lifecycle + Idempotency + Audit + Reports + Health + Send + Sync
 {
 }
 
-impl<T: Admissions + Records + Lifecycle + Idempotency + Reports + Health + Send + Sync> Store
-    for T
+impl<T: Admissions + Records + Lifecycle + Idempotency + Audit + Reports + Health + Send + Sync>
+    Store for T
 {
 }

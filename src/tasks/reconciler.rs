@@ -136,6 +136,24 @@ impl Reconciler {
                     "released an unknown reservation nobody settled within tasks.unknown_release_after_hours: if Vidu \
                      did create that task, its credits are now missing from the budgets"
                 );
+                self.store
+                    .audit(crate::audit::entry(
+                        now,
+                        "reservation_auto_released",
+                        crate::audit::GATEWAY,
+                        "released",
+                        serde_json::json!({
+                            "id": released.id,
+                            "request_id": released.request_id,
+                            "user": released.user,
+                            "team": released.team,
+                            "estimate": released.estimate,
+                            "created_at": released.created_at,
+                            "after_hours": hours,
+                        }),
+                    ))
+                    .await
+                    .unwrap_or_else(|e| tracing::error!(error = %e, "the audit entry of an automatic release was not kept"));
             }
         }
     }

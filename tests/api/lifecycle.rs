@@ -849,6 +849,43 @@ async fn unknown_reservations_are_listed_settled_and_released_by_admins_and_rele
         metrics.contains("vidu_gateway_reservations_auto_released_total 1"),
         "{metrics}"
     );
+    // Each resolution is in the audit trail: who, which reservation, how.
+    let entries = eventually("three audit entries", || async {
+        let (_, _, v) = app.get("/gateway/v1/audit", &admin).await;
+        let l: Vec<Value> = v["entries"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| {
+                e["kind"]
+                    .as_str()
+                    .is_some_and(|k| k.starts_with("reservation_"))
+            })
+            .collect();
+        (l.len() == 3).then_some(l)
+    })
+    .await;
+    let seen: Vec<(&str, &str, &str)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap(),
+                e["actor"].as_str().unwrap(),
+                e["detail"]["id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let last = list[2]["id"].as_str().unwrap();
+    assert_eq!(
+        seen,
+        [
+            ("reservation_auto_released", "gateway", last),
+            ("reservation_released", "root", id(1).as_str()),
+            ("reservation_settled", "root", id(0).as_str()),
+        ]
+    );
+    assert_eq!(entries[2]["detail"]["credits"], 30);
 }
 
 /// A team endpoint that redirects is not followed, and a relay that keeps failing is given up after

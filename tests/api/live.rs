@@ -12,6 +12,25 @@ use vidu_gateway::reload;
 use crate::helpers::*;
 
 /// `base` (its ledger shared by every variant) with `daily` as each user's daily credit budget.
+/// The audit trail's entries of `kind` (`""`: all), newest first, as an admin reads them.
+async fn audit_entries(bin_url: &str, kind: &str) -> Vec<Value> {
+    let admin = mint(json!({"sub": "root", "team": "ops", "roles": ["gw-admin"]}));
+    let filter = if kind.is_empty() {
+        String::new()
+    } else {
+        format!("?kind={kind}")
+    };
+    let mut res = awc::Client::default()
+        .get(format!("{bin_url}/gateway/v1/audit{filter}"))
+        .insert_header(("authorization", format!("Bearer {admin}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let v: Value = res.json().await.unwrap();
+    v["entries"].as_array().cloned().unwrap_or_default()
+}
+
 fn config(base: &TestConfig, daily: u64) -> TestConfig {
     base.clone()
         .toml(&format!("[policy.defaults]\ndaily_credits = {daily}"))
@@ -187,6 +206,24 @@ async fn a_reload_that_rotates_the_enterprise_key_applies_to_the_next_call() {
     );
     bin.wait_for_log(r#""secrets_changed":"upstream.api_key""#)
         .await;
+    // The audit trail names the rotated secret by its key, never its value.
+    let audit = audit_entries(&bin.url(), "config_reload").await;
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(
+        (&audit[0]["outcome"], &audit[0]["detail"]["secrets_changed"]),
+        (&json!("applied"), &json!(["upstream.api_key"]))
+    );
+    assert_eq!(
+        audit[0]["detail"]["keys_changed"],
+        json!(["upstream.api_key"])
+    );
+    let whole = audit_entries(&bin.url(), "").await;
+    let text = serde_json::to_string(&whole).unwrap();
+    assert!(
+        !text.contains("rotated-enterprise-key") && !text.contains(VIDU_KEY),
+        "{text}"
+    );
+    assert!(bin.logs().contains(r#""target":"audit""#), "{}", bin.logs());
     assert_eq!(create(&bin.url(), &token).await.0, StatusCode::OK);
     let auths: Vec<String> = mock
         .received()
@@ -221,6 +258,16 @@ async fn one_edit_and_a_sighup_reload_once() {
     wait_for_reloads(&url, "invalid", 1).await;
     actix_web::rt::time::sleep(watcher_settles).await;
     assert_eq!(reloads(&url, "invalid").await, 1, "{}", bin.logs());
+    let refused = audit_entries(&url, "config_reload").await;
+    assert_eq!(refused.len(), 1, "one refusal, audited once: {refused:?}");
+    assert_eq!(refused[0]["outcome"], "refused");
+    assert!(
+        refused[0]["detail"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("listen_port"),
+        "{refused:?}"
+    );
     assert_eq!(log_lines(&bin, "configuration reload refused"), 1);
 
     // A valid edit, then SIGHUP.

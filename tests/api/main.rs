@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admission;
+mod audit;
 mod auth;
 mod balance;
 mod binary;

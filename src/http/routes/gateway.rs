@@ -62,6 +62,21 @@ pub async fn usage(
         }
     }
     let config = state.config.current();
+    let others = [
+        q.user.as_ref().filter(|u| **u != identity.user),
+        q.team
+            .as_ref()
+            .filter(|t| Some(*t) != identity.team.as_ref()),
+    ];
+    if others.iter().any(Option::is_some) {
+        crate::audit::admin_action(
+            &state.store,
+            state.clock.now(),
+            "usage_read",
+            &identity.user,
+            json!({"user": q.user, "team": q.team, "from": q.from, "to": q.to}),
+        );
+    }
     let subject = crate::usage::Subject::resolve(&identity, q.user, q.team);
     let unreadable = |e: crate::state::StoreError| GatewayError::ServiceUnavailable {
         message: format!("the usage ledger cannot be read ({e}); retry shortly"),

@@ -27,17 +27,17 @@ const MAX_CALLBACK_BODY: usize = 1024 * 1024;
 /// confirming query answers first (it is on its way; the reconciler must not ask twice).
 pub const CONFIRM_GRACE_MS: u64 = 30_000;
 /// Tasks per page unless `?limit=` says otherwise, and the most a page may hold.
-const DEFAULT_LIMIT: usize = 50;
-const MAX_LIMIT: usize = 500;
+pub(super) const DEFAULT_LIMIT: usize = 50;
+pub(super) const MAX_LIMIT: usize = 500;
 
-fn store_unavailable(e: impl std::fmt::Display) -> GatewayError {
+pub(super) fn store_unavailable(e: impl std::fmt::Display) -> GatewayError {
     GatewayError::ServiceUnavailable {
         message: format!("the state backend cannot be reached ({e}); retry shortly"),
         retry_after_secs: 5,
     }
 }
 
-fn admins_only(identity: &Identity, what: &str) -> Result<(), GatewayError> {
+pub(super) fn admins_only(identity: &Identity, what: &str) -> Result<(), GatewayError> {
     if identity.is_admin {
         Ok(())
     } else {
@@ -172,11 +172,11 @@ pub struct TasksQuery {
     cursor: Option<String>,
 }
 
-fn cursor_of(created_at: &str, task_id: &str) -> String {
+pub(super) fn cursor_of(created_at: &str, task_id: &str) -> String {
     URL_SAFE_NO_PAD.encode(format!("{created_at}|{task_id}"))
 }
 
-fn parse_cursor(raw: &str) -> Result<(String, String), GatewayError> {
+pub(super) fn parse_cursor(raw: &str) -> Result<(String, String), GatewayError> {
     URL_SAFE_NO_PAD
         .decode(raw)
         .ok()
@@ -329,16 +329,23 @@ async fn resolve(
         .reservations_resolved
         .get_or_create(&OutcomeLabels { outcome })
         .inc();
-    tracing::info!(
-        target: "audit",
-        admin = %identity.user,
-        id = %resolved.id,
-        user = %resolved.user,
-        team = %resolved.team,
-        estimate = resolved.estimate,
-        credits,
-        outcome,
-        "an unknown reservation was resolved by an admin"
+    crate::audit::admin_action(
+        &state.store,
+        state.clock.now(),
+        if outcome == "settled" {
+            "reservation_settled"
+        } else {
+            "reservation_released"
+        },
+        &identity.user,
+        json!({
+            "id": resolved.id,
+            "request_id": resolved.request_id,
+            "user": resolved.user,
+            "team": resolved.team,
+            "estimate": resolved.estimate,
+            "credits": credits,
+        }),
     );
     Ok(HttpResponse::Ok().json(json!({
         "reservation": resolved,

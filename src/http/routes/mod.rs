@@ -1,5 +1,6 @@
 //! HTTP routes: thin handlers that authenticate, call the domain, and map the result.
 
+pub mod audit;
 pub mod gateway;
 pub mod img2video;
 pub mod lifecycle;
@@ -27,6 +28,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, metrics_here: bool) {
         )
         .service(web::resource("/gateway/v1/usage").route(web::get().to(gateway::usage)))
         .service(web::resource("/gateway/v1/config").route(web::get().to(gateway::config)))
+        .service(web::resource("/gateway/v1/audit").route(web::get().to(audit::audit)))
         .service(web::resource("/gateway/v1/tasks").route(web::get().to(lifecycle::tasks)))
         .service(
             web::resource(lifecycle::CALLBACK_PATH).route(web::post().to(lifecycle::vidu_callback)),
@@ -65,7 +67,7 @@ pub fn query_config() -> web::QueryConfig {
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, GatewayError> {
     Err(GatewayError::NotFound(format!(
         "no route for {} {}: the gateway serves /ent/v2/img2video, /ent/v2/tasks/{{id}}/creations, \
-         /ent/v2/tasks/{{id}}/cancel, /ent/v2/credits and /gateway/v1/* (tasks, usage, reservations, quote, config, callbacks/vidu)",
+         /ent/v2/tasks/{{id}}/cancel, /ent/v2/credits and /gateway/v1/* (tasks, usage, reservations, quote, config, audit, callbacks/vidu)",
         req.method(),
         req.path()
     )))

@@ -41,13 +41,27 @@ async fn may_access(
     id: &str,
     query: bool,
 ) -> Result<(), GatewayError> {
-    if identity.is_admin {
-        return Ok(());
-    }
     let task = state.store.task(id).await.unwrap_or_else(|e| {
         tracing::error!(error = %e, "ledger: cannot read task ownership");
         None
     });
+    if identity.is_admin {
+        // An admin reading or cancelling what is not theirs (or a task the gateway did not create) is audited.
+        if task.as_ref().is_none_or(|t| t.user != identity.user) {
+            crate::audit::admin_action(
+                &state.store,
+                state.clock.now(),
+                if query { "task_read" } else { "task_cancelled" },
+                &identity.user,
+                serde_json::json!({
+                    "task_id": id,
+                    "owner": task.as_ref().map(|t| t.user.as_str()),
+                    "team": task.as_ref().map(|t| t.team.as_str()),
+                }),
+            );
+        }
+        return Ok(());
+    }
     let Some(task) = task else {
         return Err(GatewayError::TaskNotFound);
     };

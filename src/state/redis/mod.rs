@@ -31,6 +31,7 @@ const ADMIT: &str = include_str!("admit.lua");
 const FINISH: &str = include_str!("finish.lua");
 const RUNNING: &str = include_str!("running.lua");
 const BURN: &str = include_str!("burn.lua");
+const AUDIT: &str = include_str!("audit.lua");
 const USAGE: &str = include_str!("usage.lua");
 const HEARTBEAT: &str = include_str!("heartbeat.lua");
 const RECORD: &str = include_str!("record.lua");
@@ -54,13 +55,14 @@ const SCRIPTS: [&str; 11] = [
     TASKS,
 ];
 
+mod audit;
 mod idempotency;
 mod lifecycle;
 
 /// The SHA1 of the scripts the background loops run (the reconciler's claims, the relay outbox, the reservation
 /// list): Redis traffic that belongs to no request (tests that count a request's round trips leave it out).
 pub fn background_script_hashes() -> Vec<String> {
-    [CLAIM_DUE, RELAYS, RESERVATIONS, RUNNING, BURN]
+    [CLAIM_DUE, RELAYS, RESERVATIONS, RUNNING, BURN, AUDIT]
         .into_iter()
         .map(|src| Script::new(src).get_hash().to_owned())
         .collect()
@@ -91,6 +93,7 @@ pub struct RedisStore {
     finish: Script,
     running: Script,
     burn: Script,
+    audit: Script,
     usage: Script,
     heartbeat: Script,
     record: Script,
@@ -152,6 +155,11 @@ impl Keys {
     /// without news (ms).
     fn running(&self, scope: Scope, subject: &str) -> String {
         format!("{}:rt:{}:{}", self.tag, scope.as_str(), enc(subject))
+    }
+
+    /// The audit trail (a sorted set read by lex: `<at>|<id>|<entry>`).
+    fn audit(&self) -> String {
+        format!("{}:audit", self.tag)
     }
 
     /// When each fair-share group last asked for a running-task slot (a hash: `t:<team>` or `pool` → ms).
@@ -330,6 +338,7 @@ impl RedisStore {
             finish: Script::new(FINISH),
             running: Script::new(RUNNING),
             burn: Script::new(BURN),
+            audit: Script::new(AUDIT),
             usage: Script::new(USAGE),
             heartbeat: Script::new(HEARTBEAT),
             record: Script::new(RECORD),
