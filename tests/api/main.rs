@@ -10,6 +10,7 @@ mod cli;
 mod deploy;
 mod docs;
 mod helpers;
+mod kubernetes;
 mod ledger_reads;
 mod lifecycle;
 mod live;
