@@ -7,6 +7,7 @@ mod auth;
 mod binary;
 mod body;
 mod cli;
+mod dashboards;
 mod deploy;
 mod docs;
 mod helpers;
