@@ -13,9 +13,9 @@ use yaml_rust2::{Yaml, YamlLoader};
 
 use crate::helpers::*;
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+pub(crate) const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-fn deploy_file(name: &str) -> String {
+pub(crate) fn deploy_file(name: &str) -> String {
     std::fs::read_to_string(Path::new(ROOT).join("deploy").join(name)).unwrap()
 }
 
@@ -108,31 +108,50 @@ fn dockerfile() -> Vec<(String, String)> {
 }
 
 /// The final stage's instructions (after the last FROM).
-fn final_stage() -> Vec<(String, String)> {
+pub(crate) fn final_stage() -> Vec<(String, String)> {
     let all = dockerfile();
     let last_from = all.iter().rposition(|(k, _)| k == "FROM").unwrap();
     all[last_from + 1..].to_vec()
 }
 
-fn exec_form(args: &str) -> Vec<String> {
+pub(crate) fn exec_form(args: &str) -> Vec<String> {
     serde_json::from_str(args).unwrap_or_else(|_| panic!("not an exec-form JSON array: {args}"))
 }
 
 /// `--flag value` in an argument list.
-fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+pub(crate) fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
         .map(String::as_str)
 }
 
+/// The image's default command line: ENTRYPOINT then CMD of the final stage, each unless overridden.
+pub(crate) fn image_args(entrypoint: Option<Vec<String>>, cmd: Option<Vec<String>>) -> Vec<String> {
+    let stage = final_stage();
+    let last = |name: &str| exec_form(&stage.iter().rfind(|(k, _)| k == name).unwrap().1);
+    let entrypoint = entrypoint.unwrap_or_else(|| last("ENTRYPOINT"));
+    entrypoint
+        .into_iter()
+        .chain(cmd.unwrap_or_else(|| last("CMD")))
+        .collect()
+}
+
+/// The image's ENV (final stage), every variable.
+pub(crate) fn image_env() -> HashMap<String, String> {
+    final_stage()
+        .iter()
+        .filter(|(k, _)| k == "ENV")
+        .filter_map(|(_, v)| v.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
 /// The container's config: the file COPY'd to where CMD points, with the image's ENV overrides (and a key file,
 /// as a deployment mounts one).
 fn container_settings(key_file: &Path) -> vidu_gateway::config::Settings {
     let stage = final_stage();
-    let entrypoint = exec_form(&stage.iter().rfind(|(k, _)| k == "ENTRYPOINT").unwrap().1);
-    let cmd = exec_form(&stage.iter().rfind(|(k, _)| k == "CMD").unwrap().1);
-    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    let args = image_args(None, None);
     assert_eq!(args.get(1).map(String::as_str), Some("serve"), "{args:?}");
     let config_path = flag(&args, "--config").expect("CMD passes --config");
     let source = stage
@@ -144,13 +163,8 @@ fn container_settings(key_file: &Path) -> vidu_gateway::config::Settings {
         })
         .next()
         .unwrap_or_else(|| panic!("no COPY puts a file at {config_path}"));
-    let mut env: HashMap<String, String> = stage
-        .iter()
-        .filter(|(k, _)| k == "ENV")
-        .filter_map(|(_, v)| v.split_once('='))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .filter(|(k, _)| k.starts_with("VIDU_GW__"))
-        .collect();
+    let mut env = image_env();
+    env.retain(|k, _| k.starts_with("VIDU_GW__"));
     env.insert(
         "VIDU_GW__UPSTREAM__API_KEY_FILE".into(),
         key_file.display().to_string(),
@@ -470,7 +484,7 @@ fn production_toml_passes_check_config() {
 
 /// A YAML node as JSON, merge keys (`<<: *anchor`, as Compose applies them) resolved: the merged mappings give
 /// the keys the mapping does not set itself (the first merged mapping wins among them).
-fn yaml_to_json(node: &Yaml) -> Value {
+pub(crate) fn yaml_to_json(node: &Yaml) -> Value {
     match node {
         Yaml::Null => Value::Null,
         Yaml::Boolean(b) => Value::Bool(*b),
@@ -532,7 +546,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// A command, entrypoint or health check test: the exec form (a list) or a string split on whitespace.
-fn words(v: &Value) -> Option<Vec<String>> {
+pub(crate) fn words(v: &Value) -> Option<Vec<String>> {
     match v {
         Value::Array(items) => Some(
             items
@@ -548,7 +562,7 @@ fn words(v: &Value) -> Option<Vec<String>> {
     }
 }
 
-fn text(v: &Value) -> &str {
+pub(crate) fn text(v: &Value) -> &str {
     v.as_str()
         .unwrap_or_else(|| panic!("expected a string: {v}"))
 }
@@ -624,7 +638,7 @@ fn secret_mounts(service: &Value) -> Vec<(String, String)> {
 }
 
 /// A Compose duration (`40s`, `1m30s`, `500ms`) in milliseconds.
-fn compose_duration_ms(s: &str) -> u64 {
+pub(crate) fn compose_duration_ms(s: &str) -> u64 {
     let (mut total, mut number, mut unit) = (0.0_f64, String::new(), String::new());
     let mut flush = |number: &mut String, unit: &mut String| {
         if number.is_empty() {
@@ -745,12 +759,7 @@ struct Replica {
 
 fn replica(topology: &Topology, name: &str, dir: &tempfile::TempDir) -> Replica {
     let service = topology.service(name);
-    let stage = final_stage();
-    let entrypoint = words(&service["entrypoint"])
-        .unwrap_or_else(|| exec_form(&stage.iter().rfind(|(k, _)| k == "ENTRYPOINT").unwrap().1));
-    let command = words(&service["command"])
-        .unwrap_or_else(|| exec_form(&stage.iter().rfind(|(k, _)| k == "CMD").unwrap().1));
-    let args: Vec<String> = entrypoint.into_iter().chain(command).collect();
+    let args = image_args(words(&service["entrypoint"]), words(&service["command"]));
     assert_eq!(
         args.get(1).map(String::as_str),
         Some("serve"),
@@ -771,62 +780,21 @@ fn replica(topology: &Topology, name: &str, dir: &tempfile::TempDir) -> Replica 
     );
 
     // The environment the process sees: the image's ENV, then the service's.
-    let mut env: HashMap<String, String> = stage
-        .iter()
-        .filter(|(k, _)| k == "ENV")
-        .filter_map(|(_, v)| v.split_once('='))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
+    let mut env = image_env();
     env.extend(environment(service));
     env.retain(|k, _| k.starts_with("VIDU_GW__"));
-    for secret in [
-        "UPSTREAM__API_KEY",
-        "AUTH__HS256_SECRET",
-        "STATE__REDIS_URL",
-    ] {
-        assert!(
-            !env.contains_key(&format!("VIDU_GW__{secret}")),
-            "{name}: VIDU_GW__{secret} inline in compose.yaml; give it as a *_file from a compose secret"
-        );
-    }
 
     // Every `*_file` the process reads (from the file or its env) is a compose secret mounted at that path.
-    let raw: toml::Table = toml::from_str(&std::fs::read_to_string(&config_file).unwrap()).unwrap();
-    let mut files: HashMap<String, String> = HashMap::new(); // env var → path in the container
-    for (section, table) in &raw {
-        let Some(table) = table.as_table() else {
-            continue;
-        };
-        for (key, value) in table {
-            if let (true, Some(path)) = (key.ends_with("_file"), value.as_str()) {
-                let var = format!("VIDU_GW__{}__{}", section, key).to_ascii_uppercase();
-                files.insert(var, path.to_owned());
-            }
-        }
-        for inline in ["api_key", "hs256_secret"] {
-            assert!(
-                table
-                    .get(inline)
-                    .and_then(|v| v.as_str())
-                    .is_none_or(str::is_empty),
-                "{section}.{inline} is inline in compose-gateway.toml: use {inline}_file and a compose secret"
-            );
-        }
-    }
-    files.extend(
-        env.iter()
-            .filter(|(k, v)| k.ends_with("_FILE") && !v.is_empty())
-            .map(|(k, v)| (k.clone(), v.clone())),
-    );
+    let text = std::fs::read_to_string(&config_file).unwrap();
     let mounted = secret_mounts(service);
     let declared = topology.doc["secrets"].as_object();
     let mut secret_of_key = HashMap::new();
-    for (var, path) in &files {
+    for (key, path) in secret_files(&text, &env, name) {
         let (secret, _) = mounted
             .iter()
-            .find(|(_, target)| target == path)
+            .find(|(_, target)| *target == path)
             .unwrap_or_else(|| {
-                panic!("{name}: {var} = {path} is not a compose secret mounted there")
+                panic!("{name}: {key} = {path} is not a compose secret mounted there")
             });
         let source = declared.and_then(|d| d.get(secret)).unwrap_or_else(|| {
             panic!(
@@ -837,18 +805,8 @@ fn replica(topology: &Topology, name: &str, dir: &tempfile::TempDir) -> Replica 
             source.get("file").is_some() || source.get("environment").is_some(),
             "the secret {secret} names its file: {source}"
         );
-        let stand_in = dir.path().join(format!("{name}-{secret}"));
-        let content = if var.ends_with("CA_FILE") {
-            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".to_owned()
-        } else {
-            format!("compose-test-{secret}\n")
-        };
-        std::fs::write(&stand_in, content).unwrap();
-        env.insert(var.clone(), stand_in.display().to_string());
-        let key = var
-            .trim_start_matches("VIDU_GW__")
-            .replacen("__", ".", 1)
-            .to_ascii_lowercase();
+        let stand_in = stand_in_secret(dir, &format!("{name}-{secret}"), &key);
+        env.insert(env_var(&key), stand_in.display().to_string());
         secret_of_key.insert(key, secret.clone());
     }
     let settings = vidu_gateway::config::load_with_env(Some(&config_file), env)
@@ -864,8 +822,86 @@ fn replica(topology: &Topology, name: &str, dir: &tempfile::TempDir) -> Replica 
     }
 }
 
+/// The variable that overrides a configuration key: `state.redis_password_file` → `VIDU_GW__STATE__REDIS_PASSWORD_FILE`.
+pub(crate) fn env_var(key: &str) -> String {
+    format!("VIDU_GW__{}", key.replace('.', "__")).to_ascii_uppercase()
+}
+
+/// Every `*_file` a gateway process reads, from its configuration file (`key_file = PATH` in any table) or its
+/// `VIDU_GW__*` environment, as (configuration key, path in the container). Asserts on the way that no secret is
+/// given inline, in the file or the environment (`whose` names the process in the message).
+pub(crate) fn secret_files(
+    config: &str,
+    env: &HashMap<String, String>,
+    whose: &str,
+) -> Vec<(String, String)> {
+    fn walk(table: &toml::Table, prefix: &str, whose: &str, out: &mut HashMap<String, String>) {
+        for (key, value) in table {
+            let path = format!("{prefix}{key}");
+            match value {
+                toml::Value::Table(inner) => walk(inner, &format!("{path}."), whose, out),
+                toml::Value::String(file) if key.ends_with("_file") => {
+                    out.insert(path, file.clone());
+                }
+                toml::Value::String(inline)
+                    if ["api_key", "hs256_secret", "relay_secret", "secret"]
+                        .contains(&key.as_str()) =>
+                {
+                    assert!(
+                        inline.is_empty(),
+                        "{whose}: {path} is inline in the configuration: use {key}_file and a mounted secret"
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    for secret in [
+        "UPSTREAM__API_KEY",
+        "AUTH__HS256_SECRET",
+        "STATE__REDIS_URL",
+        "CALLBACKS__RELAY_SECRET",
+    ] {
+        assert!(
+            !env.contains_key(&format!("VIDU_GW__{secret}")),
+            "{whose}: VIDU_GW__{secret} inline in its environment; give it as a *_file from a mounted secret"
+        );
+    }
+    let raw: toml::Table = toml::from_str(config).unwrap();
+    let mut files = HashMap::new();
+    walk(&raw, "", whose, &mut files);
+    for (var, path) in env {
+        if let Some(key) = var.strip_prefix("VIDU_GW__")
+            && key.ends_with("_FILE")
+            && !path.is_empty()
+        {
+            files.insert(key.replace("__", ".").to_ascii_lowercase(), path.clone());
+        }
+    }
+    let mut files: Vec<(String, String)> = files.into_iter().collect();
+    files.sort();
+    files
+}
+
+/// A file in `dir` standing for the secret `name` that a deployment mounts for the configuration key `key`: a
+/// PEM certificate for a CA file, one line otherwise.
+pub(crate) fn stand_in_secret(
+    dir: &tempfile::TempDir,
+    name: &str,
+    key: &str,
+) -> std::path::PathBuf {
+    let path = dir.path().join(name);
+    let content = if key.ends_with("ca_file") {
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".to_owned()
+    } else {
+        format!("deploy-test-{name}\n")
+    };
+    std::fs::write(&path, content).unwrap();
+    path
+}
+
 /// `--flag VALUE` in a service's command line (joined).
-fn command_flag(words: &[String], name: &str) -> Option<String> {
+pub(crate) fn command_flag(words: &[String], name: &str) -> Option<String> {
     let joined = words.join(" ");
     let tokens: Vec<&str> = joined.split_whitespace().collect();
     tokens
