@@ -238,6 +238,7 @@ fn admission_request() -> AdmissionRequest {
             limits: Vec::new(),
             share: None,
         },
+        shadow: Shadow::default(),
         rates: vec![
             rate(Scope::User, "bench"),
             rate(Scope::Team, "perf"),

@@ -12,7 +12,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use crate::auth::Identity;
-use crate::config::{OffPeakMode, Settings};
+use crate::config::{Enforce, OffPeakMode, Settings};
 use crate::policy::access::{FallbackState, OffPeak, RequestFacts, check_access, decide_off_peak};
 use crate::policy::denial::{Denial, LimitReason};
 use crate::policy::periods::{Periods, periods};
@@ -182,6 +182,11 @@ pub fn prepare<'a>(
         rates: Vec::new(),
         slots: Vec::new(),
         running: running_spec(settings, identity, &rules, &team),
+        shadow: Shadow {
+            user: rules.enforce.value == Enforce::Shadow,
+            team: team.enforce == Enforce::Shadow,
+            global: settings.policy.global.enforce == Some(Enforce::Shadow),
+        },
         budgets: Vec::new(),
     };
     buckets(settings, identity, &rules, &team, &p, &mut request);
@@ -574,6 +579,34 @@ pub struct Verdict {
     pub estimated_credits: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remaining_credits: Option<u64>,
+    /// What limits under `enforce = "shadow"` would refuse (a real request is admitted all the same).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shadow_refusals: Vec<ShadowRefusal>,
+}
+
+/// A refusal a shadow limit would make, as the caller would see it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ShadowRefusal {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl ShadowRefusal {
+    /// The shadow refusals of an admitted request.
+    pub fn of(decided: &Decided) -> Vec<Self> {
+        decided
+            .granted
+            .shadowed
+            .iter()
+            .map(|r| {
+                let e = refusal_error(r, decided.run.estimate);
+                ShadowRefusal {
+                    reason: e.reason(),
+                    message: e.to_string(),
+                }
+            })
+            .collect()
+    }
 }
 
 impl Verdict {
@@ -587,6 +620,7 @@ impl Verdict {
             off_peak_applied: None,
             estimated_credits: estimate,
             remaining_credits: None,
+            shadow_refusals: Vec::new(),
         }
     }
 }
@@ -744,6 +778,7 @@ mod tests {
             remaining_credits: Some(10),
             team_remaining_credits: None,
             rate: None,
+            shadowed: Vec::new(),
         }
     }
 

@@ -8,7 +8,7 @@ use actix_web::http::Method;
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::admit::{Decided, Refused, Verdict, prepare, unavailable};
+use crate::admit::{Decided, Refused, ShadowRefusal, Verdict, prepare, unavailable};
 use crate::auth::Identity;
 use crate::callbacks::hosts::check_callback_url;
 use crate::config::Settings;
@@ -95,6 +95,24 @@ pub async fn admit(
         .inc();
     match &result {
         Ok(a) => {
+            // Limits under `enforce = "shadow"` that would have refused: counted and logged, not enforced.
+            for shadow in ShadowRefusal::of(&a.decided) {
+                ctx.metrics
+                    .admissions
+                    .get_or_create(&AdmissionLabels {
+                        outcome: "shadow_rejected",
+                        reason: shadow.reason,
+                        team: team_label.clone(),
+                    })
+                    .inc();
+                tracing::warn!(
+                    target: "shadow",
+                    reason = shadow.reason,
+                    team = %team_label,
+                    message = %shadow.message,
+                    "a limit under enforce = \"shadow\" would have refused this request; it was admitted"
+                );
+            }
             ctx.metrics
                 .credits
                 .get_or_create(&CreditLabels {
@@ -245,6 +263,7 @@ pub async fn quote(
             }
             Ok(decision) => match prepared.conclude(decision) {
                 Ok(d) => Verdict {
+                    shadow_refusals: ShadowRefusal::of(&d),
                     admitted: true,
                     reason: None,
                     message: None,

@@ -197,6 +197,16 @@ pub enum OffPeakMode {
     Fallback,
 }
 
+/// Whether a table's limits refuse (`on`) or only observe (`shadow`: a request they would refuse is admitted,
+/// counted and logged), for trying a limit on live traffic before it bites.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Enforce {
+    #[default]
+    On,
+    Shadow,
+}
+
 /// Declares a policy struct: the per-user keys of `[policy.defaults]`, plus `extra` keys. A limit
 /// (`requests_per_minute`, `burst`, `max_in_flight`, and the `team_*` ones) is at least 1: 0 is refused at load.
 macro_rules! policy_struct {
@@ -226,6 +236,7 @@ macro_rules! policy_struct {
             /// Fair share weight: a team's own (`[policy.teams.<t>]`), or the pool of unlisted teams
             /// (`[policy.defaults]`); no effect in a user table.
             #[serde(default, skip_serializing_if = "Option::is_none")] pub task_share: Option<u32>,
+            #[serde(default, skip_serializing_if = "Option::is_none")] pub enforce: Option<Enforce>,
         }
     };
 }
@@ -284,6 +295,8 @@ pub struct GlobalPolicy {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_running_tasks: Option<NonZeroU32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforce: Option<Enforce>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -455,6 +455,7 @@ impl TeamPolicy {
             immediate_hours: self.immediate_hours.clone(),
             max_running_tasks: self.max_running_tasks,
             task_share: self.task_share,
+            enforce: self.enforce,
         }
     }
 }

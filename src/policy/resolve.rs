@@ -4,7 +4,7 @@
 use std::fmt;
 use std::num::NonZeroU32;
 
-use crate::config::{HourWindow, OffPeakMode, Settings, TeamPolicy, UserPolicy};
+use crate::config::{Enforce, HourWindow, OffPeakMode, Settings, TeamPolicy, UserPolicy};
 
 /// Which table a rule came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +53,8 @@ pub struct UserRules {
     pub immediate_daily_credits: Option<Sourced<u64>>,
     pub immediate_hours: Option<Sourced<Vec<HourWindow>>>,
     pub max_running_tasks: Option<Sourced<NonZeroU32>>,
+    /// Whether the per-user limits refuse or only observe (`enforce`: user > team > defaults).
+    pub enforce: Sourced<Enforce>,
 }
 
 /// Team-wide aggregate limits (`team_*` keys).
@@ -64,6 +66,9 @@ pub struct TeamLimits {
     pub daily_credits: Option<u64>,
     pub monthly_credits: Option<u64>,
     pub max_running_tasks: Option<NonZeroU32>,
+    /// Whether the team's aggregate limits refuse or only observe (the team table's `enforce`, else the
+    /// defaults').
+    pub enforce: Enforce,
 }
 
 pub fn user_rules(settings: &Settings, user: &str, team: Option<&str>) -> UserRules {
@@ -116,12 +121,20 @@ pub fn user_rules(settings: &Settings, user: &str, team: Option<&str>) -> UserRu
         immediate_daily_credits: pick!(immediate_daily_credits).filter(|s| s.value > 0),
         immediate_hours: pick!(immediate_hours).filter(|s| !s.value.is_empty()),
         max_running_tasks: pick!(max_running_tasks),
+        enforce: pick!(enforce).unwrap_or(Sourced {
+            value: Enforce::On,
+            source: Source::Defaults,
+        }),
     }
 }
 
 pub fn team_limits(settings: &Settings, team: Option<&str>) -> TeamLimits {
+    let defaults = settings.policy.defaults.enforce.unwrap_or_default();
     let Some(t) = team.and_then(|t| settings.policy.teams.get(t)) else {
-        return TeamLimits::default();
+        return TeamLimits {
+            enforce: defaults,
+            ..TeamLimits::default()
+        };
     };
     TeamLimits {
         requests_per_minute: t.team_requests_per_minute,
@@ -130,6 +143,7 @@ pub fn team_limits(settings: &Settings, team: Option<&str>) -> TeamLimits {
         daily_credits: t.team_daily_credits,
         monthly_credits: t.team_monthly_credits,
         max_running_tasks: t.team_max_running_tasks,
+        enforce: t.enforce.unwrap_or(defaults),
     }
 }
 

@@ -61,6 +61,7 @@ macro_rules! run_conformance {
             unknown_reservations_are_listed_and_resolved_once,
             credits_charged_since_count_tasks_created_since_as_charged_now,
             audit_entries_are_listed_newest_first_by_kind_and_time_in_pages,
+            shadow_limits_admit_report_and_take_nothing_they_would_refuse,
             running_slots_are_kept_by_the_task_and_freed_when_it_ends,
             team_and_global_running_caps_count_every_member,
             running_slots_lapse_without_news_and_news_keeps_them,
@@ -127,6 +128,7 @@ fn request(user: &str, team: &str, estimate: u64) -> AdmissionRequest {
         rates: Vec::new(),
         slots: Vec::new(),
         running: RunningSpec::none(),
+        shadow: Shadow::default(),
         budgets: Vec::new(),
     }
 }
@@ -1215,4 +1217,95 @@ pub async fn audit_entries_are_listed_newest_first_by_kind_and_time_in_pages(
     })
     .await;
     assert_eq!((ids(&last), last.next), (vec!["e-0".to_owned()], None));
+}
+
+/// A grant, with what shadow limits would have refused.
+async fn shadow_grant(store: &dyn Store, req: &AdmissionRequest) -> (Grant, Vec<Refusal>) {
+    match decide(store, req, Mode::Take).await.outcome {
+        Ok(Granted {
+            grant: Some(grant),
+            shadowed,
+            ..
+        }) => (grant, shadowed),
+        other => panic!("expected a grant, got {other:?}"),
+    }
+}
+
+pub async fn shadow_limits_admit_report_and_take_nothing_they_would_refuse(backend: &dyn Backend) {
+    let (o, clock) = open(backend).await;
+    let s = o.store.as_ref();
+    let shadow = Shadow {
+        user: true,
+        team: true,
+        global: false,
+    };
+    // In flight: the second is admitted beside a full shadow slot, which it does not take.
+    let mut req = request("alice", "t", 10).slot(Scope::User, "alice", 1);
+    req.shadow = shadow;
+    let (first, none) = shadow_grant(s, &req).await;
+    assert!(none.is_empty());
+    let (second, shadowed) = shadow_grant(s, &req).await;
+    assert!(
+        matches!(
+            shadowed[..],
+            [Refusal::Concurrency {
+                scope: Scope::User,
+                max: 1,
+                ..
+            }]
+        ),
+        "{shadowed:?}"
+    );
+    finish(s, first, Settlement::Released).await;
+    let enforced = request("alice", "t", 10).slot(Scope::User, "alice", 1);
+    let third = grant(s, &enforced).await;
+    refusal(s, &enforced).await;
+    finish(s, second, Settlement::Released).await;
+    refusal(s, &enforced).await;
+    finish(s, third, Settlement::Released).await;
+
+    // Rates: the shadowed request takes no token.
+    let mut rated = request("bob", "t", 1).rate(Scope::User, "bob", 60, 1);
+    rated.shadow = shadow;
+    shadow_grant(s, &rated).await;
+    let (_, shadowed) = shadow_grant(s, &rated).await;
+    assert!(
+        matches!(shadowed[..], [Refusal::Rate { .. }]),
+        "{shadowed:?}"
+    );
+    clock.advance(SignedDuration::from_secs(1));
+    grant(s, &request("bob", "t", 1).rate(Scope::User, "bob", 60, 1)).await;
+
+    // Budgets: counted all the same (spend is spend), reported as over.
+    let day = key(Scope::Team, "v", Period::Day, DAY);
+    let mut budgeted = request("carol", "v", 30).budget(day.clone(), 50);
+    budgeted.shadow = shadow;
+    shadow_grant(s, &budgeted).await;
+    let (_, shadowed) = shadow_grant(s, &budgeted).await;
+    assert!(
+        matches!(
+            &shadowed[..],
+            [Refusal::Budget {
+                used: 30,
+                limit: 50,
+                ..
+            }]
+        ),
+        "{shadowed:?}"
+    );
+    assert_eq!(used(s, &day).await, 60);
+    // Global limits follow their own table: not shadowed here.
+    let mut global = request("dan", "u", 1).slot(Scope::Global, "", 1);
+    global.shadow = shadow;
+    grant(s, &global).await;
+    assert!(matches!(
+        refusal(s, &global).await,
+        Refusal::Concurrency {
+            scope: Scope::Global,
+            ..
+        }
+    ));
+    // A dry run reports the same.
+    let answer = decide(s, &budgeted, Mode::DryRun).await;
+    assert!(matches!(answer.outcome, Ok(Granted { ref shadowed, .. }) if shadowed.len() == 1));
 }

@@ -89,6 +89,8 @@ pub struct Granted {
     /// The tightest remaining *team* budget after it (the team metric reports this, never a member's own).
     pub team_remaining_credits: Option<u64>,
     pub rate: Option<RateStatus>,
+    /// What limits under `enforce = "shadow"` would have refused (in check order); the request was admitted.
+    pub shadowed: Vec<Refusal>,
 }
 
 /// Why admission refused, in check order: the plan, then in-flight slots, running-task slots, budgets, rates. A refused request

@@ -76,6 +76,7 @@ fn unaccounted(request: &AdmissionRequest, id: GrantId) -> Decision {
                 remaining_credits: None,
                 team_remaining_credits: None,
                 rate: None,
+                shadowed: Vec::new(),
             }),
         },
     }

@@ -310,7 +310,10 @@ impl Inner {
         (mode, grant): (Mode, GrantId),
         writer: &Writer,
     ) -> Result<Granted, Refusal> {
-        for s in &req.slots {
+        // A shadow limit that would refuse is reported, and (as a refusal would) takes nothing.
+        let mut shadowed = Vec::new();
+        let mut skip_slots = Vec::new();
+        for (i, s) in req.slots.iter().enumerate() {
             let held = self
                 .slots
                 .get(&s.scope)
@@ -318,19 +321,28 @@ impl Inner {
                 .copied()
                 .unwrap_or(0);
             if held >= s.max {
-                return Err(Refusal::Concurrency {
+                let refusal = Refusal::Concurrency {
                     scope: s.scope,
                     max: s.max,
                     source: s.source.clone(),
-                });
+                };
+                if !req.shadow.of(s.scope) {
+                    return Err(refusal);
+                }
+                shadowed.push(refusal);
+                skip_slots.push(i);
             }
         }
 
         if req.running.holds(run) {
             let (now, _) = self.life.now();
-            self.life
-                .running
-                .check(&req.running, now, mode == Mode::Take)?;
+            self.life.running.check(
+                &req.running,
+                req.shadow,
+                now,
+                mode == Mode::Take,
+                &mut shadowed,
+            )?;
         }
 
         let mut remaining: Option<u64> = None;
@@ -338,13 +350,24 @@ impl Inner {
         for b in req.budgets.iter().chain(immediate_budget) {
             let used = self.used(&b.key);
             if used.saturating_add(run.estimate) > b.limit {
-                return Err(Refusal::Budget {
+                let refusal = Refusal::Budget {
                     key: b.key.clone(),
                     limit: b.limit,
                     used,
                     retry_after_secs: b.secs_to_reset,
                     source: b.source.clone(),
-                });
+                };
+                // The fallback's immediate budget chose the run: it is never a shadow.
+                let is_immediate = immediate_budget.is_some_and(|i| std::ptr::eq(i, b));
+                if is_immediate || !req.shadow.of(b.key.scope) {
+                    return Err(refusal);
+                }
+                shadowed.push(refusal);
+                remaining = Some(0);
+                if b.key.scope == Scope::Team {
+                    team_remaining = Some(0);
+                }
+                continue;
             }
             let left = b.limit - used - run.estimate;
             remaining = Some(remaining.map_or(left, |r| r.min(left)));
@@ -378,15 +401,20 @@ impl Inner {
                     retry_after_secs,
                     exhausted,
                 } => {
-                    undo.into_iter().rev().for_each(|u| u.undo());
-                    return Err(Refusal::Rate {
+                    let refusal = Refusal::Rate {
                         scope: r.scope,
                         per_minute: r.per_minute.get(),
                         burst: r.burst.get(),
                         exhausted,
                         retry_after_secs: retry_after_secs.max(1),
                         source: r.source.clone(),
-                    });
+                    };
+                    if req.shadow.of(r.scope) {
+                        shadowed.push(refusal);
+                        continue;
+                    }
+                    undo.into_iter().rev().for_each(|u| u.undo());
+                    return Err(refusal);
                 }
             }
         }
@@ -398,7 +426,7 @@ impl Inner {
             }
             Mode::Take => {
                 drop(undo);
-                Some(self.take(req, run, grant, writer))
+                Some(self.take(req, run, grant, &skip_slots, writer))
             }
         };
         Ok(Granted {
@@ -406,11 +434,20 @@ impl Inner {
             remaining_credits: remaining,
             team_remaining_credits: team_remaining,
             rate: tightest,
+            shadowed,
         })
     }
 
-    /// Takes the slots and reserves the estimate (the rate tokens are already taken).
-    fn take(&mut self, req: &AdmissionRequest, run: Run, id: GrantId, writer: &Writer) -> Grant {
+    /// Takes the slots (but those `skip`ped: a shadow limit that would refuse) and reserves the estimate (the rate
+    /// tokens are already taken).
+    fn take(
+        &mut self,
+        req: &AdmissionRequest,
+        run: Run,
+        id: GrantId,
+        skip: &[usize],
+        writer: &Writer,
+    ) -> Grant {
         let (now, at) = self.life.now();
         let slot_ttl = req.running.holds(run).then_some(req.running.ttl_ms);
         if let Some(ttl) = slot_ttl {
@@ -430,7 +467,12 @@ impl Inner {
             estimate: run.estimate,
         });
         let mut slots = Vec::with_capacity(req.slots.len());
-        for s in &req.slots {
+        for (_, s) in req
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !skip.contains(i))
+        {
             let held = self.slots.entry(s.scope).or_default();
             match held.get_mut(s.subject.as_str()) {
                 Some(n) => *n += 1,
@@ -560,6 +602,7 @@ impl Admissions for MemoryStore {
                 rates: Vec::new(),
                 slots: Vec::new(),
                 running: RunningSpec::none(),
+                shadow: Shadow::default(),
                 budgets: Vec::new(),
             };
             let decided = self.admit_as(&request, Mode::Take, entry.id).await;
@@ -786,6 +829,7 @@ mod tests {
             rates: Vec::new(),
             slots: Vec::new(),
             running: RunningSpec::none(),
+            shadow: Shadow::default(),
             budgets: budgets
                 .iter()
                 .map(|key| BudgetSpec {

@@ -70,12 +70,15 @@ impl Running {
     }
 
     /// Checks the user, team and global caps for one more slot (the run holds one), noting that the request's
-    /// share group asked (when `take`).
+    /// share group asked (when `take`). A cap of a `shadow` scope that would refuse is pushed to `shadowed`
+    /// instead (the slot is counted all the same: running tasks are counted in every scope).
     pub(super) fn check(
         &mut self,
         spec: &RunningSpec,
+        shadow: Shadow,
         now: i64,
         take: bool,
+        shadowed: &mut Vec<Refusal>,
     ) -> Result<(), Refusal> {
         self.prune(now);
         if let (true, Some(share)) = (take, &spec.share) {
@@ -84,14 +87,18 @@ impl Running {
         for s in &spec.limits {
             let running = self.count(s.scope, &s.subject);
             if running >= s.max {
-                return Err(Refusal::Running {
+                let refusal = Refusal::Running {
                     scope: s.scope,
                     subject: s.subject.clone(),
                     max: s.max,
                     running,
                     source: s.source.clone(),
                     share: None,
-                });
+                };
+                if !shadow.of(s.scope) {
+                    return Err(refusal);
+                }
+                shadowed.push(refusal);
             }
         }
         let Some(share) = &spec.share else {
@@ -119,26 +126,34 @@ impl Running {
                 active: running > 0 || self.asked.get(g).is_some_and(|at| *at > idle_since),
             }
         });
-        share::admits(share.max, self.total, mine, share.guarantee, others).map_err(|full| {
-            Refusal::Running {
-                scope: Scope::Global,
-                subject: String::new(),
-                max: share.max,
-                running: self.total,
-                source: share.source.clone(),
-                share: match full {
-                    ShareFull::NoSlot => None,
-                    ShareFull::KeptForOthers { free, owed } => Some(ShareRefusal {
-                        group: share.group.clone(),
-                        running: mine,
-                        guarantee: share.guarantee,
-                        guarantee_source: share.guarantee_source.clone(),
-                        free,
-                        owed,
-                    }),
-                },
+        let decided =
+            share::admits(share.max, self.total, mine, share.guarantee, others).map_err(|full| {
+                Refusal::Running {
+                    scope: Scope::Global,
+                    subject: String::new(),
+                    max: share.max,
+                    running: self.total,
+                    source: share.source.clone(),
+                    share: match full {
+                        ShareFull::NoSlot => None,
+                        ShareFull::KeptForOthers { free, owed } => Some(ShareRefusal {
+                            group: share.group.clone(),
+                            running: mine,
+                            guarantee: share.guarantee,
+                            guarantee_source: share.guarantee_source.clone(),
+                            free,
+                            owed,
+                        }),
+                    },
+                }
+            });
+        match decided {
+            Err(refusal) if shadow.global => {
+                shadowed.push(refusal);
+                Ok(())
             }
-        })
+            other => other,
+        }
     }
 
     /// A slot held by `member` (a grant, then its task) until `until` (ms).

@@ -55,8 +55,8 @@ pub use lifecycle::{
 };
 pub use request::{
     AdmissionRequest, BudgetKey, BudgetSpec, Fallback, Mode, Period, Plan, RateSpec,
-    RejectionRecord, RequestRecord, Run, RunningSpec, Scope, ShareGroup, ShareSpec, SlotSpec,
-    Unaccounted,
+    RejectionRecord, RequestRecord, Run, RunningSpec, Scope, Shadow, ShareGroup, ShareSpec,
+    SlotSpec, Unaccounted,
 };
 
 /// What every store call returns: a boxed future of its answer (boxed, so that the traits stay object-safe).

@@ -224,6 +224,26 @@ pub struct ShareSpec {
     pub idle_ms: u64,
 }
 
+/// Which scopes' limits only observe (`enforce = "shadow"`): a request they would refuse is admitted, and the
+/// refusal reported beside the grant ([`Granted::shadowed`](super::Granted)). A shadow bucket that would refuse
+/// takes nothing (as an enforced refusal would not): its counts stay what enforcing it would make them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shadow {
+    pub user: bool,
+    pub team: bool,
+    pub global: bool,
+}
+
+impl Shadow {
+    pub fn of(self, scope: Scope) -> bool {
+        match scope {
+            Scope::User => self.user,
+            Scope::Team => self.team,
+            Scope::Global => self.global,
+        }
+    }
+}
+
 /// Everything one all-or-nothing decision covers.
 #[derive(Clone, Debug)]
 pub struct AdmissionRequest {
@@ -232,6 +252,8 @@ pub struct AdmissionRequest {
     pub rates: Vec<RateSpec>,
     pub slots: Vec<SlotSpec>,
     pub running: RunningSpec,
+    /// Scopes whose limits only observe.
+    pub shadow: Shadow,
     /// Budgets every run counts against (a fallback plan adds its immediate budget to an immediate run).
     pub budgets: Vec<BudgetSpec>,
 }

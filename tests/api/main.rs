@@ -24,6 +24,7 @@ mod redis_link;
 mod replicas;
 mod running;
 mod sandbox;
+mod shadow;
 mod state;
 mod upstream_faults;
 mod validation;

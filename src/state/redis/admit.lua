@@ -47,11 +47,24 @@ local function refused(r)
   return cjson.encode({ run = run, imm_used = imm_used or null, refusal = r })
 end
 
+-- Limits under `enforce = "shadow"` that would refuse are reported beside the grant and take nothing.
+local shadowed = {}
+local function refuse_or_shadow(is_shadow, r)
+  if is_shadow then
+    shadowed[#shadowed + 1] = r
+    return nil
+  end
+  return refused(r)
+end
+
 -- In-flight slots: leases whose expiry has passed are dropped first.
+local skip_slot = {}
 for i, s in ipairs(req.slots) do
   redis.call('ZREMRANGEBYSCORE', s.key, '-inf', now_ms)
   if redis.call('ZCARD', s.key) >= s.max then
-    return refused({ kind = 'slot', i = i - 1 })
+    local answer = refuse_or_shadow(s.shadow, { kind = 'slot', i = i - 1 })
+    if answer then return answer end
+    skip_slot[i] = true
   end
 end
 
@@ -68,11 +81,14 @@ if holds then
   if sh and req.take then redis.call('HSET', rn.asked, sh.field, now_ms) end
   for i, l in ipairs(rn.limits) do
     local n = running_in(l.key)
-    if n >= l.max then return refused({ kind = 'running', i = i - 1, running = n }) end
+    if n >= l.max then
+      local answer = refuse_or_shadow(l.shadow, { kind = 'running', i = i - 1, running = n })
+      if answer then return answer end
+    end
   end
   if sh then
     local total = running_in(rn.global)
-    if total >= sh.max then return refused({ kind = 'running', i = -1, running = total }) end
+    local share_refusal
     -- The pool runs whatever the listed teams do not.
     local listed, counts, mine = 0, {}, nil
     if opt(sh.team_key) then
@@ -89,7 +105,9 @@ if holds then
     end
     local pool = math.max(total - listed, 0)
     if mine == nil then mine = pool end
-    if mine >= sh.guarantee then
+    if total >= sh.max then
+      share_refusal = { kind = 'running', i = -1, running = total }
+    elseif mine >= sh.guarantee then
       local free = sh.max - total
       local owed = 0
       local asked = {}
@@ -101,9 +119,13 @@ if holds then
         if active and o.guarantee > r then owed = owed + (o.guarantee - r) end
       end
       if free - 1 < owed then
-        return refused({ kind = 'running', i = -1, running = total,
-          share = { running = mine, free = free, owed = owed } })
+        share_refusal = { kind = 'running', i = -1, running = total,
+          share = { running = mine, free = free, owed = owed } }
       end
+    end
+    if share_refusal then
+      local answer = refuse_or_shadow(sh.shadow, share_refusal)
+      if answer then return answer end
     end
   end
 end
@@ -115,10 +137,13 @@ if imm_budget then budgets[#budgets + 1] = imm_budget end
 local remaining, team_remaining
 for i, b in ipairs(budgets) do
   local used = num(redis.call('GET', b.key))
+  local left = 0
   if used + run.estimate > b.limit then
-    return refused({ kind = 'budget', i = i - 1, used = used })
+    local answer = refuse_or_shadow(b.shadow, { kind = 'budget', i = i - 1, used = used })
+    if answer then return answer end
+  else
+    left = b.limit - used - run.estimate
   end
-  local left = b.limit - used - run.estimate
   if remaining == nil or left < remaining then remaining = left end
   if b.team and (team_remaining == nil or left < team_remaining) then team_remaining = left end
 end
@@ -136,16 +161,20 @@ for i, r in ipairs(req.rates) do
   if now_us < cur - tau then
     local drained = 0
     if since then drained = now_us - since end
-    return refused({ kind = 'rate', i = i - 1, wait_us = cur - tau - now_us, per_minute = drained >= 60000000 })
+    local answer = refuse_or_shadow(r.shadow,
+      { kind = 'rate', i = i - 1, wait_us = cur - tau - now_us, per_minute = drained >= 60000000 })
+    if answer then return answer end
+  else
+    local new = math.max(cur, now_us) + t
+    local left = math.floor(math.min(now_us + t + tau - new, tau) / t + 0.000001)
+    if full then since = now_us end
+    taken[#taken + 1] = { key = r.key, tat = new, since = since, ttl_ms = math.ceil((new - now_us) / 1000) + 1000 }
+    if tightest == nil or left < tightest.remaining then tightest = { i = i - 1, remaining = left } end
   end
-  local new = math.max(cur, now_us) + t
-  local left = math.floor(math.min(now_us + t + tau - new, tau) / t + 0.000001)
-  if full then since = now_us end
-  taken[#taken + 1] = { key = r.key, tat = new, since = since, ttl_ms = math.ceil((new - now_us) / 1000) + 1000 }
-  if tightest == nil or left < tightest.remaining then tightest = { i = i - 1, remaining = left } end
 end
 
 local granted = { remaining = remaining or null, team_remaining = team_remaining or null, rate = tightest or null }
+if #shadowed > 0 then granted.shadow = shadowed end
 if not req.take then
   return cjson.encode({ run = run, imm_used = imm_used or null, granted = granted })
 end
@@ -156,10 +185,12 @@ for _, r in ipairs(taken) do
   redis.call('PEXPIRE', r.key, r.ttl_ms)
 end
 local slot_keys = {}
-for _, s in ipairs(req.slots) do
-  redis.call('ZADD', s.key, now_ms + req.lease_ms, req.grant)
-  redis.call('PEXPIRE', s.key, req.lease_ms * 2)
-  slot_keys[#slot_keys + 1] = s.key
+for i, s in ipairs(req.slots) do
+  if not skip_slot[i] then
+    redis.call('ZADD', s.key, now_ms + req.lease_ms, req.grant)
+    redis.call('PEXPIRE', s.key, req.lease_ms * 2)
+    slot_keys[#slot_keys + 1] = s.key
+  end
 end
 local running_keys = {}
 if holds then

@@ -398,11 +398,12 @@ impl RedisStore {
         }
     }
 
-    fn budget_json(&self, b: &BudgetSpec) -> Value {
+    fn budget_json(&self, b: &BudgetSpec, shadow: bool) -> Value {
         json!({
             "key": self.keys.budget(&b.key),
             "limit": b.limit as f64,
             "team": b.key.scope == Scope::Team,
+            "shadow": shadow,
         })
     }
 
@@ -424,7 +425,7 @@ impl RedisStore {
         let plan = match &req.plan {
             Plan::Fixed(r) => json!({"fixed": run(r)}),
             Plan::Fallback(f) => json!({"fallback": {
-                "budget": self.budget_json(&f.immediate_budget),
+                "budget": self.budget_json(&f.immediate_budget, false),
                 "estimate": f.immediate_estimate,
                 "if_covered": f.if_covered.as_ref().map(run),
                 "if_short": f.if_short.as_ref().map(run),
@@ -440,13 +441,14 @@ impl RedisStore {
             "grant_key": self.keys.grant(grant),
             "grants": self.keys.grants(),
             "plan": plan,
-            "slots": req.slots.iter().map(|s| json!({"key": self.keys.slot(s), "max": s.max})).collect::<Vec<_>>(),
+            "slots": req.slots.iter().map(|s| json!({"key": self.keys.slot(s), "max": s.max, "shadow": req.shadow.of(s.scope)})).collect::<Vec<_>>(),
             "running": self.running_json(req),
-            "budgets": req.budgets.iter().map(|b| self.budget_json(b)).collect::<Vec<_>>(),
+            "budgets": req.budgets.iter().map(|b| self.budget_json(b, req.shadow.of(b.key.scope))).collect::<Vec<_>>(),
             "rates": req.rates.iter().map(|x| json!({
                 "key": self.keys.rate(x),
                 "per_minute": x.per_minute.get(),
                 "burst": x.burst.get(),
+                "shadow": req.shadow.of(x.scope),
             })).collect::<Vec<_>>(),
             "counting_immediate": self.counting(r, false),
             "counting_off_peak": self.counting(r, true),
@@ -489,6 +491,7 @@ impl RedisStore {
                 "guarantee": sh.guarantee,
                 "others": others,
                 "idle_ms": sh.idle_ms,
+                "shadow": req.shadow.global,
             })
         });
         json!({
@@ -497,7 +500,11 @@ impl RedisStore {
             "holds_in": holds_in,
             "global": self.keys.running(Scope::Global, ""),
             "asked": self.keys.share_asked(),
-            "limits": rn.limits.iter().map(|l| json!({"key": self.keys.running(l.scope, &l.subject), "max": l.max})).collect::<Vec<_>>(),
+            "limits": rn.limits.iter().map(|l| json!({
+                "key": self.keys.running(l.scope, &l.subject),
+                "max": l.max,
+                "shadow": req.shadow.of(l.scope),
+            })).collect::<Vec<_>>(),
             "share": share,
         })
     }
@@ -566,6 +573,9 @@ struct GrantedJson {
     remaining: Option<f64>,
     team_remaining: Option<f64>,
     rate: Option<RateJson>,
+    /// What shadow limits would have refused.
+    #[serde(default)]
+    shadow: Vec<RefusalJson>,
 }
 
 #[derive(Deserialize)]
@@ -639,6 +649,11 @@ impl RedisStore {
         };
         let outcome = match (answered.granted, answered.refusal) {
             (Some(g), None) => Ok(Granted {
+                shadowed: g
+                    .shadow
+                    .into_iter()
+                    .map(|r| self.refusal_of(req, immediate_budget, r))
+                    .collect::<Result<_, _>>()?,
                 grant: (mode == Mode::Take).then(|| Grant::new(grant)),
                 remaining_credits: g.remaining.map(whole),
                 team_remaining_credits: g.team_remaining.map(whole),
@@ -661,16 +676,34 @@ impl RedisStore {
                     }
                 },
             }),
-            (None, Some(RefusalJson::Norun)) => Err(Refusal::NoRun),
-            (None, Some(RefusalJson::Slot { i })) => {
+            (None, Some(r)) => Err(self.refusal_of(req, immediate_budget, r)?),
+            _ => return Err(bad_answer("admission")),
+        };
+        Ok(Decision {
+            run,
+            immediate_used: answered.imm_used.map(whole),
+            outcome,
+        })
+    }
+
+    /// A refusal the admission script reported (enforced, or a shadow limit's).
+    fn refusal_of(
+        &self,
+        req: &AdmissionRequest,
+        immediate_budget: Option<&BudgetSpec>,
+        r: RefusalJson,
+    ) -> Result<Refusal, StoreError> {
+        Ok(match r {
+            RefusalJson::Norun => Refusal::NoRun,
+            RefusalJson::Slot { i } => {
                 let s = req.slots.get(i).ok_or_else(|| bad_answer("admission"))?;
-                Err(Refusal::Concurrency {
+                Refusal::Concurrency {
                     scope: s.scope,
                     max: s.max,
                     source: s.source.clone(),
-                })
+                }
             }
-            (None, Some(RefusalJson::Running { i, running, share })) => {
+            RefusalJson::Running { i, running, share } => {
                 let running = u32::try_from(whole(running)).unwrap_or(u32::MAX);
                 let limit = usize::try_from(i)
                     .ok()
@@ -682,15 +715,15 @@ impl RedisStore {
                     })
                     .transpose()?;
                 match (limit, &req.running.share) {
-                    (Some(l), _) => Err(Refusal::Running {
+                    (Some(l), _) => Refusal::Running {
                         scope: l.scope,
                         subject: l.subject.clone(),
                         max: l.max,
                         running,
                         source: l.source.clone(),
                         share: None,
-                    }),
-                    (None, Some(sh)) => Err(Refusal::Running {
+                    },
+                    (None, Some(sh)) => Refusal::Running {
                         scope: Scope::Global,
                         subject: String::new(),
                         max: sh.max,
@@ -704,35 +737,32 @@ impl RedisStore {
                             free: u32::try_from(whole(s.free)).unwrap_or(u32::MAX),
                             owed: u32::try_from(whole(s.owed)).unwrap_or(u32::MAX),
                         }),
-                    }),
+                    },
                     (None, None) => return Err(bad_answer("admission")),
                 }
             }
-            (None, Some(RefusalJson::Budget { i, used })) => {
+            RefusalJson::Budget { i, used } => {
                 let b = req
                     .budgets
                     .iter()
                     .chain(immediate_budget)
                     .nth(i)
                     .ok_or_else(|| bad_answer("admission"))?;
-                Err(Refusal::Budget {
+                Refusal::Budget {
                     key: b.key.clone(),
                     limit: b.limit,
                     used: whole(used),
                     retry_after_secs: b.secs_to_reset,
                     source: b.source.clone(),
-                })
+                }
             }
-            (
-                None,
-                Some(RefusalJson::Rate {
-                    i,
-                    wait_us,
-                    per_minute,
-                }),
-            ) => {
+            RefusalJson::Rate {
+                i,
+                wait_us,
+                per_minute,
+            } => {
                 let r = req.rates.get(i).ok_or_else(|| bad_answer("admission"))?;
-                Err(Refusal::Rate {
+                Refusal::Rate {
                     scope: r.scope,
                     per_minute: r.per_minute.get(),
                     burst: r.burst.get(),
@@ -743,14 +773,8 @@ impl RedisStore {
                     },
                     retry_after_secs: (wait_us.max(0.0) / 1e6).ceil().max(1.0) as u64,
                     source: r.source.clone(),
-                })
+                }
             }
-            _ => return Err(bad_answer("admission")),
-        };
-        Ok(Decision {
-            run,
-            immediate_used: answered.imm_used.map(whole),
-            outcome,
         })
     }
 }
