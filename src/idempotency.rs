@@ -100,7 +100,15 @@ pub async fn begin(
         }
         Ok(Claim::Reused) => ("reused", Err(Stopped::Reused)),
         Ok(Claim::Replay(answer)) => ("replayed", Err(Stopped::Replay(answer))),
-        Err(e) => ("unavailable", Err(Stopped::Unavailable(e))),
+        Err(e) => {
+            // The claim may have been made even though its answer was lost (a slow backend): give it back, best
+            // effort, so a retry is not kept waiting for the lease.
+            let (store, claim) = (store.clone(), claim);
+            actix_web::rt::spawn(async move {
+                let _ = store.abandon(&claim).await;
+            });
+            ("unavailable", Err(Stopped::Unavailable(e)))
+        }
     };
     count(metrics, outcome);
     begun
@@ -140,7 +148,17 @@ impl Holding {
     }
 
     async fn keep(self, answer: &StoredAnswer) {
-        match self.store.keep(&self.claim, answer, self.ttl_secs).await {
+        // Storing is safe to repeat (guarded by the claim's token): a backend that did not answer is asked again
+        // before the answer is given up, since without it a retry after the lease is forwarded a second time.
+        let mut result = self.store.keep(&self.claim, answer, self.ttl_secs).await;
+        for wait_ms in [50, 200, 1000] {
+            if result.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+            result = self.store.keep(&self.claim, answer, self.ttl_secs).await;
+        }
+        match result {
             Ok(true) => count(&self.metrics, "stored"),
             Ok(false) => {
                 count(&self.metrics, "not_stored");

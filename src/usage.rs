@@ -10,7 +10,8 @@ use crate::config::Settings;
 use crate::policy::periods::periods;
 use crate::policy::resolve::{team_limits, user_rules};
 use crate::state::{
-    BudgetKey, Period, Reports, RunningNow, Scope, StoreError, UsageFilter, UsageRow,
+    BudgetKey, Period, Reports, RunningNow, Scope, Shadow, ShareGroup, StoreError, UsageFilter,
+    UsageRow,
 };
 
 /// Whose usage: a user, a team, or both (a caller's own view).
@@ -68,9 +69,12 @@ pub struct RunningTasks {
     pub limit: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
-    /// A team's (or the pool's) fair-share guarantee of the global cap.
+    /// A listed team's fair-share guarantee of the global cap.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guarantee: Option<u32>,
+    /// A team not listed under `[policy.teams]`: the guarantee of the pool it shares with every such team.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_guarantee: Option<u32>,
     /// Everyone: running tasks per team.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub teams: std::collections::BTreeMap<String, u32>,
@@ -301,13 +305,17 @@ pub async fn collect(
 /// exactly (2^53 − 1) — never the company's balance.
 pub const UNLIMITED_CREDITS: u64 = (1 << 53) - 1;
 
+/// `concurrency_limit` for a caller no running-task cap applies to, before the balance watch has read Vidu's own:
+/// Vidu's default per organisation.
+pub const VIDU_DEFAULT_CONCURRENCY: u32 = 5;
+
 /// What `GET /ent/v2/credits` answers a caller: what *they* may spend and run, in Vidu's shape.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct CallerAccount {
     /// The tightest remaining of the caller's budgets (user, team, global; day and month).
     pub credit_remain: u64,
     /// The running-task cap with the least room left (user, team or global), and what runs in its scope.
-    pub concurrency_limit: Option<u32>,
+    pub concurrency_limit: u32,
     pub current_concurrency: u32,
 }
 
@@ -331,9 +339,16 @@ pub async fn caller_account(
         period,
         period_key: period_key.clone(),
     };
+    // Limits under `enforce = "shadow"` refuse nobody: they are not what the caller may spend or run.
+    use crate::config::Enforce;
+    let enforced = Shadow {
+        user: rules.enforce.value != Enforce::Shadow,
+        team: limits.enforce != Enforce::Shadow,
+        global: global.enforce != Some(Enforce::Shadow),
+    };
     let mut lines: Vec<(BudgetKey, u64)> = Vec::new();
     let mut add = |k: BudgetKey, limit: Option<u64>| {
-        if let Some(limit) = limit {
+        if let Some(limit) = limit.filter(|_| enforced.of(k.scope)) {
             lines.push((k, limit));
         }
     };
@@ -389,9 +404,9 @@ pub async fn caller_account(
         .filter_map(|(limit, running)| limit.map(|l| (l, running)))
         .min_by_key(|(limit, running)| limit.saturating_sub(*running));
     let (concurrency_limit, current_concurrency) = match tightest {
-        Some((limit, running)) => (Some(limit), running),
+        Some((limit, running)) => (limit, running),
         None => (
-            fallback_limit,
+            fallback_limit.unwrap_or(VIDU_DEFAULT_CONCURRENCY),
             running.users.get(user).copied().unwrap_or(0),
         ),
     };
@@ -414,16 +429,25 @@ pub fn add_running(report: &mut Report, settings: &Settings, subject: &Subject, 
                 .as_ref()
                 .map(|m| m.key("max_running_tasks")),
             guarantee: None,
+            pool_guarantee: None,
             teams: Default::default(),
         });
     }
     if let (Some(section), Some(t)) = (report.team.as_mut(), &subject.team) {
         let limit = team_limits(settings, Some(t)).max_running_tasks;
+        let share = crate::policy::share::share_spec(settings, Some(t));
         section.running_tasks = Some(RunningTasks {
             running: now.teams.get(t).copied().unwrap_or(0),
             limit: limit.map(|m| m.get()),
             source: limit.map(|_| format!("policy.teams.{t}.team_max_running_tasks")),
-            guarantee: crate::policy::share::share_spec(settings, Some(t)).map(|s| s.guarantee),
+            guarantee: share
+                .as_ref()
+                .filter(|s| s.group != ShareGroup::Pool)
+                .map(|s| s.guarantee),
+            pool_guarantee: share
+                .as_ref()
+                .filter(|s| s.group == ShareGroup::Pool)
+                .map(|s| s.guarantee),
             teams: Default::default(),
         });
     }
@@ -434,6 +458,7 @@ pub fn add_running(report: &mut Report, settings: &Settings, subject: &Subject, 
             limit: limit.map(|m| m.get()),
             source: limit.map(|_| "policy.global.max_running_tasks".into()),
             guarantee: None,
+            pool_guarantee: None,
             teams: now.teams.clone(),
         });
     }

@@ -11,7 +11,7 @@ pub struct AuditEntry {
     /// When (RFC 3339, UTC, milliseconds).
     pub at: String,
     /// `config_load`, `config_reload`, `reservation_settled`, `reservation_released`,
-    /// `reservation_auto_released`, `task_read`, `task_cancelled`, `usage_read`.
+    /// `reservation_auto_released`, `task_read`, `tasks_listed`, `task_cancelled`, `usage_read`.
     pub kind: String,
     /// The admin who acted, or `gateway` for what the gateway did itself.
     pub actor: String,

@@ -198,6 +198,8 @@ pub async fn running_slots_lapse_without_news_and_news_keeps_them(backend: &dyn 
     clock.advance(SignedDuration::from_secs(50));
     refusal(s, &req).await;
     clock.advance(SignedDuration::from_secs(11));
+    // News after the slot lapsed does not bring it back (in any scope).
+    observe(s, seen("quiet-1", TaskState::Processing, None)).await;
     assert_eq!(running(s).await.total, 0, "no news for a whole TTL");
     grant(s, &req).await;
 }

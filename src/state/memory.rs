@@ -349,6 +349,9 @@ impl Inner {
         let mut team_remaining: Option<u64> = None;
         for b in req.budgets.iter().chain(immediate_budget) {
             let used = self.used(&b.key);
+            // The fallback's immediate budget chose the run: it is never a shadow.
+            let is_immediate = immediate_budget.is_some_and(|i| std::ptr::eq(i, b));
+            let shadow = !is_immediate && req.shadow.of(b.key.scope);
             if used.saturating_add(run.estimate) > b.limit {
                 let refusal = Refusal::Budget {
                     key: b.key.clone(),
@@ -357,16 +360,13 @@ impl Inner {
                     retry_after_secs: b.secs_to_reset,
                     source: b.source.clone(),
                 };
-                // The fallback's immediate budget chose the run: it is never a shadow.
-                let is_immediate = immediate_budget.is_some_and(|i| std::ptr::eq(i, b));
-                if is_immediate || !req.shadow.of(b.key.scope) {
+                if !shadow {
                     return Err(refusal);
                 }
                 shadowed.push(refusal);
-                remaining = Some(0);
-                if b.key.scope == Scope::Team {
-                    team_remaining = Some(0);
-                }
+            }
+            // A shadow budget is not what the caller may spend: it is left out of the remaining credits.
+            if shadow {
                 continue;
             }
             let left = b.limit - used - run.estimate;
@@ -890,6 +890,16 @@ mod tests {
             body: "{}".into(),
         };
         store.observe(&seen).await.unwrap();
+        let g = take(&store, &capped).await;
+        store.finish(g, charged(10, "slot-2")).await.unwrap();
+        store.flush().await.unwrap();
+        drop(store);
+        // Restarted after the slot's time ran out with no news: it is not brought back.
+        let later = crate::clock::ManualClock::new(
+            jiff::Timestamp::from_second(1_795_600_800 + 61).unwrap(),
+        );
+        let store = MemoryStore::open(&path, later, Default::default()).unwrap();
+        assert_eq!(store.running().await.unwrap().total, 0);
         take(&store, &capped).await;
     }
 

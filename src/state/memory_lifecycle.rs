@@ -67,9 +67,18 @@ impl Life {
         let mut running = super::running::Running::default();
         for row in ledger.live_tasks()? {
             let keys = BudgetKey::counting(&row.record, row.task.off_peak);
+            // A slot counts again after a restart until its time since the task's last change runs out (a task
+            // quiet for longer had lapsed already).
             if let Some(ttl) = row.slot_ttl_ms {
                 let t = &row.task;
-                running.take(t.task_id.clone(), &t.user, &t.team, after(loaded_at, ttl));
+                let last_news = t
+                    .updated_at
+                    .parse::<jiff::Timestamp>()
+                    .map_or(loaded_at, |at| at.as_millisecond());
+                let until = after(last_news, ttl);
+                if until > loaded_at {
+                    running.take(t.task_id.clone(), &t.user, &t.team, until);
+                }
             }
             live.insert(
                 row.task.task_id.clone(),
@@ -151,10 +160,12 @@ impl Life {
             return false;
         }
         let (now, _) = self.now();
-        if let Some(ttl) = out.slot_ttl {
+        self.running.prune(now);
+        // The task holds the slot only if its grant still did (it had not lapsed meanwhile).
+        let slot_ttl = out.slot_ttl.filter(|ttl| {
             self.running
-                .rename(&id.to_string(), task.task_id.clone(), after(now, ttl));
-        }
+                .rename(&id.to_string(), task.task_id.clone(), after(now, *ttl))
+        });
         self.live.insert(
             task.task_id.clone(),
             Live {
@@ -162,10 +173,10 @@ impl Life {
                 keys: out.keys.clone(),
                 heard_ms: now,
                 due_at: None,
-                slot_ttl: out.slot_ttl,
+                slot_ttl,
             },
         );
-        out.slot_ttl.is_some()
+        slot_ttl.is_some()
     }
 
     /// An unfinished task's current record.
@@ -179,6 +190,7 @@ impl Life {
         let view = out.view(id, "unknown");
         if let Some(ttl) = out.slot_ttl {
             let (now, _) = self.now();
+            self.running.prune(now);
             self.running.touch(&view.id, after(now, ttl));
         }
         self.unknown.insert(
@@ -216,6 +228,8 @@ impl Inner {
         let live = self.life.live.get_mut(&seen.task_id)?;
         live.heard_ms = now_ms;
         if let Some(ttl) = live.slot_ttl {
+            // A holder whose time ran out is gone, not renewed by news.
+            self.life.running.prune(now_ms);
             if seen.state.is_terminal() {
                 self.life.running.free(&seen.task_id);
             } else {

@@ -81,9 +81,6 @@ impl Running {
         shadowed: &mut Vec<Refusal>,
     ) -> Result<(), Refusal> {
         self.prune(now);
-        if let (true, Some(share)) = (take, &spec.share) {
-            self.asked.insert(share.group.clone(), now);
-        }
         for s in &spec.limits {
             let running = self.count(s.scope, &s.subject);
             if running >= s.max {
@@ -104,6 +101,10 @@ impl Running {
         let Some(share) = &spec.share else {
             return Ok(());
         };
+        // The group asks for a global slot (a request its own caps already refuse does not make it active).
+        if take {
+            self.asked.insert(share.group.clone(), now);
+        }
         // The pool runs whatever the listed teams do not.
         let team_running = |g: &ShareGroup| match g {
             ShareGroup::Team(t) => Some(self.count(Scope::Team, t)),
@@ -186,13 +187,15 @@ impl Running {
         }
     }
 
-    /// The slot of a grant passes to the task Vidu created for it.
-    pub(super) fn rename(&mut self, from: &str, to: String, until: i64) {
-        if let Some(h) = self.holders.remove(from) {
-            self.by_expiry.remove(&(h.until, from.to_owned()));
-            self.by_expiry.insert((until, to.clone()));
-            self.holders.insert(to, Holder { until, ..h });
-        }
+    /// The slot of a grant passes to the task Vidu created for it; `false` when the grant held none (any more).
+    pub(super) fn rename(&mut self, from: &str, to: String, until: i64) -> bool {
+        let Some(h) = self.holders.remove(from) else {
+            return false;
+        };
+        self.by_expiry.remove(&(h.until, from.to_owned()));
+        self.by_expiry.insert((until, to.clone()));
+        self.holders.insert(to, Holder { until, ..h });
+        true
     }
 
     pub(super) fn free(&mut self, member: &str) {

@@ -21,9 +21,18 @@ async fn a_shadow_limit_admits_counts_and_the_quote_tells() {
     // The video team's table is in shadow: its members' per-user budget and the team budget only observe.
     let alice = app.token("alice", "video");
     for _ in 0..2 {
-        let (status, _, body) = app.create(&alice, &q2()).await;
+        let (status, headers, body) = app.create(&alice, &q2()).await;
         assert_eq!(status, StatusCode::OK, "{body}");
+        // A shadow budget is not what the caller may spend: no X-Credits-Remaining from it.
+        assert_eq!(header(&headers, "x-credits-remaining"), None, "{headers:?}");
     }
+    // Nor what a Vidu client checking its credits sees.
+    let (_, _, credits) = app.get("/ent/v2/credits", &alice).await;
+    assert_eq!(
+        credits["remains"][0]["credit_remain"],
+        serde_json::json!(vidu_gateway::usage::UNLIMITED_CREDITS),
+        "{credits}"
+    );
     let (status, _, quote) = app
         .post("/gateway/v1/img2video/quote", &alice, q2().to_string())
         .await;

@@ -13,13 +13,14 @@ use crate::http::error::GatewayError;
 use crate::state::AuditQuery;
 
 /// The kinds of entry, for the message that refuses another.
-pub const KINDS: [&str; 8] = [
+pub const KINDS: [&str; 9] = [
     "config_load",
     "config_reload",
     "reservation_settled",
     "reservation_released",
     "reservation_auto_released",
     "task_read",
+    "tasks_listed",
     "task_cancelled",
     "usage_read",
 ];

@@ -231,6 +231,16 @@ pub async fn tasks(
     }
     let after = q.cursor.as_deref().map(parse_cursor).transpose()?;
     let (user, team) = if identity.is_admin {
+        // Listing what is not the admin's own is reading other users' tasks: audited.
+        if q.user.as_deref() != Some(identity.user.as_str()) {
+            crate::audit::admin_action(
+                &state.store,
+                state.clock.now(),
+                "tasks_listed",
+                &identity.user,
+                json!({"user": q.user, "team": q.team, "state": q.state}),
+            );
+        }
         (q.user, q.team)
     } else {
         (Some(identity.user.clone()), None)

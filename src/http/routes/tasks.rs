@@ -46,12 +46,13 @@ async fn may_access(
         None
     });
     if identity.is_admin {
-        // An admin reading or cancelling what is not theirs (or a task the gateway did not create) is audited.
-        if task.as_ref().is_none_or(|t| t.user != identity.user) {
+        // An admin reading what is not theirs (or a task the gateway did not create) is audited; a cancel once
+        // Vidu has answered it.
+        if query && task.as_ref().is_none_or(|t| t.user != identity.user) {
             crate::audit::admin_action(
                 &state.store,
                 state.clock.now(),
-                if query { "task_read" } else { "task_cancelled" },
+                "task_read",
                 &identity.user,
                 serde_json::json!({
                     "task_id": id,
@@ -136,6 +137,30 @@ pub async fn cancel(
         bytes::Bytes::from_static(CANCEL_BODY),
     )
     .await?;
+    if identity.is_admin {
+        let owner = state.store.task(id).await.ok().flatten();
+        if owner.as_ref().is_none_or(|t| t.user != identity.user) {
+            crate::audit::record(
+                &state.store,
+                crate::audit::entry(
+                    state.clock.now(),
+                    "task_cancelled",
+                    &identity.user,
+                    if answer.status.is_success() {
+                        "ok"
+                    } else {
+                        "refused_by_vidu"
+                    },
+                    serde_json::json!({
+                        "task_id": id,
+                        "owner": owner.as_ref().map(|t| t.user.as_str()),
+                        "team": owner.as_ref().map(|t| t.team.as_str()),
+                        "vidu_status": answer.status.as_u16(),
+                    }),
+                ),
+            );
+        }
+    }
     // A cancel Vidu accepted ends the task: it is refunded.
     if answer.status.is_success() {
         let seen = learn::cancelled(id);

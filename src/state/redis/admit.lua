@@ -78,7 +78,6 @@ local function running_in(key)
 end
 if holds then
   local sh = opt(rn.share)
-  if sh and req.take then redis.call('HSET', rn.asked, sh.field, now_ms) end
   for i, l in ipairs(rn.limits) do
     local n = running_in(l.key)
     if n >= l.max then
@@ -87,6 +86,8 @@ if holds then
     end
   end
   if sh then
+    -- The group asks for a global slot (a request its own caps already refuse does not make it active).
+    if req.take then redis.call('HSET', rn.asked, sh.field, now_ms) end
     local total = running_in(rn.global)
     local share_refusal
     -- The pool runs whatever the listed teams do not.
@@ -137,15 +138,16 @@ if imm_budget then budgets[#budgets + 1] = imm_budget end
 local remaining, team_remaining
 for i, b in ipairs(budgets) do
   local used = num(redis.call('GET', b.key))
-  local left = 0
   if used + run.estimate > b.limit then
     local answer = refuse_or_shadow(b.shadow, { kind = 'budget', i = i - 1, used = used })
     if answer then return answer end
-  else
-    left = b.limit - used - run.estimate
   end
-  if remaining == nil or left < remaining then remaining = left end
-  if b.team and (team_remaining == nil or left < team_remaining) then team_remaining = left end
+  -- A shadow budget is not what the caller may spend: it is left out of the remaining credits.
+  if not b.shadow then
+    local left = b.limit - used - run.estimate
+    if remaining == nil or left < remaining then remaining = left end
+    if b.team and (team_remaining == nil or left < team_remaining) then team_remaining = left end
+  end
 end
 
 -- Rates: GCRA (emission interval t, tolerance t * (burst - 1)), in microseconds.

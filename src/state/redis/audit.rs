@@ -9,8 +9,9 @@ use crate::state::{Answer, Audit, AuditEntry, AuditPage, AuditQuery};
 
 /// The most entries kept.
 const KEPT: usize = 100_000;
-/// The most entries a listing reads (a filter by kind may skip many).
-const SCAN: usize = 20_000;
+/// The most entries one listing reads (a filter by kind may skip many): a page may come back short, with a
+/// `next_cursor` where the scan stopped.
+const SCAN: usize = 2_000;
 
 impl Audit for RedisStore {
     fn audit(&self, entry: AuditEntry) -> Answer<'_, ()> {
@@ -69,16 +70,27 @@ impl Audit for RedisStore {
                     self.audit.arg(&arg).invoke_async(c).await
                 })
                 .await?;
-            let mut entries: Vec<AuditEntry> =
-                serde_json::from_str(&text).map_err(|_| bad_answer("audit list"))?;
-            let next = (entries.len() > q.limit).then(|| {
+            #[derive(serde::Deserialize)]
+            struct Listed {
+                entries: Vec<AuditEntry>,
+                resume: Option<String>,
+            }
+            let Listed {
+                mut entries,
+                resume,
+            } = serde_json::from_str(&text).map_err(|_| bad_answer("audit list"))?;
+            let next = if entries.len() > q.limit {
                 entries.truncate(q.limit);
                 entries.last().map(|e| (e.at.clone(), e.id.clone()))
-            });
-            Ok(AuditPage {
-                entries,
-                next: next.flatten(),
-            })
+            } else {
+                // The scan stopped before the page filled (a kind filter over many other entries): the page is
+                // short, and the next one resumes where the scan stopped.
+                resume.and_then(|r| {
+                    r.split_once('|')
+                        .map(|(at, id)| (at.to_owned(), id.to_owned()))
+                })
+            };
+            Ok(AuditPage { entries, next })
         }
         .boxed()
     }

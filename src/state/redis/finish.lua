@@ -9,7 +9,12 @@ local grant_key, grant_id, kind = ARGV[1], ARGV[2], ARGV[3]
 local credits = tonumber(ARGV[4])
 local task_key, task, retention = ARGV[5], ARGV[6], tonumber(ARGV[7])
 local t_grants = ARGV[8] or ''
+-- Running-task slots keep Redis's time (the test clock's when given), as admission does.
 local now_ms = tonumber(ARGV[9])
+if not now_ms then
+  local t = redis.call('TIME')
+  now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 
 local fields = redis.call('HGETALL', grant_key)
 if #fields == 0 then return 0 end
@@ -33,6 +38,8 @@ local running = lines(g.running)
 local slot_ttl = tonumber(g.slot_ttl) or 0
 local function keep_running(member)
   for _, key in ipairs(running) do
+    -- A holder whose time ran out is gone from every scope alike, not renewed in some.
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
     if redis.call('ZREM', key, grant_id) == 1 then
       redis.call('ZADD', key, now_ms + slot_ttl, member)
       if redis.call('PTTL', key) < slot_ttl * 2 then redis.call('PEXPIRE', key, slot_ttl * 2) end

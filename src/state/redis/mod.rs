@@ -828,7 +828,12 @@ impl Admissions for RedisStore {
                         .arg(task)
                         .arg(self.retention_secs)
                         .arg(self.keys.grants())
-                        .arg(self.now().as_millisecond())
+                        .arg(
+                            self.clock
+                                .as_ref()
+                                .map(|c| c.now().as_millisecond().to_string())
+                                .unwrap_or_default(),
+                        )
                         .invoke_async(c)
                         .await
                 })

@@ -15,14 +15,23 @@ if t.state == nil then return '' end
 
 redis.call('ZREM', a.due, a.task_id)
 if not terminal[t.state] then redis.call('ZADD', a.live, 'XX', a.now_ms, a.task_id) end
--- News of a task keeps its running-task slot (if it holds one); its end frees it.
+-- News of a task keeps its running-task slot (if it holds one); its end frees it. Redis's time (the test clock's
+-- when given), as admission's; a holder whose time ran out is gone from every scope alike, not renewed in some.
 local slot_ttl = tonumber(t.slot_ttl) or 0
-for key in string.gmatch(t.running or '', '[^\n]+') do
-  if terminal[a.state] then
-    redis.call('ZREM', key, a.task_id)
-  elseif redis.call('ZADD', key, 'XX', 'CH', a.now_ms + slot_ttl, a.task_id) == 1
-    and redis.call('PTTL', key) < slot_ttl * 2 then
-    redis.call('PEXPIRE', key, slot_ttl * 2)
+if (t.running or '') ~= '' then
+  local slot_now = a.slot_now_ms
+  if slot_now == nil or slot_now == cjson.null then
+    local tm = redis.call('TIME')
+    slot_now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
+  end
+  for key in string.gmatch(t.running, '[^\n]+') do
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', slot_now)
+    if terminal[a.state] then
+      redis.call('ZREM', key, a.task_id)
+    elseif redis.call('ZADD', key, 'XX', 'CH', slot_now + slot_ttl, a.task_id) == 1
+      and redis.call('PTTL', key) < slot_ttl * 2 then
+      redis.call('PEXPIRE', key, slot_ttl * 2)
+    end
   end
 end
 if terminal[t.state] or t.state == a.state then return '' end
