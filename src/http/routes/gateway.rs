@@ -1,11 +1,47 @@
 //! The gateway's own endpoints under `/gateway/v1`.
 
 use actix_web::{HttpResponse, web};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::auth::Identity;
+use crate::config::Settings;
 use crate::http::app_state::AppState;
 use crate::http::error::GatewayError;
+
+/// The answer of `GET /gateway/v1/config`.
+#[derive(Serialize)]
+pub struct ConfigView<'a> {
+    /// Short hash of the effective configuration, secrets redacted (also on `/readyz` and in the logs).
+    pub version: &'a str,
+    /// Where it was loaded from: a file path, or the built-in `config/default.toml`.
+    pub origin: String,
+    /// The effective configuration (every key of the configuration reference), secrets `<redacted>`.
+    pub config: &'a Settings,
+}
+
+/// The answer of `GET /ent/v2/credits`: Vidu's shape, the caller's figures.
+#[derive(Serialize)]
+pub struct Credits {
+    /// One entry: the caller's view.
+    pub remains: [Remain; 1],
+}
+
+/// One entry of `remains`, as Vidu names its fields.
+#[derive(Serialize)]
+pub struct Remain {
+    /// Always `gateway`: the figures are the gateway's view of the caller, not a Vidu package.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The tightest remaining of the caller's budgets (user, team, global; day and month); 2^53 − 1 when none
+    /// applies.
+    pub credit_remain: u64,
+    /// The running-task cap with the least room left (user, team or global), else Vidu's own as last read.
+    pub concurrency_limit: Option<u32>,
+    /// The tasks running in that cap's scope.
+    pub current_concurrency: u32,
+    /// Always 0: the gateway queues nothing.
+    pub queue_count: u32,
+}
 
 /// `GET /gateway/v1/config` (admins): the effective configuration, secrets redacted, with its version.
 pub async fn config(
@@ -18,11 +54,11 @@ pub async fn config(
         ));
     }
     let config = state.config.current();
-    Ok(HttpResponse::Ok().json(json!({
-        "version": config.version,
-        "origin": config.origin.to_string(),
-        "config": config.settings,
-    })))
+    Ok(HttpResponse::Ok().json(ConfigView {
+        version: &config.version,
+        origin: config.origin.to_string(),
+        config: &config.settings,
+    }))
 }
 
 #[derive(serde::Deserialize)]
@@ -113,11 +149,13 @@ pub async fn credits(
     })?;
     Ok(HttpResponse::Ok()
         .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
-        .json(json!({"remains": [{
-            "type": "gateway",
-            "credit_remain": account.credit_remain,
-            "concurrency_limit": account.concurrency_limit,
-            "current_concurrency": account.current_concurrency,
-            "queue_count": 0,
-        }]})))
+        .json(Credits {
+            remains: [Remain {
+                kind: "gateway",
+                credit_remain: account.credit_remain,
+                concurrency_limit: account.concurrency_limit,
+                current_concurrency: account.current_concurrency,
+                queue_count: 0,
+            }],
+        }))
 }

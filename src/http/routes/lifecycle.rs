@@ -5,8 +5,8 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::auth::Identity;
 use crate::callbacks::signature::verify_within;
@@ -16,7 +16,7 @@ use crate::http::app_state::{AppState, request_id};
 use crate::http::error::GatewayError;
 use crate::metrics::OutcomeLabels;
 use crate::read;
-use crate::state::{Resolution, TaskQuery, TaskState};
+use crate::state::{ReservationView, Resolution, TaskQuery, TaskRecord, TaskState};
 use crate::tasks::learn::ask;
 
 /// The path Vidu's callbacks arrive on.
@@ -29,6 +29,35 @@ pub const CONFIRM_GRACE_MS: u64 = 30_000;
 /// Tasks per page unless `?limit=` says otherwise, and the most a page may hold.
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 500;
+
+/// What a callback is answered (at once; the work happens after): `{}`.
+#[derive(Serialize)]
+pub struct CallbackAccepted {}
+
+/// A page of `GET /gateway/v1/tasks`.
+#[derive(Serialize)]
+pub struct TaskList {
+    /// Newest first.
+    pub tasks: Vec<TaskRecord>,
+    /// Pass as `?cursor=` for the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// The answer of `GET /gateway/v1/reservations`.
+#[derive(Serialize)]
+pub struct Reservations {
+    pub reservations: Vec<ReservationView>,
+}
+
+/// The answer of a settle or release: the reservation as it was, and what became of it.
+#[derive(Serialize)]
+pub struct Resolved {
+    pub reservation: ReservationView,
+    /// `settled` or `released`.
+    pub outcome: &'static str,
+    /// The credits charged (0 on release).
+    pub credits: u64,
+}
 
 fn store_unavailable(e: impl std::fmt::Display) -> GatewayError {
     GatewayError::ServiceUnavailable {
@@ -147,7 +176,7 @@ pub async fn vidu_callback(
     }
     let Some(task_id) = task_named(&body) else {
         count("unknown_task");
-        return Ok(HttpResponse::Ok().json(json!({})));
+        return Ok(HttpResponse::Ok().json(CallbackAccepted {}));
     };
     if let Err(e) = state.store.nudge(&task_id, CONFIRM_GRACE_MS).await {
         count("unavailable");
@@ -160,7 +189,7 @@ pub async fn vidu_callback(
     actix_web::rt::spawn(async move {
         ask(&upstream, store.as_ref(), &metrics, &task_id, rid).await;
     });
-    Ok(HttpResponse::Ok().json(json!({})))
+    Ok(HttpResponse::Ok().json(CallbackAccepted {}))
 }
 
 #[derive(Deserialize)]
@@ -246,10 +275,10 @@ pub async fn tasks(
         })
         .await
         .map_err(store_unavailable)?;
-    Ok(HttpResponse::Ok().json(json!({
-        "tasks": page.tasks,
-        "next_cursor": page.next.map(|(at, id)| cursor_of(&at, &id)),
-    })))
+    Ok(HttpResponse::Ok().json(TaskList {
+        tasks: page.tasks,
+        next_cursor: page.next.map(|(at, id)| cursor_of(&at, &id)),
+    }))
 }
 
 /// `GET /gateway/v1/reservations` (admins): reservations not settled — open (in flight) and `unknown` (Vidu's
@@ -264,7 +293,7 @@ pub async fn reservations(
         .reservations()
         .await
         .map_err(store_unavailable)?;
-    Ok(HttpResponse::Ok().json(json!({ "reservations": list })))
+    Ok(HttpResponse::Ok().json(Reservations { reservations: list }))
 }
 
 #[derive(Deserialize)]
@@ -340,9 +369,9 @@ async fn resolve(
         outcome,
         "an unknown reservation was resolved by an admin"
     );
-    Ok(HttpResponse::Ok().json(json!({
-        "reservation": resolved,
-        "outcome": outcome,
-        "credits": credits,
-    })))
+    Ok(HttpResponse::Ok().json(Resolved {
+        reservation: resolved,
+        outcome,
+        credits,
+    }))
 }

@@ -2,18 +2,64 @@
 
 use std::sync::Arc;
 
-use actix_web::{HttpResponse, web};
-use serde_json::json;
+use std::collections::BTreeMap;
 
-use crate::config::{OnUnavailable, StateBackend};
+use actix_web::{HttpResponse, web};
+use serde::Serialize;
+
+use crate::config::{OnUnavailable, StateBackend, UpstreamMode};
 use crate::http::app_state::AppState;
 use crate::http::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::state::{Store, StoreError};
 
+/// The answer of `GET /healthz`.
+#[derive(Serialize)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: &'static str,
+}
+
+/// The answer of `GET /readyz` when the replica takes traffic.
+#[derive(Serialize)]
+pub struct Readiness {
+    /// `ready`, or `degraded`: the state backend is unreachable and `state.on_unavailable = "fail_open"` admits
+    /// without limits.
+    pub status: &'static str,
+    /// The version of the configuration in force.
+    pub config_version: String,
+    /// `upstream.mode`.
+    pub upstream: UpstreamMode,
+    pub state: StateView,
+    pub replicas: ReplicasView,
+}
+
+/// The state backend, as `/readyz` sees it.
+#[derive(Serialize)]
+pub struct StateView {
+    pub backend: StateBackend,
+    /// Where the redis backend points, without credentials (`redis://host:port/db`); `null` on memory.
+    pub redis: Option<String>,
+    pub reachable: bool,
+    pub on_unavailable: OnUnavailable,
+    /// Requests admitted without the backend (`fail_open`) not yet written back to it.
+    pub spool_depth: u64,
+}
+
+/// The replicas sharing the backend, as the last heartbeat saw them.
+#[derive(Serialize)]
+pub struct ReplicasView {
+    /// This replica's id (unique per process).
+    pub id: String,
+    /// Replica id → the config version it runs; `null` before the first heartbeat.
+    pub versions: Option<BTreeMap<String, String>>,
+    /// Whether the live replicas run different configurations.
+    pub disagree: bool,
+}
+
 /// The process is alive and answering.
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
+    HttpResponse::Ok().json(Health { status: "ok" })
 }
 
 /// Configuration loaded and every dependency the gateway must consult reachable.
@@ -59,26 +105,24 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, GatewayE
             .await;
     }
     let peers = state.replicas.latest();
-    Ok(HttpResponse::Ok().json(json!({
-        "status": status,
-        "config_version": config.version,
-        "upstream": config.settings.upstream.mode,
-        "state": {
-            "backend": st.backend,
-            // Where the redis backend points, without credentials (`redis://host:port/db`).
-            "redis": (st.backend == StateBackend::Redis).then(|| redis_endpoint(st.redis_url.expose())),
-            "reachable": reachable,
-            "on_unavailable": st.on_unavailable,
-            // Requests admitted without the backend (fail_open) not yet written back to it.
-            "spool_depth": state.store.spool_depth().unwrap_or(0),
+    Ok(HttpResponse::Ok().json(Readiness {
+        status,
+        config_version: config.version.clone(),
+        upstream: config.settings.upstream.mode,
+        state: StateView {
+            backend: st.backend,
+            redis: (st.backend == StateBackend::Redis)
+                .then(|| redis_endpoint(st.redis_url.expose())),
+            reachable,
+            on_unavailable: st.on_unavailable,
+            spool_depth: state.store.spool_depth().unwrap_or(0),
         },
-        // The replicas sharing the backend, as the last heartbeat saw them: replica id → config version.
-        "replicas": {
-            "id": state.replicas.id(),
-            "versions": peers.as_ref().map(|p| &p.versions),
-            "disagree": peers.as_ref().is_some_and(|p| p.disagree()),
+        replicas: ReplicasView {
+            id: state.replicas.id().to_owned(),
+            disagree: peers.as_ref().is_some_and(|p| p.disagree()),
+            versions: peers.map(|p| p.versions),
         },
-    })))
+    }))
 }
 
 /// `scheme://host:port/db` of a Redis URL: user name and password left out.
