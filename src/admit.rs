@@ -557,7 +557,7 @@ fn human(secs: u64) -> String {
 }
 
 /// The quote's view of admission: what would happen now.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Verdict {
     pub admitted: bool,
     /// The reason a real request would get (`TooManyRequests`, `Forbidden`, …), when refused.

@@ -206,15 +206,15 @@ fn relay_target(
 
 /// The quote's answer: a body validation refuses, or the request as it would run and what policy and admission
 /// would say now.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Quote<'a> {
     Invalid(InvalidQuote),
-    Valid(ValidQuote<'a>),
+    Valid(Box<ValidQuote<'a>>),
 }
 
 /// A body validation refuses: what a create would answer in its envelope.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct InvalidQuote {
     /// Always `false`.
     pub valid: bool,
@@ -224,7 +224,7 @@ pub struct InvalidQuote {
 }
 
 /// A valid body: the request as Vidu would run it, and what would happen to it now.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ValidQuote<'a> {
     /// Always `true`.
     pub valid: bool,
@@ -237,7 +237,8 @@ pub struct ValidQuote<'a> {
 }
 
 /// The credit estimate of the request as it would run, and of either run.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = CreditEstimates)]
 pub struct Estimates {
     /// As it would run now (after the off-peak policy).
     pub now: u64,
@@ -317,14 +318,14 @@ pub async fn quote<'a>(
         immediate: params.estimate_with_off_peak(ctx.settings, false),
         off_peak: params.estimate_with_off_peak(ctx.settings, true),
     };
-    Ok(Quote::Valid(ValidQuote {
+    Ok(Quote::Valid(Box::new(ValidQuote {
         valid: true,
         effective: validated.params,
         image: validated.image,
         stripped_fields: validated.stripped,
         estimated_credits,
         policy: verdict,
-    }))
+    })))
 }
 
 /// Forward the admitted request and settle. Runs detached from the caller's connection; the caller has the answer

@@ -14,6 +14,9 @@ use crate::config::UpstreamMode;
 use crate::forward::upstream::Upstream;
 use crate::http::app_state::{AppState, request_id};
 use crate::http::error::GatewayError;
+use crate::http::openapi::{
+    Error400, Error401, Error403, Error404, Error408, Error413, Error503, GATEWAY, ViduAnswer,
+};
 use crate::metrics::OutcomeLabels;
 use crate::read;
 use crate::state::{ReservationView, Resolution, TaskQuery, TaskRecord, TaskState};
@@ -31,11 +34,12 @@ const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 500;
 
 /// What a callback is answered (at once; the work happens after): `{}`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct CallbackAccepted {}
 
 /// A page of `GET /gateway/v1/tasks`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = TaskList)]
 pub struct TaskList {
     /// Newest first.
     pub tasks: Vec<TaskRecord>,
@@ -44,13 +48,13 @@ pub struct TaskList {
 }
 
 /// The answer of `GET /gateway/v1/reservations`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Reservations {
     pub reservations: Vec<ReservationView>,
 }
 
 /// The answer of a settle or release: the reservation as it was, and what became of it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Resolved {
     pub reservation: ReservationView,
     /// `settled` or `released`.
@@ -107,10 +111,30 @@ fn task_named(body: &[u8]) -> Option<String> {
     valid.then_some(id)
 }
 
-/// `POST /gateway/v1/callbacks/vidu`: a callback from Vidu. The signature is checked exactly as Vidu describes it
-/// (against the URL the gateway registered), the nonce must be new (across replicas), and then the callback is
-/// only a hint: the task is marked due for the reconciler (so nothing is lost if this process stops now), the
-/// answer goes out at once, and the task's state is confirmed by a query before anything changes.
+/// Vidu's task-state callbacks (for Vidu, not for callers).
+///
+/// The signature is checked exactly as Vidu describes it (HMAC-SHA256 with the enterprise key over the URL the
+/// gateway registered, `Date` within `callbacks.max_skew_secs`), the nonce must be new (across replicas), and then
+/// the callback is only a hint: the task is marked due for the reconciler (so nothing is lost if this process
+/// stops now), the answer goes out at once, and the task's state is confirmed by a query before anything changes.
+#[utoipa::path(post, path = "/gateway/v1/callbacks/vidu", tag = GATEWAY, security(()),
+    params(
+        ("Date" = String, Header, description = "Signed; within `callbacks.max_skew_secs` of now."),
+        ("x-request-nonce" = String, Header, description = "Signed; never seen before."),
+        ("X-HMAC-SIGNED-HEADERS" = String, Header, description = "The headers signed, e.g. `Date;x-request-nonce`."),
+        ("X-HMAC-SIGNATURE" = String, Header, description = "base64(HMAC-SHA256(key, signing string))."),
+        ("X-HMAC-ALGORITHM" = String, Header, description = "`hmac-sha256`."),
+        ("X-HMAC-ACCESS-KEY" = String, Header, description = "`vidu`."),
+    ),
+    request_body(content = ViduAnswer, content_type = "application/json",
+        description = "Vidu's query-task body (`id` or `task_id`, `state`, …); a hint, confirmed by a query."),
+    responses(
+        (status = 200, description = "Accepted (the work happens after).", body = CallbackAccepted),
+        (status = 401, response = Error401),
+        (status = 408, response = Error408),
+        (status = 413, response = Error413),
+        (status = 503, response = Error503),
+    ))]
 pub async fn vidu_callback(
     req: HttpRequest,
     payload: web::Payload,
@@ -192,12 +216,20 @@ pub async fn vidu_callback(
     Ok(HttpResponse::Ok().json(CallbackAccepted {}))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TasksQuery {
+    /// A user's tasks (admins).
     user: Option<String>,
+    /// A team's tasks (admins).
     team: Option<String>,
+    /// Only tasks in this state.
+    #[param(value_type = Option<TaskState>)]
     state: Option<String>,
+    /// Tasks per page (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
+    /// The previous page's `next_cursor`, as is.
     cursor: Option<String>,
 }
 
@@ -223,8 +255,17 @@ fn parse_cursor(raw: &str) -> Result<(String, String), GatewayError> {
         })
 }
 
-/// `GET /gateway/v1/tasks`: the caller's tasks (admins: anyone's, by `?user=` / `?team=`), newest first, with
-/// their lifecycle.
+/// Tasks with their lifecycle, newest first: the caller's (admins: anyone's).
+///
+/// Each task the gateway created: state, estimate, charged, refunded, relay status. Paginated by an opaque cursor.
+#[utoipa::path(get, path = "/gateway/v1/tasks", tag = GATEWAY, params(TasksQuery),
+    responses(
+        (status = 200, description = "A page of tasks.", body = TaskList),
+        (status = 400, response = Error400),
+        (status = 401, response = Error401),
+        (status = 403, response = Error403),
+        (status = 503, response = Error503),
+    ))]
 pub async fn tasks(
     identity: Identity,
     query: web::Query<TasksQuery>,
@@ -281,8 +322,16 @@ pub async fn tasks(
     }))
 }
 
-/// `GET /gateway/v1/reservations` (admins): reservations not settled — open (in flight) and `unknown` (Vidu's
-/// answer was lost: settle or release them by `id`).
+/// Reservations not settled (admins).
+///
+/// Open (in flight) and `unknown` (Vidu's answer was lost: settle or release them by `id`).
+#[utoipa::path(get, path = "/gateway/v1/reservations", tag = GATEWAY,
+    responses(
+        (status = 200, description = "Open and unknown reservations.", body = Reservations),
+        (status = 401, response = Error401),
+        (status = 403, response = Error403),
+        (status = 503, response = Error503),
+    ))]
 pub async fn reservations(
     identity: Identity,
     state: web::Data<AppState>,
@@ -296,14 +345,26 @@ pub async fn reservations(
     Ok(HttpResponse::Ok().json(Reservations { reservations: list }))
 }
 
-#[derive(Deserialize)]
+/// The body of a settle.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SettleBody {
+    /// The credits Vidu charged for the task.
     credits: u64,
 }
 
-/// `POST /gateway/v1/reservations/{id}/settle` (admins), body `{"credits": N}`: Vidu did create the task and
-/// charged N.
+/// Settle an `unknown` reservation: Vidu did create the task and charged `credits` (admins).
+#[utoipa::path(post, path = "/gateway/v1/reservations/{id}/settle", tag = GATEWAY,
+    params(("id" = String, Path, description = "The reservation's `id` from the list.")),
+    request_body(content = SettleBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Settled.", body = Resolved),
+        (status = 400, response = Error400),
+        (status = 401, response = Error401),
+        (status = 403, response = Error403),
+        (status = 404, response = Error404),
+        (status = 503, response = Error503),
+    ))]
 pub async fn settle(
     identity: Identity,
     path: web::Path<String>,
@@ -321,7 +382,16 @@ pub async fn settle(
     resolve(&identity, &path, Resolution::Settle(credits), &state).await
 }
 
-/// `POST /gateway/v1/reservations/{id}/release` (admins): nothing was created; the reservation is given back.
+/// Release an `unknown` reservation: nothing was created; the credits are given back (admins).
+#[utoipa::path(post, path = "/gateway/v1/reservations/{id}/release", tag = GATEWAY,
+    params(("id" = String, Path, description = "The reservation's `id` from the list.")),
+    responses(
+        (status = 200, description = "Released.", body = Resolved),
+        (status = 401, response = Error401),
+        (status = 403, response = Error403),
+        (status = 404, response = Error404),
+        (status = 503, response = Error503),
+    ))]
 pub async fn release(
     identity: Identity,
     path: web::Path<String>,
