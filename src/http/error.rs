@@ -295,7 +295,7 @@ pub struct Envelope<'a> {
     /// The HTTP status.
     code: u16,
     /// What went wrong, stable: clients match on it.
-    #[schema(schema_with = crate::http::openapi::reason_schema)]
+    #[schema(schema_with = reason_schema)]
     reason: &'a str,
     /// What to change, for people.
     message: &'a str,
@@ -309,12 +309,36 @@ pub struct Metadata<'a> {
     /// The request id (`X-Request-Id` of the answer).
     trace_id: &'a str,
     /// `gateway` for the gateway's own errors (Vidu's own pass through unchanged, without it).
-    #[schema(schema_with = crate::http::openapi::source_schema)]
+    #[schema(schema_with = source_schema)]
     source: &'static str,
     /// Every field problem of a refused body (validation reasons only; absent otherwise).
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     #[schema(value_type = Vec<FieldViolation>, required = false)]
     fields: &'a [FieldViolation],
+}
+
+/// `ErrorEnvelope.reason`: every reason the gateway answers with.
+fn reason_schema() -> utoipa::openapi::schema::Schema {
+    let reasons: std::collections::BTreeSet<&str> = GatewayError::every_kind()
+        .iter()
+        .map(GatewayError::reason)
+        .collect();
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(reasons))
+        .description(Some("What went wrong, stable: clients match on it."))
+        .into()
+}
+
+/// `ErrorEnvelope.metadata.source`: `gateway`.
+fn source_schema() -> utoipa::openapi::schema::Schema {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(["gateway"]))
+        .description(Some(
+            "`gateway` for the gateway's own errors; Vidu's errors pass through unchanged, without it.",
+        ))
+        .into()
 }
 
 impl PendingEnvelope {

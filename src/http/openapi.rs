@@ -338,30 +338,6 @@ fn shown_name(lower: &str) -> String {
         .map_or_else(|| lower.to_owned(), str::to_owned)
 }
 
-/// `ErrorEnvelope.reason`: every reason the gateway answers with.
-pub fn reason_schema() -> Schema {
-    let reasons: BTreeSet<&str> = GatewayError::every_kind()
-        .iter()
-        .map(GatewayError::reason)
-        .collect();
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .enum_values(Some(reasons))
-        .description(Some("What went wrong, stable: clients match on it."))
-        .into()
-}
-
-/// `ErrorEnvelope.metadata.source`: `gateway`.
-pub fn source_schema() -> Schema {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .enum_values(Some(["gateway"]))
-        .description(Some(
-            "`gateway` for the gateway's own errors; Vidu's errors pass through unchanged, without it.",
-        ))
-        .into()
-}
-
 /// Vidu's answer, passed through unchanged (status, `Content-Type`, body): the gateway has no type of its own
 /// for it. The operation's description says what Vidu sends.
 pub struct ViduAnswer;

@@ -51,8 +51,7 @@ pub struct Remain {
 #[utoipa::path(get, path = "/gateway/v1/config", tag = GATEWAY,
     responses(
         (status = 200, description = "The configuration in force.", body = ConfigView),
-        (status = 401, response = Error401),
-        (status = 403, response = Error403),
+        (status = 401, response = Error401), (status = 403, response = Error403),
     ))]
 pub async fn config(
     identity: Identity,
@@ -94,9 +93,7 @@ pub struct UsageQuery {
 #[utoipa::path(get, path = "/gateway/v1/usage", tag = GATEWAY, params(UsageQuery),
     responses(
         (status = 200, description = "The usage report.", body = Report),
-        (status = 400, response = Error400),
-        (status = 401, response = Error401),
-        (status = 403, response = Error403),
+        (status = 400, response = Error400), (status = 401, response = Error401), (status = 403, response = Error403),
         (status = 503, response = Error503),
     ))]
 pub async fn usage(
@@ -157,8 +154,7 @@ pub async fn usage(
 #[utoipa::path(get, path = "/ent/v2/credits", tag = VIDU,
     responses(
         (status = 200, description = "The caller's view.", body = Credits),
-        (status = 401, response = Error401),
-        (status = 503, response = Error503),
+        (status = 401, response = Error401), (status = 503, response = Error503),
     ))]
 pub async fn credits(
     identity: Identity,

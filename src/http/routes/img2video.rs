@@ -102,18 +102,10 @@ fn prefer_never(req: &HttpRequest) -> bool {
                 ("Idempotent-Replayed" = bool, description = "`true` on an answer replayed for an \
                     `Idempotency-Key`: nothing was forwarded or charged."),
             )),
-        (status = 400, response = Error400),
-        (status = 401, response = Error401),
-        (status = 403, response = Error403),
-        (status = 408, response = Error408),
-        (status = 409, response = Error409),
-        (status = 413, response = Error413),
-        (status = 415, response = Error415),
-        (status = 422, response = Error422),
-        (status = 429, response = Error429),
-        (status = 502, response = Error502),
-        (status = 503, response = Error503),
-        (status = 504, response = Error504),
+        (status = 400, response = Error400), (status = 401, response = Error401), (status = 403, response = Error403),
+        (status = 408, response = Error408), (status = 409, response = Error409), (status = 413, response = Error413),
+        (status = 415, response = Error415), (status = 422, response = Error422), (status = 429, response = Error429),
+        (status = 502, response = Error502), (status = 503, response = Error503), (status = 504, response = Error504),
     ))]
 pub async fn create(
     req: HttpRequest,
@@ -214,11 +206,8 @@ fn keeper(
     ),
     responses(
         (status = 200, description = "The verdict.", body = crate::flow::Quote),
-        (status = 400, response = Error400),
-        (status = 401, response = Error401),
-        (status = 408, response = Error408),
-        (status = 413, response = Error413),
-        (status = 415, response = Error415),
+        (status = 400, response = Error400), (status = 401, response = Error401), (status = 408, response = Error408),
+        (status = 413, response = Error413), (status = 415, response = Error415),
     ))]
 pub async fn quote(
     req: HttpRequest,

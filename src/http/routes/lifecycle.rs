@@ -130,9 +130,7 @@ fn task_named(body: &[u8]) -> Option<String> {
         description = "Vidu's query-task body (`id` or `task_id`, `state`, …); a hint, confirmed by a query."),
     responses(
         (status = 200, description = "Accepted (the work happens after).", body = CallbackAccepted),
-        (status = 401, response = Error401),
-        (status = 408, response = Error408),
-        (status = 413, response = Error413),
+        (status = 401, response = Error401), (status = 408, response = Error408), (status = 413, response = Error413),
         (status = 503, response = Error503),
     ))]
 pub async fn vidu_callback(
@@ -261,9 +259,7 @@ fn parse_cursor(raw: &str) -> Result<(String, String), GatewayError> {
 #[utoipa::path(get, path = "/gateway/v1/tasks", tag = GATEWAY, params(TasksQuery),
     responses(
         (status = 200, description = "A page of tasks.", body = TaskList),
-        (status = 400, response = Error400),
-        (status = 401, response = Error401),
-        (status = 403, response = Error403),
+        (status = 400, response = Error400), (status = 401, response = Error401), (status = 403, response = Error403),
         (status = 503, response = Error503),
     ))]
 pub async fn tasks(
@@ -328,9 +324,7 @@ pub async fn tasks(
 #[utoipa::path(get, path = "/gateway/v1/reservations", tag = GATEWAY,
     responses(
         (status = 200, description = "Open and unknown reservations.", body = Reservations),
-        (status = 401, response = Error401),
-        (status = 403, response = Error403),
-        (status = 503, response = Error503),
+        (status = 401, response = Error401), (status = 403, response = Error403), (status = 503, response = Error503),
     ))]
 pub async fn reservations(
     identity: Identity,
@@ -359,11 +353,8 @@ pub struct SettleBody {
     request_body(content = SettleBody, content_type = "application/json"),
     responses(
         (status = 200, description = "Settled.", body = Resolved),
-        (status = 400, response = Error400),
-        (status = 401, response = Error401),
-        (status = 403, response = Error403),
-        (status = 404, response = Error404),
-        (status = 503, response = Error503),
+        (status = 400, response = Error400), (status = 401, response = Error401), (status = 403, response = Error403),
+        (status = 404, response = Error404), (status = 503, response = Error503),
     ))]
 pub async fn settle(
     identity: Identity,
@@ -387,9 +378,7 @@ pub async fn settle(
     params(("id" = String, Path, description = "The reservation's `id` from the list.")),
     responses(
         (status = 200, description = "Released.", body = Resolved),
-        (status = 401, response = Error401),
-        (status = 403, response = Error403),
-        (status = 404, response = Error404),
+        (status = 401, response = Error401), (status = 403, response = Error403), (status = 404, response = Error404),
         (status = 503, response = Error503),
     ))]
 pub async fn release(

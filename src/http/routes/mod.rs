@@ -78,8 +78,8 @@ pub fn query_config() -> web::QueryConfig {
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, GatewayError> {
     Err(GatewayError::NotFound(format!(
         "no route for {} {}: the gateway serves /ent/v2/img2video, /ent/v2/tasks/{{id}}/creations, \
-         /ent/v2/tasks/{{id}}/cancel, /ent/v2/credits and /gateway/v1/* (tasks, usage, reservations, quote, config, callbacks/vidu); \
-         GET /gateway/v1/openapi.json describes every route",
+         /ent/v2/tasks/{{id}}/cancel, /ent/v2/credits and /gateway/v1/* (tasks, usage, reservations, quote, config, callbacks/vidu)\
+         ; GET /gateway/v1/openapi.json describes every route",
         req.method(),
         req.path()
     )))

@@ -77,9 +77,7 @@ async fn may_access(
     responses(
         (status = 200, description = "Vidu's answer, unchanged (its errors too, with their status).",
             body = ViduAnswer),
-        (status = 401, response = Error401),
-        (status = 404, response = Error404),
-        (status = 502, response = Error502),
+        (status = 401, response = Error401), (status = 404, response = Error404), (status = 502, response = Error502),
         (status = 504, response = Error504),
     ))]
 pub async fn creations(
@@ -125,14 +123,9 @@ pub async fn creations(
     responses(
         (status = 200, description = "Vidu's answer, unchanged (`{}` on success; its errors too, with their \
             status).", body = ViduAnswer),
-        (status = 400, response = Error400),
-        (status = 401, response = Error401),
-        (status = 404, response = Error404),
-        (status = 408, response = Error408),
-        (status = 413, response = Error413),
-        (status = 415, response = Error415),
-        (status = 502, response = Error502),
-        (status = 504, response = Error504),
+        (status = 400, response = Error400), (status = 401, response = Error401), (status = 404, response = Error404),
+        (status = 408, response = Error408), (status = 413, response = Error413), (status = 415, response = Error415),
+        (status = 502, response = Error502), (status = 504, response = Error504),
     ))]
 pub async fn cancel(
     req: HttpRequest,
