@@ -23,6 +23,7 @@ use utoipa::openapi::schema::{
 use utoipa::openapi::security::{
     ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
 };
+use utoipa::openapi::server::ServerBuilder;
 use utoipa::openapi::tag::TagBuilder;
 use utoipa::openapi::{Components, ContentBuilder, OpenApi, Ref, RefOr, Required};
 use utoipa::{PartialSchema, ToSchema};
@@ -100,6 +101,13 @@ pub fn complete(mut api: OpenApi) -> OpenApi {
             })
             .collect(),
     );
+    // Relative: the gateway this document was fetched from, whatever its address behind proxies.
+    api.servers = Some(vec![
+        ServerBuilder::new()
+            .url("/")
+            .description(Some("this gateway (where this document was fetched from)"))
+            .build(),
+    ]);
     api.security = Some(vec![
         SecurityRequirement::new(BEARER, Vec::<String>::new()),
         SecurityRequirement::new(TOKEN, Vec::<String>::new()),
@@ -558,6 +566,7 @@ mod tests {
         let doc = document(true);
         assert_eq!(doc["openapi"], "3.1.0");
         assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(doc["servers"][0]["url"], "/");
         let mut found = Vec::new();
         refs(&doc, &mut found);
         assert!(found.len() > 50, "{}", found.len());
