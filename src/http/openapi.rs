@@ -266,9 +266,11 @@ macro_rules! error_responses {
                 stringify!($name), "`).")]
             pub struct $name;
 
+            /// A reference to `components.responses`, which [`complete`] fills once (annotations only name it: the
+            /// route table is collected on every worker's start).
             impl<'r> utoipa::ToResponse<'r> for $name {
                 fn response() -> (&'r str, RefOr<Response>) {
-                    (stringify!($name), RefOr::T(error_response($status)))
+                    (stringify!($name), RefOr::Ref(Ref::from_response_name(stringify!($name))))
                 }
             }
         )*
