@@ -562,7 +562,7 @@ fn human(secs: u64) -> String {
 }
 
 /// The quote's view of admission: what would happen now.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Verdict {
     pub admitted: bool,
     /// The reason a real request would get (`TooManyRequests`, `Forbidden`, …), when refused.
@@ -585,7 +585,7 @@ pub struct Verdict {
 }
 
 /// A refusal a shadow limit would make, as the caller would see it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ShadowRefusal {
     pub reason: &'static str,
     pub message: String,

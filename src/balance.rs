@@ -20,7 +20,8 @@ use crate::state::Store;
 const IDLE_RECHECK: Duration = Duration::from_secs(5);
 
 /// The Vidu account as last read, with the burn rate and runway.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = ViduBalance)]
 pub struct Balance {
     /// Credits left (the sum of `remains[].credit_remain`).
     pub credits_remaining: u64,

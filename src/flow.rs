@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use actix_web::http::Method;
 use bytes::Bytes;
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::admit::{Decided, Refused, ShadowRefusal, Verdict, prepare, unavailable};
@@ -19,7 +20,10 @@ use crate::idempotency::Keeper;
 use crate::metrics::{AdmissionLabels, CreditLabels, Metrics, TeamLabels};
 use crate::settle::{Pending, settlement_of};
 use crate::state::{Grant, Mode, RejectionRecord, Store};
-use crate::validate::{FieldReason, Reason, Rejection, Validated, validate};
+use crate::validate::image::ImageInfo;
+use crate::validate::{
+    Effective, FieldReason, FieldViolation, Reason, Rejection, Validated, validate,
+};
 
 /// Everything the handler needs from the gateway's shared state.
 pub struct Context<'a> {
@@ -218,14 +222,58 @@ fn relay_target(
     }
 }
 
+/// The quote's answer: a body validation refuses, or the request as it would run and what policy and admission
+/// would say now.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum Quote<'a> {
+    Invalid(InvalidQuote),
+    Valid(Box<ValidQuote<'a>>),
+}
+
+/// A body validation refuses: what a create would answer in its envelope.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct InvalidQuote {
+    /// Always `false`.
+    pub valid: bool,
+    pub reason: Reason,
+    pub message: String,
+    pub fields: Vec<FieldViolation>,
+}
+
+/// A valid body: the request as Vidu would run it, and what would happen to it now.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ValidQuote<'a> {
+    /// Always `true`.
+    pub valid: bool,
+    pub effective: Effective<'a>,
+    pub image: ImageInfo,
+    /// Unknown fields that would be removed before forwarding (`validation.unknown_fields = "strip"`).
+    pub stripped_fields: Vec<String>,
+    pub estimated_credits: Estimates,
+    pub policy: Verdict,
+}
+
+/// The credit estimate of the request as it would run, and of either run.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = CreditEstimates)]
+pub struct Estimates {
+    /// As it would run now (after the off-peak policy).
+    pub now: u64,
+    /// Run at once.
+    pub immediate: u64,
+    /// Run off-peak.
+    pub off_peak: u64,
+}
+
 /// The quote: validation and policy as a create would see them, never forwarded, nothing taken. Only a body
 /// that is not a JSON object at all is an error; every other verdict is the answer.
-pub async fn quote(
-    ctx: &Context<'_>,
+pub async fn quote<'a>(
+    ctx: &Context<'a>,
     identity: &Identity,
-    bytes: &Bytes,
+    bytes: &'a Bytes,
     prefer_never: bool,
-) -> Result<Value, Rejection> {
+) -> Result<Quote<'a>, Rejection> {
     let validated = match validate(bytes, ctx.settings).and_then(|v| {
         relay_target(ctx.settings, identity, &v)?;
         Ok(v)
@@ -233,11 +281,11 @@ pub async fn quote(
         Ok(v) => v,
         Err(r) if r.reason == Reason::BadRequest => return Err(r),
         Err(r) => {
-            return Ok(serde_json::json!({
-                "valid": false,
-                "reason": r.reason,
-                "message": r.message,
-                "fields": r.fields,
+            return Ok(Quote::Invalid(InvalidQuote {
+                valid: false,
+                reason: r.reason,
+                message: r.message,
+                fields: r.fields,
             }));
         }
     };
@@ -284,18 +332,19 @@ pub async fn quote(
             },
         },
     };
-    Ok(serde_json::json!({
-        "valid": true,
-        "effective": params,
-        "image": validated.image,
-        "stripped_fields": validated.stripped,
-        "estimated_credits": {
-            "now": verdict.estimated_credits,
-            "immediate": params.estimate_with_off_peak(ctx.settings, false),
-            "off_peak": params.estimate_with_off_peak(ctx.settings, true),
-        },
-        "policy": verdict,
-    }))
+    let estimated_credits = Estimates {
+        now: verdict.estimated_credits,
+        immediate: params.estimate_with_off_peak(ctx.settings, false),
+        off_peak: params.estimate_with_off_peak(ctx.settings, true),
+    };
+    Ok(Quote::Valid(Box::new(ValidQuote {
+        valid: true,
+        effective: validated.params,
+        image: validated.image,
+        stripped_fields: validated.stripped,
+        estimated_credits,
+        policy: verdict,
+    })))
 }
 
 /// Forward the admitted request and settle. Runs detached from the caller's connection; the caller has the answer

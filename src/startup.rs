@@ -10,6 +10,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 use tracing_actix_web::TracingLogger;
+use utoipa_actix_web::service_config::ServiceConfig;
 
 use crate::auth::Authenticator;
 use crate::balance::BalanceWatch;
@@ -19,6 +20,7 @@ use crate::forward::client::ViduClient;
 use crate::forward::sandbox::Sandbox;
 use crate::forward::upstream::Upstream;
 use crate::http::app_state::AppState;
+use crate::http::openapi::ApiDocument;
 use crate::http::request_context::request_context;
 use crate::http::routes;
 use crate::metrics::Metrics;
@@ -237,6 +239,8 @@ impl Application {
         }
         let buffered_bodies = web::Data::from(BufferedBodies::new());
         let metrics_on_main = metrics_listener.is_none();
+        // The API description of what this listener serves: built once, the same bytes for every request.
+        let api_document = web::Data::new(ApiDocument::new(routes::described(metrics_on_main)));
         let factory_state = state.clone();
         let factory_metrics = metrics.clone();
         let upstream_config = live_for_workers.clone();
@@ -256,11 +260,12 @@ impl Application {
                 .app_data(web::Data::new(upstream))
                 .app_data(buffered_bodies.clone())
                 .app_data(routes::query_config())
+                .app_data(api_document.clone())
                 .wrap(TracingLogger::<GatewayRootSpan>::new())
                 .wrap(from_fn(request_context))
                 // Outermost: it holds an unfinished body until the final response is sent.
                 .wrap(from_fn(read::guard::guard))
-                .configure(|cfg| routes::configure(cfg, metrics_on_main))
+                .configure(|cfg| routes::configure(&mut ServiceConfig::new(cfg), metrics_on_main))
                 .default_service(web::to(routes::not_found))
         })
         // Request heads: all headers within 5 s, else actix answers 408 and closes (bodies: body::guard).
@@ -286,10 +291,7 @@ impl Application {
                             .app_data(web::Data::new(m.clone()))
                             .app_data(web::Data::new(store.clone()))
                             .wrap(from_fn(request_context))
-                            .service(
-                                web::resource("/metrics")
-                                    .route(web::get().to(routes::ops::metrics)),
-                            )
+                            .service(routes::metrics_route())
                             .default_service(web::to(routes::not_found))
                     })
                     .workers(1)

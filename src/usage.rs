@@ -34,7 +34,8 @@ impl Subject {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = UsageBudget)]
 pub struct Budget {
     pub scope: &'static str,
     pub period: &'static str,
@@ -45,7 +46,8 @@ pub struct Budget {
     pub source: String,
 }
 
-#[derive(Clone, Debug, Serialize, Default)]
+#[derive(Clone, Debug, Serialize, Default, utoipa::ToSchema)]
+#[schema(as = UsageTotals)]
 pub struct Totals {
     pub admitted: u64,
     pub rejected: u64,
@@ -61,7 +63,7 @@ pub struct Totals {
 }
 
 /// Tasks created and not yet ended (holding a running-task slot), against the cap of the section's scope.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct RunningTasks {
     pub running: u32,
     /// The cap (`max_running_tasks`, `team_max_running_tasks`, `policy.global.max_running_tasks`); none: unlimited.
@@ -80,7 +82,8 @@ pub struct RunningTasks {
     pub teams: std::collections::BTreeMap<String, u32>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = UsageSection)]
 pub struct Section {
     pub name: String,
     /// Only where the state backend reports them (the gateway's API, the `usage` command on Redis).
@@ -91,7 +94,8 @@ pub struct Section {
     pub days: Vec<UsageRow>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = UsageReport)]
 pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<Section>,

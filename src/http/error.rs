@@ -6,7 +6,7 @@
 //! and turns actix's own error responses (404, 405, payload errors) into the same envelope.
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
@@ -120,6 +120,149 @@ impl GatewayError {
         }
     }
 
+    /// The headers this error's answer carries beside the envelope: `WWW-Authenticate` on every 401,
+    /// `Retry-After` when waiting helps.
+    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        let retry_after = |secs: u64| (header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        match self {
+            GatewayError::Unauthorized {
+                message,
+                invalid_token,
+            } => {
+                let value = if *invalid_token {
+                    format!(
+                        "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                        // A quoted-string of visible ASCII: a caller's non-ASCII `kid` echoed in the message
+                        // must not cost the header (RFC 6750 requires it on every 401).
+                        message
+                            .chars()
+                            .map(|c| match c {
+                                '"' | '\\' => '\'',
+                                ' '..='~' => c,
+                                _ => '?',
+                            })
+                            .collect::<String>()
+                    )
+                } else {
+                    "Bearer".to_owned()
+                };
+                HeaderValue::from_str(&value)
+                    .map(|v| vec![(header::WWW_AUTHENTICATE, v)])
+                    .unwrap_or_default()
+            }
+            GatewayError::ServiceUnavailable {
+                retry_after_secs, ..
+            }
+            | GatewayError::IdempotencyKeyInFlight {
+                retry_after_secs, ..
+            } => vec![retry_after(*retry_after_secs)],
+            GatewayError::Denied(d) => d.retry_after_secs().map(retry_after).into_iter().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// One error of every kind the gateway answers with — every variant, every reason (each field reason of
+    /// validation, each limit of admission) — with a message like the real one's. The API description reads the
+    /// statuses, reasons, headers and examples of its error answers from these, so it lists what the code sends.
+    pub fn every_kind() -> Vec<GatewayError> {
+        use crate::validate::FieldReason;
+        let mut all = vec![GatewayError::Validation(Rejection::field(
+            "duration",
+            FieldReason::OutOfRange,
+            "viduq2 allows 1..=10 seconds, got 12".into(),
+        ))];
+        all.extend(FieldReason::ALL.into_iter().map(|reason| {
+            GatewayError::Validation(Rejection::field(
+                "images",
+                reason,
+                format!(
+                    "{} (metadata.fields says which field and why)",
+                    reason.as_str()
+                ),
+            ))
+        }));
+        all.extend([
+            GatewayError::BadRequest(
+                "the body is not a JSON object: send {\"model\": …, \"images\": [...]}".into(),
+            ),
+            GatewayError::Unauthorized {
+                message: "the token has expired".into(),
+                invalid_token: true,
+            },
+            GatewayError::Forbidden(
+                "GET /gateway/v1/config is for admins: the token needs the auth.admin_role role".into(),
+            ),
+            GatewayError::Denied(Denial::Forbidden(
+                "model viduq3-pro is not allowed for team marketing (policy.teams.marketing.models)".into(),
+            )),
+            GatewayError::TaskNotFound,
+            GatewayError::NotFound("no route for GET /ent/v2/nope".into()),
+            GatewayError::MethodNotAllowed("this path does not accept that method".into()),
+            GatewayError::RequestTimeout(
+                "the request body did not arrive within server.body_read_timeout_ms".into(),
+            ),
+            GatewayError::IdempotencyKeyInFlight {
+                retry_after_secs: crate::idempotency::IN_FLIGHT_RETRY_AFTER_SECS,
+                lease_secs: 60,
+            },
+            GatewayError::PayloadTooLarge { limit: 20_971_520 },
+            GatewayError::UnsupportedMediaType("send Content-Type: application/json".into()),
+            GatewayError::Denied(Denial::PolicyConflict(
+                "policy forces off_peak, which viduq3-pro cannot run with audio: send \"audio\": false".into(),
+            )),
+            GatewayError::IdempotencyKeyReused,
+        ]);
+        all.push(GatewayError::Denied(Denial::Limited {
+            reason: LimitReason::CreditBudgetExhausted,
+            message: "the team daily credit budget cannot cover this request: 4980 of 5000 credits used, this \
+                      request needs 55 (policy.teams.marketing.team_daily_credits); it resets in 5 h 12 min"
+                .into(),
+            retry_after_secs: 18_720,
+        }));
+        all.extend(LimitReason::ALL.into_iter().map(|reason| {
+            GatewayError::Denied(Denial::Limited {
+                reason,
+                message: format!(
+                    "{}: the message names the limit, the key that set it and when the request fits",
+                    reason.as_str()
+                ),
+                retry_after_secs: 30,
+            })
+        }));
+        all.extend([
+            GatewayError::Internal(anyhow::anyhow!("an example")),
+            GatewayError::UpstreamUnavailable(
+                "Vidu is unreachable (connection failed before the request was sent); nothing was created — \
+                 retry later"
+                    .into(),
+            ),
+            GatewayError::ServiceUnavailable {
+                message: "the state backend cannot be reached; retry shortly".into(),
+                retry_after_secs: 5,
+            },
+            GatewayError::Denied(Denial::Unavailable {
+                message: "the state backend cannot decide (state.on_unavailable = fail_closed)".into(),
+                retry_after_secs: 5,
+            }),
+            GatewayError::UpstreamTimeout { timeout_ms: 120_000 },
+        ]);
+        all
+    }
+
+    /// The envelope this error is answered with, for `trace_id`.
+    pub fn envelope(&self, trace_id: &str) -> Vec<u8> {
+        PendingEnvelope {
+            code: self.status_code().as_u16(),
+            reason: self.reason(),
+            message: self.public_message(),
+            fields: match self {
+                GatewayError::Validation(r) => r.fields.clone(),
+                _ => Vec::new(),
+            },
+        }
+        .render(trace_id)
+    }
+
     /// The message the caller sees (never a cause chain for internal errors).
     fn public_message(&self) -> String {
         match self {
@@ -145,20 +288,57 @@ pub struct PendingEnvelope {
 #[derive(Clone, Copy, Debug)]
 pub struct UpstreamBody;
 
-#[derive(Serialize)]
-struct Envelope<'a> {
+/// Vidu's error envelope, as the gateway writes it for its own errors.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ErrorEnvelope)]
+pub struct Envelope<'a> {
+    /// The HTTP status.
     code: u16,
+    /// What went wrong, stable: clients match on it.
+    #[schema(schema_with = reason_schema)]
     reason: &'a str,
+    /// What to change, for people.
     message: &'a str,
     metadata: Metadata<'a>,
 }
 
-#[derive(Serialize)]
-struct Metadata<'a> {
+/// Where an error comes from and what it concerns.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ErrorMetadata)]
+pub struct Metadata<'a> {
+    /// The request id (`X-Request-Id` of the answer).
     trace_id: &'a str,
+    /// `gateway` for the gateway's own errors (Vidu's own pass through unchanged, without it).
+    #[schema(schema_with = source_schema)]
     source: &'static str,
+    /// Every field problem of a refused body (validation reasons only; absent otherwise).
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    #[schema(value_type = Vec<FieldViolation>, required = false)]
     fields: &'a [FieldViolation],
+}
+
+/// `ErrorEnvelope.reason`: every reason the gateway answers with.
+fn reason_schema() -> utoipa::openapi::schema::Schema {
+    let reasons: std::collections::BTreeSet<&str> = GatewayError::every_kind()
+        .iter()
+        .map(GatewayError::reason)
+        .collect();
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(reasons))
+        .description(Some("What went wrong, stable: clients match on it."))
+        .into()
+}
+
+/// `ErrorEnvelope.metadata.source`: `gateway`.
+fn source_schema() -> utoipa::openapi::schema::Schema {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(["gateway"]))
+        .description(Some(
+            "`gateway` for the gateway's own errors; Vidu's errors pass through unchanged, without it.",
+        ))
+        .into()
 }
 
 impl PendingEnvelope {
@@ -240,45 +420,10 @@ impl ResponseError for GatewayError {
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
         let mut res = HttpResponse::build(status);
+        for header in self.headers() {
+            res.insert_header(header);
+        }
         match self {
-            GatewayError::Unauthorized {
-                message,
-                invalid_token,
-            } => {
-                let value = if *invalid_token {
-                    format!(
-                        "Bearer error=\"invalid_token\", error_description=\"{}\"",
-                        // A quoted-string of visible ASCII: a caller's non-ASCII `kid` echoed in the message
-                        // must not cost the header (RFC 6750 requires it on every 401).
-                        message
-                            .chars()
-                            .map(|c| match c {
-                                '"' | '\\' => '\'',
-                                ' '..='~' => c,
-                                _ => '?',
-                            })
-                            .collect::<String>()
-                    )
-                } else {
-                    "Bearer".to_owned()
-                };
-                if let Ok(v) = HeaderValue::from_str(&value) {
-                    res.insert_header((header::WWW_AUTHENTICATE, v));
-                }
-            }
-            GatewayError::ServiceUnavailable {
-                retry_after_secs, ..
-            }
-            | GatewayError::IdempotencyKeyInFlight {
-                retry_after_secs, ..
-            } => {
-                res.insert_header((header::RETRY_AFTER, retry_after_secs.max(&1).to_string()));
-            }
-            GatewayError::Denied(d) => {
-                if let Some(secs) = d.retry_after_secs() {
-                    res.insert_header((header::RETRY_AFTER, secs.max(1).to_string()));
-                }
-            }
             GatewayError::Internal(cause) => {
                 tracing::error!(error = ?cause, "internal error");
             }
@@ -366,6 +511,51 @@ mod tests {
         assert_eq!(v["reason"], "FieldLacking");
         assert_eq!(v["metadata"]["fields"][0]["field"], "images");
         assert_eq!(v["metadata"]["fields"][0]["reason"], "Missing");
+    }
+
+    /// The API description lists what `every_kind` holds: every variant and every reason.
+    #[test]
+    fn every_kind_holds_every_variant_and_reason() {
+        // A new variant does not compile here until it is numbered, and fails until `every_kind` holds one.
+        fn variant(e: &GatewayError) -> usize {
+            match e {
+                GatewayError::BadRequest(_) => 0,
+                GatewayError::Validation(_) => 1,
+                GatewayError::Unauthorized { .. } => 2,
+                GatewayError::Forbidden(_) => 3,
+                GatewayError::TaskNotFound => 4,
+                GatewayError::NotFound(_) => 5,
+                GatewayError::MethodNotAllowed(_) => 6,
+                GatewayError::PayloadTooLarge { .. } => 7,
+                GatewayError::UnsupportedMediaType(_) => 8,
+                GatewayError::RequestTimeout(_) => 9,
+                GatewayError::Denied(Denial::Forbidden(_)) => 10,
+                GatewayError::Denied(Denial::PolicyConflict(_)) => 11,
+                GatewayError::Denied(Denial::Limited { .. }) => 12,
+                GatewayError::Denied(Denial::Unavailable { .. }) => 13,
+                GatewayError::Denied(Denial::Internal(_)) => 14,
+                GatewayError::UpstreamUnavailable(_) => 15,
+                GatewayError::ServiceUnavailable { .. } => 16,
+                GatewayError::UpstreamTimeout { .. } => 17,
+                GatewayError::IdempotencyKeyInFlight { .. } => 18,
+                GatewayError::IdempotencyKeyReused => 19,
+                GatewayError::Internal(_) => 20,
+            }
+        }
+        let all = GatewayError::every_kind();
+        let seen: std::collections::BTreeSet<usize> = all.iter().map(variant).collect();
+        // `Denial::Internal` becomes `GatewayError::Internal` (`From<Denial>`): it is never answered as such.
+        let expected: std::collections::BTreeSet<usize> = (0..=20).filter(|v| *v != 14).collect();
+        assert_eq!(seen, expected);
+        let reasons: std::collections::BTreeSet<&str> =
+            all.iter().map(GatewayError::reason).collect();
+        for r in crate::validate::FieldReason::ALL {
+            assert!(reasons.contains(r.top_level().as_str()), "{r:?}");
+        }
+        for r in LimitReason::ALL {
+            assert!(reasons.contains(r.as_str()), "{r:?}");
+        }
+        assert_eq!(reasons.len(), 26, "{reasons:?}");
     }
 
     #[test]

@@ -12,6 +12,15 @@ pub enum LimitReason {
 }
 
 impl LimitReason {
+    /// Every limit reason, each once.
+    pub const ALL: [LimitReason; 5] = [
+        LimitReason::TooManyRequests,
+        LimitReason::ConcurrencyLimited,
+        LimitReason::CreditBudgetExhausted,
+        LimitReason::OffPeakRequired,
+        LimitReason::RunningTasksLimited,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             LimitReason::TooManyRequests => "TooManyRequests",

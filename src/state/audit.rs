@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// One audit entry. `detail` never holds a secret's value (a changed secret is named by its key).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     /// Unique (a UUID); breaks ties between entries of the same millisecond.
     pub id: String,
@@ -17,6 +17,8 @@ pub struct AuditEntry {
     pub actor: String,
     /// `applied`, `refused`, `ok`, …
     pub outcome: String,
+    /// What the entry is about (keys changed, the reservation, the task, whose usage …).
+    #[schema(value_type = Object)]
     pub detail: serde_json::Value,
 }
 

@@ -140,7 +140,7 @@ pub struct UsageFilter {
 }
 
 /// One day of usage for the filter.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct UsageRow {
     pub day: String,
     pub admitted: u64,

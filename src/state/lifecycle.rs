@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 /// A task's state as Vidu reports it. Terminal: `success`, `failed`, `cancelled`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     Created,
@@ -68,7 +68,7 @@ impl std::fmt::Display for TaskState {
 }
 
 /// Where the relay of a task's state changes stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RelayStatus {
     /// A state change waits to be delivered (or is being retried).
@@ -99,7 +99,7 @@ impl RelayStatus {
 }
 
 /// A task the gateway created, with its lifecycle. Times are RFC 3339 (UTC, milliseconds).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TaskRecord {
     pub task_id: String,
     pub request_id: String,
@@ -255,7 +255,7 @@ pub enum RelayOutcome {
 }
 
 /// A reservation not settled: open (the request is in flight) or `unknown` (Vidu's answer was lost).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ReservationView {
     /// The grant's id, which settle and release name.
     pub id: String,

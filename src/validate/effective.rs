@@ -10,8 +10,14 @@ use crate::config::Settings;
 
 /// The request as Vidu will run it: the caller's values, else the defaults. Borrows the catalog it was validated
 /// against (`'c`).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(
+    as = EffectiveParameters,
+    description = "The request as Vidu will run it: your values, else the defaults (the model's catalog entry or \
+                   Vidu's documented defaults, listed in `defaulted`) and what policy changed."
+)]
 pub struct Effective<'c> {
+    #[schema(value_type = String)]
     pub model: Model<'c>,
     pub duration: u32,
     pub resolution: &'c str,
@@ -24,13 +30,13 @@ pub struct Effective<'c> {
     pub watermark: bool,
     pub wm_position: u8,
     pub bgm: bool,
-    /// `None`: not sent (Vidu's default applies).
+    /// Absent or `null`: not sent (Vidu's default applies).
     pub audio_type: Option<String>,
     /// Length of the prompt in characters (the prompt itself is not kept: prompts are never logged).
     pub prompt_chars: usize,
     /// The caller's `callback_url`, when set (the gateway relays Vidu's callbacks to it).
     pub callback_url: Option<String>,
-    /// `None`: not sent (Vidu recommends a voice).
+    /// Absent or `null`: not sent (Vidu recommends a voice).
     pub voice_id: Option<String>,
     /// The fields whose value came from a default rather than the body, in the docs' order.
     pub defaulted: Vec<&'static str>,

@@ -36,6 +36,8 @@ pub const PAYLOAD_MAX_CHARS: usize = 1_048_576;
 pub const SEED_MAX: i64 = 2_147_483_647;
 pub const MOVEMENT_AMPLITUDES: &[&str] = &["auto", "small", "medium", "large"];
 pub const AUDIO_TYPES: &[&str] = &["all", "speech_only", "sound_effect_only"];
+/// Watermark positions: 1 top-left, 2 top-right, 3 bottom-right, 4 bottom-left.
+pub const WM_POSITIONS: RangeInclusive<i64> = 1..=4;
 /// Vidu's default watermark position (bottom-right).
 pub const DEFAULT_WM_POSITION: u8 = 3;
 /// Vidu's default `movement_amplitude`.
@@ -621,7 +623,7 @@ fn check_seed(seed: &Given<'_, Integer<'_>>) -> Result<(), ValidationError> {
 }
 
 fn check_wm_position(position: &Given<'_, Integer<'_>>) -> Result<(), ValidationError> {
-    integer_in(position, 1..=4, || {
+    integer_in(position, WM_POSITIONS, || {
         "wm_position must be 1 (top-left), 2 (top-right), 3 (bottom-right) or 4 (bottom-left)"
             .into()
     })

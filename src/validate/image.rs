@@ -40,7 +40,7 @@ const FIRST_HEADER_BASE64: usize = 64 * 1024;
 pub const MAX_HEADER_BASE64: usize = 4 * 1024 * 1024;
 
 /// What `images[0]` turned out to be.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ImageInfo {
     /// An http(s) URL; Vidu fetches it (the gateway never does).
@@ -56,7 +56,7 @@ pub enum ImageInfo {
 }
 
 /// The image formats Vidu accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageFormat {
     Png,

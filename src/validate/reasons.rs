@@ -24,7 +24,7 @@
 use serde::Serialize;
 
 /// Why one field was refused: `metadata.fields[].reason`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub enum FieldReason {
     Missing,
     CountOutOfRange,
@@ -112,7 +112,8 @@ impl FieldReason {
 
 /// Why a body was refused: the envelope's top-level `reason`. The field reasons' variants are declared in Vidu's
 /// precedence order (the first present wins), so the order of this type is the precedence.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
+#[schema(as = ValidationReason)]
 pub enum Reason {
     FieldLacking,
     FieldItemCountOutOfRange,
@@ -137,7 +138,7 @@ impl Reason {
 }
 
 /// One validation problem: `{"field": "duration", "reason": "OutOfRange", "message": "..."}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldViolation {
     pub field: String,
     pub reason: FieldReason,

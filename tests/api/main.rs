@@ -19,6 +19,7 @@ mod ledger_reads;
 mod lifecycle;
 mod live;
 mod logs;
+mod openapi;
 mod proxy;
 mod redis_link;
 mod replicas;

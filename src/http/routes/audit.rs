@@ -2,7 +2,6 @@
 
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::lifecycle::{
     DEFAULT_LIMIT, MAX_LIMIT, admins_only, cursor_of, parse_cursor, store_unavailable,
@@ -10,7 +9,8 @@ use super::lifecycle::{
 use crate::auth::Identity;
 use crate::http::app_state::AppState;
 use crate::http::error::GatewayError;
-use crate::state::AuditQuery;
+use crate::http::openapi::{Error400, Error401, Error403, Error503, GATEWAY};
+use crate::state::{AuditEntry, AuditQuery};
 
 /// The kinds of entry, for the message that refuses another.
 pub const KINDS: [&str; 9] = [
@@ -25,13 +25,30 @@ pub const KINDS: [&str; 9] = [
     "usage_read",
 ];
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditParams {
+    /// One kind of entry: config_load, config_reload, reservation_settled, reservation_released,
+    /// reservation_auto_released, task_read, tasks_listed, task_cancelled, usage_read.
     kind: Option<String>,
+    /// At or after (RFC 3339, or a date: its start, UTC).
     since: Option<String>,
+    /// Before (RFC 3339, or a date: its start, UTC).
     until: Option<String>,
+    /// Entries per page (1 to 500; 50).
     limit: Option<usize>,
+    /// The previous page's `next_cursor`.
     cursor: Option<String>,
+}
+
+/// A page of the audit trail.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct AuditList {
+    /// Newest first.
+    pub entries: Vec<AuditEntry>,
+    /// Pass as `?cursor=` for the next page; `null` on the last one. A page may be short (a `kind` filter on
+    /// Redis reads at most 2 000 entries per page): follow the cursor until it is `null`.
+    pub next_cursor: Option<String>,
 }
 
 /// `2026-12-03T10:00:00Z` (any RFC 3339 time) or `2026-12-03` (its start, UTC), as entries are stamped.
@@ -52,6 +69,13 @@ fn instant(name: &str, raw: &str) -> Result<String, GatewayError> {
     Ok(format!("{at:.3}"))
 }
 
+/// The audit trail, newest first (admins): config loads and reloads, and admins' actions on what is not theirs.
+#[utoipa::path(get, path = "/gateway/v1/audit", tag = GATEWAY, params(AuditParams),
+    responses(
+        (status = 200, description = "A page of audit entries.", body = AuditList),
+        (status = 400, response = Error400), (status = 401, response = Error401), (status = 403, response = Error403),
+        (status = 503, response = Error503),
+    ))]
 pub async fn audit(
     identity: Identity,
     query: web::Query<AuditParams>,
@@ -93,8 +117,8 @@ pub async fn audit(
         .audit_entries(&query)
         .await
         .map_err(store_unavailable)?;
-    Ok(HttpResponse::Ok().json(json!({
-        "entries": page.entries,
-        "next_cursor": page.next.map(|(at, id)| cursor_of(&at, &id)),
-    })))
+    Ok(HttpResponse::Ok().json(AuditList {
+        entries: page.entries,
+        next_cursor: page.next.map(|(at, id)| cursor_of(&at, &id)),
+    }))
 }

@@ -1,13 +1,60 @@
 //! The gateway's own endpoints under `/gateway/v1`.
 
 use actix_web::{HttpResponse, web};
+use serde::Serialize;
 use serde_json::json;
 
 use crate::auth::Identity;
+use crate::config::Settings;
 use crate::http::app_state::AppState;
 use crate::http::error::GatewayError;
+use crate::http::openapi::{Error400, Error401, Error403, Error503, GATEWAY, VIDU};
+use crate::usage::Report;
 
-/// `GET /gateway/v1/config` (admins): the effective configuration, secrets redacted, with its version.
+/// The answer of `GET /gateway/v1/config`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ConfigView<'a> {
+    /// Short hash of the effective configuration, secrets redacted (also on `/readyz` and in the logs).
+    pub version: &'a str,
+    /// Where it was loaded from: a file path, or the built-in `config/default.toml`.
+    pub origin: String,
+    /// The effective configuration (every key of the configuration reference), secrets `<redacted>`.
+    #[schema(value_type = Object)]
+    pub config: &'a Settings,
+}
+
+/// The answer of `GET /ent/v2/credits`: Vidu's shape, the caller's figures.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Credits {
+    /// One entry: the caller's view.
+    #[schema(value_type = Vec<Remain>, min_items = 1, max_items = 1)]
+    pub remains: [Remain; 1],
+}
+
+/// One entry of `remains`, as Vidu names its fields.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Remain {
+    /// Always `gateway`: the figures are the gateway's view of the caller, not a Vidu package.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The tightest remaining of the caller's budgets (user, team, global; day and month); 2^53 − 1 when none
+    /// applies.
+    pub credit_remain: u64,
+    /// The running-task cap with the least room left (user, team or global), else Vidu's own as last read (5,
+    /// Vidu's default, before the first reading).
+    pub concurrency_limit: u32,
+    /// The tasks running in that cap's scope.
+    pub current_concurrency: u32,
+    /// Always 0: the gateway queues nothing.
+    pub queue_count: u32,
+}
+
+/// The effective configuration, secrets redacted, with its version (admins).
+#[utoipa::path(get, path = "/gateway/v1/config", tag = GATEWAY,
+    responses(
+        (status = 200, description = "The configuration in force.", body = ConfigView),
+        (status = 401, response = Error401), (status = 403, response = Error403),
+    ))]
 pub async fn config(
     identity: Identity,
     state: web::Data<AppState>,
@@ -18,23 +65,39 @@ pub async fn config(
         ));
     }
     let config = state.config.current();
-    Ok(HttpResponse::Ok().json(json!({
-        "version": config.version,
-        "origin": config.origin.to_string(),
-        "config": config.settings,
-    })))
+    Ok(HttpResponse::Ok().json(ConfigView {
+        version: &config.version,
+        origin: config.origin.to_string(),
+        config: &config.settings,
+    }))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsageQuery {
+    /// A user (admins; others may name only themselves).
     user: Option<String>,
+    /// A team (admins; others may name only their own).
     team: Option<String>,
+    /// First day, `YYYY-MM-DD` (in `policy.timezone`).
+    #[param(format = Date)]
     from: Option<String>,
+    /// Last day, `YYYY-MM-DD`.
+    #[param(format = Date)]
     to: Option<String>,
 }
 
-/// `GET /gateway/v1/usage`: the caller's own user and team (admins: any, by `?user=` / `?team=`); current
-/// budgets and per-day usage from the ledger.
+/// Budgets and per-day usage: the caller's own user and team (admins: any).
+///
+/// Current budgets (limit, used, remaining, the key that set it), running tasks against their cap, and per day the
+/// requests admitted and rejected (by reason) and the credits reserved, settled, released, unknown and refunded.
+/// Admins also see the Vidu balance as the balance watch last read it (`vidu_balance`).
+#[utoipa::path(get, path = "/gateway/v1/usage", tag = GATEWAY, params(UsageQuery),
+    responses(
+        (status = 200, description = "The usage report.", body = Report),
+        (status = 400, response = Error400), (status = 401, response = Error401), (status = 403, response = Error403),
+        (status = 503, response = Error503),
+    ))]
 pub async fn usage(
     identity: Identity,
     query: web::Query<UsageQuery>,
@@ -100,9 +163,16 @@ pub async fn usage(
     Ok(HttpResponse::Ok().json(report))
 }
 
-/// `GET /ent/v2/credits`, as Vidu answers it — but the caller's view: what they may spend (the tightest of their
-/// budgets) and run (the running-task cap with the least room, and what runs in its scope), never the company's
-/// wallet. A Vidu client that checks its credits before creating works unchanged.
+/// The caller's credits and concurrency, in Vidu's shape.
+///
+/// As Vidu answers it — but the caller's view: what they may spend (the tightest of their budgets) and run (the
+/// running-task cap with the least room, and what runs in its scope), never the company's wallet. A Vidu client
+/// that checks its credits before creating works unchanged.
+#[utoipa::path(get, path = "/ent/v2/credits", tag = VIDU,
+    responses(
+        (status = 200, description = "The caller's view.", body = Credits),
+        (status = 401, response = Error401), (status = 503, response = Error503),
+    ))]
 pub async fn credits(
     identity: Identity,
     state: web::Data<AppState>,
@@ -128,11 +198,13 @@ pub async fn credits(
     })?;
     Ok(HttpResponse::Ok()
         .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
-        .json(json!({"remains": [{
-            "type": "gateway",
-            "credit_remain": account.credit_remain,
-            "concurrency_limit": account.concurrency_limit,
-            "current_concurrency": account.current_concurrency,
-            "queue_count": 0,
-        }]})))
+        .json(Credits {
+            remains: [Remain {
+                kind: "gateway",
+                credit_remain: account.credit_remain,
+                concurrency_limit: account.concurrency_limit,
+                current_concurrency: account.current_concurrency,
+                queue_count: 0,
+            }],
+        }))
 }

@@ -13,6 +13,10 @@ use crate::flow::{self, Context};
 use crate::forward::upstream::Upstream;
 use crate::http::app_state::{AppState, request_id};
 use crate::http::error::GatewayError;
+use crate::http::openapi::{
+    Error400, Error401, Error403, Error408, Error409, Error413, Error415, Error422, Error429,
+    Error502, Error503, Error504, GATEWAY, Img2VideoBody, VIDU, ViduAnswer,
+};
 use crate::http::responses;
 use crate::idempotency::{self, Held, Keeper};
 use crate::read;
@@ -61,6 +65,48 @@ fn prefer_never(req: &HttpRequest) -> bool {
     flow::prefers_never_off_peak(req.headers().get("prefer").and_then(|v| v.to_str().ok()))
 }
 
+/// Create an image-to-video task.
+///
+/// The body is validated, policy applied (forced off-peak, allowed models and settings), the credits estimated
+/// and reserved against every budget, rate limit and slot that applies (all or nothing), then forwarded to Vidu;
+/// Vidu's answer comes back unchanged (its errors too), with the gateway's headers. The reservation settles to
+/// Vidu's `credits` and follows the task to its end (failed and cancelled tasks are refunded).
+///
+/// With an `Idempotency-Key`, a retry of the same body gets the first answer replayed (`Idempotent-Replayed:
+/// true`) and creates nothing; a create refused before forwarding stores nothing, so it can be fixed and retried
+/// with the same key.
+#[utoipa::path(post, path = "/ent/v2/img2video", tag = VIDU,
+    request_body(content = Img2VideoBody, content_type = "application/json"),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, nullable = false,
+            description = "1–255 visible ASCII characters, scoped to you, kept `idempotency.ttl_secs`: the same \
+                key and body again replay the first answer (nothing forwarded, nothing charged); another body is \
+                422 `IdempotencyKeyReused`; while the first runs, 409 `IdempotencyKeyInFlight`."),
+        ("Prefer" = Option<String>, Header, nullable = false,
+            description = "`off-peak=never`: do not let policy move this request off-peak (refused 429 \
+                `OffPeakRequired` when only an off-peak run would fit)."),
+    ),
+    responses(
+        (status = 200, description = "Vidu created the task: its answer (`task_id`, `state`, `credits`, …) \
+            unchanged. Vidu's own errors pass through the same way, with their status.", body = ViduAnswer,
+            headers(
+                ("X-Credits-Estimated" = u64, description = "The gateway's estimate, reserved until Vidu's \
+                    `credits` settle it (also on a refused create)."),
+                ("X-Credits-Remaining" = u64, description = "What is left of the tightest budget that applies \
+                    after this reservation."),
+                ("RateLimit-Policy" = String, description = "The tightest rate limit that applies: \
+                    `\"<scope>\";q=<per minute>;w=60` (IETF draft-ietf-httpapi-ratelimit-headers)."),
+                ("RateLimit" = String, description = "Its state after this request: \
+                    `\"<scope>\";r=<remaining>;t=<seconds to reset>`."),
+                ("X-Off-Peak-Applied" = String, description = "Set when policy turned `off_peak` on, with why."),
+                ("Idempotent-Replayed" = bool, description = "`true` on an answer replayed for an \
+                    `Idempotency-Key`: nothing was forwarded or charged."),
+            )),
+        (status = 400, response = Error400), (status = 401, response = Error401), (status = 403, response = Error403),
+        (status = 408, response = Error408), (status = 409, response = Error409), (status = 413, response = Error413),
+        (status = 415, response = Error415), (status = 422, response = Error422), (status = 429, response = Error429),
+        (status = 502, response = Error502), (status = 503, response = Error503), (status = 504, response = Error504),
+    ))]
 pub async fn create(
     req: HttpRequest,
     payload: web::Payload,
@@ -146,6 +192,23 @@ fn keeper(
     }))
 }
 
+/// Dry run of a create: what would happen now.
+///
+/// Validation, policy and admission as a create would see them — the effective parameters (defaults and policy
+/// applied), the credit estimate (now, immediate, off-peak), and whether it would be admitted, else the reason a
+/// create would get and when it would fit. Nothing is reserved or forwarded; `Idempotency-Key` is ignored. A body
+/// validation refuses is an answer too (`valid: false`); only a body that is not a JSON object is an error.
+#[utoipa::path(post, path = "/gateway/v1/img2video/quote", tag = GATEWAY,
+    request_body(content = Img2VideoBody, content_type = "application/json"),
+    params(
+        ("Prefer" = Option<String>, Header, nullable = false,
+            description = "`off-peak=never`, as on a create."),
+    ),
+    responses(
+        (status = 200, description = "The verdict.", body = crate::flow::Quote),
+        (status = 400, response = Error400), (status = 401, response = Error401), (status = 408, response = Error408),
+        (status = 413, response = Error413), (status = 415, response = Error415),
+    ))]
 pub async fn quote(
     req: HttpRequest,
     payload: web::Payload,

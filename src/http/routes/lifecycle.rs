@@ -5,7 +5,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::auth::Identity;
@@ -14,9 +14,12 @@ use crate::config::UpstreamMode;
 use crate::forward::upstream::Upstream;
 use crate::http::app_state::{AppState, request_id};
 use crate::http::error::GatewayError;
+use crate::http::openapi::{
+    Error400, Error401, Error403, Error404, Error408, Error413, Error503, GATEWAY, ViduAnswer,
+};
 use crate::metrics::OutcomeLabels;
 use crate::read;
-use crate::state::{Resolution, TaskQuery, TaskState};
+use crate::state::{ReservationView, Resolution, TaskQuery, TaskRecord, TaskState};
 use crate::tasks::learn::ask;
 
 /// The path Vidu's callbacks arrive on.
@@ -29,6 +32,36 @@ pub const CONFIRM_GRACE_MS: u64 = 30_000;
 /// Tasks per page unless `?limit=` says otherwise, and the most a page may hold.
 pub(super) const DEFAULT_LIMIT: usize = 50;
 pub(super) const MAX_LIMIT: usize = 500;
+
+/// What a callback is answered (at once; the work happens after): `{}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CallbackAccepted {}
+
+/// A page of `GET /gateway/v1/tasks`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = TaskList)]
+pub struct TaskList {
+    /// Newest first.
+    pub tasks: Vec<TaskRecord>,
+    /// Pass as `?cursor=` for the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// The answer of `GET /gateway/v1/reservations`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Reservations {
+    pub reservations: Vec<ReservationView>,
+}
+
+/// The answer of a settle or release: the reservation as it was, and what became of it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Resolved {
+    pub reservation: ReservationView,
+    /// `settled` or `released`.
+    pub outcome: &'static str,
+    /// The credits charged (0 on release).
+    pub credits: u64,
+}
 
 pub(super) fn store_unavailable(e: impl std::fmt::Display) -> GatewayError {
     GatewayError::ServiceUnavailable {
@@ -78,10 +111,28 @@ fn task_named(body: &[u8]) -> Option<String> {
     valid.then_some(id)
 }
 
-/// `POST /gateway/v1/callbacks/vidu`: a callback from Vidu. The signature is checked exactly as Vidu describes it
-/// (against the URL the gateway registered), the nonce must be new (across replicas), and then the callback is
-/// only a hint: the task is marked due for the reconciler (so nothing is lost if this process stops now), the
-/// answer goes out at once, and the task's state is confirmed by a query before anything changes.
+/// Vidu's task-state callbacks (for Vidu, not for callers).
+///
+/// The signature is checked exactly as Vidu describes it (HMAC-SHA256 with the enterprise key over the URL the
+/// gateway registered, `Date` within `callbacks.max_skew_secs`), the nonce must be new (across replicas), and then
+/// the callback is only a hint: the task is marked due for the reconciler (so nothing is lost if this process
+/// stops now), the answer goes out at once, and the task's state is confirmed by a query before anything changes.
+#[utoipa::path(post, path = "/gateway/v1/callbacks/vidu", tag = GATEWAY, security(()),
+    params(
+        ("Date" = String, Header, description = "Signed; within `callbacks.max_skew_secs` of now."),
+        ("x-request-nonce" = String, Header, description = "Signed; never seen before."),
+        ("X-HMAC-SIGNED-HEADERS" = String, Header, description = "The headers signed, e.g. `Date;x-request-nonce`."),
+        ("X-HMAC-SIGNATURE" = String, Header, description = "base64(HMAC-SHA256(key, signing string))."),
+        ("X-HMAC-ALGORITHM" = String, Header, description = "`hmac-sha256`."),
+        ("X-HMAC-ACCESS-KEY" = String, Header, description = "`vidu`."),
+    ),
+    request_body(content = ViduAnswer, content_type = "application/json",
+        description = "Vidu's query-task body (`id` or `task_id`, `state`, …); a hint, confirmed by a query."),
+    responses(
+        (status = 200, description = "Accepted (the work happens after).", body = CallbackAccepted),
+        (status = 401, response = Error401), (status = 408, response = Error408), (status = 413, response = Error413),
+        (status = 503, response = Error503),
+    ))]
 pub async fn vidu_callback(
     req: HttpRequest,
     payload: web::Payload,
@@ -147,7 +198,7 @@ pub async fn vidu_callback(
     }
     let Some(task_id) = task_named(&body) else {
         count("unknown_task");
-        return Ok(HttpResponse::Ok().json(json!({})));
+        return Ok(HttpResponse::Ok().json(CallbackAccepted {}));
     };
     if let Err(e) = state.store.nudge(&task_id, CONFIRM_GRACE_MS).await {
         count("unavailable");
@@ -160,15 +211,23 @@ pub async fn vidu_callback(
     actix_web::rt::spawn(async move {
         ask(&upstream, store.as_ref(), &metrics, &task_id, rid).await;
     });
-    Ok(HttpResponse::Ok().json(json!({})))
+    Ok(HttpResponse::Ok().json(CallbackAccepted {}))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TasksQuery {
+    /// A user's tasks (admins).
     user: Option<String>,
+    /// A team's tasks (admins).
     team: Option<String>,
+    /// Only tasks in this state.
+    #[param(value_type = Option<TaskState>)]
     state: Option<String>,
+    /// Tasks per page (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
+    /// The previous page's `next_cursor`, as is.
     cursor: Option<String>,
 }
 
@@ -194,8 +253,15 @@ pub(super) fn parse_cursor(raw: &str) -> Result<(String, String), GatewayError> 
         })
 }
 
-/// `GET /gateway/v1/tasks`: the caller's tasks (admins: anyone's, by `?user=` / `?team=`), newest first, with
-/// their lifecycle.
+/// Tasks with their lifecycle, newest first: the caller's (admins: anyone's).
+///
+/// Each task the gateway created: state, estimate, charged, refunded, relay status. Paginated by an opaque cursor.
+#[utoipa::path(get, path = "/gateway/v1/tasks", tag = GATEWAY, params(TasksQuery),
+    responses(
+        (status = 200, description = "A page of tasks.", body = TaskList),
+        (status = 400, response = Error400), (status = 401, response = Error401), (status = 403, response = Error403),
+        (status = 503, response = Error503),
+    ))]
 pub async fn tasks(
     identity: Identity,
     query: web::Query<TasksQuery>,
@@ -256,14 +322,20 @@ pub async fn tasks(
         })
         .await
         .map_err(store_unavailable)?;
-    Ok(HttpResponse::Ok().json(json!({
-        "tasks": page.tasks,
-        "next_cursor": page.next.map(|(at, id)| cursor_of(&at, &id)),
-    })))
+    Ok(HttpResponse::Ok().json(TaskList {
+        tasks: page.tasks,
+        next_cursor: page.next.map(|(at, id)| cursor_of(&at, &id)),
+    }))
 }
 
-/// `GET /gateway/v1/reservations` (admins): reservations not settled — open (in flight) and `unknown` (Vidu's
-/// answer was lost: settle or release them by `id`).
+/// Reservations not settled (admins).
+///
+/// Open (in flight) and `unknown` (Vidu's answer was lost: settle or release them by `id`).
+#[utoipa::path(get, path = "/gateway/v1/reservations", tag = GATEWAY,
+    responses(
+        (status = 200, description = "Open and unknown reservations.", body = Reservations),
+        (status = 401, response = Error401), (status = 403, response = Error403), (status = 503, response = Error503),
+    ))]
 pub async fn reservations(
     identity: Identity,
     state: web::Data<AppState>,
@@ -274,17 +346,26 @@ pub async fn reservations(
         .reservations()
         .await
         .map_err(store_unavailable)?;
-    Ok(HttpResponse::Ok().json(json!({ "reservations": list })))
+    Ok(HttpResponse::Ok().json(Reservations { reservations: list }))
 }
 
-#[derive(Deserialize)]
+/// The body of a settle.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SettleBody {
+    /// The credits Vidu charged for the task.
     credits: u64,
 }
 
-/// `POST /gateway/v1/reservations/{id}/settle` (admins), body `{"credits": N}`: Vidu did create the task and
-/// charged N.
+/// Settle an `unknown` reservation: Vidu did create the task and charged `credits` (admins).
+#[utoipa::path(post, path = "/gateway/v1/reservations/{id}/settle", tag = GATEWAY,
+    params(("id" = String, Path, description = "The reservation's `id` from the list.")),
+    request_body(content = SettleBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Settled.", body = Resolved),
+        (status = 400, response = Error400), (status = 401, response = Error401), (status = 403, response = Error403),
+        (status = 404, response = Error404), (status = 503, response = Error503),
+    ))]
 pub async fn settle(
     identity: Identity,
     path: web::Path<String>,
@@ -302,7 +383,14 @@ pub async fn settle(
     resolve(&identity, &path, Resolution::Settle(credits), &state).await
 }
 
-/// `POST /gateway/v1/reservations/{id}/release` (admins): nothing was created; the reservation is given back.
+/// Release an `unknown` reservation: nothing was created; the credits are given back (admins).
+#[utoipa::path(post, path = "/gateway/v1/reservations/{id}/release", tag = GATEWAY,
+    params(("id" = String, Path, description = "The reservation's `id` from the list.")),
+    responses(
+        (status = 200, description = "Released.", body = Resolved),
+        (status = 401, response = Error401), (status = 403, response = Error403), (status = 404, response = Error404),
+        (status = 503, response = Error503),
+    ))]
 pub async fn release(
     identity: Identity,
     path: web::Path<String>,
@@ -357,9 +445,9 @@ async fn resolve(
             "credits": credits,
         }),
     );
-    Ok(HttpResponse::Ok().json(json!({
-        "reservation": resolved,
-        "outcome": outcome,
-        "credits": credits,
-    })))
+    Ok(HttpResponse::Ok().json(Resolved {
+        reservation: resolved,
+        outcome,
+        credits,
+    }))
 }

@@ -10,45 +10,58 @@ pub mod tasks;
 use actix_web::http::Method;
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
+use utoipa_actix_web::AppExt as _;
+use utoipa_actix_web::service_config::ServiceConfig;
 
 use crate::forward::upstream::{Endpoint, Upstream, UpstreamError, UpstreamRequest};
 use crate::http::app_state::{AppState, request_id};
 use crate::http::error::GatewayError;
+use crate::http::route::route;
 
-/// Every route of the main listener.
-pub fn configure(cfg: &mut web::ServiceConfig, metrics_here: bool) {
-    cfg.service(web::resource("/ent/v2/img2video").route(web::post().to(img2video::create)))
-        .service(
-            web::resource("/ent/v2/tasks/{id}/creations").route(web::get().to(tasks::creations)),
-        )
-        .service(web::resource("/ent/v2/tasks/{id}/cancel").route(web::post().to(tasks::cancel)))
-        .service(web::resource("/ent/v2/credits").route(web::get().to(gateway::credits)))
-        .service(
-            web::resource("/gateway/v1/img2video/quote").route(web::post().to(img2video::quote)),
-        )
-        .service(web::resource("/gateway/v1/usage").route(web::get().to(gateway::usage)))
-        .service(web::resource("/gateway/v1/config").route(web::get().to(gateway::config)))
-        .service(web::resource("/gateway/v1/audit").route(web::get().to(audit::audit)))
-        .service(web::resource("/gateway/v1/tasks").route(web::get().to(lifecycle::tasks)))
-        .service(
-            web::resource(lifecycle::CALLBACK_PATH).route(web::post().to(lifecycle::vidu_callback)),
-        )
-        .service(
-            web::resource("/gateway/v1/reservations").route(web::get().to(lifecycle::reservations)),
-        )
-        .service(
-            web::resource("/gateway/v1/reservations/{id}/settle")
-                .route(web::post().to(lifecycle::settle)),
-        )
-        .service(
-            web::resource("/gateway/v1/reservations/{id}/release")
-                .route(web::post().to(lifecycle::release)),
-        )
-        .service(web::resource("/healthz").route(web::get().to(ops::healthz)))
-        .service(web::resource("/readyz").route(web::get().to(ops::readyz)));
+/// Every route of the main listener, each served on the path and method of its handler's `#[utoipa::path]` and
+/// described by it (`http::route`): a route is added here, with its annotation, or not at all (`ServiceConfig`
+/// takes only described services).
+pub fn configure(cfg: &mut ServiceConfig<'_>, metrics_here: bool) {
+    cfg.service(route(img2video::create, img2video::__path_create))
+        .service(route(tasks::creations, tasks::__path_creations))
+        .service(route(tasks::cancel, tasks::__path_cancel))
+        .service(route(gateway::credits, gateway::__path_credits))
+        .service(route(img2video::quote, img2video::__path_quote))
+        .service(route(gateway::usage, gateway::__path_usage))
+        .service(route(gateway::config, gateway::__path_config))
+        .service(route(audit::audit, audit::__path_audit))
+        .service(route(lifecycle::tasks, lifecycle::__path_tasks))
+        .service(route(
+            lifecycle::vidu_callback,
+            lifecycle::__path_vidu_callback,
+        ))
+        .service(route(
+            lifecycle::reservations,
+            lifecycle::__path_reservations,
+        ))
+        .service(route(lifecycle::settle, lifecycle::__path_settle))
+        .service(route(lifecycle::release, lifecycle::__path_release))
+        .service(route(ops::openapi, ops::__path_openapi))
+        .service(route(ops::healthz, ops::__path_healthz))
+        .service(route(ops::readyz, ops::__path_readyz));
     if metrics_here {
-        cfg.service(web::resource("/metrics").route(web::get().to(ops::metrics)));
+        cfg.service(metrics_route());
     }
+}
+
+/// `GET /metrics`, on the main listener or on its own (`server.metrics_listen`).
+pub fn metrics_route() -> impl actix_web::dev::HttpServiceFactory + utoipa_actix_web::OpenApiFactory
+{
+    route(ops::metrics, ops::__path_metrics)
+}
+
+/// What [`configure`] serves, as its annotations describe it (`http::openapi` completes it).
+pub fn described(metrics_here: bool) -> utoipa::openapi::OpenApi {
+    actix_web::App::new()
+        .into_utoipa_app()
+        .configure(|cfg| configure(cfg, metrics_here))
+        .split_for_parts()
+        .1
 }
 
 /// A query string the handler's parameters cannot be read from (`?user=a&user=b`, an unknown parameter type): a
@@ -67,7 +80,8 @@ pub fn query_config() -> web::QueryConfig {
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, GatewayError> {
     Err(GatewayError::NotFound(format!(
         "no route for {} {}: the gateway serves /ent/v2/img2video, /ent/v2/tasks/{{id}}/creations, \
-         /ent/v2/tasks/{{id}}/cancel, /ent/v2/credits and /gateway/v1/* (tasks, usage, reservations, quote, config, audit, callbacks/vidu)",
+         /ent/v2/tasks/{{id}}/cancel, /ent/v2/credits and /gateway/v1/* (tasks, usage, reservations, quote, config, audit, callbacks/vidu)\
+         ; GET /gateway/v1/openapi.json describes every route",
         req.method(),
         req.path()
     )))

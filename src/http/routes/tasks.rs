@@ -9,6 +9,10 @@ use crate::auth::Identity;
 use crate::forward::upstream::{Endpoint, Upstream};
 use crate::http::app_state::AppState;
 use crate::http::error::GatewayError;
+use crate::http::openapi::{
+    Error400, Error401, Error404, Error408, Error413, Error415, Error502, Error504, VIDU,
+    ViduAnswer,
+};
 use crate::http::responses::upstream_response;
 use crate::read;
 use crate::tasks::learn;
@@ -77,6 +81,20 @@ async fn may_access(
     }
 }
 
+/// Query a task: its state and, once done, its creations.
+///
+/// Asked of Vidu and answered unchanged (`state`, `err_code`, `credits`, `creations[]`); the gateway learns the
+/// task's state from the answer too. The task's creator may ask, members of its team when
+/// `policy.team_can_read_tasks`, and admins; anyone else — and any id the gateway did not create — gets 404
+/// `TaskNotFound`, and Vidu is not asked.
+#[utoipa::path(get, path = "/ent/v2/tasks/{id}/creations", tag = VIDU,
+    params(("id" = String, Path, description = "The task id Vidu gave (`task_id`).")),
+    responses(
+        (status = 200, description = "Vidu's answer, unchanged (its errors too, with their status).",
+            body = ViduAnswer),
+        (status = 401, response = Error401), (status = 404, response = Error404), (status = 502, response = Error502),
+        (status = 504, response = Error504),
+    ))]
 pub async fn creations(
     req: HttpRequest,
     identity: Identity,
@@ -108,6 +126,22 @@ pub async fn creations(
     Ok(upstream_response(answer))
 }
 
+/// Cancel a task (Vidu cancels off-peak tasks).
+///
+/// Vidu gets `{}` whatever the body (a JSON object, or none): the task is named by the path, whose ownership is
+/// checked — the creator and admins may cancel, anyone else gets 404 `TaskNotFound`. A cancel Vidu accepts ends
+/// the task and refunds its credits.
+#[utoipa::path(post, path = "/ent/v2/tasks/{id}/cancel", tag = VIDU,
+    params(("id" = String, Path, description = "The task id Vidu gave (`task_id`).")),
+    request_body(content = Option<Object>, content_type = "application/json",
+        description = "Optional; read (it must be a JSON object) but never forwarded."),
+    responses(
+        (status = 200, description = "Vidu's answer, unchanged (`{}` on success; its errors too, with their \
+            status).", body = ViduAnswer),
+        (status = 400, response = Error400), (status = 401, response = Error401), (status = 404, response = Error404),
+        (status = 408, response = Error408), (status = 413, response = Error413), (status = 415, response = Error415),
+        (status = 502, response = Error502), (status = 504, response = Error504),
+    ))]
 pub async fn cancel(
     req: HttpRequest,
     path: web::Path<String>,
