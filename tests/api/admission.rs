@@ -712,14 +712,18 @@ async fn metrics_show_the_ledger_writer_at_work() {
     let t = app.token("ana", "mkt");
     let (status, _, _) = app.create(&t, &q2()).await;
     assert_eq!(status, StatusCode::OK);
-    // The writer commits within its gather window (a few ms): wait for its first commit.
+    // The writer commits within its gather window (a few ms): wait until it has committed everything queued (the
+    // create's reservation and settlement, the audit entry of the configuration loaded at start).
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let text = loop {
         let text = app.metrics_text().await;
         let committed = text
             .lines()
             .any(|l| l.starts_with("vidu_gateway_ledger_commits_total ") && !l.ends_with(" 0"));
-        if committed || std::time::Instant::now() > deadline {
+        let drained = text
+            .lines()
+            .any(|l| l == "vidu_gateway_ledger_pending_writes 0");
+        if (committed && drained) || std::time::Instant::now() > deadline {
             break text;
         }
         actix_web::rt::time::sleep(Duration::from_millis(10)).await;
