@@ -187,3 +187,23 @@ crate::on_both_backends!(
     a_balance_vidu_does_not_answer_is_counted_as_an_error,
     a_caller_sees_what_they_may_spend_and_run_not_the_company_wallet,
 );
+
+/// Under `balance.warn_below`, every read logs a WARN with the balance, the burn rate and the runway (the real
+/// binary, its JSON log on stderr).
+#[actix_web::test]
+async fn a_balance_under_warn_below_is_logged_at_warn() {
+    let config = TestConfig::new("http://127.0.0.1:9")
+        .upstream(|u| u.mode = UpstreamMode::Sandbox)
+        .settings(|s| {
+            s.balance.poll_secs = 60;
+            s.balance.warn_below = SANDBOX_BALANCE + 1;
+        });
+    let bin = Binary::start(&config, &[]).await;
+    let needle = "the Vidu balance is below balance.warn_below";
+    let logs = bin.wait_for_log(needle).await;
+    let line = logs.lines().find(|l| l.contains(needle)).unwrap();
+    let v: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["level"], "WARN", "{line}");
+    assert_eq!(v["credits_remaining"], SANDBOX_BALANCE, "{line}");
+    assert_eq!(v["warn_below"], SANDBOX_BALANCE + 1, "{line}");
+}
