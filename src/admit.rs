@@ -521,26 +521,34 @@ fn running_message(
     share: Option<&ShareRefusal>,
 ) -> String {
     let retry = "a slot frees when a task ends (success, failure or cancel); retry then";
+    let tasks = |n: u32| {
+        if n == 1 {
+            "1 task".to_owned()
+        } else {
+            format!("{n} tasks")
+        }
+    };
     match (scope, share) {
         (Scope::User, _) => format!(
-            "running-task limit: you have {running} tasks running, the most your limit allows ({max}, {source}); \
-             {retry}"
+            "running-task limit: you have {} running, the most your limit allows ({max}, {source}); {retry}",
+            tasks(running)
         ),
         (Scope::Team, _) => format!(
-            "running-task limit: team {subject} has {running} tasks running, the most its limit allows ({max}, \
-             {source}); {retry}"
+            "running-task limit: team {subject} has {} running, the most its limit allows ({max}, {source}); \
+             {retry}",
+            tasks(running)
         ),
         (Scope::Global, None) => format!(
             "running-task limit: all {max} running-task slots of the enterprise key are in use ({source}); {retry}"
         ),
         (Scope::Global, Some(s)) => format!(
-            "running-task fair share: {} {} tasks running, at or over {} guarantee of {} ({}); the {} free \
+            "running-task fair share: {} {} running, at or over {} guarantee of {} ({}); the {} free \
              slot(s) of the {max} ({source}) are kept for other teams under their guarantee ({} owed); {retry}",
             match &s.group {
                 ShareGroup::Team(t) => format!("team {t} has"),
                 ShareGroup::Pool => "the teams not listed under [policy.teams] have".into(),
             },
-            s.running,
+            tasks(s.running),
             match &s.group {
                 ShareGroup::Team(_) => "its",
                 ShareGroup::Pool => "their",

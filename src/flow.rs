@@ -113,7 +113,7 @@ pub async fn admit(
                     target: "shadow",
                     reason = shadow.reason,
                     team = %team_label,
-                    message = %shadow.message,
+                    refusal = %shadow.message,
                     "a limit under enforce = \"shadow\" would have refused this request; it was admitted"
                 );
             }

@@ -152,7 +152,15 @@ pub fn reload(state: &AppState, trigger: Trigger) -> Outcome {
                 "why": why,
             }),
         ),
-        Outcome::Unchanged => {}
+        // Attempted (the inputs changed since the last attempt) but the configuration in force is the same: a
+        // fix reverting a refused edit, say.
+        Outcome::Unchanged => audited(
+            "unchanged",
+            serde_json::json!({
+                "trigger": trigger.to_string(),
+                "version_in_force": current.version,
+            }),
+        ),
     }
     match &outcome {
         Outcome::Applied { version } => tracing::info!(

@@ -393,15 +393,27 @@ pub async fn caller_account(
     let running = store.running().await?;
     let caps = [
         (
-            rules.max_running_tasks.as_ref().map(|m| m.value.get()),
+            rules
+                .max_running_tasks
+                .as_ref()
+                .map(|m| m.value.get())
+                .filter(|_| enforced.user),
             running.users.get(user).copied().unwrap_or(0),
         ),
         (
-            team.and(limits.max_running_tasks).map(|m| m.get()),
+            team.and(limits.max_running_tasks)
+                .map(|m| m.get())
+                .filter(|_| enforced.team),
             team.and_then(|t| running.teams.get(t).copied())
                 .unwrap_or(0),
         ),
-        (global.max_running_tasks.map(|m| m.get()), running.total),
+        (
+            global
+                .max_running_tasks
+                .map(|m| m.get())
+                .filter(|_| enforced.global),
+            running.total,
+        ),
     ];
     let tightest = caps
         .into_iter()

@@ -640,9 +640,6 @@ fn running_task_keys_are_checked_at_load_naming_the_key() {
         "policy.defaults.max_running_tasks must be at least 1 (leave it out for no limit)".to_owned(),
         "policy.teams.mkt.team_max_running_tasks must be at least 1 (leave it out for no limit)".into(),
         "policy.global.max_running_tasks must be at least 1 (leave it out for no limit)".into(),
-        "policy.users.\"a@b.c\".task_share: a share of the running-task slots belongs to a team, not a user; set \
-         task_share in [policy.teams.<team>] (or in [policy.defaults] for the teams not listed)"
-            .into(),
         "tasks.running_slot_ttl_secs = 0 is out of range: set 1..=604800 (seconds a running-task slot is kept \
          without news of its task; Vidu tasks end within hours)"
             .into(),
@@ -650,7 +647,8 @@ fn running_task_keys_are_checked_at_load_naming_the_key() {
     ];
     expected.sort();
     assert_eq!(lines, expected);
-    // Weights of 0 are allowed: a team (or the pool) that only borrows.
+    // Weights of 0 are allowed: a team (or the pool) that only borrows. A user table takes any defaults key,
+    // task_share too (it has no effect there: a user is not a share group).
     let ok = file(&format!(
         "{MINIMAL}[policy.defaults]\ntask_share = 0\nmax_running_tasks = 2\n[policy.teams.mkt]\ntask_share = 0\n\
          team_max_running_tasks = 3\n[policy.global]\nmax_running_tasks = 5\n"

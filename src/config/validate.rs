@@ -406,14 +406,7 @@ fn policy(s: &Settings, p: &mut Vec<String>) {
         user_rules(&format!("policy.teams.{team}"), &t.as_user_policy(), s, p);
     }
     for (user, u) in &pol.users {
-        let key = format!("policy.users.{user:?}");
-        if u.task_share.is_some() {
-            p.push(format!(
-                "{key}.task_share: a share of the running-task slots belongs to a team, not a user; set \
-                 task_share in [policy.teams.<team>] (or in [policy.defaults] for the teams not listed)"
-            ));
-        }
-        user_rules(&key, u, s, p);
+        user_rules(&format!("policy.users.{user:?}"), u, s, p);
     }
 }
 

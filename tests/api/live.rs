@@ -287,6 +287,26 @@ async fn one_edit_and_a_sighup_reload_once() {
     assert_eq!(reloads(&url, "applied").await, 2);
     assert_eq!(log_lines(&bin, "reloading the configuration"), 3);
     assert_eq!(log_lines(&bin, "configuration reloaded"), 2);
+    // A SIGHUP with nothing new is not an attempt: no audit entry. An edit that leaves the configuration as it is
+    // (a comment; or the fix that reverts a refused edit) is one, audited as unchanged.
+    let outcomes = |entries: Vec<Value>| -> Vec<String> {
+        entries
+            .iter()
+            .map(|e| e["outcome"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        outcomes(audit_entries(&url, "config_reload").await),
+        ["applied", "applied", "refused"]
+    );
+    let same = format!("{}\n# a comment\n", config(&base, 400).text());
+    std::fs::write(bin.config_path(), same).unwrap();
+    bin.signal("HUP");
+    wait_for_reloads(&url, "unchanged", 2).await;
+    assert_eq!(
+        outcomes(audit_entries(&url, "config_reload").await),
+        ["unchanged", "applied", "applied", "refused"]
+    );
 }
 
 /// A TOML syntax error on a secret's line (an unterminated string) is logged by line and column; the line's text,

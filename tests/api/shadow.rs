@@ -89,6 +89,16 @@ async fn a_user_table_in_shadow_observes_only_that_users_limits() {
     for _ in 0..2 {
         assert_eq!(app.create(&trial, &q2()).await.0, StatusCode::OK);
     }
+    // A shadow cap is not what a Vidu client checking its credits may run: the global cap (100) is.
+    let (_, _, credits) = app.get("/ent/v2/credits", &trial).await;
+    assert_eq!(
+        (
+            &credits["remains"][0]["concurrency_limit"],
+            &credits["remains"][0]["current_concurrency"]
+        ),
+        (&serde_json::json!(100), &serde_json::json!(2)),
+        "{credits}"
+    );
     let other = app.token("other", "video");
     assert_eq!(app.create(&other, &q2()).await.0, StatusCode::OK);
     let (status, _, body) = app.create(&other, &q2()).await;

@@ -81,7 +81,7 @@ pub async fn audit(
     query: web::Query<AuditParams>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
-    admins_only(&identity, "read the audit trail")?;
+    admins_only(&identity, "the audit trail")?;
     let q = query.into_inner();
     if let Some(kind) = q.kind.as_deref()
         && !KINDS.contains(&kind)
