@@ -526,12 +526,17 @@ fn usage_condition(f: &UsageFilter) -> (String, Vec<&str>) {
             values.push(v.as_str());
         }
     }
-    let cond = if conds.is_empty() {
+    (where_clause(&conds), values)
+}
+
+/// ` WHERE a AND b …` of the conditions given, or nothing: a query names only the filters it has, so that SQLite
+/// can use the indexes that match them.
+pub(super) fn where_clause(conds: &[&str]) -> String {
+    if conds.is_empty() {
         String::new()
     } else {
         format!(" WHERE {}", conds.join(" AND "))
-    };
-    (cond, values)
+    }
 }
 
 fn usage_sql(cond: &str) -> String {

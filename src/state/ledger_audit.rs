@@ -2,8 +2,8 @@
 
 use rusqlite::{Connection, params};
 
-use super::ledger::Ledger;
-use super::{AuditEntry, AuditPage, AuditQuery};
+use super::ledger::{Ledger, where_clause};
+use super::{AuditEntry, AuditPage, AuditQuery, page_of};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS audit (
@@ -59,11 +59,7 @@ impl Ledger {
             values.push(at.clone());
             values.push(id.clone());
         }
-        let cond = if conds.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", conds.join(" AND "))
-        };
+        let cond = where_clause(&conds);
         let sql = format!(
             "SELECT id, at, kind, actor, outcome, detail FROM audit{cond} ORDER BY at DESC, id DESC LIMIT {}",
             q.limit + 1
@@ -79,14 +75,9 @@ impl Ledger {
                 detail: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default(),
             })
         })?;
-        let mut entries = rows.collect::<rusqlite::Result<Vec<_>>>()?;
-        let next = (entries.len() > q.limit).then(|| {
-            entries.truncate(q.limit);
-            entries.last().map(|e| (e.at.clone(), e.id.clone()))
+        let (entries, next) = page_of(rows.collect::<rusqlite::Result<Vec<_>>>()?, q.limit, |e| {
+            (e.at.clone(), e.id.clone())
         });
-        Ok(AuditPage {
-            entries,
-            next: next.flatten(),
-        })
+        Ok(AuditPage { entries, next })
     }
 }

@@ -3,7 +3,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::ledger::{Ledger, task_id_reused};
+use super::ledger::{Ledger, task_id_reused, where_clause};
 use super::{
     GrantId, RelayJob, RelayStatus, RequestRecord, ReservationView, TaskQuery, TaskRecord,
     TaskState,
@@ -336,11 +336,7 @@ impl Ledger {
             values.push(at.clone());
             values.push(id.clone());
         }
-        let cond = if conds.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", conds.join(" AND "))
-        };
+        let cond = where_clause(&conds);
         let sql = format!(
             "SELECT {TASK_COLUMNS} FROM tasks{cond} ORDER BY created_at DESC, task_id DESC LIMIT {}",
             q.limit + 1

@@ -179,6 +179,21 @@ impl MemoryStore {
         Ok(f(&mut inner))
     }
 
+    /// A report read from the ledger on the reports thread, once every write queued before the call is in it.
+    fn report<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Ledger) -> Result<T, StoreError> + Send + 'static,
+    ) -> Answer<'static, T> {
+        let through = self.shared.writer.last_sent();
+        let shared = self.shared.clone();
+        self.reports
+            .read(move |ledger| {
+                shared.writer.wait_processed(through, REPORT_WAIT)?;
+                read(ledger)
+            })
+            .boxed()
+    }
+
     /// Starts loading `key` (or joins the load under way); the receiver answers when it is counted in memory.
     fn seed(
         &self,
@@ -668,15 +683,8 @@ impl Audit for MemoryStore {
     }
 
     fn audit_entries<'a>(&'a self, query: &'a AuditQuery) -> Answer<'a, AuditPage> {
-        let through = self.shared.writer.last_sent();
-        let shared = self.shared.clone();
         let query = query.clone();
-        self.reports
-            .read(move |ledger| {
-                shared.writer.wait_processed(through, REPORT_WAIT)?;
-                Ok(ledger.audit_entries(&query)?)
-            })
-            .boxed()
+        self.report(move |ledger| Ok(ledger.audit_entries(&query)?))
     }
 }
 
@@ -693,15 +701,8 @@ impl Reports for MemoryStore {
     }
 
     fn usage<'a>(&'a self, filter: &'a UsageFilter) -> Answer<'a, Vec<UsageRow>> {
-        let through = self.shared.writer.last_sent();
-        let shared = self.shared.clone();
         let filter = filter.clone();
-        self.reports
-            .read(move |ledger| {
-                shared.writer.wait_processed(through, REPORT_WAIT)?;
-                Ok(ledger.usage(&filter)?)
-            })
-            .boxed()
+        self.report(move |ledger| Ok(ledger.usage(&filter)?))
     }
 }
 

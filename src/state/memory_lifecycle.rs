@@ -479,25 +479,13 @@ impl Lifecycle for MemoryStore {
     }
 
     fn tasks<'a>(&'a self, query: &'a TaskQuery) -> Answer<'a, TaskPage> {
-        let through = self.shared.writer.last_sent();
-        let shared = self.shared.clone();
         let query = query.clone();
-        self.reports
-            .read(move |ledger| {
-                shared.writer.wait_processed(through, REPORT_WAIT)?;
-                let mut tasks = ledger.tasks(&query)?;
-                let next = (tasks.len() > query.limit).then(|| {
-                    tasks.truncate(query.limit);
-                    tasks
-                        .last()
-                        .map(|t| (t.created_at.clone(), t.task_id.clone()))
-                });
-                Ok(TaskPage {
-                    tasks,
-                    next: next.flatten(),
-                })
-            })
-            .boxed()
+        self.report(move |ledger| {
+            let (tasks, next) = page_of(ledger.tasks(&query)?, query.limit, |t| {
+                (t.created_at.clone(), t.task_id.clone())
+            });
+            Ok(TaskPage { tasks, next })
+        })
     }
 
     fn claim_nonce<'a>(&'a self, nonce: &'a str, ttl_secs: u64) -> Answer<'a, bool> {
@@ -545,15 +533,8 @@ impl Lifecycle for MemoryStore {
     }
 
     fn charged_since(&self, since: jiff::Timestamp) -> Answer<'_, u64> {
-        let through = self.shared.writer.last_sent();
-        let shared = self.shared.clone();
         let since = stamp(since);
-        self.reports
-            .read(move |ledger| {
-                shared.writer.wait_processed(through, REPORT_WAIT)?;
-                Ok(ledger.charged_since(&since)?)
-            })
-            .boxed()
+        self.report(move |ledger| Ok(ledger.charged_since(&since)?))
     }
 
     fn running(&self) -> Answer<'_, RunningNow> {

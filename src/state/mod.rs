@@ -59,6 +59,21 @@ pub use request::{
     SlotSpec, Unaccounted,
 };
 
+/// A page of a listing read one item past `limit` (to know whether there are more): the first `limit` items, and
+/// the key (`at`, `id`) of the last one when more follow — where the next page starts.
+pub fn page_of<T>(
+    mut items: Vec<T>,
+    limit: usize,
+    key: impl Fn(&T) -> (String, String),
+) -> (Vec<T>, Option<(String, String)>) {
+    if items.len() <= limit {
+        return (items, None);
+    }
+    items.truncate(limit);
+    let next = items.last().map(key);
+    (items, next)
+}
+
 /// What every store call returns: a boxed future of its answer (boxed, so that the traits stay object-safe).
 pub type Answer<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
 

@@ -5,7 +5,7 @@ use futures_util::FutureExt as _;
 use serde_json::json;
 
 use super::{RedisStore, bad_answer};
-use crate::state::{Answer, Audit, AuditEntry, AuditPage, AuditQuery};
+use crate::state::{Answer, Audit, AuditEntry, AuditPage, AuditQuery, page_of};
 
 /// The most entries kept.
 const KEPT: usize = 100_000;
@@ -75,21 +75,18 @@ impl Audit for RedisStore {
                 entries: Vec<AuditEntry>,
                 resume: Option<String>,
             }
-            let Listed {
-                mut entries,
-                resume,
-            } = serde_json::from_str(&text).map_err(|_| bad_answer("audit list"))?;
-            let next = if entries.len() > q.limit {
-                entries.truncate(q.limit);
-                entries.last().map(|e| (e.at.clone(), e.id.clone()))
-            } else {
-                // The scan stopped before the page filled (a kind filter over many other entries): the page is
-                // short, and the next one resumes where the scan stopped.
-                resume.and_then(|r| {
+            let listed: Listed =
+                serde_json::from_str(&text).map_err(|_| bad_answer("audit list"))?;
+            let (entries, next) =
+                page_of(listed.entries, q.limit, |e| (e.at.clone(), e.id.clone()));
+            // The scan stopped before the page filled (a kind filter over many other entries): the page is short,
+            // and the next one resumes where the scan stopped.
+            let next = next.or_else(|| {
+                listed.resume.and_then(|r| {
                     r.split_once('|')
                         .map(|(at, id)| (at.to_owned(), id.to_owned()))
                 })
-            };
+            });
             Ok(AuditPage { entries, next })
         }
         .boxed()
