@@ -23,7 +23,7 @@ pub fn entry(
     AuditEntry {
         // Time-ordered (v7): entries of one millisecond list in the order they were made.
         id: uuid::Uuid::now_v7().to_string(),
-        at: format!("{now:.3}"),
+        at: crate::clock::stamp(now),
         kind: kind.to_owned(),
         actor: actor.to_owned(),
         outcome: outcome.to_owned(),

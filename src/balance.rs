@@ -185,7 +185,7 @@ impl BalanceWatch {
             queue_count: account.queue_count,
             burn_per_hour,
             runway_hours: runway(account.credits, burn_per_hour),
-            read_at: format!("{now:.3}"),
+            read_at: crate::clock::stamp(now),
         })
     }
 

@@ -98,6 +98,12 @@ impl Clock for AlignedClock {
     }
 }
 
+/// How records are stamped (tasks, reservations, audit entries, readings): RFC 3339 in UTC with milliseconds, one
+/// fixed width, so that stamps sort as text (SQLite's `created_at >= ?`, Redis's lex ranges) as they do in time.
+pub fn stamp(t: Timestamp) -> String {
+    format!("{t:.3}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1149,10 +1149,10 @@ pub async fn audit_entries_are_listed_newest_first_by_kind_and_time_in_pages(
     .enumerate()
     {
         let at = crate::clock::Clock::now(clock.as_ref());
-        stamps.push(format!("{at:.3}"));
+        stamps.push(crate::clock::stamp(at));
         let entry = AuditEntry {
             id: format!("e-{i}"),
-            at: format!("{at:.3}"),
+            at: crate::clock::stamp(at),
             kind: (*kind).into(),
             actor: "root".into(),
             outcome: "ok".into(),

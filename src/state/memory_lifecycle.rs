@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 
 use super::*;
+use crate::clock::stamp;
 use crate::state::ledger_tasks::TaskWrite;
 use crate::state::lifecycle::money_of;
 
@@ -52,10 +53,6 @@ pub(super) struct Life {
 /// `ms` from `now`, saturating.
 pub(super) fn after(now: i64, ms: u64) -> i64 {
     now.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX))
-}
-
-fn stamp(t: jiff::Timestamp) -> String {
-    format!("{t:.3}")
 }
 
 impl Life {

@@ -226,7 +226,7 @@ impl Spool {
                 model: record.model.clone(),
             },
             run,
-            at: format!("{:.3}", jiff::Timestamp::now()),
+            at: crate::clock::stamp(jiff::Timestamp::now()),
         });
     }
 

@@ -273,7 +273,7 @@ fn run(ledger: &mut Ledger, rx: &Receiver<Msg>, status: &Status) {
 }
 
 fn commit(ledger: &mut Ledger, batch: &[Write], through: u64, status: &Status) {
-    let now = format!("{:.3}", jiff::Timestamp::now());
+    let now = crate::clock::stamp(jiff::Timestamp::now());
     let result = ledger.apply(batch, through, &now);
     let n = i64::try_from(batch.len()).unwrap_or(i64::MAX);
     let metrics = &status.metrics;

@@ -66,7 +66,7 @@ fn instant(name: &str, raw: &str) -> Result<String, GatewayError> {
                 "?{name}={raw} is not a time: use RFC 3339 (2026-12-03T10:00:00Z) or a date (2026-12-03, UTC)"
             ))
         })?;
-    Ok(format!("{at:.3}"))
+    Ok(crate::clock::stamp(at))
 }
 
 /// The audit trail, newest first (admins): config loads and reloads, and admins' actions on what is not theirs.

@@ -27,7 +27,7 @@ impl Audit for RedisStore {
                 "at": entry.at,
                 "id": entry.id,
                 "entry": serde_json::to_string(&entry).map_err(|_| bad_answer("audit"))?,
-                "cutoff": format!("{cutoff:.3}"),
+                "cutoff": crate::clock::stamp(cutoff),
                 "max": KEPT,
             })
             .to_string();

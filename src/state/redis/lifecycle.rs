@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use super::*;
+use crate::clock::stamp;
 
 /// Members of a task list read by one page at most (a `?state=` filter matching little returns a shorter page
 /// with a cursor rather than scanning everything in one script).
@@ -42,10 +43,6 @@ pub(super) fn task_of(task_id: String, f: &HashMap<String, String>) -> TaskRecor
         ended_at: opt("ended_at"),
         relay: opt("relay").as_deref().and_then(RelayStatus::parse),
     }
-}
-
-fn stamp(t: jiff::Timestamp) -> String {
-    format!("{t:.3}")
 }
 
 /// A script's JSON object, as the string hash `task_of` reads (numbers and booleans as Redis holds them).
