@@ -182,11 +182,7 @@ pub fn prepare<'a>(
         rates: Vec::new(),
         slots: Vec::new(),
         running: running_spec(settings, identity, &rules, &team),
-        shadow: Shadow {
-            user: rules.enforce.value == Enforce::Shadow,
-            team: team.enforce == Enforce::Shadow,
-            global: settings.policy.global.enforce == Some(Enforce::Shadow),
-        },
+        shadow: shadow_scopes(settings, &rules, &team),
         budgets: Vec::new(),
     };
     buckets(settings, identity, &rules, &team, &p, &mut request);
@@ -283,74 +279,7 @@ fn buckets(
     }
 
     // Credit budgets: user, team, global; day and month (a fallback plan adds the immediate budget).
-    let mut budget =
-        |scope: Scope, subject: &str, period: Period, limit: Option<u64>, source: String| {
-            if let Some(limit) = limit {
-                let (period_key, secs) = match period {
-                    Period::Month => (p.month.clone(), p.secs_to_next_month),
-                    _ => (p.day.clone(), p.secs_to_next_day),
-                };
-                req.budgets.push(BudgetSpec {
-                    key: BudgetKey {
-                        scope,
-                        subject: subject.into(),
-                        period,
-                        period_key,
-                    },
-                    limit,
-                    secs_to_reset: secs,
-                    source,
-                });
-            }
-        };
-    if let Some(d) = &rules.daily_credits {
-        budget(
-            Scope::User,
-            user,
-            Period::Day,
-            Some(d.value),
-            d.key("daily_credits"),
-        );
-    }
-    if let Some(m) = &rules.monthly_credits {
-        budget(
-            Scope::User,
-            user,
-            Period::Month,
-            Some(m.value),
-            m.key("monthly_credits"),
-        );
-    }
-    if let Some(t) = team_name {
-        budget(
-            Scope::Team,
-            t,
-            Period::Day,
-            team.daily_credits,
-            team_key("team_daily_credits"),
-        );
-        budget(
-            Scope::Team,
-            t,
-            Period::Month,
-            team.monthly_credits,
-            team_key("team_monthly_credits"),
-        );
-    }
-    budget(
-        Scope::Global,
-        "",
-        Period::Day,
-        global.daily_credits,
-        "policy.global.daily_credits".into(),
-    );
-    budget(
-        Scope::Global,
-        "",
-        Period::Month,
-        global.monthly_credits,
-        "policy.global.monthly_credits".into(),
-    );
+    req.budgets = budget_specs(settings, identity, rules, team, p);
 
     // Rates: user, team, global. An unset burst equals the per-minute rate. The source names both keys.
     if let Some(r) = &rules.requests_per_minute {
@@ -392,8 +321,102 @@ fn buckets(
     }
 }
 
+/// The credit budgets that apply to `identity`: user, team, global; day and month (those with a limit).
+pub fn budget_specs(
+    settings: &Settings,
+    identity: &Identity,
+    rules: &UserRules,
+    team: &TeamLimits,
+    p: &Periods,
+) -> Vec<BudgetSpec> {
+    let mut budgets = Vec::with_capacity(6);
+    let mut budget =
+        |scope: Scope, subject: &str, period: Period, limit: Option<u64>, source: String| {
+            if let Some(limit) = limit {
+                let (period_key, secs) = match period {
+                    Period::Month => (p.month.clone(), p.secs_to_next_month),
+                    _ => (p.day.clone(), p.secs_to_next_day),
+                };
+                budgets.push(BudgetSpec {
+                    key: BudgetKey {
+                        scope,
+                        subject: subject.into(),
+                        period,
+                        period_key,
+                    },
+                    limit,
+                    secs_to_reset: secs,
+                    source,
+                });
+            }
+        };
+    let user = identity.user.as_str();
+    if let Some(d) = &rules.daily_credits {
+        budget(
+            Scope::User,
+            user,
+            Period::Day,
+            Some(d.value),
+            d.key("daily_credits"),
+        );
+    }
+    if let Some(m) = &rules.monthly_credits {
+        budget(
+            Scope::User,
+            user,
+            Period::Month,
+            Some(m.value),
+            m.key("monthly_credits"),
+        );
+    }
+    if let Some(t) = identity.team.as_deref() {
+        let team_key = |k: &str| format!("policy.teams.{t}.{k}");
+        budget(
+            Scope::Team,
+            t,
+            Period::Day,
+            team.daily_credits,
+            team_key("team_daily_credits"),
+        );
+        budget(
+            Scope::Team,
+            t,
+            Period::Month,
+            team.monthly_credits,
+            team_key("team_monthly_credits"),
+        );
+    }
+    let global = &settings.policy.global;
+    budget(
+        Scope::Global,
+        "",
+        Period::Day,
+        global.daily_credits,
+        "policy.global.daily_credits".into(),
+    );
+    budget(
+        Scope::Global,
+        "",
+        Period::Month,
+        global.monthly_credits,
+        "policy.global.monthly_credits".into(),
+    );
+    budgets
+}
+
+/// Which scopes' limits only observe (`enforce = "shadow"`): per-user limits by the user's rules (user > team >
+/// defaults), the team's aggregate limits by its team table (else the defaults), the global ones by
+/// `[policy.global]`.
+pub fn shadow_scopes(settings: &Settings, rules: &UserRules, team: &TeamLimits) -> Shadow {
+    Shadow {
+        user: rules.enforce.value == Enforce::Shadow,
+        team: team.enforce == Enforce::Shadow,
+        global: settings.policy.global.enforce == Some(Enforce::Shadow),
+    }
+}
+
 /// Running-task slots: the user's and team's caps, and the global one with every share group's guarantee.
-fn running_spec(
+pub fn running_spec(
     settings: &Settings,
     identity: &Identity,
     rules: &UserRules,

@@ -10,7 +10,7 @@ use crate::config::Settings;
 use crate::policy::periods::periods;
 use crate::policy::resolve::{team_limits, user_rules};
 use crate::state::{
-    BudgetKey, Period, Reports, RunningNow, Scope, Shadow, ShareGroup, StoreError, UsageFilter,
+    BudgetKey, BudgetSpec, Period, Reports, RunningNow, Scope, ShareGroup, StoreError, UsageFilter,
     UsageRow,
 };
 
@@ -329,103 +329,52 @@ pub async fn caller_account(
     settings: &Settings,
     store: &dyn crate::state::Store,
     now: Timestamp,
-    user: &str,
-    team: Option<&str>,
+    identity: &Identity,
     fallback_limit: Option<u32>,
 ) -> Result<CallerAccount, StoreError> {
-    let p = periods(now, settings.policy.timezone.tz());
+    let (user, team) = (identity.user.as_str(), identity.team.as_deref());
     let rules = user_rules(settings, user, team);
     let limits = team_limits(settings, team);
-    let global = &settings.policy.global;
-    let key = |scope, subject: &str, period, period_key: &String| BudgetKey {
-        scope,
-        subject: subject.to_owned(),
-        period,
-        period_key: period_key.clone(),
-    };
-    // Limits under `enforce = "shadow"` refuse nobody: they are not what the caller may spend or run.
-    use crate::config::Enforce;
-    let enforced = Shadow {
-        user: rules.enforce.value != Enforce::Shadow,
-        team: limits.enforce != Enforce::Shadow,
-        global: global.enforce != Some(Enforce::Shadow),
-    };
-    let mut lines: Vec<(BudgetKey, u64)> = Vec::new();
-    let mut add = |k: BudgetKey, limit: Option<u64>| {
-        if let Some(limit) = limit.filter(|_| enforced.of(k.scope)) {
-            lines.push((k, limit));
-        }
-    };
-    add(
-        key(Scope::User, user, Period::Day, &p.day),
-        rules.daily_credits.as_ref().map(|s| s.value),
-    );
-    add(
-        key(Scope::User, user, Period::Month, &p.month),
-        rules.monthly_credits.as_ref().map(|s| s.value),
-    );
-    if let Some(t) = team {
-        add(
-            key(Scope::Team, t, Period::Day, &p.day),
-            limits.daily_credits,
-        );
-        add(
-            key(Scope::Team, t, Period::Month, &p.month),
-            limits.monthly_credits,
-        );
-    }
-    add(
-        key(Scope::Global, "", Period::Day, &p.day),
-        global.daily_credits,
-    );
-    add(
-        key(Scope::Global, "", Period::Month, &p.month),
-        global.monthly_credits,
-    );
-    let keys: Vec<BudgetKey> = lines.iter().map(|(k, _)| k.clone()).collect();
+    // The limits admission applies to this caller, but those under `enforce = "shadow"`: they refuse nobody, so
+    // they are not what the caller may spend or run.
+    let shadow = crate::admit::shadow_scopes(settings, &rules, &limits);
+    let p = periods(now, settings.policy.timezone.tz());
+    let budgets: Vec<BudgetSpec> =
+        crate::admit::budget_specs(settings, identity, &rules, &limits, &p)
+            .into_iter()
+            .filter(|b| !shadow.of(b.key.scope))
+            .collect();
+    let keys: Vec<BudgetKey> = budgets.iter().map(|b| b.key.clone()).collect();
     let used = store.used(&keys).await?;
-    let credit_remain = lines
+    let credit_remain = budgets
         .iter()
         .zip(used)
-        .map(|((_, limit), used)| limit.saturating_sub(used))
+        .map(|(b, used)| b.limit.saturating_sub(used))
         .min()
         .unwrap_or(UNLIMITED_CREDITS);
     let running = store.running().await?;
-    let caps = [
-        (
-            rules
-                .max_running_tasks
-                .as_ref()
-                .map(|m| m.value.get())
-                .filter(|_| enforced.user),
-            running.users.get(user).copied().unwrap_or(0),
-        ),
-        (
-            team.and(limits.max_running_tasks)
-                .map(|m| m.get())
-                .filter(|_| enforced.team),
-            team.and_then(|t| running.teams.get(t).copied())
-                .unwrap_or(0),
-        ),
-        (
-            global
-                .max_running_tasks
-                .map(|m| m.get())
-                .filter(|_| enforced.global),
-            running.total,
-        ),
-    ];
-    let tightest = caps
-        .into_iter()
-        .filter_map(|(limit, running)| limit.map(|l| (l, running)))
-        .min_by_key(|(limit, running)| limit.saturating_sub(*running));
-    let (concurrency_limit, current_concurrency) = match tightest {
-        Some((limit, running)) => (limit, running),
-        None => (
-            fallback_limit.unwrap_or(VIDU_DEFAULT_CONCURRENCY),
-            running.users.get(user).copied().unwrap_or(0),
-        ),
+    let spec = crate::admit::running_spec(settings, identity, &rules, &limits);
+    let running_in = |scope: Scope, subject: &str| match scope {
+        Scope::User => running.users.get(subject).copied().unwrap_or(0),
+        Scope::Team => running.teams.get(subject).copied().unwrap_or(0),
+        Scope::Global => running.total,
     };
+    let caps = spec
+        .limits
+        .iter()
+        .filter(|l| !shadow.of(l.scope))
+        .map(|l| (l.max, running_in(l.scope, &l.subject)))
+        .chain(
+            spec.share
+                .filter(|_| !shadow.global)
+                .map(|sh| (sh.max, running.total)),
+        );
+    let (concurrency_limit, current_concurrency) = caps
+        .min_by_key(|(limit, running)| limit.saturating_sub(*running))
+        .unwrap_or((
+            fallback_limit.unwrap_or(VIDU_DEFAULT_CONCURRENCY),
+            running_in(Scope::User, user),
+        ));
     Ok(CallerAccount {
         credit_remain,
         concurrency_limit,

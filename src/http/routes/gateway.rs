@@ -187,8 +187,7 @@ pub async fn credits(
         &config.settings,
         state.store.as_ref(),
         state.clock.now(),
-        &identity.user,
-        identity.team.as_deref(),
+        &identity,
         vidu_limit,
     )
     .await
