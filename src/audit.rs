@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use crate::state::{AuditEntry, Store};
+use crate::state::{Audit, AuditEntry, Store};
 
 /// Who did what the gateway did by itself (a load, an automatic release).
 pub const GATEWAY: &str = "gateway";
@@ -31,9 +31,7 @@ pub fn entry(
     }
 }
 
-/// Logs `entry` on the `audit` target and keeps it in the store (in the background: the action it records has
-/// happened; a store that cannot take it logs an ERROR, the log line stays).
-pub fn record(store: &Arc<dyn Store>, entry: AuditEntry) {
+fn log(entry: &AuditEntry) {
     tracing::info!(
         target: "audit",
         kind = %entry.kind,
@@ -43,17 +41,30 @@ pub fn record(store: &Arc<dyn Store>, entry: AuditEntry) {
         audit_id = %entry.id,
         "audit"
     );
+}
+
+async fn store_entry<S: Audit + ?Sized>(store: &S, entry: AuditEntry) {
+    if let Err(e) = store.audit(entry).await {
+        tracing::error!(error = %e, "the state backend could not keep an audit entry (it is in the log)");
+    }
+}
+
+/// Logs `entry` on the `audit` target and keeps it in the store (in the background: the action it records has
+/// happened; a store that cannot take it logs an ERROR, the log line stays).
+pub fn record(store: &Arc<dyn Store>, entry: AuditEntry) {
+    log(&entry);
     let store = store.clone();
-    let spawned = tokio::runtime::Handle::try_current().map(|h| {
-        h.spawn(async move {
-            if let Err(e) = store.audit(entry).await {
-                tracing::error!(error = %e, "the state backend could not keep an audit entry (it is in the log)");
-            }
-        })
-    });
+    let spawned = tokio::runtime::Handle::try_current()
+        .map(|h| h.spawn(async move { store_entry(store.as_ref(), entry).await }));
     if spawned.is_err() {
         tracing::error!("no runtime to keep an audit entry (it is in the log)");
     }
+}
+
+/// [`record`], waiting until the store has the entry (a command that exits right after).
+pub async fn keep<S: Audit + ?Sized>(store: &S, entry: AuditEntry) {
+    log(&entry);
+    store_entry(store, entry).await;
 }
 
 /// A configuration put in force at start.

@@ -95,8 +95,6 @@ async fn apply<S: Lifecycle + crate::state::Audit>(
                 Resolution::Settle(n) => format!("settled at {n} credits"),
                 Resolution::Release => "released".to_owned(),
             };
-            tracing::info!(target: "audit", id = %r.id, user = %r.user, team = %r.team, outcome = %done,
-                "an unknown reservation was resolved from the command line");
             let (kind, credits) = match how {
                 Resolution::Settle(n) => ("reservation_settled", n),
                 Resolution::Release => ("reservation_released", 0),
@@ -115,9 +113,7 @@ async fn apply<S: Lifecycle + crate::state::Audit>(
                     "estimate": r.estimate, "credits": credits,
                 }),
             );
-            if let Err(e) = store.audit(entry).await {
-                tracing::error!(error = %e, "the audit entry of this resolution was not kept (it is in the log)");
-            }
+            crate::audit::keep(store, entry).await;
             Ok(format!(
                 "{} ({} of {}, estimate {}, {}): {done}\n",
                 r.id, r.user, r.team, r.estimate, r.created_at

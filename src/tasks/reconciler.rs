@@ -125,7 +125,6 @@ impl Reconciler {
             if let Ok(Some(released)) = self.store.resolve(&r.id, Resolution::Release).await {
                 self.metrics.lifecycle.reservations_auto_released.inc();
                 tracing::warn!(
-                    target: "audit",
                     id = %released.id,
                     request_id = %released.request_id,
                     user = %released.user,
@@ -136,8 +135,10 @@ impl Reconciler {
                     "released an unknown reservation nobody settled within tasks.unknown_release_after_hours: if Vidu \
                      did create that task, its credits are now missing from the budgets"
                 );
-                self.store
-                    .audit(crate::audit::entry(
+                // The audit trail's line and entry, as every audited action has them.
+                crate::audit::record(
+                    &self.store,
+                    crate::audit::entry(
                         now,
                         "reservation_auto_released",
                         crate::audit::GATEWAY,
@@ -151,9 +152,8 @@ impl Reconciler {
                             "created_at": released.created_at,
                             "after_hours": hours,
                         }),
-                    ))
-                    .await
-                    .unwrap_or_else(|e| tracing::error!(error = %e, "the audit entry of an automatic release was not kept"));
+                    ),
+                );
             }
         }
     }
