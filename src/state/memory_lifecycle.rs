@@ -29,8 +29,6 @@ struct Unknown {
     row: i64,
     view: ReservationView,
     keys: Vec<BudgetKey>,
-    /// It holds a running-task slot (member: its grant id).
-    holds_slot: bool,
 }
 
 pub(super) struct Life {
@@ -93,15 +91,7 @@ impl Life {
             let (row, keys) = (u.row, BudgetKey::counting(&u.record, u.off_peak));
             let view = u.view();
             // A restart forgets the slot of an unknown reservation (it had no task to hear of anyway).
-            unknown.insert(
-                view.id.clone(),
-                Unknown {
-                    row,
-                    view,
-                    keys,
-                    holds_slot: false,
-                },
-            );
+            unknown.insert(view.id.clone(), Unknown { row, view, keys });
         }
         let outbox = ledger
             .outbox()?
@@ -196,7 +186,6 @@ impl Life {
                 row: out.row,
                 keys: out.keys.clone(),
                 view,
-                holds_slot: out.slot_ttl.is_some(),
             },
         );
     }
@@ -450,9 +439,8 @@ impl Inner {
 
     fn resolve(&mut self, id: &str, how: Resolution, writer: &Writer) -> Option<ReservationView> {
         let u = self.life.unknown.remove(id)?;
-        if u.holds_slot {
-            self.life.running.free(id);
-        }
+        // Its running-task slot, if it holds one (member: its grant id), is freed.
+        self.life.running.free(id);
         let estimate = u.view.estimate;
         let (status, credits, amount) = match how {
             Resolution::Settle(n) => ("settled", Some(n), n),
