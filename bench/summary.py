@@ -1,19 +1,25 @@
 #!/usr/bin/env python3
 """bench/summary.py - one table from the harness runs of bench/run.sh, with the ratios and the performance bars.
 
-    summary.py --run main=DIR [--run redis=DIR] [--run quote=DIR] [--run half=DIR] [--run mem16=DIR]
-               [--start empty=JSON] [--start full=JSON] [--ledger-rows N] [--gateway NAME]
+    summary.py --run main=DIR [--run redis=DIR] [--run floor=DIR] [--run quote=DIR] [--run half=DIR]
+               [--run half_floor=DIR] [--run mem16=DIR]
+               [--start empty=JSON] [--start full=JSON] [--ledger-rows N] [--gateway NAME] [--delay-ms MS]
 
 Each DIR is one results directory of ../shared/bench/bench.sh (runs.tsv, raw/*.txt, rss_end.txt). Figures are
 medians over the repetitions (peak RSS: the maximum); p99.9 comes from the RESULT lines of bench/post.lua in the
 raw wrk outputs. Kinds:
-  main   small_c16, small_c64, body15m_c4              (as the harness names them)
+  main   small_c1, small_c16, small_c64, body15m_c4   (as the harness names them); targets direct, nginx,
+         nginx_stream, nginx_membuf (15 MiB only), haproxy_jwt (with PEER_JWT_PUBKEY), gateway
   redis  small_cN, the gateway with state.backend = "redis" (harness target gateway_redis) -> small_cN/gateway_redis,
          compared with the main pass's gateway (memory backend); the pass's direct and nginx rows become
          small_cN@redis (a drift check, not in the main table); redis_info.txt (written by run.sh): redis-server's
          INFO commandstats/cpu/memory, key count and largest budget counter after the pass
+  floor  small_cN and body15m_c4 with bench/floor.rs as the harness's gateway (target floor) -> small_cN/floor,
+         body15m_c4/floor; the pass's direct and nginx rows become <scenario>@floor (drift check)
   quote  small_cN, the gateway target hitting POST /gateway/v1/img2video/quote  -> quote_cN
   half   small_cN with a think time per connection (DELAY_MS) -> small_half_cN: latency at ~half peak load
+  half_floor  the same with the floor, at the same think time -> small_half_cN/floor; its direct and nginx rows
+         become small_half_cN@half_floor (the floor's added latency is taken against this pass's direct)
   mem16  body15m_c16: 16 x 15 MiB requests in flight, for the memory bar
 """
 
@@ -27,7 +33,9 @@ import statistics as st
 import sys
 
 REFS = ["direct", "nginx", "nginx_stream", "nginx_membuf"]
+PEER = "haproxy_jwt"         # the harness's HAProxy peer (PEER_JWT_PUBKEY): RS256 + exp + per-sub rate table
 REDIS_GW = "gateway_redis"   # the harness's GATEWAY_NAME in the redis pass
+FLOOR = "floor"              # the harness's GATEWAY_NAME in the floor and half_floor passes (bench/floor.rs)
 MiB = 1024 * 1024
 
 
@@ -38,10 +46,12 @@ def read_run(kind, d, gw):
         sc = r["scenario"]
         if kind == "quote":
             sc = sc.replace("small_", "quote_")
-        elif kind == "half":
+        elif kind in ("half", "half_floor"):
             sc = sc.replace("small_", "small_half_")
-        elif kind == "redis" and r["target"] != REDIS_GW:
+        if kind == "redis" and r["target"] != REDIS_GW:
             sc = sc + "@redis"
+        elif kind in ("floor", "half_floor") and r["target"] != FLOOR:
+            sc = sc + "@" + kind
         raw = os.path.join(d, "raw", f"{r['scenario']}.{r['target']}.r{r['rep']}.txt")
         extra = {}
         try:
@@ -76,13 +86,13 @@ def ms(us):
     return "%.3f" % (us / 1000) if us < 10000 else "%.1f" % (us / 1000)
 
 
-def table(h, ls, right_from=2):
+def table(h, ls, right_from=2, group=True):
     w = [max([len(x)] + [len(l[i]) for l in ls]) for i, x in enumerate(h)]
     fmt = lambda l: "  ".join(x.rjust(w[i]) if i >= right_from else x.ljust(w[i]) for i, x in enumerate(l))
     out = [fmt(h), "  ".join("-" * x for x in w)]
     prev = None
     for l in ls:
-        if prev is not None and l[0] != prev:
+        if group and prev is not None and l[0] != prev:
             out.append("")
         out.append(fmt(l))
         prev = l[0]
@@ -146,7 +156,7 @@ def main():
     lines = []
     for s in scen:
         g = A.get((s, gw))
-        for t in REFS + [gw, REDIS_GW]:
+        for t in REFS + [PEER, gw, REDIS_GW, FLOOR]:
             x = A.get((s, t))
             if not x:
                 continue
@@ -157,8 +167,10 @@ def main():
                 label = gw + " (quote)"
             if t == REDIS_GW:
                 label = "gateway (redis)"
+            if t == FLOOR:
+                label = "floor (%s pass)" % ("half_floor" if s.startswith("small_half") else "floor")
             rel = ("%.3f" % (g["rps"] / x["rps"]), "%+.3f" % ((g["p99"] - x["p99"]) / 1000)) \
-                if g and t in REFS else ("", "")
+                if g and t in REFS + [PEER, FLOOR] else ("", "")
             lines.append([s, label, "%.0f" % x["rps"], "%.0f-%.0f" % (x["rmin"], x["rmax"]), ms(x["p50"]),
                           ms(x["p99"]), ms(x["p999"]), "%.1f" % x["hwm"], "%.1f" % x["front"],
                           str(x["err"]), *rel])
@@ -170,11 +182,11 @@ def main():
         g = A.get((s, gw))
         if not g:
             continue
-        for b in ("nginx", "direct", "nginx_membuf"):
+        for b in ("nginx", "direct", "nginx_membuf", PEER, FLOOR):
             x = A.get((s, b))
             if not x:
                 continue
-            rat.append([s, f"{gw}/{b}", "%.3f" % (g["rps"] / x["rps"]), "%+.3f" % ((g["p50"] - x["p50"]) / 1000),
+            rat.append([s, f"{gw}/{b}" + (" (other pass)" if b == FLOOR else ""), "%.3f" % (g["rps"] / x["rps"]), "%+.3f" % ((g["p50"] - x["p50"]) / 1000),
                         "%+.3f" % ((g["p99"] - x["p99"]) / 1000), "%+.3f" % ((g["p999"] - x["p999"]) / 1000),
                         "%.2f" % (g["hwm"] / x["hwm"]) if x["hwm"] else "-"])
         r = A.get((s, REDIS_GW))
@@ -182,8 +194,22 @@ def main():
             rat.append([s, "redis/memory backend", "%.3f" % (r["rps"] / g["rps"]),
                         "%+.3f" % ((r["p50"] - g["p50"]) / 1000), "%+.3f" % ((r["p99"] - g["p99"]) / 1000),
                         "%+.3f" % ((r["p999"] - g["p999"]) / 1000), "%.2f" % (r["hwm"] / g["hwm"]) if g["hwm"] else "-"])
-    print("\nratios gateway/nginx and gateway/direct, and the Redis backend against the memory backend "
-          "(medians over repetitions):")
+    for s in scen:   # the peer and the floor against nginx and direct of their own pass
+        for t, sfx in ((PEER, ""), (FLOOR, "@floor" if not s.startswith("small_half") else "@half_floor")):
+            x = A.get((s, t))
+            if not x:
+                continue
+            for b in ("nginx", "direct"):
+                y = A.get((s + sfx, b))
+                if y:
+                    rat.append([s, f"{t}/{b}", "%.3f" % (x["rps"] / y["rps"]),
+                                "%+.3f" % ((x["p50"] - y["p50"]) / 1000), "%+.3f" % ((x["p99"] - y["p99"]) / 1000),
+                                "%+.3f" % ((x["p999"] - y["p999"]) / 1000),
+                                "%.2f" % (x["hwm"] / y["hwm"]) if y["hwm"] else "-"])
+    rat.sort(key=lambda l: scen.index(l[0]))
+    print("\nratios gateway/nginx, gateway/direct, gateway/haproxy_jwt, gateway/floor (the floor from its own pass), the "
+          "Redis backend against the memory backend, and haproxy_jwt and the floor against nginx and direct of their "
+          "own pass (medians over repetitions):")
     print(table(rh, rat))
 
     starts = {}
@@ -251,22 +277,152 @@ def main():
                                 "far from refusing" if limit and used < limit / 100 else "CHECK: close to the limit",
                                 int(info.get("used_memory", "0") or 0) / MiB))
 
+    # ---------------------------------------------------------------- the floor
+    fl_scen = [s for s in scen if (s, FLOOR) in A]
+    if fl_scen:
+        print("\nthe floor (bench/floor.rs: a bare actix-web + awc reverse proxy, one worker, mimalloc; reads the body, "
+              "forwards it with the Authorization: Token header, answers; no auth, validation, state, logging or "
+              "metrics), measured in its own passes (floor: after main; half_floor: right after half, same think time):")
+        for s in fl_scen:
+            f = A[(s, FLOOR)]
+            own = "@half_floor" if s.startswith("small_half") else "@floor"
+            n, d = A.get((s + own, "nginx")), A.get((s + own, "direct"))
+            g, gn, gd = A.get((s, gw)), A.get((s, "nginx")), A.get((s, "direct"))
+            print("  %-15s floor %.0f req/s (%.0f-%.0f)  p50 %s  p99 %s  p99.9 %s ms  own CPU %.1f us/req  peak RSS "
+                  "%.1f MiB  errors %d" % (s, f["rps"], f["rmin"], f["rmax"], ms(f["p50"]), ms(f["p99"]), ms(f["p999"]),
+                                           f["front"], f["hwm"], f["err"]))
+            parts = []
+            if n:
+                parts.append("floor/nginx x%.3f (same pass)" % (f["rps"] / n["rps"]))
+            if d:
+                parts.append("floor added p50 %+.3f ms, p99 %+.3f ms (vs its pass's direct)"
+                             % ((f["p50"] - d["p50"]) / 1000, (f["p99"] - d["p99"]) / 1000))
+            if g:
+                parts.append("gateway/floor x%.3f" % (g["rps"] / f["rps"])
+                             + (" (x%.3f relative to nginx of each pass)" % ((g["rps"] / gn["rps"]) / (f["rps"] / n["rps"]))
+                                if gn and n else ""))
+            if parts:
+                print("                  " + "; ".join(parts))
+            drift = ["%s %.0f -> %.0f req/s (x%.3f)" % (t, m["rps"], p["rps"], p["rps"] / m["rps"])
+                     for t, m, p in (("direct", gd, d), ("nginx", gn, n)) if m and p]
+            if drift:
+                print("                  drift between the gateway's pass and the floor's: " + ", ".join(drift))
+
+    # ---------------------------------------------------------------- own CPU and peak RSS per target
+    targets = [("direct (the mock)", "direct"), ("nginx", "nginx"), ("nginx_stream", "nginx_stream"),
+               ("nginx_membuf", "nginx_membuf"), (PEER, PEER), (gw, gw), ("gateway (redis)", REDIS_GW),
+               ("floor", FLOOR)]
+    small = [s for s in scen if re.fullmatch(r"small_c\d+", s)]
+    big = sorted([s for s in scen if s.startswith("body15m_c")], key=lambda s: int(s.rsplit("_c", 1)[1]))
+    cols = [(s, s.replace("small_c", "small c=") + " us/req") for s in small]
+    rh2 = ["target"] + [c for _, c in cols]
+    for s in big:
+        c = s.replace("body15m_c", "c=")
+        rh2 += [f"15MiB {c} ms/req", f"15MiB {c} peak RSS MiB", "per req in flight"]
+    rows2 = []
+    for label, t in targets:
+        row, any_ = [label], False
+        for s, _ in cols:
+            x = A.get((s, t))
+            row.append("%.1f" % x["front"] if x else "")
+            any_ |= bool(x)
+        for s in big:
+            x = A.get((s, t))
+            conns = int(s.rsplit("_c", 1)[1])
+            row += ["%.2f" % (x["front"] / 1000), "%.1f" % x["hwm"], "%.1f" % (x["hwm"] / conns)] if x else ["", "", ""]
+            any_ |= bool(x)
+        if any_:
+            rows2.append(row)
+    if rows2:
+        print("\nown CPU per request and peak RSS, per target (CPU time of the target's own process, all its threads, "
+              "per request; direct: the mock; gateway (redis): without redis-server's; floor: the floor pass; peak RSS: "
+              "VmHWM during the run, max over repetitions; per req in flight: peak RSS / connections, in MiB):")
+        print(table(rh2, rows2, right_from=1, group=False))
+        idle = starts.get("empty", {}).get("idle_rss_kb_median")
+        if idle:
+            for s in big:
+                x = A.get((s, gw))
+                if x:
+                    conns = int(s.rsplit("_c", 1)[1])
+                    print("  %s %s: (peak RSS %.1f - idle RSS %.1f MiB) / %d in flight = %.1f MiB per 15 MiB request"
+                          % (gw, s, x["hwm"], idle / 1024, conns, (x["hwm"] - idle / 1024) / conns))
+
     # ---------------------------------------------------------------- the performance bars
-    print("\nbars (the performance targets, README \"Performance\"):")
     def verdict(ok):
         return "MET    " if ok else "NOT MET"
+    NA = "NOT MEASURED"
+    def cpu(x):
+        return "%.1f us/req" % x["front"]
+    print("\nbars (issue #16: the gateway against what ops would run instead, and against the floor; own CPU per request "
+          "of each target beside it):")
+    s = "small_c16"
+    g, h, n = A.get((s, gw)), A.get((s, PEER)), A.get((s, "nginx"))
+    if g and h:
+        print(f"  {verdict(g['rps'] >= h['rps'])} small c=16: gateway >= 1.0x haproxy_jwt req/s: gateway "
+              f"{g['rps']:.0f} req/s ({cpu(g)}), haproxy_jwt {h['rps']:.0f} req/s ({cpu(h)}): x{g['rps'] / h['rps']:.3f}")
+    else:
+        print(f"  {NA} small c=16: gateway >= 1.0x haproxy_jwt req/s (needs the main pass with HAPROXY_JWT=1)")
+    if g and n:
+        print(f"  {verdict(g['rps'] >= 0.7 * n['rps'])} small c=16: gateway >= 0.7x nginx req/s: gateway "
+              f"{g['rps']:.0f} req/s ({cpu(g)}), nginx {n['rps']:.0f} req/s ({cpu(n)}): x{g['rps'] / n['rps']:.3f}")
+    for s in redis_scen:
+        g, r = A[(s, gw)], A[(s, REDIS_GW)]
+        print(f"  {verdict(r['rps'] >= 0.8 * g['rps'])} Redis backend >= 0.8x memory backend req/s "
+              f"({s.replace('small_c', 'small creates c=')}): redis {r['rps']:.0f} req/s, memory {g['rps']:.0f} req/s "
+              f"(x{r['rps'] / g['rps']:.3f}); gateway CPU {r['front']:.1f} us/req + redis-server {r['other']:.1f} "
+              f"us/req (redis), {g['front']:.1f} us/req (memory)")
+    if not redis_scen:
+        print(f"  {NA} Redis backend >= 0.8x memory backend req/s (needs the redis pass)")
+    f = A.get(("small_c16", FLOOR))
+    if f:
+        print(f"          (the floor at small c=16: {f['rps']:.0f} req/s, {cpu(f)}, floor pass)")
+    s = "body15m_c4"
+    g, h = A.get((s, gw)), A.get((s, PEER))
+    if g and h:
+        print(f"  {verdict(g['rps'] >= h['rps'])} 15 MiB c=4: gateway >= 1.0x haproxy_jwt req/s: gateway "
+              f"{g['rps']:.1f} req/s ({g['front'] / 1000:.2f} ms/req), haproxy_jwt {h['rps']:.1f} req/s "
+              f"({h['front'] / 1000:.2f} ms/req): x{g['rps'] / h['rps']:.3f}")
+    else:
+        print(f"  {NA} 15 MiB c=4: gateway >= 1.0x haproxy_jwt req/s (needs the main pass with HAPROXY_JWT=1)")
+    for s in big:
+        g = A.get((s, gw))
+        if g:
+            conns = int(s.rsplit("_c", 1)[1])
+            others = ", ".join("%s %.1f" % (t, A[(s, t)]["hwm"] / conns)
+                               for t in ("nginx_membuf", PEER, FLOOR, "nginx") if (s, t) in A)
+            print(f"  REPORT  peak RSS per 15 MiB request in flight (c={conns}): gateway {g['hwm']:.1f} MiB / {conns} = "
+                  f"{g['hwm'] / conns:.1f} MiB" + (f" (others, MiB per request: {others})" if others else ""))
+    s = "small_c1"
+    g, d = A.get((s, gw)), A.get((s, "direct"))
+    if g and d:
+        add = (g["p50"] - d["p50"]) / 1000
+        print(f"  {verdict(add <= 0.1)} added p50 at 1 connection <= 0.1 ms: {add:+.3f} ms (gateway {ms(g['p50'])} ms, "
+              f"direct {ms(d['p50'])} ms; gateway {cpu(g)}"
+              + "".join(f", {t} {(A[(s, t)]['p50'] - d['p50']) / 1000:+.3f} ms" for t in ("nginx", PEER) if (s, t) in A)
+              + ")")
+    else:
+        print(f"  {NA} added p50 at 1 connection <= 0.1 ms (needs small_c1 in the main pass: MAIN_CONNS)")
+    half = [s for s in scen if s.startswith("small_half")]
+    for s in half:
+        g, d = A.get((s, gw)), A.get((s, "direct"))
+        f, fd = A.get((s, FLOOR)), A.get((s + "@half_floor", "direct"))
+        if g and d and f and fd:
+            ga, fa = (g["p99"] - d["p99"]) / 1000, (f["p99"] - fd["p99"]) / 1000
+            print(f"  {verdict(ga - fa <= 0.5)} added p99 at ~half peak within 0.5 ms of the floor's at the same load: "
+                  f"gateway {ga:+.3f} ms ({g['rps']:.0f} req/s, {cpu(g)}), floor {fa:+.3f} ms ({f['rps']:.0f} req/s, "
+                  f"{cpu(f)}): {ga - fa:+.3f} ms (each against its own pass's direct; think time {a.delay_ms} ms/conn)")
+        else:
+            print(f"  {NA} added p99 at ~half peak within 0.5 ms of the floor's (needs the half and half_floor passes)")
+    if not half:
+        print(f"  {NA} added p99 at ~half peak within 0.5 ms of the floor's (needs the half and half_floor passes)")
+
+    print("\nearlier bars (README \"Performance\"):")
     for c in ("16", "64"):
         s = f"small_c{c}"
         g, n = A.get((s, gw)), A.get((s, "nginx"))
         if g and n:
             print(f"  {verdict(g['rps'] >= n['rps'])} small c={c}: gateway {g['rps']:.0f} req/s >= nginx "
                   f"{n['rps']:.0f} req/s (x{g['rps'] / n['rps']:.3f})")
-    for s in redis_scen:
-        g, r = A[(s, gw)], A[(s, REDIS_GW)]
-        print(f"  {verdict(r['rps'] >= 0.8 * g['rps'])} Redis backend >= 0.8x memory backend req/s "
-              f"({s.replace('small_c', 'small creates c=')}): redis {r['rps']:.0f} req/s, memory {g['rps']:.0f} req/s "
-              f"(x{r['rps'] / g['rps']:.3f})")
-    half = [s for s in scen if s.startswith("small_half")]
     for s in half:
         g, d = A.get((s, gw)), A.get((s, "direct"))
         peak = max([A[(x, gw)]["rps"] for x in ("small_c16", "small_c64") if (x, gw) in A] or [0])
