@@ -68,16 +68,22 @@ const EXAMPLE_BODY: &str =
 
 /// The body as text and its top-level members in body order; the error says what to send instead.
 pub(crate) fn parse_members(body: &[u8]) -> Result<(&str, Vec<Member<'_>>), String> {
-    let text = std::str::from_utf8(body).map_err(|e| {
-        format!(
-            "the body is not UTF-8 (invalid byte at offset {}): send a UTF-8 JSON object such as {EXAMPLE_BODY}",
-            e.valid_up_to()
-        )
-    })?;
-    let members = serde_json::from_str::<Members<'_>>(text).map_err(|e| {
-        format!("the body is not a JSON object ({e}): send a JSON object such as {EXAMPLE_BODY}")
-    })?;
+    let text = std::str::from_utf8(body).map_err(|e| not_utf8(e.valid_up_to()))?;
+    let members =
+        serde_json::from_str::<Members<'_>>(text).map_err(|e| not_json(&e.to_string()))?;
     Ok((text, members.0))
+}
+
+/// The refusal of a body that is not UTF-8: `offset` is the first invalid byte's.
+pub(crate) fn not_utf8(offset: usize) -> String {
+    format!(
+        "the body is not UTF-8 (invalid byte at offset {offset}): send a UTF-8 JSON object such as {EXAMPLE_BODY}"
+    )
+}
+
+/// The refusal of a body that is not a JSON object, with what is wrong.
+pub(crate) fn not_json(what: &str) -> String {
+    format!("the body is not a JSON object ({what}): send a JSON object such as {EXAMPLE_BODY}")
 }
 
 /// The JSON type of a raw value, from its first byte.
