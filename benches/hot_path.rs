@@ -33,7 +33,7 @@ use vidu_gateway::auth::{Authenticator, Identity};
 use vidu_gateway::catalog::pricing::{Decimal, EstimateInput, estimate};
 use vidu_gateway::clock::{SharedClock, SystemClock};
 use vidu_gateway::config::{AuthSettings, Origin, Secret, Settings, load_from_str};
-use vidu_gateway::flow::{Context, admit};
+use vidu_gateway::flow::{Body, Context, admit};
 use vidu_gateway::metrics::Metrics;
 use vidu_gateway::policy::periods::periods;
 use vidu_gateway::state::memory::MemoryStore;
@@ -400,7 +400,7 @@ fn bench_policy_and_admission(c: &mut Criterion) {
                     now: jiff::Timestamp::now(),
                     request_id: "0f6c3b2ae9d54b1c8e0f7a6b5c4d3e2f",
                 };
-                let admitted = block_on(admit(&ctx, &id, black_box(&body), false))
+                let admitted = block_on(admit(&ctx, &id, Body::Whole(black_box(&body)), false))
                     .unwrap_or_else(|r| panic!("refused: {:?}", r));
                 finish(store.as_ref(), admitted.decided.granted, charged());
                 admitted.body

@@ -13,6 +13,9 @@ use crate::admit::{Decided, Refused, ShadowRefusal, Verdict, prepare, unavailabl
 use crate::auth::Identity;
 use crate::callbacks::hosts::check_callback_url;
 use crate::config::Settings;
+use crate::config::{OffPeakMode, UnknownFields};
+use crate::forward::rewrite::streamed_growth as streamed_growth_of;
+use crate::forward::stream::Outgoing;
 use crate::forward::upstream::{
     Endpoint, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse,
 };
@@ -21,8 +24,10 @@ use crate::metrics::{AdmissionLabels, CreditLabels, Metrics, TeamLabels};
 use crate::settle::{Pending, settlement_of};
 use crate::state::{Grant, Mode, RejectionRecord, Store};
 use crate::validate::image::ImageInfo;
+use crate::validate::scan::{Holds, Scanned};
 use crate::validate::{
     Effective, FieldReason, FieldViolation, Reason, Rejection, Validated, validate,
+    validate_scanned,
 };
 
 /// Everything the handler needs from the gateway's shared state.
@@ -73,6 +78,18 @@ pub struct Admitted {
     pub decided: Decided,
     /// The caller's `callback_url` when the gateway relays task states to it.
     pub relay_to: Option<String>,
+    /// A create forwarded while it was read: its request to Vidu, waiting for `body` (the rest of the body).
+    pub outgoing: Option<Outgoing>,
+}
+
+/// A create's body as the flow sees it.
+#[derive(Clone, Copy)]
+pub enum Body<'a> {
+    /// Read whole: forwarded whole (rewritten when the gateway changes a field).
+    Whole(&'a Bytes),
+    /// Read while it was forwarded (`forward::stream`): what is left to send is the rest of the body after its
+    /// `images` value, in exactly `room` bytes.
+    Streamed { scanned: &'a Scanned, room: usize },
 }
 
 /// Validate, apply policy, admit (reserving credits and taking slots). Refusals are recorded in the ledger and
@@ -80,11 +97,11 @@ pub struct Admitted {
 pub async fn admit(
     ctx: &Context<'_>,
     identity: &Identity,
-    bytes: &Bytes,
+    body: Body<'_>,
     prefer_never: bool,
 ) -> Result<Admitted, NotAdmitted> {
     let team_label = team_label(identity);
-    let result = admit_inner(ctx, identity, bytes, prefer_never).await;
+    let result = admit_inner(ctx, identity, body, prefer_never).await;
     let (outcome, reason) = match &result {
         Ok(_) => ("admitted", "Admitted"),
         Err(r) => ("rejected", r.reason()),
@@ -155,11 +172,14 @@ pub async fn admit(
 async fn admit_inner(
     ctx: &Context<'_>,
     identity: &Identity,
-    bytes: &Bytes,
+    body: Body<'_>,
     prefer_never: bool,
 ) -> Result<Admitted, NotAdmitted> {
-    let validated: Validated<'_> = validate(bytes, ctx.settings).map_err(NotAdmitted::Invalid)?;
-    let callbacks = &ctx.settings.callbacks;
+    let validated: Validated<'_> = match body {
+        Body::Whole(bytes) => validate(bytes, ctx.settings),
+        Body::Streamed { scanned, .. } => validate_scanned(scanned, ctx.settings),
+    }
+    .map_err(NotAdmitted::Invalid)?;
     let relay_to =
         relay_target(ctx.settings, identity, &validated).map_err(NotAdmitted::Invalid)?;
     let prepared = prepare(
@@ -180,25 +200,82 @@ async fn admit_inner(
             run: prepared.expected_run().map(|run| (run, None)),
         })?;
     let decided = prepared.conclude(decision)?;
-    let mut set: Vec<(&str, Value)> = Vec::with_capacity(2);
-    if decided.off_peak_applied.is_some() {
-        set.push(("off_peak", Value::Bool(true)));
-    }
-    // Relaying on: Vidu calls the gateway (or nobody), never the caller's URL.
-    let mut remove: &[&str] = &[];
-    if callbacks.relaying() {
-        match callbacks.own_url() {
-            Some(own) => set.push(("callback_url", Value::String(own))),
-            None if validated.params.callback_url.is_some() => remove = &["callback_url"],
-            None => {}
-        }
-    }
-    let body = validated.forward_body_without(bytes, &set, remove);
+    let (set, remove) = changes(
+        ctx.settings,
+        decided.off_peak_applied.is_some(),
+        validated.params.callback_url.is_some(),
+    );
+    let body = match body {
+        Body::Whole(bytes) => validated.forward_body_without(bytes, &set, remove),
+        Body::Streamed { scanned, room } => validated
+            .streamed_tail(&set, remove, scanned.images_end, room)
+            .unwrap_or_else(|| {
+                // Cannot happen (`streamed_growth` bounds it); the request is then stopped, never sent wrong.
+                tracing::error!(
+                    request_id = %ctx.request_id,
+                    room,
+                    "the end of a streamed body does not fit its declared length; the request is stopped"
+                );
+                Bytes::new()
+            }),
+    };
     Ok(Admitted {
         body,
         decided,
         relay_to,
+        outgoing: None,
     })
+}
+
+/// The fields the gateway changes in a forwarded create: `off_peak` when policy moved it off-peak, and, with
+/// relaying on, `callback_url` (the gateway's own, or removed: Vidu calls the gateway or nobody, never the
+/// caller's URL).
+fn changes(
+    settings: &Settings,
+    off_peak_applied: bool,
+    has_callback: bool,
+) -> (Vec<(&'static str, Value)>, &'static [&'static str]) {
+    let callbacks = &settings.callbacks;
+    let mut set: Vec<(&str, Value)> = Vec::with_capacity(2);
+    if off_peak_applied {
+        set.push(("off_peak", Value::Bool(true)));
+    }
+    let mut remove: &[&str] = &[];
+    if callbacks.relaying() {
+        match callbacks.own_url() {
+            Some(own) => set.push(("callback_url", Value::String(own))),
+            None if has_callback => remove = &["callback_url"],
+            None => {}
+        }
+    }
+    (set, remove)
+}
+
+/// How many bytes more than the caller's body a streamed create may need: every field the gateway may set,
+/// added (`forward::rewrite::streamed_growth`). Nothing unless callbacks are relayed or a policy moves creates
+/// off-peak, so that an unchanged body goes out with exactly its own length.
+pub fn streamed_growth(settings: &Settings) -> usize {
+    streamed_growth_of(&changes(settings, may_move_off_peak(settings), true).0)
+}
+
+/// The members that keep a create from streaming when they come before `images`: the fields the gateway may
+/// change (they cannot go out before the checks decide).
+pub fn streamed_holds(settings: &Settings) -> Holds {
+    Holds {
+        callback_url: settings.callbacks.relaying(),
+        off_peak: may_move_off_peak(settings),
+        unknown: settings.validation.unknown_fields == UnknownFields::Strip,
+    }
+}
+
+/// Whether any policy table moves creates off-peak (`force`, `fallback`): `off_peak` may then be set.
+fn may_move_off_peak(settings: &Settings) -> bool {
+    let p = &settings.policy;
+    let moves =
+        |m: Option<OffPeakMode>| matches!(m, Some(OffPeakMode::Force | OffPeakMode::Fallback));
+    moves(p.defaults.off_peak)
+        || p.teams.values().any(|t| moves(t.off_peak))
+        || p.users.values().any(|u| moves(u.off_peak))
 }
 
 /// The caller's `callback_url` when the gateway relays to it (relaying on), checked against `callbacks.relay_hosts`
@@ -359,6 +436,7 @@ pub async fn forward_admitted(
     request_id: String,
     keeper: Option<Keeper>,
 ) -> Result<UpstreamResponse, UpstreamError> {
+    let admitted_outgoing = admitted.outgoing;
     let estimate = admitted.decided.run.estimate;
     let relay_to = admitted.relay_to;
     let grant = admitted
@@ -382,7 +460,11 @@ pub async fn forward_admitted(
     };
     let (answer, answered) = tokio::sync::oneshot::channel();
     actix_web::rt::spawn(async move {
-        let result = upstream.send(call, &metrics).await;
+        let result = match admitted_outgoing {
+            // The caller's body is already on its way: its last part releases it.
+            Some(outgoing) => outgoing.finish(call.body).await,
+            None => upstream.send(call, &metrics).await,
+        };
         let settlement = settlement_of(&result, estimate, relay_to);
         // Stored before the caller has the answer (a retry then finds it), here rather than in the handler: a
         // caller who hangs up must not leave the key to be forwarded again once its claim lapses.

@@ -61,7 +61,7 @@ pub enum Stopped {
     Unavailable(StoreError),
 }
 
-/// Claims `key` for `user`'s request with `body`: `Ok(None)` without a key (or when the store cannot answer under
+/// Claims `key` for `user`'s request whose body hashes to `body_hash()` (asked for only with a key): `Ok(None)` without a key (or when the store cannot answer under
 /// `fail_open`: the request goes on without idempotency), `Ok(Some(held))` when the key is this request's now.
 pub async fn begin(
     store: &Arc<dyn Store>,
@@ -69,7 +69,7 @@ pub async fn begin(
     settings: &Settings,
     user: &str,
     key: Option<String>,
-    body: &[u8],
+    body_hash: impl FnOnce() -> [u8; 32],
 ) -> Result<Option<Held>, Stopped> {
     let Some(key) = key else {
         return Ok(None);
@@ -80,7 +80,7 @@ pub async fn begin(
         user: user.to_owned(),
         key,
     };
-    let claim = IdemClaim::new(key, body, lease_ms);
+    let claim = IdemClaim::hashed(key, body_hash(), lease_ms);
     let (outcome, begun) = match store.claim(&claim).await {
         Ok(Claim::Claimed) => {
             let holding = Holding {

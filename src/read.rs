@@ -71,7 +71,7 @@ pub async fn read(
 }
 
 /// The caller-facing error of a failed body read: the guard's own refusal (408, 503), 413, else 400.
-fn payload_error(e: PayloadError, limit: usize) -> GatewayError {
+pub(crate) fn payload_error(e: PayloadError, limit: usize) -> GatewayError {
     match e {
         PayloadError::Overflow => GatewayError::PayloadTooLarge { limit },
         PayloadError::Io(io) => match guard::refusal(io) {

@@ -22,7 +22,8 @@ use futures_util::Stream;
 use memchr::memmem::Finder;
 
 use super::connector::{WatchedConnector, counting_writes};
-use super::exchange::{UpstreamError, UpstreamRequest, UpstreamResponse};
+use super::exchange::{Endpoint, UpstreamError, UpstreamRequest, UpstreamResponse};
+use super::stream::StreamedBody;
 use crate::config::{LiveConfig, LoadedConfig, UpstreamSettings};
 use crate::metrics::{EndpointLabels, Metrics};
 
@@ -215,21 +216,73 @@ impl ViduClient {
             }
             other => other,
         }?;
-        if let Some(key) = &target.key
-            && scrub_answer(&mut answer, key)
-        {
-            tracing::warn!(
-                request_id = %req.request_id,
-                endpoint = req.endpoint.label(),
-                "Vidu's answer contained the enterprise key; it was replaced with [REDACTED]"
-            );
-            metrics
-                .upstream_secret_scrubbed
-                .get_or_create(&EndpointLabels {
-                    endpoint: req.endpoint.label(),
-                })
-                .inc();
-        }
+        scrubbed(&mut answer, &target, req.endpoint, &req.request_id, metrics);
+        Ok(answer)
+    }
+
+    /// A create whose body streams in while it is sent (`forward::stream`): on a new connection (there is no
+    /// second attempt, since the body is not kept), `Content-Length` declared. Vidu's answer is waited for
+    /// `upstream.request_timeout_ms` from the moment the last piece is released. A failure before the last piece
+    /// was handed to the connection cannot have created anything: it is a `Connect` error, whatever happened.
+    pub async fn send_streamed(
+        &self,
+        streamed: StreamedBody,
+        request_id: &str,
+        metrics: &Metrics,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let (url, target) = self.target("/ent/v2/img2video")?;
+        let StreamedBody {
+            body,
+            len,
+            released,
+        } = streamed;
+        let last_out = body.last_out.clone();
+        let builder = self
+            .fresh
+            .post(url)
+            // Bounded below, from the release of the last piece; the caller's upload is bounded by the body guard.
+            .timeout(Duration::from_secs(24 * 3600))
+            .insert_header((header::AUTHORIZATION, target.authorization.clone()))
+            .insert_header((header::ACCEPT, "application/json"))
+            .insert_header((header::CONTENT_TYPE, "application/json"))
+            .insert_header(("x-request-id", request_id))
+            .force_close();
+        let request_timeout = self.request_timeout;
+        let deadline = async move {
+            if released.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            actix_web::rt::time::sleep(request_timeout).await;
+        };
+        let send = counting_writes(builder.send_body(SizedStream::new(len, body)));
+        let not_whole = |why: String| {
+            UpstreamError::Connect(format!(
+                "the request to Vidu failed before its last byte was sent ({why}): nothing was created"
+            ))
+        };
+        let (sent, written) =
+            match futures_util::future::select(Box::pin(send), Box::pin(deadline)).await {
+                futures_util::future::Either::Left((sent, _)) => sent,
+                futures_util::future::Either::Right(_) if last_out.get() => {
+                    return Err(UpstreamError::Timeout);
+                }
+                futures_util::future::Either::Right(_) => {
+                    return Err(not_whole("Vidu did not take the body in time".into()));
+                }
+            };
+        let res = match sent {
+            Ok(res) => res,
+            Err(e) if !last_out.get() => return Err(not_whole(e.to_string())),
+            Err(e) => return Err(classify(e, written).into()),
+        };
+        let mut answer = read_answer(res, request_timeout).await?;
+        scrubbed(
+            &mut answer,
+            &target,
+            Endpoint::Img2Video,
+            request_id,
+            metrics,
+        );
         Ok(answer)
     }
 
@@ -269,23 +322,58 @@ impl ViduClient {
             }
         })
         .await;
-        let mut res = sent.map_err(|e| classify(e, written))?;
-        let status = res.status();
-        let content_type = res
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let remaining = timeout.saturating_sub(started.elapsed());
-        let body = actix_web::rt::time::timeout(remaining, res.body().limit(MAX_RESPONSE_BYTES))
-            .await
-            .map_err(|_| Failure::Timeout)?
-            .map_err(|e| Failure::Broken(e.to_string()))?;
-        Ok(UpstreamResponse {
-            status,
-            content_type,
-            body,
-        })
+        let res = sent.map_err(|e| classify(e, written))?;
+        read_answer(res, timeout.saturating_sub(started.elapsed())).await
+    }
+}
+
+/// Vidu's whole answer (status, content type, body up to `MAX_RESPONSE_BYTES`), within `remaining`.
+async fn read_answer<S>(
+    mut res: awc::ClientResponse<S>,
+    remaining: Duration,
+) -> Result<UpstreamResponse, Failure>
+where
+    S: Stream<Item = Result<Bytes, awc::error::PayloadError>> + Unpin,
+{
+    let status = res.status();
+    let content_type = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = actix_web::rt::time::timeout(remaining, res.body().limit(MAX_RESPONSE_BYTES))
+        .await
+        .map_err(|_| Failure::Timeout)?
+        .map_err(|e| Failure::Broken(e.to_string()))?;
+    Ok(UpstreamResponse {
+        status,
+        content_type,
+        body,
+    })
+}
+
+/// Replaces the enterprise key wherever it appears in Vidu's answer, counting and logging it.
+fn scrubbed(
+    answer: &mut UpstreamResponse,
+    target: &Target,
+    endpoint: Endpoint,
+    request_id: &str,
+    metrics: &Metrics,
+) {
+    if let Some(key) = &target.key
+        && scrub_answer(answer, key)
+    {
+        tracing::warn!(
+            request_id = %request_id,
+            endpoint = endpoint.label(),
+            "Vidu's answer contained the enterprise key; it was replaced with [REDACTED]"
+        );
+        metrics
+            .upstream_secret_scrubbed
+            .get_or_create(&EndpointLabels {
+                endpoint: endpoint.label(),
+            })
+            .inc();
     }
 }
 

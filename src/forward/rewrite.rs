@@ -175,6 +175,45 @@ pub fn rewrite_shared(body: &Bytes, set: &[(&str, serde_json::Value)], remove: &
     }
 }
 
+impl Validated<'_> {
+    /// The part of a body forwarded while it was read (`crate::forward::stream`) that is sent last: the body made
+    /// from the skeleton [`Validated`] was made of — stripped fields and `remove` removed, `set` applied, every
+    /// other byte as sent — from `cut` (where its `images` value ended) on, then spaces up to `room` bytes. `None`
+    /// when a change falls before `cut` (already sent) or the part does not fit in `room`: nothing may be sent
+    /// then.
+    pub fn streamed_tail(
+        &self,
+        set: &[(&str, serde_json::Value)],
+        remove: &[&str],
+        cut: usize,
+        room: usize,
+    ) -> Option<Bytes> {
+        let mut all: Vec<&str> = self.stripped.iter().map(String::as_str).collect();
+        all.extend_from_slice(remove);
+        let body = self.body();
+        let changed = rewrite(body, set, &all);
+        if changed.get(..cut)? != body.get(..cut)? {
+            return None;
+        }
+        let tail = &changed[cut..];
+        let mut out = Vec::with_capacity(room);
+        out.extend_from_slice(tail);
+        out.resize(
+            room.checked_sub(tail.len()).map(|pad| tail.len() + pad)?,
+            b' ',
+        );
+        Some(Bytes::from(out))
+    }
+}
+
+/// How much longer than the caller's body a forwarded body may get with `set` applied: each field added as
+/// `,"<name>":<value>` at most.
+pub fn streamed_growth(set: &[(&str, serde_json::Value)]) -> usize {
+    set.iter()
+        .map(|(name, value)| name.len() + 4 + value.to_string().len())
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

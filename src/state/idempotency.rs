@@ -41,10 +41,15 @@ pub struct IdemClaim {
 impl IdemClaim {
     /// A claim with a new token for a request with `body`.
     pub fn new(key: IdemKey, body: &[u8], lease_ms: u64) -> Self {
+        Self::hashed(key, Sha256::digest(body).into(), lease_ms)
+    }
+
+    /// A claim for a request whose body's SHA-256 is `body_hash` (hashed as it arrived).
+    pub fn hashed(key: IdemKey, body_hash: [u8; 32], lease_ms: u64) -> Self {
         Self {
             key,
             token: uuid::Uuid::new_v4().simple().to_string(),
-            body_hash: Sha256::digest(body).into(),
+            body_hash,
             lease_ms,
         }
     }

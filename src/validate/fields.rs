@@ -434,10 +434,12 @@ pub(crate) fn resolve_model<'c>(
     })
 }
 
-/// `images[0]`: exactly one string, checked without decoding the image.
+/// `images[0]`: exactly one string, checked without decoding the image. `streamed`: the check of that string when
+/// it was made as the body arrived (the array then holds it as `""`).
 pub(crate) fn resolve_image(
     fields: &Fields<'_>,
     refused: &mut Refused,
+    streamed: Option<&Result<ImageInfo, String>>,
 ) -> Result<ImageInfo, Found> {
     let Some(given) = &fields.images else {
         return Err(refused.images.take().unwrap_or_else(|| {
@@ -451,8 +453,13 @@ pub(crate) fn resolve_image(
         }));
     };
     let found = |field: &str, reason, message| Found::new(given.pos, field, reason, message);
-    let image =
-        |s: &str| check_image(s).map_err(|m| found("images[0]", FieldReason::ImageInvalid, m));
+    let image = |s: &str| {
+        let verdict = match streamed {
+            Some(v) => v.clone(),
+            None => check_image(s),
+        };
+        verdict.map_err(|m| found("images[0]", FieldReason::ImageInvalid, m))
+    };
     let array = given.value.0;
     if let Some(s) = one_plain_string(array) {
         return image(s);

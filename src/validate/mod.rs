@@ -11,6 +11,7 @@ pub mod fields;
 pub mod image;
 pub mod members;
 pub mod reasons;
+pub mod scan;
 
 use crate::config::Settings;
 pub use effective::Effective;
@@ -38,6 +39,27 @@ impl<'a> Validated<'a> {
 
 /// Validates `body` against the catalog of `settings`: the effective parameters, or every problem at once.
 pub fn validate<'a>(body: &'a [u8], settings: &'a Settings) -> Result<Validated<'a>, Rejection> {
+    validate_with(body, settings, None)
+}
+
+/// The verdict on a body read by [`scan::BodyScanner`]: the one the whole body would get. The validated body is
+/// the skeleton (what forwarding rewrites to build the rest of the body after the `images` value).
+pub fn validate_scanned<'a>(
+    scanned: &'a scan::Scanned,
+    settings: &'a Settings,
+) -> Result<Validated<'a>, Rejection> {
+    if let Some(problem) = &scanned.problem {
+        return Err(Rejection::bad_request(problem.clone()));
+    }
+    validate_with(&scanned.skeleton, settings, scanned.image.as_ref())
+}
+
+/// `image`: the verdict on `images[0]` when the body holds its string left out (a skeleton).
+fn validate_with<'a>(
+    body: &'a [u8],
+    settings: &'a Settings,
+    image: Option<&Result<ImageInfo, String>>,
+) -> Result<Validated<'a>, Rejection> {
     let (_, members) = members::parse_members(body).map_err(Rejection::bad_request)?;
     let fields::Read {
         fields,
@@ -48,7 +70,7 @@ pub fn validate<'a>(body: &'a [u8], settings: &'a Settings) -> Result<Validated<
 
     // What is resolved (each takes its own field's type or duplicate problem).
     let model = fields::resolve_model(&fields, &mut refused, &settings.models);
-    let image = fields::resolve_image(&fields, &mut refused);
+    let image = fields::resolve_image(&fields, &mut refused, image);
     let ctx = fields::Ctx {
         model: model.as_ref().ok().copied(),
         cross_field_inputs_ok: refused.off_peak.is_none() && refused.audio.is_none(),

@@ -1033,6 +1033,64 @@ mod properties {
         }
     }
 
+    /// `images[0]` values for the streamed-body property: short and long, valid and not, some JSON-escaped.
+    fn image_texts() -> Vec<String> {
+        let mut png = test_images::png(1920, 1080);
+        png.extend(std::iter::repeat_n(0x5Au8, 80_000));
+        let long = test_images::data_uri("image/png", &png);
+        let mut bad = long.clone().into_bytes();
+        bad[70_000] = b'*';
+        vec![
+            serde_json::to_string(&long).unwrap(),
+            serde_json::to_string(&long).unwrap().replace('/', "\\/"),
+            serde_json::to_string(&String::from_utf8(bad).unwrap()).unwrap(),
+            serde_json::to_string(&test_images::data_uri(
+                "image/png",
+                &test_images::png(500, 100),
+            ))
+            .unwrap(),
+            serde_json::to_string(&test_images::data_uri("image/jpeg", &png)).unwrap(),
+            r#""https://e.x/a.png""#.into(),
+            r#""https:\/\/e.x\/a.png""#.into(),
+            format!("\"https://e.x/{}\"", "a".repeat(70_000)),
+            r#""""#.into(),
+            "5".into(),
+        ]
+    }
+
+    /// The body's members as text, `images` among them at `at`, separated by `ws`.
+    fn body_text(members: &[(String, Value)], images: &str, at: usize, ws: &str) -> Vec<u8> {
+        let mut parts: Vec<String> = members
+            .iter()
+            .map(|(k, v)| format!("{}{ws}:{ws}{v}", Value::String(k.clone())))
+            .collect();
+        parts.insert(
+            at.min(parts.len()),
+            format!("\"images\":{ws}[{ws}{images}{ws}]"),
+        );
+        format!("{{{ws}{}{ws}}}", parts.join(&format!("{ws},{ws}"))).into_bytes()
+    }
+
+    fn verdicts_agree(
+        whole: &Result<Validated<'_>, Rejection>,
+        streamed: &Result<Validated<'_>, Rejection>,
+    ) {
+        match (whole, streamed) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(format!("{:?}", a.params), format!("{:?}", b.params));
+                assert_eq!(a.image, b.image);
+                assert_eq!(a.stripped, b.stripped);
+            }
+            (Err(a), Err(b)) => {
+                assert_eq!(a.reason, b.reason, "{a:?} / {b:?}");
+                if a.reason != Reason::BadRequest {
+                    assert_eq!(format!("{a:?}"), format!("{b:?}"));
+                }
+            }
+            _ => panic!("the verdicts differ: whole {whole:?}, streamed {streamed:?}"),
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
@@ -1065,6 +1123,111 @@ mod properties {
             let mut v = json!({"model": "viduq3-pro", "images": ["https://e.x/a.png"]});
             v[field.as_str()] = value;
             assert_sane(&serde_json::to_vec(&v).unwrap(), &settings());
+        }
+
+        #[test]
+        fn a_body_scanned_in_pieces_gets_the_whole_bodys_verdict_and_forwards_the_same_object(
+            members in prop::collection::vec((key(), json_value()), 0..6),
+            image in 0usize..10,
+            at in 0usize..6,
+            ws in prop::sample::select(vec!["", " ", "\n\t "]),
+            pieces in prop::collection::vec(1usize..40_000, 1..5),
+            strip in any::<bool>(),
+            off_peak in any::<bool>(),
+            with_model in any::<bool>(),
+        ) {
+            let mut members = members;
+            if with_model {
+                // Often a valid body (the other members are random), so that forwarding is checked too.
+                members.retain(|(k, _)| k != "model" && k != "images");
+                members.insert(0, ("model".into(), json!("viduq2")));
+                members.truncate(2);
+            }
+            check_streamed(&members, image, at, ws, &pieces, strip, off_peak);
+        }
+    }
+
+    #[test]
+    fn valid_bodies_scanned_in_pieces_are_forwarded_as_the_whole_body_would_be() {
+        let members = vec![
+            ("model".to_owned(), json!("viduq2")),
+            ("prompt".to_owned(), json!("a \"cat\"")),
+            ("off_peak".to_owned(), json!(false)),
+        ];
+        let mut valid = 0;
+        for image in 0..image_texts().len() {
+            for at in 0..4 {
+                for (pieces, off_peak) in [(&[1_000_000][..], false), (&[7, 4096][..], true)] {
+                    valid += usize::from(check_streamed(
+                        &members, image, at, " ", pieces, false, off_peak,
+                    ));
+                }
+            }
+        }
+        assert_eq!(
+            valid, 24,
+            "4 valid images × 3 positions before off_peak × 2 splits"
+        );
+    }
+
+    /// The property: the streamed verdict is the whole body's, and what goes out is the whole body's forward.
+    /// True when the body was valid and streamed.
+    fn check_streamed(
+        members: &[(String, Value)],
+        image: usize,
+        at: usize,
+        ws: &str,
+        pieces: &[usize],
+        strip: bool,
+        off_peak: bool,
+    ) -> bool {
+        let mut s = settings();
+        if strip {
+            s.validation.unknown_fields = UnknownFields::Strip;
+        }
+        let images = &image_texts()[image];
+        let body = body_text(members, images, at, ws);
+        let whole = validate(&body, &s);
+        let holds = crate::validate::scan::Holds {
+            callback_url: false,
+            off_peak: true,
+            unknown: strip,
+        };
+        let (scanned, sent) = crate::validate::scan::tests::scan_holding(&body, pieces, holds);
+        if sent.is_empty() {
+            // Nothing went out: the skeleton is the whole body, forwarded as such.
+            assert_eq!(scanned.skeleton, body);
+            return false;
+        }
+        let streamed = validate_scanned(&scanned, &s);
+        verdicts_agree(&whole, &streamed);
+        if let (Ok(w), Ok(v)) = (&whole, &streamed) {
+            let set = if off_peak {
+                vec![("off_peak", Value::Bool(true))]
+            } else {
+                vec![]
+            };
+            let growth =
+                crate::forward::rewrite::streamed_growth(&[("off_peak", Value::Bool(true))]);
+            let room = body.len() + growth - sent.len();
+            let tail = v
+                .streamed_tail(&set, &[], scanned.images_end, room)
+                .expect("the tail fits its room");
+            let mut sent = sent.clone();
+            sent.extend_from_slice(&tail);
+            assert_eq!(sent.len(), body.len() + growth);
+            let expected = w.forward_body_without(&Bytes::copy_from_slice(&body), &set, &[]);
+            if expected == body {
+                // Unchanged: the caller's bytes, then spaces up to the declared length.
+                assert_eq!(&sent[..body.len()], &body[..]);
+                assert!(sent[body.len()..].iter().all(|&b| b == b' '));
+            }
+            let sent: Value = serde_json::from_slice(&sent).unwrap();
+            let expected: Value = serde_json::from_slice(&expected).unwrap();
+            assert_eq!(sent, expected);
+            true
+        } else {
+            false
         }
     }
 }

@@ -47,14 +47,34 @@ impl RawResponse {
 impl Raw {
     /// Connects and sends the head of `POST path` declaring `content_length`.
     pub fn post(port: u16, path: &str, token: &str, content_length: usize) -> Self {
+        Self::post_with(port, path, token, content_length, &[])
+    }
+
+    /// [`post`](Self::post) with `extra` headers.
+    pub fn post_with(
+        port: u16,
+        path: &str,
+        token: &str,
+        content_length: usize,
+        extra: &[(&str, &str)],
+    ) -> Self {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
         stream.set_nodelay(true).unwrap();
-        let head = format!(
+        let mut head = format!(
             "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
-             Content-Type: application/json\r\nContent-Length: {content_length}\r\n\r\n"
+             Content-Type: application/json\r\nContent-Length: {content_length}\r\n"
         );
+        for (name, value) in extra {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
         stream.write_all(head.as_bytes()).unwrap();
         Self { stream }
+    }
+
+    /// Closes the connection (both directions) without sending the rest.
+    pub fn hang_up(self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 
     pub fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {

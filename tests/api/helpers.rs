@@ -11,6 +11,7 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
 use vidu_gateway::clock::{ManualClock, SharedClock};
@@ -75,10 +76,24 @@ impl Reply {
 
 type Responder = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
 
+/// One request whose head reached the mock, complete or not: how far its body got.
+#[derive(Clone, Debug, Default)]
+pub struct Arrival {
+    pub path: String,
+    pub content_length: Option<usize>,
+    /// Body bytes received so far.
+    pub bytes: usize,
+    /// The body arrived to its end (only then is the request recorded and answered).
+    pub complete: bool,
+    /// The connection ended before the body did.
+    pub cut: bool,
+}
+
 /// A mock Vidu on 127.0.0.1:<random>: records every request, answers with the current responder.
 pub struct MockVidu {
     pub url: String,
     received: Arc<Mutex<Vec<Recorded>>>,
+    arrivals: Arc<Mutex<Vec<Arrival>>>,
     responder: Arc<Mutex<Responder>>,
 }
 
@@ -95,18 +110,44 @@ impl MockVidu {
     /// The mock on `listener` (a port a test chose, e.g. one the gateway found closed before).
     pub async fn start_on(listener: TcpListener) -> Self {
         let received: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let arrivals: Arc<Mutex<Vec<Arrival>>> = Arc::default();
         let default: Responder =
             Arc::new(|_| Reply::json(200, created_task("800000000000001", 25)));
         let responder = Arc::new(Mutex::new(default));
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let (rec, resp) = (received.clone(), responder.clone());
+        let (rec, arr, resp) = (received.clone(), arrivals.clone(), responder.clone());
         let server = HttpServer::new(move || {
-            let (rec, resp) = (rec.clone(), resp.clone());
-            App::new()
-                .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
-                .default_service(web::to(move |req: HttpRequest, body: Bytes| {
-                    let (rec, resp) = (rec.clone(), resp.clone());
+            let (rec, arr, resp) = (rec.clone(), arr.clone(), resp.clone());
+            App::new().default_service(web::to(
+                move |req: HttpRequest, mut payload: web::Payload| {
+                    let (rec, arr, resp) = (rec.clone(), arr.clone(), resp.clone());
                     async move {
+                        let index = {
+                            let mut arr = arr.lock().unwrap();
+                            arr.push(Arrival {
+                                path: req.uri().to_string(),
+                                content_length: req
+                                    .headers()
+                                    .get("content-length")
+                                    .and_then(|v| v.to_str().ok()?.parse().ok()),
+                                ..Arrival::default()
+                            });
+                            arr.len() - 1
+                        };
+                        let mut body = bytes::BytesMut::new();
+                        while let Some(chunk) = payload.next().await {
+                            match chunk {
+                                Ok(c) => {
+                                    body.extend_from_slice(&c);
+                                    arr.lock().unwrap()[index].bytes = body.len();
+                                }
+                                Err(_) => {
+                                    arr.lock().unwrap()[index].cut = true;
+                                    return HttpResponse::BadRequest().finish();
+                                }
+                            }
+                        }
+                        arr.lock().unwrap()[index].complete = true;
                         let r = Recorded {
                             method: req.method().to_string(),
                             path: req.uri().to_string(),
@@ -115,7 +156,7 @@ impl MockVidu {
                                 .iter()
                                 .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
                                 .collect(),
-                            body,
+                            body: body.freeze(),
                         };
                         let reply = (resp.lock().unwrap().clone())(&r);
                         rec.lock().unwrap().push(r);
@@ -130,7 +171,8 @@ impl MockVidu {
                         }
                         res.body(reply.body)
                     }
-                }))
+                },
+            ))
         })
         .workers(1)
         .listen(listener)
@@ -140,6 +182,7 @@ impl MockVidu {
         Self {
             url,
             received,
+            arrivals,
             responder,
         }
     }
@@ -148,8 +191,14 @@ impl MockVidu {
         *self.responder.lock().unwrap() = Arc::new(f);
     }
 
+    /// Requests received whole (and answered).
     pub fn received(&self) -> Vec<Recorded> {
         self.received.lock().unwrap().clone()
+    }
+
+    /// Every request whose head arrived, with how much of its body did.
+    pub fn arrivals(&self) -> Vec<Arrival> {
+        self.arrivals.lock().unwrap().clone()
     }
 }
 

@@ -27,5 +27,6 @@ mod running;
 mod sandbox;
 mod shadow;
 mod state;
+mod streaming;
 mod upstream_faults;
 mod validation;

@@ -236,7 +236,7 @@ fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
 }
 
 /// PNG signature, IHDR (8-bit RGB) with a correct CRC, `idat` bytes of IDAT, IEND.
-fn png_with(width: u32, height: u32, idat: &[u8]) -> Vec<u8> {
+pub(crate) fn png_with(width: u32, height: u32, idat: &[u8]) -> Vec<u8> {
     let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
     let mut ihdr = width.to_be_bytes().to_vec();
     ihdr.extend_from_slice(&height.to_be_bytes());

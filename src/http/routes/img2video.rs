@@ -6,10 +6,12 @@ use std::sync::Arc;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
+use sha2::{Digest, Sha256};
 
 use crate::auth::Identity;
 use crate::config::LoadedConfig;
-use crate::flow::{self, Context};
+use crate::flow::{self, Body, Context};
+use crate::forward::stream::{self, Outgoing};
 use crate::forward::upstream::Upstream;
 use crate::http::app_state::{AppState, request_id};
 use crate::http::error::GatewayError;
@@ -20,34 +22,36 @@ use crate::http::openapi::{
 use crate::http::responses;
 use crate::idempotency::{self, Held, Keeper};
 use crate::read;
+use crate::validate::scan::Scanned;
 
 /// What both handlers start from: the configuration in force for the whole request (read once), the caller,
-/// the body (steps 1–2 of the flow and the read of step 3), and the request id.
-struct Started {
+/// the body's declared length (steps 1–2 of the flow), and the request id.
+struct Begun {
     config: Arc<LoadedConfig>,
     identity: Identity,
-    bytes: Bytes,
+    declared: Option<usize>,
     request_id: String,
 }
 
-impl Started {
-    async fn read(
-        req: &HttpRequest,
-        payload: web::Payload,
-        state: &AppState,
-    ) -> Result<Self, GatewayError> {
+impl Begun {
+    async fn new(req: &HttpRequest, state: &AppState) -> Result<Self, GatewayError> {
         let config = state.config.current();
-        let limit = config.settings.server.max_body_bytes;
-        let declared = read::check_declared_length(req, limit)?;
+        let declared = read::check_declared_length(req, config.settings.server.max_body_bytes)?;
         let identity = state.authenticate(req).await?;
         read::require_json_content_type(req)?;
-        let bytes = read::read(payload, declared, limit).await?;
         Ok(Self {
             config,
             identity,
-            bytes,
+            declared,
             request_id: request_id(req),
         })
+    }
+
+    /// Reads the whole body (the read of step 3).
+    async fn read(self, payload: web::Payload) -> Result<Started, GatewayError> {
+        let limit = self.config.settings.server.max_body_bytes;
+        let bytes = read::read(payload, self.declared, limit).await?;
+        Ok(Started { begun: self, bytes })
     }
 
     fn context<'a>(&'a self, state: &'a AppState) -> Context<'a> {
@@ -57,6 +61,88 @@ impl Started {
             metrics: &state.metrics,
             now: state.clock.now(),
             request_id: &self.request_id,
+        }
+    }
+}
+
+/// A request whose body was read whole.
+struct Started {
+    begun: Begun,
+    bytes: Bytes,
+}
+
+/// A create's body once read: whole, or read while its `images` value went to Vidu (`forward::stream`).
+enum Incoming {
+    Whole(Bytes),
+    Streamed {
+        scanned: Scanned,
+        hash: Option<[u8; 32]>,
+        outgoing: Outgoing,
+    },
+}
+
+impl Incoming {
+    /// Reads the body: a large one (and a real Vidu behind) streams, others are read whole.
+    async fn read(
+        begun: &Begun,
+        payload: web::Payload,
+        state: &AppState,
+        upstream: &web::Data<Upstream>,
+        hash: bool,
+    ) -> Result<Self, GatewayError> {
+        let settings = &begun.config.settings;
+        let limit = settings.server.max_body_bytes;
+        let declared = match begun.declared {
+            Some(len) if len >= stream::STREAM_FROM && upstream.streams() => len,
+            declared => {
+                return read::read(payload, declared, limit)
+                    .await
+                    .map(Incoming::Whole);
+            }
+        };
+        let start = |len: u64| {
+            let (upstream, metrics) = (upstream.clone(), state.metrics.clone());
+            let request_id = begun.request_id.clone();
+            Outgoing::start(len, move |body, answer| {
+                actix_web::rt::spawn(async move {
+                    let result = upstream.send_streamed(body, &request_id, &metrics).await;
+                    let _ = answer.send(result);
+                });
+            })
+        };
+        let (growth, holds) = (
+            flow::streamed_growth(settings),
+            flow::streamed_holds(settings),
+        );
+        let received =
+            stream::receive(payload, declared, limit, growth, holds, hash, start).await?;
+        Ok(match received.outgoing {
+            Some(outgoing) => Incoming::Streamed {
+                scanned: received.scanned,
+                hash: received.hash,
+                outgoing,
+            },
+            // Nothing was sent (no `images` array, or a head that holds): the skeleton is the whole body.
+            None => Incoming::Whole(Bytes::from(received.scanned.skeleton)),
+        })
+    }
+
+    fn hash(&self) -> [u8; 32] {
+        match self {
+            Incoming::Whole(bytes) => Sha256::digest(bytes).into(),
+            Incoming::Streamed { hash, .. } => hash.unwrap_or_default(),
+        }
+    }
+
+    fn body(&self) -> Body<'_> {
+        match self {
+            Incoming::Whole(bytes) => Body::Whole(bytes),
+            Incoming::Streamed {
+                scanned, outgoing, ..
+            } => Body::Streamed {
+                scanned,
+                room: usize::try_from(outgoing.room()).unwrap_or(usize::MAX),
+            },
         }
     }
 }
@@ -113,29 +199,31 @@ pub async fn create(
     state: web::Data<AppState>,
     upstream: web::Data<Upstream>,
 ) -> Result<HttpResponse, GatewayError> {
-    let started = Started::read(&req, payload, &state).await?;
+    let begun = Begun::new(&req, &state).await?;
     let key = idempotency::key_of(
         req.headers()
             .get_all(idempotency::HEADER)
             .map(HeaderValue::as_bytes),
     )
     .map_err(GatewayError::BadRequest)?;
-    let ctx = started.context(&state);
+    let incoming = Incoming::read(&begun, payload, &state, &upstream, key.is_some()).await?;
+    let ctx = begun.context(&state);
+    // From here on, returning without forwarding drops a streamed create's request to Vidu unfinished.
     let held = match idempotency::begin(
         ctx.store,
         ctx.metrics,
         ctx.settings,
-        &started.identity.user,
+        &begun.identity.user,
         key,
-        &started.bytes,
+        || incoming.hash(),
     )
     .await
     {
         Ok(held) => held,
         Err(stopped) => return Ok(responses::stopped(stopped)),
     };
-    let admitted =
-        match flow::admit(&ctx, &started.identity, &started.bytes, prefer_never(&req)).await {
+    let mut admitted =
+        match flow::admit(&ctx, &begun.identity, incoming.body(), prefer_never(&req)).await {
             Ok(a) => a,
             Err(refused) => {
                 if let Some(held) = held {
@@ -144,14 +232,18 @@ pub async fn create(
                 return Ok(responses::refused_response(refused));
             }
         };
-    let Started {
+    let Begun {
         config,
         identity,
-        bytes,
         request_id,
-    } = started;
-    // A rewritten body is a new buffer: the caller's can go before the upstream call.
-    drop(bytes);
+        ..
+    } = begun;
+    // The caller's body goes before the upstream call (a rewritten one is a new buffer); a streamed create's
+    // request to Vidu waits for the rest of its body.
+    admitted.outgoing = match incoming {
+        Incoming::Whole(_) => None,
+        Incoming::Streamed { outgoing, .. } => Some(outgoing),
+    };
     let headers = responses::admission_headers(&admitted.decided);
     let timeout_ms = config.settings.upstream.request_timeout_ms;
     let keeper = held.and_then(|held| keeper(held, &headers, &request_id, timeout_ms));
@@ -214,10 +306,10 @@ pub async fn quote(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, GatewayError> {
-    let started = Started::read(&req, payload, &state).await?;
+    let started = Begun::new(&req, &state).await?.read(payload).await?;
     let verdict = flow::quote(
-        &started.context(&state),
-        &started.identity,
+        &started.begun.context(&state),
+        &started.begun.identity,
         &started.bytes,
         prefer_never(&req),
     )
