@@ -471,7 +471,17 @@ async fn budget_periods_follow_redis_time_not_the_replicas_clock() {
     assert_eq!(app.create(&alice, &q2()).await.0, StatusCode::OK);
     let (status, _, usage) = app.get("/gateway/v1/usage", &alice).await;
     assert_eq!(status, StatusCode::OK, "{usage}");
-    let today = jiff::Timestamp::now().to_string()[..10].to_owned();
+    // Today in the policy's time zone (Asia/Shanghai by default: a day ahead of UTC from 16:00 UTC).
+    let tz = app
+        .config
+        .load()
+        .unwrap()
+        .settings
+        .policy
+        .timezone
+        .tz()
+        .clone();
+    let today = vidu_gateway::policy::periods::periods(jiff::Timestamp::now(), &tz).day;
     let days: Vec<&str> = usage["user"]["days"]
         .as_array()
         .unwrap()
