@@ -310,6 +310,13 @@ mkdir -p "$H"
 cp -r "$(dirname "$HARNESS")/conf" "$(dirname "$HARNESS")/lua" "$H/"
 cp "$HARNESS" "$H/bench.sh"
 cp "$ROOT/bench/post.lua" "$H/lua/post.lua"
+# The mock Vidu answers every create with a fresh, increasing task id ("<ms since the epoch>-<connection>-<request
+# on it>", like Vidu's own ids: unique and growing over time) instead of the same "123": a real Vidu never hands
+# out a task id twice, and a repeated one sends the gateway down its "task id already owned" path (an ERROR line
+# and a refused task row per create). Every target gets the same answer.
+sed -i 's/"task_id":"123"/"task_id":"$msec-$connection-$connection_requests"/g' "$H/conf/upstream.conf"
+grep -q '"task_id":"$msec-$connection-$connection_requests"' "$H/conf/upstream.conf" \
+  || die "could not give the mock Vidu fresh task ids (its answer changed in $(dirname "$HARNESS")/conf/upstream.conf?)"
 if grep -q "\-d '{\"ping\":1}'" "$H/bench.sh"; then
   sed -i "s|-d '{\"ping\":1}'|-d \"\$SMALL_BODY\"|" "$H/bench.sh"
 fi
