@@ -311,11 +311,15 @@ cp -r "$(dirname "$HARNESS")/conf" "$(dirname "$HARNESS")/lua" "$H/"
 cp "$HARNESS" "$H/bench.sh"
 cp "$ROOT/bench/post.lua" "$H/lua/post.lua"
 # The mock Vidu answers every create with a fresh, increasing task id ("<ms since the epoch>-<connection>-<request
-# on it>", like Vidu's own ids: unique and growing over time) instead of the same "123": a real Vidu never hands
-# out a task id twice, and a repeated one sends the gateway down its "task id already owned" path (an ERROR line
-# and a refused task row per create). Every target gets the same answer.
-sed -i 's/"task_id":"123"/"task_id":"$msec-$connection-$connection_requests"/g' "$H/conf/upstream.conf"
-grep -q '"task_id":"$msec-$connection-$connection_requests"' "$H/conf/upstream.conf" \
+# on it>", like Vidu's own ids: unique and growing over time) that has already ended ("state":"success"), instead of
+# the same "123" in state "created". A real Vidu never hands out a task id twice (a repeated one sends the gateway
+# down its "task id already owned" path: an ERROR line and a refused task row per create), and its tasks end within
+# minutes; tasks that never end pile up (the gateway keeps every unfinished task's record and running-task slot:
+# ~600 000 of them after a run). So each create is recorded and ended: the per-task writes a real task costs, minus
+# the later callback. Every target gets the same answer.
+sed -i 's/"task_id":"123","state":"created"/"task_id":"$msec-$connection-$connection_requests","state":"success"/g' \
+  "$H/conf/upstream.conf"
+grep -q '"task_id":"$msec-$connection-$connection_requests","state":"success"' "$H/conf/upstream.conf" \
   || die "could not give the mock Vidu fresh task ids (its answer changed in $(dirname "$HARNESS")/conf/upstream.conf?)"
 if grep -q "\-d '{\"ping\":1}'" "$H/bench.sh"; then
   sed -i "s|-d '{\"ping\":1}'|-d \"\$SMALL_BODY\"|" "$H/bench.sh"
