@@ -427,3 +427,45 @@ crate::on_both_backends!(
     a_caller_hanging_up_mid_body_leaves_vidu_an_unfinished_request,
     a_caller_stalling_mid_body_gets_408_and_vidu_an_unfinished_request,
 );
+
+#[actix_web::test]
+async fn a_large_create_to_an_unreachable_vidu_is_502_nothing_created_and_released() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    }; // closed again: connections are refused
+    let app = TestConfig::new(&format!("http://127.0.0.1:{port}"))
+        .spawn()
+        .await;
+    let token = app.token("alice", "video");
+    let res = send(&app, &token, None, large(json!({}))).await;
+    assert_refused(&res, 502, "UpstreamUnavailable");
+    let message = res.body["message"].as_str().unwrap();
+    assert!(message.contains("nothing was created"), "{message}");
+    crate::lifecycle::eventually("the reservation released", || async {
+        let (_, _, usage) = app.get("/gateway/v1/usage", &token).await;
+        let totals = &usage["user"]["totals"];
+        (totals["credits_released"] == 55)
+            .then(|| assert_eq!(totals["credits_unknown"], 0, "{usage}"))
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn vidu_is_given_request_timeout_ms_from_the_last_byte_then_504_and_kept_unknown() {
+    let mock = MockVidu::start().await;
+    let app = TestApp::builder(&mock)
+        .upstream(|u| u.request_timeout_ms = 300)
+        .spawn()
+        .await;
+    mock.respond(|_| Reply::json(200, created_task("1", 1)).delayed(Duration::from_millis(1500)));
+    let token = app.token("alice", "video");
+    let res = send(&app, &token, None, large(json!({}))).await;
+    assert_refused(&res, 504, "UpstreamTimeout");
+    assert!(mock.arrivals()[0].complete, "the whole body reached Vidu");
+    crate::lifecycle::eventually("the reservation kept as unknown", || async {
+        let (_, _, usage) = app.get("/gateway/v1/usage", &token).await;
+        (usage["user"]["totals"]["credits_unknown"] == 55).then_some(())
+    })
+    .await;
+}
