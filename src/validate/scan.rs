@@ -44,16 +44,12 @@ pub struct Scanned {
     /// The body without the contents of the `images` array's strings (each left as `""`); the whole body when
     /// nothing was passed on.
     pub skeleton: Vec<u8>,
-    /// Where the `images` value starts in the skeleton (and in the body): the head is `skeleton[..head_len]`.
-    pub head_len: usize,
     /// Where the `images` value ends in the skeleton: the tail is `skeleton[images_end..]`.
     pub images_end: usize,
     /// The check of the `images` array's first string (`None` when the body has no such string).
     pub image: Option<Result<ImageInfo, String>>,
     /// Why the body is not UTF-8 JSON, when the skeleton cannot tell (a 400 `BadRequest` message).
     pub problem: Option<String>,
-    /// Bytes of the `images` value passed on (its `[` to its `]`).
-    pub forwarded: usize,
 }
 
 /// Where the scan is in the body's structure.
@@ -98,6 +94,7 @@ pub struct BodyScanner {
     /// Where the last top-level key started in the skeleton.
     key_start: usize,
     head_len: usize,
+    /// Where the `images` value ended in the skeleton; 0 until it has (only the first `images` is streamed).
     images_end: usize,
     skeleton: Vec<u8>,
     /// Body bytes seen.
@@ -111,12 +108,10 @@ pub struct BodyScanner {
     key: Vec<u8>,
     in_key: bool,
     key_is_images: bool,
-    images_done: bool,
     /// In the `images` array: its nesting (1 = directly in the array), and the string being streamed.
     images: Option<Images>,
     image: Option<Result<ImageInfo, String>>,
     problem: Option<String>,
-    forwarded: usize,
 }
 
 struct Images {
@@ -153,11 +148,9 @@ impl BodyScanner {
             key: Vec::new(),
             in_key: false,
             key_is_images: false,
-            images_done: false,
             images: None,
             image: None,
             problem: None,
-            forwarded: 0,
         }
     }
 
@@ -199,9 +192,7 @@ impl BodyScanner {
             }
         }
         self.seen += piece.len();
-        let r = forward.unwrap_or(0..0);
-        self.forwarded += r.len();
-        r
+        forward.unwrap_or(0..0)
     }
 
     /// True when a member of the head (the members before `images`) is one the gateway may change, or the head
@@ -272,7 +263,7 @@ impl BodyScanner {
                 self.key.clear();
             }
             (Expect::Colon, b':') => self.expect = Expect::Value,
-            (Expect::Value, b'[') if self.key_is_images && !self.images_done => {
+            (Expect::Value, b'[') if self.key_is_images && self.images_end == 0 => {
                 self.images = Some(Images {
                     depth: 1,
                     streamed: None,
@@ -358,7 +349,6 @@ impl BodyScanner {
                     images.depth -= 1;
                     if images.depth == 0 {
                         self.images = None;
-                        self.images_done = true;
                         self.images_end = self.skeleton.len();
                         return i;
                     }
@@ -378,12 +368,10 @@ impl BodyScanner {
             self.problem = Some(not_json("the body ends inside the images array"));
         }
         Scanned {
-            head_len: self.head_len,
             images_end: self.images_end,
             skeleton: self.skeleton,
             image: self.image,
             problem: self.problem,
-            forwarded: self.forwarded,
         }
     }
 }
