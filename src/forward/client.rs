@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::body::SizedStream;
-use actix_web::http::Version;
 use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::{Method, Version};
 use awc::error::{ConnectError, SendRequestError};
 use bytes::Bytes;
 use futures_util::Stream;
@@ -237,15 +237,9 @@ impl ViduClient {
             released,
         } = streamed;
         let last_out = body.last_out.clone();
-        let builder = self
-            .fresh
-            .post(url)
+        let builder = request(&self.fresh, Method::POST, &url, &target, request_id, true)
             // Bounded below, from the release of the last piece; the caller's upload is bounded by the body guard.
             .timeout(Duration::from_secs(24 * 3600))
-            .insert_header((header::AUTHORIZATION, target.authorization.clone()))
-            .insert_header((header::ACCEPT, "application/json"))
-            .insert_header((header::CONTENT_TYPE, "application/json"))
-            .insert_header(("x-request-id", request_id))
             .force_close();
         let request_timeout = self.request_timeout;
         let deadline = async move {
@@ -300,15 +294,15 @@ impl ViduClient {
             Attempt::First => &self.client,
             Attempt::Again => &self.fresh,
         };
-        let mut builder = client
-            .request(req.method.clone(), url)
-            .timeout(timeout)
-            .insert_header((header::AUTHORIZATION, target.authorization.clone()))
-            .insert_header((header::ACCEPT, "application/json"))
-            .insert_header(("x-request-id", req.request_id.as_str()));
-        if !req.body.is_empty() {
-            builder = builder.insert_header((header::CONTENT_TYPE, "application/json"));
-        }
+        let mut builder = request(
+            client,
+            req.method.clone(),
+            url,
+            target,
+            &req.request_id,
+            !req.body.is_empty(),
+        )
+        .timeout(timeout);
         if attempt == Attempt::Again {
             // A new connection, closed after this exchange: the retry leaves nothing idle behind.
             builder = builder.force_close();
@@ -324,6 +318,28 @@ impl ViduClient {
         .await;
         let res = sent.map_err(|e| classify(e, written))?;
         read_answer(res, timeout.saturating_sub(started.elapsed())).await
+    }
+}
+
+/// A request to Vidu with the gateway's own headers and no other: the enterprise key, `Accept`, the request id,
+/// and the content type when there is a body.
+fn request(
+    client: &awc::Client,
+    method: Method,
+    url: &str,
+    target: &Target,
+    request_id: &str,
+    json_body: bool,
+) -> awc::ClientRequest {
+    let builder = client
+        .request(method, url)
+        .insert_header((header::AUTHORIZATION, target.authorization.clone()))
+        .insert_header((header::ACCEPT, "application/json"))
+        .insert_header(("x-request-id", request_id));
+    if json_body {
+        builder.insert_header((header::CONTENT_TYPE, "application/json"))
+    } else {
+        builder
     }
 }
 
