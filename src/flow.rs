@@ -14,7 +14,7 @@ use crate::auth::Identity;
 use crate::callbacks::hosts::check_callback_url;
 use crate::config::Settings;
 use crate::config::{OffPeakMode, UnknownFields};
-use crate::forward::rewrite::streamed_growth as streamed_growth_of;
+use crate::forward::rewrite::streamed_growth;
 use crate::forward::stream::Outgoing;
 use crate::forward::upstream::{
     Endpoint, Upstream, UpstreamError, UpstreamRequest, UpstreamResponse,
@@ -210,7 +210,7 @@ async fn admit_inner(
         Body::Streamed { scanned, room } => validated
             .streamed_tail(&set, remove, scanned.images_end, room)
             .unwrap_or_else(|| {
-                // Cannot happen (`streamed_growth` bounds it); the request is then stopped, never sent wrong.
+                // Cannot happen (`streaming` bounds it); the request is then stopped, never sent wrong.
                 tracing::error!(
                     request_id = %ctx.request_id,
                     room,
@@ -251,21 +251,19 @@ fn changes(
     (set, remove)
 }
 
-/// How many bytes more than the caller's body a streamed create may need: every field the gateway may set,
-/// added (`forward::rewrite::streamed_growth`). Nothing unless callbacks are relayed or a policy moves creates
-/// off-peak, so that an unchanged body goes out with exactly its own length.
-pub fn streamed_growth(settings: &Settings) -> usize {
-    streamed_growth_of(&changes(settings, may_move_off_peak(settings), true).0)
-}
-
-/// The members that keep a create from streaming when they come before `images`: the fields the gateway may
-/// change (they cannot go out before the checks decide).
-pub fn streamed_holds(settings: &Settings) -> Holds {
-    Holds {
+/// What a streamed create needs from the configuration: how many bytes more than the caller's body it may take
+/// (every field the gateway may set, added: `forward::rewrite::streamed_growth`; nothing unless callbacks are
+/// relayed or a policy moves creates off-peak, so that an unchanged body goes out with exactly its own length),
+/// and the members that keep it from streaming when they come before `images` (the fields the gateway may change:
+/// they cannot go out before the checks decide).
+pub fn streaming(settings: &Settings) -> (usize, Holds) {
+    let off_peak = may_move_off_peak(settings);
+    let holds = Holds {
         callback_url: settings.callbacks.relaying(),
-        off_peak: may_move_off_peak(settings),
+        off_peak,
         unknown: settings.validation.unknown_fields == UnknownFields::Strip,
-    }
+    };
+    (streamed_growth(&changes(settings, off_peak, true).0), holds)
 }
 
 /// Whether any policy table moves creates off-peak (`force`, `fallback`): `off_peak` may then be set.

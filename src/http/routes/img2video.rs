@@ -110,10 +110,7 @@ impl Incoming {
                 });
             })
         };
-        let (growth, holds) = (
-            flow::streamed_growth(settings),
-            flow::streamed_holds(settings),
-        );
+        let (growth, holds) = flow::streaming(settings);
         let received =
             stream::receive(payload, declared, limit, growth, holds, hash, start).await?;
         Ok(match received.outgoing {
