@@ -458,14 +458,62 @@ async fn vidu_is_given_request_timeout_ms_from_the_last_byte_then_504_and_kept_u
         .upstream(|u| u.request_timeout_ms = 300)
         .spawn()
         .await;
-    mock.respond(|_| Reply::json(200, created_task("1", 1)).delayed(Duration::from_millis(1500)));
     let token = app.token("alice", "video");
+    // An upload slower than the timeout: the time is counted from the last byte, not from the first.
+    let body = large(json!({}));
+    let c = client(app.port, &token, None, body.clone(), body.len() / 2);
+    c.first_part_sent().await;
+    actix_web::rt::time::sleep(Duration::from_millis(600)).await;
+    c.go.send(Then::SendRest).unwrap();
+    let res = c.done.await.unwrap().unwrap();
+    assert_eq!(res.status, 200, "{}", res.body);
+    mock.respond(|_| Reply::json(200, created_task("1", 1)).delayed(Duration::from_millis(1500)));
     let res = send(&app, &token, None, large(json!({}))).await;
     assert_refused(&res, 504, "UpstreamTimeout");
-    assert!(mock.arrivals()[0].complete, "the whole body reached Vidu");
+    assert!(mock.arrivals()[1].complete, "the whole body reached Vidu");
     crate::lifecycle::eventually("the reservation kept as unknown", || async {
         let (_, _, usage) = app.get("/gateway/v1/usage", &token).await;
         (usage["user"]["totals"]["credits_unknown"] == 55).then_some(())
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn a_vidu_that_closes_the_connection_mid_body_created_nothing_and_the_create_is_released() {
+    // A Vidu that reads 100 KB of the request, then closes: it never had the whole body. (For a whole body the
+    // same close after sending means "the task may exist"; before the last byte it cannot.)
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let closer = actix_web::rt::task::spawn_blocking(move || {
+        use std::io::Read;
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 100_000];
+        let mut read = 0;
+        while read < buf.len() {
+            match conn.read(&mut buf[read..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+        read
+    });
+    let app = TestConfig::new(&format!("http://127.0.0.1:{port}"))
+        .spawn()
+        .await;
+    let token = app.token("alice", "video");
+    let res = send(&app, &token, None, large(json!({}))).await;
+    assert!(
+        closer.await.unwrap() > 0,
+        "Vidu had the start of the request"
+    );
+    assert_refused(&res, 502, "UpstreamUnavailable");
+    let message = res.body["message"].as_str().unwrap();
+    assert!(message.contains("nothing was created"), "{message}");
+    crate::lifecycle::eventually("the reservation released", || async {
+        let (_, _, usage) = app.get("/gateway/v1/usage", &token).await;
+        let totals = &usage["user"]["totals"];
+        (totals["credits_released"] == 55)
+            .then(|| assert_eq!(totals["credits_unknown"], 0, "{usage}"))
     })
     .await;
 }
