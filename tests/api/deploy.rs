@@ -65,10 +65,7 @@ async fn the_healthcheck_subcommand_exits_0_against_a_running_gateway() {
 
 #[actix_web::test]
 async fn the_healthcheck_subcommand_exits_1_on_a_closed_port_an_error_status_or_silence() {
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let closed = closed_port();
     let url = format!("http://127.0.0.1:{closed}/healthz");
     let (code, out, err) = cli(strings(&["healthcheck", "--url", &url]), vec![]).await;
     assert_eq!(code, 1, "{out}");

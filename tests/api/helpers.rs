@@ -97,6 +97,12 @@ pub struct MockVidu {
     responder: Arc<Mutex<Responder>>,
 }
 
+/// A loopback port nothing listens on (bound, then closed again): connections to it are refused.
+pub fn closed_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
 pub fn created_task(id: &str, credits: u64) -> Value {
     json!({"task_id": id, "state": "created", "model": "viduq2", "credits": credits, "duration": 5,
            "resolution": "720p", "off_peak": false, "created_at": "2026-11-25T00:00:00Z"})

@@ -83,10 +83,7 @@ async fn vidus_own_error_envelopes_come_back_unchanged() {
 
 #[actix_web::test]
 async fn an_unreachable_vidu_is_502_upstream_unavailable() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    }; // closed again: connections are refused
+    let port = closed_port();
     let app = TestConfig::new(&format!("http://127.0.0.1:{port}"))
         .spawn()
         .await;

@@ -430,10 +430,7 @@ crate::on_both_backends!(
 
 #[actix_web::test]
 async fn a_large_create_to_an_unreachable_vidu_is_502_nothing_created_and_released() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    }; // closed again: connections are refused
+    let port = closed_port();
     let app = TestConfig::new(&format!("http://127.0.0.1:{port}"))
         .spawn()
         .await;
