@@ -53,7 +53,7 @@ fn bench(c: &mut Criterion) {
     )
     .into_bytes();
     assert!(validate(&large, &s).is_ok());
-    let mut scanner = BodyScanner::new(Holds::default());
+    let mut scanner = BodyScanner::new(Holds::default(), large.len());
     for piece in large.chunks(64 * 1024) {
         scanner.feed(piece);
     }
@@ -72,7 +72,7 @@ fn bench(c: &mut Criterion) {
     // As a streamed create reads it: pieces of 64 KiB through the scanner, then the skeleton's validation.
     g.bench_function("data_uri_15MB_streamed", |b| {
         b.iter(|| {
-            let mut scanner = BodyScanner::new(Holds::default());
+            let mut scanner = BodyScanner::new(Holds::default(), large.len());
             let mut forwarded = 0;
             for piece in black_box(&large).chunks(64 * 1024) {
                 forwarded += scanner.feed(piece).len();

@@ -184,7 +184,7 @@ pub async fn receive(
     hash: bool,
     mut start: impl FnMut(u64) -> Outgoing,
 ) -> Result<Received, GatewayError> {
-    let mut scanner = BodyScanner::new(holds);
+    let mut scanner = BodyScanner::new(holds, declared);
     let mut hasher = hash.then(Sha256::new);
     let mut outgoing: Option<Outgoing> = None;
     let mut read = 0usize;

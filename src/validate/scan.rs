@@ -17,6 +17,9 @@ use std::ops::Range;
 use super::image::{ImageInfo, ImageScan};
 use super::members::{not_json, not_utf8};
 
+/// A skeleton grows by doubling up to this size; past it, to the body's declared length at once.
+const KEPT_SMALL: usize = 64 * 1024;
+
 /// Which members of the head keep a body from streaming: the fields the gateway may change before forwarding.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Holds {
@@ -88,6 +91,8 @@ enum Esc {
 }
 
 pub struct BodyScanner {
+    /// The body's declared length: the skeleton's size when it turns out to be (nearly) the whole body.
+    declared: usize,
     holds: Holds,
     /// Not streamed (the head holds a member the gateway may change): every byte is kept.
     whole: bool,
@@ -132,8 +137,10 @@ struct Streamed {
 }
 
 impl BodyScanner {
-    pub fn new(holds: Holds) -> Self {
+    /// A scanner for a body declaring `declared` bytes.
+    pub fn new(holds: Holds, declared: usize) -> Self {
         Self {
+            declared,
             holds,
             whole: false,
             key_start: 0,
@@ -163,6 +170,14 @@ impl BodyScanner {
     /// [`head`](Self::head) goes before the first of them).
     pub fn feed(&mut self, piece: &[u8]) -> Range<usize> {
         self.utf8.feed(piece, self.seen);
+        // A skeleton this large is a body kept (nearly) whole (not streamed, or an image that is not where a
+        // streamed one is): one buffer of the declared length, as a body read whole gets, instead of doubling.
+        if self.skeleton.len() + piece.len() > self.skeleton.capacity()
+            && self.skeleton.len() + piece.len() > KEPT_SMALL
+        {
+            let rest = self.declared.saturating_sub(self.skeleton.len());
+            self.skeleton.reserve_exact(rest.max(piece.len()));
+        }
         let mut forward: Option<Range<usize>> = None;
         let mut i = 0;
         while i < piece.len() {
@@ -614,7 +629,7 @@ pub(crate) mod tests {
 
     /// [`scan`] with `holds`; the bytes passed on include the head before the first of them.
     pub(crate) fn scan_holding(body: &[u8], sizes: &[usize], holds: Holds) -> (Scanned, Vec<u8>) {
-        let mut s = BodyScanner::new(holds);
+        let mut s = BodyScanner::new(holds, body.len());
         let mut out = Vec::new();
         let (mut at, mut k) = (0, 0);
         while at < body.len() {
@@ -732,5 +747,19 @@ pub(crate) mod tests {
                 assert_eq!(scanned.skeleton, body, "the whole body is kept");
             }
         }
+    }
+
+    #[test]
+    fn a_body_kept_whole_is_held_in_one_buffer_of_its_declared_length() {
+        // Not JSON with an images array: every byte is kept, as a body read whole would be.
+        let body = vec![b' '; (1 << 20) + 17];
+        let (scanned, out) = scan(&body, &[65_536]);
+        assert!(out.is_empty());
+        assert_eq!(scanned.skeleton.len(), body.len());
+        assert_eq!(
+            scanned.skeleton.capacity(),
+            body.len(),
+            "not grown by doubling"
+        );
     }
 }
