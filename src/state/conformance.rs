@@ -97,7 +97,7 @@ async fn open(backend: &dyn Backend) -> (Opened, Arc<ManualClock>) {
     (opened, clock)
 }
 
-fn record(user: &str, team: &str, day: &str) -> RequestRecord {
+pub(crate) fn record(user: &str, team: &str, day: &str) -> RequestRecord {
     RequestRecord {
         request_id: format!("req-{user}"),
         user: user.into(),
@@ -118,7 +118,7 @@ fn key(scope: Scope, subject: &str, period: Period, period_key: &str) -> BudgetK
 }
 
 /// A request of `user` in `team` today, costing `estimate`, with no bucket yet.
-fn request(user: &str, team: &str, estimate: u64) -> AdmissionRequest {
+pub(crate) fn request(user: &str, team: &str, estimate: u64) -> AdmissionRequest {
     AdmissionRequest {
         record: record(user, team, DAY),
         plan: Plan::Fixed(Run {

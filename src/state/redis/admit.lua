@@ -1,16 +1,126 @@
 -- One admission decision over every bucket of a request, atomically: the plan (for the off-peak `fallback`
 -- rule, the immediate budget decides which run), then in-flight slots, running-task slots, budgets and rates are
 -- all checked; then,
--- when asked to take, everything is taken. A refusal takes nothing. ARGV[1] is the request as JSON (built by
--- `state/redis/mod.rs`); the answer is JSON too. Time is Redis's own (`TIME`) unless the request carries
--- `now_us` (tests on a manual clock).
-local req = cjson.decode(ARGV[1])
+-- when asked to take, everything is taken. A refusal takes nothing. The request comes as flat ARGV, in the order
+-- `state/redis/mod.rs` (`admission_args`) writes it: strings read in turn, lists as a count then their items, an
+-- absent value as ''. (Flat arguments, not JSON: decoding a 3 KB JSON request took Redis longer than all the
+-- checks.) The answer is JSON. Time is Redis's own (`TIME`) unless the request carries `now_us` (tests on a
+-- manual clock).
 local null = cjson.null
 
-local now_us
-if req.now_us ~= nil and req.now_us ~= null then
-  now_us = req.now_us
+-- The reader: each call takes the next argument. Locals in sequence, so the order of reading is the order written.
+local at = 0
+local function nx()
+  at = at + 1
+  return ARGV[at]
+end
+local function nnum() return tonumber(nx()) end
+local function nflag() return nx() == '1' end
+local function nkey()
+  local k = nx()
+  if k == '' then return nil end
+  return k
+end
+-- A run: '' (none), or off-peak ('1'/'0') then the estimate (also kept as given, to pass to Redis unconverted).
+local function nrun()
+  local op = nx()
+  if op == '' then return nil end
+  local est = nx()
+  return { off_peak = op == '1', estimate = tonumber(est), est = est }
+end
+local function nbudget()
+  local key = nx()
+  local limit = nnum()
+  local team = nflag()
+  return { key = key, limit = limit, team = team, shadow = nflag() }
+end
+local function ncap()
+  local key = nx()
+  local max = nnum()
+  return { key = key, max = max, shadow = nflag() }
+end
+local function nrate()
+  local key = nx()
+  local per_minute = nnum()
+  local burst = nnum()
+  return { key = key, per_minute = per_minute, burst = burst, shadow = nflag() }
+end
+local function ncounting()
+  local key = nx()
+  return { key = key, ttl_s = nx() }
+end
+local function nother()
+  local team_key = nkey()
+  local field = nx()
+  return { team_key = team_key, field = field, guarantee = nnum() }
+end
+local function nlist(item)
+  local out = {}
+  for i = 1, nnum() do out[i] = item() end
+  return out
+end
+
+local req = {}
+req.now_us = nnum()
+req.take = nflag()
+req.lease_ms = nnum()
+req.retention_s = nx()
+req.grant = nx()
+req.grant_key = nx()
+req.grants = nx()
+req.plan = {}
+if nx() == 'fixed' then
+  req.plan.fixed = nrun()
 else
+  local f = {}
+  f.budget = nbudget()
+  f.estimate = nnum()
+  f.if_covered = nrun()
+  f.if_short = nrun()
+  req.plan.fallback = f
+end
+req.slots = nlist(ncap)
+local rn = {}
+rn.ttl_ms_s = nx()
+rn.ttl_ms = tonumber(rn.ttl_ms_s)
+rn.offpeak_holds = nflag()
+rn.asked = nx()
+rn.global = nx()
+rn.holds_in = nlist(nx)
+rn.limits = nlist(ncap)
+if nflag() then
+  local sh = {}
+  sh.max = nnum()
+  sh.team_key = nkey()
+  sh.field = nx()
+  sh.guarantee = nnum()
+  sh.idle_ms = nnum()
+  sh.shadow = nflag()
+  sh.others = nlist(nother)
+  rn.share = sh
+end
+req.running = rn
+req.budgets = nlist(nbudget)
+req.rates = nlist(nrate)
+req.counting_immediate = nlist(ncounting)
+req.counting_off_peak = nlist(ncounting)
+local rec = {}
+rec.user = nx()
+rec.team = nx()
+rec.day = nx()
+rec.model = nx()
+rec.request_id = nx()
+req.record = rec
+local u = {}
+u.hash = nx()
+u.days = nx()
+u.members = nx()
+u.day = nx()
+u.member = nx()
+req.usage = u
+
+local now_us = req.now_us
+if now_us == nil then
   local t = redis.call('TIME')
   now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
@@ -20,22 +130,17 @@ local function num(v)
   return tonumber(v) or 0
 end
 
-local function opt(v)
-  if v == nil or v == null then return nil end
-  return v
-end
-
 -- The plan.
 local run, imm_used, imm_budget
-if opt(req.plan.fixed) then
+if req.plan.fixed then
   run = req.plan.fixed
 else
   local f = req.plan.fallback
   imm_used = num(redis.call('GET', f.budget.key))
   if imm_used + f.estimate <= f.budget.limit then
-    run = opt(f.if_covered)
+    run = f.if_covered
   else
-    run = opt(f.if_short)
+    run = f.if_short
   end
   if run and not run.off_peak then imm_budget = f.budget end
 end
@@ -43,8 +148,9 @@ if not run then
   return cjson.encode({ run = null, imm_used = imm_used or null, refusal = { kind = 'norun' } })
 end
 
+local answer_run = { off_peak = run.off_peak, estimate = run.estimate }
 local function refused(r)
-  return cjson.encode({ run = run, imm_used = imm_used or null, refusal = r })
+  return cjson.encode({ run = answer_run, imm_used = imm_used or null, refusal = r })
 end
 
 -- Limits under `enforce = "shadow"` that would refuse are reported beside the grant and take nothing.
@@ -70,14 +176,13 @@ end
 
 -- Running-task slots (when the run holds one): the user's and team's caps, then the global one with its fair
 -- share (`state/share.rs` is the same arithmetic). Holders whose time ran out without news are dropped first.
-local rn = req.running
 local holds = rn.ttl_ms > 0 and ((not run.off_peak) or rn.offpeak_holds)
 local function running_in(key)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
   return redis.call('ZCARD', key)
 end
 if holds then
-  local sh = opt(rn.share)
+  local sh = rn.share
   for i, l in ipairs(rn.limits) do
     local n = running_in(l.key)
     if n >= l.max then
@@ -92,14 +197,14 @@ if holds then
     local share_refusal
     -- The pool runs whatever the listed teams do not.
     local listed, counts, mine = 0, {}, nil
-    if opt(sh.team_key) then
+    if sh.team_key then
       mine = running_in(sh.team_key)
       listed = listed + mine
     end
     local fields = {}
     for j, o in ipairs(sh.others) do
       fields[j] = o.field
-      if opt(o.team_key) then
+      if o.team_key then
         counts[j] = running_in(o.team_key)
         listed = listed + counts[j]
       end
@@ -136,8 +241,15 @@ local budgets = {}
 for _, b in ipairs(req.budgets) do budgets[#budgets + 1] = b end
 if imm_budget then budgets[#budgets + 1] = imm_budget end
 local remaining, team_remaining
+-- Every counter in one read.
+local used_all = {}
+if #budgets > 0 then
+  local names = {}
+  for i, b in ipairs(budgets) do names[i] = b.key end
+  used_all = redis.call('MGET', unpack(names))
+end
 for i, b in ipairs(budgets) do
-  local used = num(redis.call('GET', b.key))
+  local used = num(used_all[i])
   if used + run.estimate > b.limit then
     local answer = refuse_or_shadow(b.shadow, { kind = 'budget', i = i - 1, used = used })
     if answer then return answer end
@@ -178,7 +290,7 @@ end
 local granted = { remaining = remaining or null, team_remaining = team_remaining or null, rate = tightest or null }
 if #shadowed > 0 then granted.shadow = shadowed end
 if not req.take then
-  return cjson.encode({ run = run, imm_used = imm_used or null, granted = granted })
+  return cjson.encode({ run = answer_run, imm_used = imm_used or null, granted = granted })
 end
 
 -- Take everything.
@@ -186,21 +298,27 @@ for _, r in ipairs(taken) do
   redis.call('HSET', r.key, 'tat', string.format('%.3f', r.tat), 'since', string.format('%.3f', r.since))
   redis.call('PEXPIRE', r.key, r.ttl_ms)
 end
+-- Numbers go to Redis as strings formed once (Lua would format each number argument again, and formatting a
+-- double is not cheap).
+local est = run.est
 local slot_keys = {}
+local lease_until = tostring(now_ms + req.lease_ms)
+local lease_ttl = tostring(req.lease_ms * 2)
 for i, s in ipairs(req.slots) do
   if not skip_slot[i] then
-    redis.call('ZADD', s.key, now_ms + req.lease_ms, req.grant)
-    redis.call('PEXPIRE', s.key, req.lease_ms * 2)
+    redis.call('ZADD', s.key, lease_until, req.grant)
+    redis.call('PEXPIRE', s.key, lease_ttl)
     slot_keys[#slot_keys + 1] = s.key
   end
 end
 local running_keys = {}
 if holds then
-  local until_ms = now_ms + rn.ttl_ms
+  local until_ms = tostring(now_ms + rn.ttl_ms)
+  local keep_ms = rn.ttl_ms * 2
   for _, key in ipairs(rn.holds_in) do
     redis.call('ZADD', key, until_ms, req.grant)
     -- The set outlives its longest holder.
-    if redis.call('PTTL', key) < rn.ttl_ms * 2 then redis.call('PEXPIRE', key, rn.ttl_ms * 2) end
+    if redis.call('PTTL', key) < keep_ms then redis.call('PEXPIRE', key, tostring(keep_ms)) end
     running_keys[#running_keys + 1] = key
   end
 end
@@ -208,24 +326,28 @@ local counting = req.counting_immediate
 if run.off_peak then counting = req.counting_off_peak end
 local budget_keys = {}
 for _, c in ipairs(counting) do
-  redis.call('INCRBY', c.key, run.estimate)
-  redis.call('EXPIRE', c.key, c.ttl_s)
+  -- A counter's period is fixed: its expiry is set when it is created (by this first reservation), not renewed.
+  if run.estimate > 0 and redis.call('INCRBY', c.key, est) == run.estimate then
+    redis.call('EXPIRE', c.key, c.ttl_s)
+  end
   budget_keys[#budget_keys + 1] = c.key
 end
-local u = req.usage
-local off_peak = 0
-if run.off_peak then off_peak = 1 end
-redis.call('HINCRBY', u.hash, 'admitted', 1)
-redis.call('HINCRBY', u.hash, 'reserved', run.estimate)
-redis.call('HINCRBY', u.hash, 'off_peak', off_peak)
-redis.call('SADD', u.days, u.day)
-redis.call('SADD', u.members, u.member)
-local rec = req.record
+local off_peak = '0'
+if run.off_peak then off_peak = '1' end
+-- The day's lists of days and members gain this member with its first admission of the day (every script that
+-- starts a usage hash adds to both, atomically with it).
+if redis.call('HINCRBY', u.hash, 'admitted', 1) == 1 then
+  redis.call('SADD', u.days, u.day)
+  redis.call('SADD', u.members, u.member)
+end
+redis.call('HINCRBY', u.hash, 'reserved', est)
+if run.off_peak then redis.call('HINCRBY', u.hash, 'off_peak', 1) end
+local now_ms_s = tostring(now_ms)
 redis.call('HSET', req.grant_key,
-  'status', 'reserved', 'estimate', run.estimate, 'off_peak', off_peak,
+  'status', 'reserved', 'estimate', est, 'off_peak', off_peak,
   'user', rec.user, 'team', rec.team, 'day', rec.day, 'model', rec.model, 'request_id', rec.request_id,
   'budgets', table.concat(budget_keys, '\n'), 'slots', table.concat(slot_keys, '\n'), 'usage', u.hash,
-  'created_ms', now_ms, 'running', table.concat(running_keys, '\n'), 'slot_ttl', rn.ttl_ms)
+  'created_ms', now_ms_s, 'running', table.concat(running_keys, '\n'), 'slot_ttl', rn.ttl_ms_s)
 redis.call('EXPIRE', req.grant_key, req.retention_s)
-redis.call('ZADD', req.grants, now_ms, req.grant)
-return cjson.encode({ run = run, imm_used = imm_used or null, granted = granted })
+redis.call('ZADD', req.grants, now_ms_s, req.grant)
+return cjson.encode({ run = answer_run, imm_used = imm_used or null, granted = granted })

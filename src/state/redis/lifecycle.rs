@@ -74,11 +74,36 @@ impl RedisStore {
     }
 
     /// What `finish.lua` and `record.lua` need to start a task's lifecycle.
-    pub(super) fn task_start_json(&self, t: &Created, now: jiff::Timestamp) -> Value {
+    /// A created task as `finish.lua` reads it (flat arguments, in its order).
+    pub(super) fn task_start_args(
+        &self,
+        invocation: &mut ::redis::ScriptInvocation<'_>,
+        t: &Created,
+        now: jiff::Timestamp,
+    ) {
+        invocation
+            .arg(&t.task_id)
+            .arg(t.state.as_str())
+            .arg(if t.state.is_terminal() { "1" } else { "0" })
+            .arg(t.callback_url.as_deref().unwrap_or(""))
+            .arg(stamp(now))
+            .arg(now.as_millisecond())
+            .arg(format!("{}:tl:", self.keys.tag))
+            .arg(stamp(self.list_cutoff(now)))
+            .arg(if prune_lists() { "1" } else { "0" })
+            .arg(self.keys.live());
+    }
+
+    /// Members created before this leave the task lists.
+    fn list_cutoff(&self, now: jiff::Timestamp) -> jiff::Timestamp {
         let retention = jiff::SignedDuration::from_secs(
             i64::try_from(self.retention_secs).unwrap_or(i64::MAX / 2),
         );
-        let cutoff = now.checked_sub(retention).unwrap_or(now);
+        now.checked_sub(retention).unwrap_or(now)
+    }
+
+    pub(super) fn task_start_json(&self, t: &Created, now: jiff::Timestamp) -> Value {
+        let cutoff = self.list_cutoff(now);
         json!({
             "now": stamp(now),
             "now_ms": now.as_millisecond(),
@@ -88,11 +113,15 @@ impl RedisStore {
             "callback_url": t.callback_url.as_deref().unwrap_or(""),
             "list_prefix": format!("{}:tl:", self.keys.tag),
             "cutoff": stamp(cutoff),
-            // Pruning the lists of members past the retention is amortised: about 1 create in 32 does it.
-            "prune": uuid::Uuid::new_v4().as_bytes()[0] < 8,
+            "prune": prune_lists(),
             "live": self.keys.live(),
         })
     }
+}
+
+/// Pruning the task lists of members past the retention is amortised: about 1 create in 32 does it.
+fn prune_lists() -> bool {
+    uuid::Uuid::new_v4().as_bytes()[0] < 8
 }
 
 #[derive(Deserialize)]

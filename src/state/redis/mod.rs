@@ -55,6 +55,7 @@ const SCRIPTS: [&str; 11] = [
     TASKS,
 ];
 
+mod admission;
 mod audit;
 mod idempotency;
 mod lifecycle;
@@ -71,10 +72,19 @@ pub fn background_script_hashes() -> Vec<String> {
 /// A replica not heard of for this long is no longer counted among the live ones.
 const REPLICA_STALE_MS: u64 = 30_000;
 
-/// How long a day's budget counter outlives its day (and a month's its month): long enough for every settlement
-/// of the period to arrive, short enough that Redis does not keep every period forever.
+/// How long a day's budget counter lives from its first reservation (a month's: from its first reservation in the
+/// month), so well past its period: long enough for every settlement of the period to arrive, short enough that
+/// Redis does not keep every period forever.
 const DAY_BUDGET_TTL_SECS: u64 = 3 * 86_400;
 const MONTH_BUDGET_TTL_SECS: u64 = 63 * 86_400;
+
+/// A budget counter's expiry, set when its period's first reservation creates it.
+fn budget_ttl_secs(k: &BudgetKey) -> u64 {
+    match k.period {
+        Period::Month => MONTH_BUDGET_TTL_SECS,
+        _ => DAY_BUDGET_TTL_SECS,
+    }
+}
 
 pub struct RedisStore {
     /// The request path's connection. Lazy: its driver task runs on the runtime that first uses it — an actix
@@ -391,122 +401,11 @@ impl RedisStore {
         }
     }
 
-    fn now_us(&self) -> Value {
-        match &self.clock {
-            Some(c) => json!(c.now().as_microsecond()),
-            None => Value::Null,
-        }
-    }
-
-    fn budget_json(&self, b: &BudgetSpec, shadow: bool) -> Value {
-        json!({
-            "key": self.keys.budget(&b.key),
-            "limit": b.limit as f64,
-            "team": b.key.scope == Scope::Team,
-            "shadow": shadow,
-        })
-    }
-
     fn counting(&self, record: &RequestRecord, off_peak: bool) -> Value {
         BudgetKey::counting(record, off_peak)
             .iter()
-            .map(|k| {
-                let ttl = match k.period {
-                    Period::Month => MONTH_BUDGET_TTL_SECS,
-                    _ => DAY_BUDGET_TTL_SECS,
-                };
-                json!({"key": self.keys.budget(k), "ttl_s": ttl})
-            })
+            .map(|k| json!({"key": self.keys.budget(k), "ttl_s": budget_ttl_secs(k)}))
             .collect()
-    }
-
-    fn admission_json(&self, req: &AdmissionRequest, mode: Mode, grant: GrantId) -> String {
-        let run = |r: &Run| json!({"off_peak": r.off_peak, "estimate": r.estimate});
-        let plan = match &req.plan {
-            Plan::Fixed(r) => json!({"fixed": run(r)}),
-            Plan::Fallback(f) => json!({"fallback": {
-                "budget": self.budget_json(&f.immediate_budget, false),
-                "estimate": f.immediate_estimate,
-                "if_covered": f.if_covered.as_ref().map(run),
-                "if_short": f.if_short.as_ref().map(run),
-            }}),
-        };
-        let r = &req.record;
-        json!({
-            "now_us": self.now_us(),
-            "take": mode == Mode::Take,
-            "lease_ms": self.lease_ms,
-            "retention_s": self.retention_secs,
-            "grant": grant.to_string(),
-            "grant_key": self.keys.grant(grant),
-            "grants": self.keys.grants(),
-            "plan": plan,
-            "slots": req.slots.iter().map(|s| json!({"key": self.keys.slot(s), "max": s.max, "shadow": req.shadow.of(s.scope)})).collect::<Vec<_>>(),
-            "running": self.running_json(req),
-            "budgets": req.budgets.iter().map(|b| self.budget_json(b, req.shadow.of(b.key.scope))).collect::<Vec<_>>(),
-            "rates": req.rates.iter().map(|x| json!({
-                "key": self.keys.rate(x),
-                "per_minute": x.per_minute.get(),
-                "burst": x.burst.get(),
-                "shadow": req.shadow.of(x.scope),
-            })).collect::<Vec<_>>(),
-            "counting_immediate": self.counting(r, false),
-            "counting_off_peak": self.counting(r, true),
-            "record": {
-                "user": r.user, "team": r.team, "day": r.day, "model": r.model, "request_id": r.request_id,
-            },
-            "usage": self.usage_json(r),
-        })
-        .to_string()
-    }
-
-    /// The running-task slots of a request: the keys its slot is held in (user, team, global), the caps, and the
-    /// fair share's groups.
-    fn running_json(&self, req: &AdmissionRequest) -> Value {
-        let rn = &req.running;
-        let r = &req.record;
-        let mut holds_in = vec![self.keys.running(Scope::User, &r.user)];
-        if !r.team.is_empty() {
-            holds_in.push(self.keys.running(Scope::Team, &r.team));
-        }
-        holds_in.push(self.keys.running(Scope::Global, ""));
-        let group = |g: &ShareGroup| match g {
-            ShareGroup::Team(t) => (json!(self.keys.running(Scope::Team, t)), format!("t:{t}")),
-            ShareGroup::Pool => (Value::Null, "pool".to_owned()),
-        };
-        let share = rn.share.as_ref().map(|sh| {
-            let (team_key, field) = group(&sh.group);
-            let others: Vec<Value> = sh
-                .others
-                .iter()
-                .map(|(g, guarantee)| {
-                    let (team_key, field) = group(g);
-                    json!({"team_key": team_key, "field": field, "guarantee": guarantee})
-                })
-                .collect();
-            json!({
-                "max": sh.max,
-                "team_key": team_key,
-                "field": field,
-                "guarantee": sh.guarantee,
-                "others": others,
-                "idle_ms": sh.idle_ms,
-                "shadow": req.shadow.global,
-            })
-        });
-        json!({
-            "ttl_ms": rn.ttl_ms,
-            "offpeak_holds": rn.offpeak_holds,
-            "holds_in": holds_in,
-            "global": self.keys.running(Scope::Global, ""),
-            "asked": self.keys.share_asked(),
-            "limits": rn.limits.iter().map(|l| json!({
-                "key": self.keys.running(l.scope, &l.subject),
-                "max": l.max,
-                "shadow": req.shadow.of(l.scope),
-            })).collect::<Vec<_>>(),
-            "share": share,
-        })
     }
 
     /// Where a request's day of usage is counted.
@@ -787,11 +686,9 @@ impl Admissions for RedisStore {
         grant: GrantId,
     ) -> Answer<'a, Decision> {
         async move {
-            let body = self.admission_json(request, mode, grant);
+            let invocation = self.admission_args(&self.admit, request, mode, grant);
             let text: String = self
-                .call("admission", async |c| {
-                    self.admit.arg(body).invoke_async(c).await
-                })
+                .call("admission", async |c| invocation.invoke_async(c).await)
                 .await?;
             let answered: Answered =
                 serde_json::from_str(&text).map_err(|_| bad_answer("admission"))?;
@@ -812,31 +709,26 @@ impl Admissions for RedisStore {
                 Settlement::Unknown => ("unknown", 0, None),
             };
             let task_id = created.as_ref().map(|t| t.task_id.clone());
-            let task_key = task_id.as_deref().map(|t| self.keys.task(t));
-            let task = created
-                .as_ref()
-                .map(|t| self.task_start_json(t, self.now()).to_string())
-                .unwrap_or_default();
+            let mut invocation = self.finish.prepare_invoke();
+            invocation
+                .arg(self.keys.grant(grant.id()))
+                .arg(grant.id().to_string())
+                .arg(kind)
+                .arg(credits)
+                .arg(task_id.as_deref().map(|t| self.keys.task(t)).unwrap_or_default())
+                .arg(self.retention_secs)
+                .arg(self.keys.grants())
+                .arg(
+                    self.clock
+                        .as_ref()
+                        .map(|c| c.now().as_millisecond().to_string())
+                        .unwrap_or_default(),
+                );
+            if let Some(t) = &created {
+                self.task_start_args(&mut invocation, t, self.now());
+            }
             let answer: i64 = self
-                .call("settlement", async |c| {
-                    self.finish
-                        .arg(self.keys.grant(grant.id()))
-                        .arg(grant.id().to_string())
-                        .arg(kind)
-                        .arg(credits)
-                        .arg(task_key.as_deref().unwrap_or(""))
-                        .arg(task)
-                        .arg(self.retention_secs)
-                        .arg(self.keys.grants())
-                        .arg(
-                            self.clock
-                                .as_ref()
-                                .map(|c| c.now().as_millisecond().to_string())
-                                .unwrap_or_default(),
-                        )
-                        .invoke_async(c)
-                        .await
-                })
+                .call("settlement", async |c| invocation.invoke_async(c).await)
                 .await?;
             if answer == 2 {
                 tracing::warn!(
@@ -1121,5 +1013,49 @@ mod tests {
         assert_eq!(enc("a:b%c"), "a%3Ab%25c");
         assert_eq!(enc("alice@example.com"), "alice@example.com");
         assert_eq!(Keys::member("t:1", "u"), "t%3A1:u");
+    }
+
+    /// `admit.lua` sets a budget counter's expiry once, when the period's first reservation creates it, and a
+    /// run that costs nothing creates no counter.
+    #[actix_web::test]
+    async fn a_budget_counter_expires_from_its_periods_first_reservation() {
+        if super::server::skipped() {
+            return;
+        }
+        let server = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+        let settings = StateSettings {
+            redis_url: crate::config::Secret::new(server.url()),
+            redis_timeout_ms: 2000,
+            key_prefix: "ttl".into(),
+            ..StateSettings::default()
+        };
+        let store = RedisStore::open(&settings, 30_000).unwrap();
+        let request = |estimate| crate::state::conformance::request("ana", "t1", estimate);
+        let record = request(0).record;
+        let counters = BudgetKey::counting(&record, false);
+        let day = store.keys.budget(&counters[0]);
+        let month = store.keys.budget(&counters[1]);
+
+        let free = store.admit(&request(0), Mode::Take).await.unwrap();
+        assert!(free.outcome.is_ok());
+        assert_eq!(server.query::<i64>(&["EXISTS", &day]).unwrap(), 0);
+
+        for n in 1..=2 {
+            let d = store.admit(&request(40), Mode::Take).await.unwrap();
+            assert!(d.outcome.is_ok());
+            assert_eq!(server.query::<i64>(&["GET", &day]).unwrap(), 40 * n);
+            let ttl: i64 = server.query(&["TTL", &day]).unwrap();
+            assert!(ttl > 0 && ttl <= DAY_BUDGET_TTL_SECS as i64, "{ttl}");
+            let ttl: i64 = server.query(&["TTL", &month]).unwrap();
+            assert!(
+                ttl > DAY_BUDGET_TTL_SECS as i64 && ttl <= MONTH_BUDGET_TTL_SECS as i64,
+                "{ttl}"
+            );
+        }
+        // Not renewed by later reservations: shortened by hand, it stays short.
+        server.query::<i64>(&["EXPIRE", &day, "100"]).unwrap();
+        store.admit(&request(40), Mode::Take).await.unwrap();
+        assert!(server.query::<i64>(&["TTL", &day]).unwrap() <= 100);
+        assert_eq!(server.query::<i64>(&["GET", &day]).unwrap(), 120);
     }
 }
