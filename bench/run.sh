@@ -35,7 +35,7 @@
 #               redis-server started here on a free loopback port (REDIS_PORT), pinned to SERVER_CPU with the
 #               other servers, persistence off (--save "" --appendonly no), emptied before the pass and stopped
 #               by PID right after it (and by the EXIT trap); its INFO after the pass goes to redis_info.txt
-#        floor  the floor in the gateway's place (harness target "floor"): small requests at FLOOR_CONNS (16) and
+#        floor  the floor in the gateway's place (harness target "floor"): small requests at FLOOR_CONNS (1 16) and
 #               the 15 MiB request at 4 connections (direct, nginx, floor; direct and nginx as a drift check)
 #        quote  POST /gateway/v1/img2video/quote, small body, QUOTE_CONNS connections (direct/nginx rows are
 #               their img2video answer, as a reference)
@@ -55,9 +55,11 @@
 #                        runs (the others compare against it), e.g. PASSES="main redis" for the Redis-backend bar alone
 #   QUOTE_CONNS [16]  HALF_CONNS [64]  START_RUNS [5]  MEM16 [1] (0 skips the 16 x 15 MiB run)  MEM16_REPEATS [1]
 #   MAIN_CONNS ["1 16 64"]  small-request connection counts of the main pass (1: the added-p50 bar)
-#   FLOOR_CONNS [16]     small-request connections of the floor pass
+#   FLOOR_CONNS ["1 16"] small-request connections of the floor pass (1: the floor's added p50)
 #   HAPROXY_JWT [1]      0 = leave haproxy_jwt out of the main pass (no haproxy needed; its bar is then not measured)
 #   REDIS_CONNS [16]     connections of the redis pass
+#   REDIS_CPU [SERVER_CPU]  the core redis-server is pinned to (the bar is measured with Redis on the servers' core;
+#                        REDIS_CPU=0 puts it beside wrk instead, as a deployment's Redis on its own machine would be)
 #   REDIS_PORT [a free loopback port]  REDIS_TIMEOUT_MS [200] (state.redis_timeout_ms of the redis pass: 200, not
 #                        the default 50, so a scheduling hiccup on the shared server core is not an outage)
 #   SKIP_BUILD [0]       1 = use the existing binaries
@@ -92,7 +94,7 @@ MEM16="${MEM16:-1}"
 MEM16_REPEATS="${MEM16_REPEATS:-1}"
 PASSES="${PASSES:-main redis floor quote half half_floor mem16}"
 MAIN_CONNS="${MAIN_CONNS:-1 16 64}"
-FLOOR_CONNS="${FLOOR_CONNS:-16}"
+FLOOR_CONNS="${FLOOR_CONNS:-1 16}"
 HAPROXY_JWT="${HAPROXY_JWT:-1}"
 REDIS_CONNS="${REDIS_CONNS:-16}"
 REDIS_PORT="${REDIS_PORT:-}"
@@ -367,7 +369,8 @@ RUNS=(--run "main=$MAIN")
 if pass_on redis; then
   [[ -z "$(ss -ltnH "sport = :$REDIS_PORT")" ]] || die "REDIS_PORT $REDIS_PORT already in use"
   mkdir -p "$SCRATCH/redis"
-  REDIS_PIN=(); [[ "$PIN" == 1 ]] && REDIS_PIN=(taskset -c "$SERVER_CPU")
+  REDIS_PIN=(); [[ "$PIN" == 1 ]] && REDIS_PIN=(taskset -c "${REDIS_CPU:-$SERVER_CPU}")
+  LOADGEN_PIN=(); [[ "$PIN" == 1 ]] && LOADGEN_PIN=(taskset -c "${LOADGEN_CPU:-0}")
   [[ "${NICE:-0}" != 0 ]] && REDIS_PIN=(nice -n "$NICE" "${REDIS_PIN[@]}")
   "${REDIS_PIN[@]}" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
       --daemonize no --dir "$SCRATCH/redis" --logfile "$SCRATCH/logs/redis-server.log" >/dev/null 2>&1 &
@@ -386,6 +389,7 @@ if pass_on redis; then
     echo "port $REDIS_PORT"
     echo "persistence off (--save \"\" --appendonly no)"
     echo "redis_timeout_ms $REDIS_TIMEOUT_MS"
+    echo "redis_cpu ${REDIS_CPU:-$SERVER_CPU} server_cpu $SERVER_CPU"
     echo "budget_limit $HIGH_CREDITS"
     echo "dbsize $(rcli dbsize)"
     # the largest budget counter (credits reserved + settled in one day/month bucket) after the pass
@@ -399,6 +403,24 @@ if pass_on redis; then
     rcli info cpu | tr -d '\r' | grep '^used_cpu_'
     rcli info memory | tr -d '\r' | grep -E '^used_memory:|^used_memory_peak:'
   } >"$RESULT_DIR/redis_info.txt" 2>&1 || true
+  # The floor of any script-per-decision design on this layout: what redis-server spends on one EVALSHA round trip
+  # of a script that does nothing (2 KiB of arguments, as an admission's), and on each redis.call inside a script,
+  # from redis-benchmark at 16 connections (wrk's core), by redis-server's CPU time. The gateway is stopped by now.
+  if command -v redis-benchmark >/dev/null; then
+    redis_floor() {   # label script
+      local sha t0 t1 n=100000
+      sha="$(rcli script load "$2")"
+      t0="$(awk '{print $14+$15}' "/proc/$REDIS_PID/stat")"
+      "${LOADGEN_PIN[@]}" redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c 16 -n "$n" -q \
+          evalsha "$sha" 0 "$(head -c 2048 /dev/zero | tr '\0' 'a')" >/dev/null 2>&1
+      t1="$(awk '{print $14+$15}' "/proc/$REDIS_PID/stat")"
+      echo "$1 $(awk -v d=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v n=$n 'BEGIN{printf "%.2f", d * 1e6 / hz / n}')"
+    }
+    {
+      redis_floor floor_evalsha_us 'return 1'
+      redis_floor floor_20_incrby_us "for i = 1, 20 do redis.call('INCRBY', 'floor:' .. i, '5') end return 1"
+    } >>"$RESULT_DIR/redis_info.txt" 2>&1 || true
+  fi
   stop_pid "$REDIS_PID"
   log "redis-server stopped; $(grep -E '^(dbsize|budget_max_used)' "$RESULT_DIR/redis_info.txt" | tr '\n' ' ')"
   RUNS+=(--run "redis=$RESULT_DIR")

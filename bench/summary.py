@@ -130,6 +130,14 @@ def redis_info(d):
     return info
 
 
+def redis_core(info):
+    """Where run.sh pinned redis-server ('redis_cpu <cpu> server_cpu <cpu>' in redis_info.txt)."""
+    words = info.get("redis_cpu", "").split()
+    if len(words) == 3 and words[0] != words[2]:
+        return "CPU %s (REDIS_CPU; not the servers' core, so its CPU is not on the gateway's)" % words[0]
+    return "the servers' core"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", action="append", default=[])
@@ -236,9 +244,11 @@ def main():
         info = redis_info(dirs["redis"])
         print("\nRedis state backend (redis pass, right after main: the gateway configured as in main, same limits and "
               "buckets, [state] backend = \"redis\"; %s):" % (
-                  "redis-server %s on the servers' core, persistence off (--save \"\" --appendonly no): what AOF "
+                  "redis-server %s on %s, persistence off (--save \"\" --appendonly no): what AOF "
                   "with appendfsync everysec would add is not measured; state.redis_timeout_ms = %s"
-                  % (info.get("redis_version", "?"), info.get("redis_timeout_ms", "?"))))
+                  % (info.get("redis_version", "?"),
+                     redis_core(info),
+                     info.get("redis_timeout_ms", "?"))))
         for s in redis_scen:
             g, r = A[(s, gw)], A[(s, REDIS_GW)]
             for name, x in (("memory backend (main pass)", g), ("redis backend (redis pass)", r)):
@@ -371,6 +381,18 @@ def main():
               f"({s.replace('small_c', 'small creates c=')}): redis {r['rps']:.0f} req/s, memory {g['rps']:.0f} req/s "
               f"(x{r['rps'] / g['rps']:.3f}); gateway CPU {r['front']:.1f} us/req + redis-server {r['other']:.1f} "
               f"us/req (redis), {g['front']:.1f} us/req (memory)")
+        # What redis-server may spend per create for the bar, against what the floor of any design costs.
+        mock = A.get((s, "direct"))
+        info = redis_info(dirs["redis"]) if "redis" in dirs else {}
+        ev, calls = info.get("floor_evalsha_us"), info.get("floor_20_incrby_us")
+        if mock and ev and calls:
+            ev, per_call = float(ev), (float(calls) - float(ev)) / 20
+            room = (g["front"] + mock["front"]) / 0.8 - r["front"] - mock["front"]
+            print(f"          the bar leaves redis-server {room:.1f} us per create (gateway {r['front']:.1f} + mock "
+                  f"{mock['front']:.1f} us beside it); its floor, by redis-benchmark on the same redis-server: an "
+                  f"empty script's round trip {ev:.1f} us (2 per create: {2 * ev:.1f} us), each redis.call "
+                  f"{per_call:.2f} us more, so {max(room - 2 * ev, 0) / per_call if per_call > 0 else 0:.0f} calls "
+                  f"per create at most")
     if not redis_scen:
         print(f"  {NA} Redis backend >= 0.8x memory backend req/s (needs the redis pass)")
     f = A.get(("small_c16", FLOOR))
@@ -400,6 +422,11 @@ def main():
               f"direct {ms(d['p50'])} ms; gateway {cpu(g)}"
               + "".join(f", {t} {(A[(s, t)]['p50'] - d['p50']) / 1000:+.3f} ms" for t in ("nginx", PEER) if (s, t) in A)
               + ")")
+        f, fd = A.get((s, FLOOR)), A.get((s + "@floor", "direct"))
+        if f and fd:
+            print(f"          (the floor at 1 connection, floor pass: {(f['p50'] - fd['p50']) / 1000:+.3f} ms over its "
+                  f"pass's direct, {cpu(f)}: the bar leaves the gateway's own work "
+                  f"{(0.1 - (f['p50'] - fd['p50']) / 1000) * 1000:.0f} us of latency)")
     else:
         print(f"  {NA} added p50 at 1 connection <= 0.1 ms (needs small_c1 in the main pass: MAIN_CONNS)")
     half = [s for s in scen if s.startswith("small_half")]
