@@ -41,11 +41,10 @@ impl Args<'_> {
             .flag(shadow)
     }
 
-    fn counting(&mut self, store: &RedisStore, counting: &[BudgetKey]) -> &mut Self {
+    fn counting(&mut self, keys: &Keys, counting: &[BudgetKey]) -> &mut Self {
         self.put(counting.len());
         for k in counting {
-            self.put(store.keys.budget(k))
-                .put(super::budget_ttl_secs(k));
+            self.put(keys.budget(k)).put(super::budget_ttl_secs(k));
         }
         self
     }
@@ -87,18 +86,20 @@ impl RedisStore {
             a.put(keys.slot(s)).put(s.max).flag(req.shadow.of(s.scope));
         }
 
-        // Running-task slots: the keys a slot is held in (user, team, global), the caps, the fair share's groups.
+        // Running-task slots: the keys a slot is held in (user, team, global: the script takes the last as the
+        // global one), the caps, the fair share's groups.
         let rn = &req.running;
+        let mut holds_in = vec![keys.running(Scope::User, &r.user)];
+        if !r.team.is_empty() {
+            holds_in.push(keys.running(Scope::Team, &r.team));
+        }
+        holds_in.push(keys.running(Scope::Global, ""));
         a.put(rn.ttl_ms)
             .flag(rn.offpeak_holds)
             .put(keys.share_asked())
-            .put(keys.running(Scope::Global, ""))
-            .put(if r.team.is_empty() { 2 } else { 3 })
-            .put(keys.running(Scope::User, &r.user));
-        if !r.team.is_empty() {
-            a.put(keys.running(Scope::Team, &r.team));
-        }
-        a.put(keys.running(Scope::Global, "")).put(rn.limits.len());
+            .put(holds_in.len())
+            .put(holds_in)
+            .put(rn.limits.len());
         for l in &rn.limits {
             a.put(keys.running(l.scope, &l.subject))
                 .put(l.max)
@@ -140,8 +141,8 @@ impl RedisStore {
                 .put(x.burst.get())
                 .flag(req.shadow.of(x.scope));
         }
-        a.counting(self, &BudgetKey::counting(r, false))
-            .counting(self, &BudgetKey::counting(r, true))
+        a.counting(keys, &BudgetKey::counting(r, false))
+            .counting(keys, &BudgetKey::counting(r, true))
             .put(&r.user)
             .put(&r.team)
             .put(&r.day)

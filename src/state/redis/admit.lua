@@ -2,13 +2,12 @@
 -- rule, the immediate budget decides which run), then in-flight slots, running-task slots, budgets and rates are
 -- all checked; then,
 -- when asked to take, everything is taken. A refusal takes nothing. The request comes as flat ARGV, in the order
--- `state/redis/mod.rs` (`admission_args`) writes it: strings read in turn, lists as a count then their items, an
--- absent value as ''. (Flat arguments, not JSON: decoding a 3 KB JSON request took Redis longer than all the
--- checks.) The answer is JSON. Time is Redis's own (`TIME`) unless the request carries `now_us` (tests on a
--- manual clock).
+-- `state/redis/admission.rs` writes it: strings read in turn, lists as a count then their items, an absent value
+-- as ''. (Flat arguments, not JSON: decoding a 3 KB JSON request took Redis longer than all the checks.) The
+-- answer is JSON. Time is Redis's own (`TIME`) unless the request carries `now_us` (tests on a manual clock).
 local null = cjson.null
 
--- The reader: each call takes the next argument. Locals in sequence, so the order of reading is the order written.
+-- The reader: each call takes the next argument.
 local at = 0
 local function nx()
   at = at + 1
@@ -21,6 +20,14 @@ local function nkey()
   if k == '' then return nil end
   return k
 end
+-- A record: its fields read in the order listed, each with its reader.
+local function record(fields)
+  return function()
+    local r = {}
+    for _, f in ipairs(fields) do r[f[1]] = f[2]() end
+    return r
+  end
+end
 -- A run: '' (none), or off-peak ('1'/'0') then the estimate (also kept as given, to pass to Redis unconverted).
 local function nrun()
   local op = nx()
@@ -28,96 +35,45 @@ local function nrun()
   local est = nx()
   return { off_peak = op == '1', estimate = tonumber(est), est = est }
 end
-local function nbudget()
-  local key = nx()
-  local limit = nnum()
-  local team = nflag()
-  return { key = key, limit = limit, team = team, shadow = nflag() }
-end
-local function ncap()
-  local key = nx()
-  local max = nnum()
-  return { key = key, max = max, shadow = nflag() }
-end
-local function nrate()
-  local key = nx()
-  local per_minute = nnum()
-  local burst = nnum()
-  return { key = key, per_minute = per_minute, burst = burst, shadow = nflag() }
-end
-local function ncounting()
-  local key = nx()
-  return { key = key, ttl_s = nx() }
-end
-local function nother()
-  local team_key = nkey()
-  local field = nx()
-  return { team_key = team_key, field = field, guarantee = nnum() }
-end
 local function nlist(item)
   local out = {}
   for i = 1, nnum() do out[i] = item() end
   return out
 end
+local nbudget = record({ { 'key', nx }, { 'limit', nnum }, { 'team', nflag }, { 'shadow', nflag } })
+local ncap = record({ { 'key', nx }, { 'max', nnum }, { 'shadow', nflag } })
 
-local req = {}
-req.now_us = nnum()
-req.take = nflag()
-req.lease_ms = nnum()
-req.retention_s = nx()
-req.grant = nx()
-req.grant_key = nx()
-req.grants = nx()
+local req = record({
+  { 'now_us', nnum }, { 'take', nflag }, { 'lease_ms', nnum }, { 'retention_s', nx }, { 'grant', nx },
+  { 'grant_key', nx }, { 'grants', nx },
+})()
 req.plan = {}
 if nx() == 'fixed' then
   req.plan.fixed = nrun()
 else
-  local f = {}
-  f.budget = nbudget()
-  f.estimate = nnum()
-  f.if_covered = nrun()
-  f.if_short = nrun()
-  req.plan.fallback = f
+  req.plan.fallback = record({ { 'budget', nbudget }, { 'estimate', nnum }, { 'if_covered', nrun },
+    { 'if_short', nrun } })()
 end
 req.slots = nlist(ncap)
-local rn = {}
-rn.ttl_ms_s = nx()
+local rn = record({ { 'ttl_ms_s', nx }, { 'offpeak_holds', nflag }, { 'asked', nx } })()
 rn.ttl_ms = tonumber(rn.ttl_ms_s)
-rn.offpeak_holds = nflag()
-rn.asked = nx()
-rn.global = nx()
+-- The keys a slot is held in: the user's, the team's (when there is one), the global one last.
 rn.holds_in = nlist(nx)
+rn.global = rn.holds_in[#rn.holds_in]
 rn.limits = nlist(ncap)
 if nflag() then
-  local sh = {}
-  sh.max = nnum()
-  sh.team_key = nkey()
-  sh.field = nx()
-  sh.guarantee = nnum()
-  sh.idle_ms = nnum()
-  sh.shadow = nflag()
-  sh.others = nlist(nother)
-  rn.share = sh
+  rn.share = record({ { 'max', nnum }, { 'team_key', nkey }, { 'field', nx }, { 'guarantee', nnum },
+    { 'idle_ms', nnum }, { 'shadow', nflag },
+    { 'others', function() return nlist(record({ { 'team_key', nkey }, { 'field', nx }, { 'guarantee', nnum } })) end },
+  })()
 end
-req.running = rn
 req.budgets = nlist(nbudget)
-req.rates = nlist(nrate)
+req.rates = nlist(record({ { 'key', nx }, { 'per_minute', nnum }, { 'burst', nnum }, { 'shadow', nflag } }))
+local ncounting = record({ { 'key', nx }, { 'ttl_s', nx } })
 req.counting_immediate = nlist(ncounting)
 req.counting_off_peak = nlist(ncounting)
-local rec = {}
-rec.user = nx()
-rec.team = nx()
-rec.day = nx()
-rec.model = nx()
-rec.request_id = nx()
-req.record = rec
-local u = {}
-u.hash = nx()
-u.days = nx()
-u.members = nx()
-u.day = nx()
-u.member = nx()
-req.usage = u
+local rec = record({ { 'user', nx }, { 'team', nx }, { 'day', nx }, { 'model', nx }, { 'request_id', nx } })()
+local u = record({ { 'hash', nx }, { 'days', nx }, { 'members', nx }, { 'day', nx }, { 'member', nx } })()
 
 local now_us = req.now_us
 if now_us == nil then
