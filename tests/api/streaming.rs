@@ -428,6 +428,21 @@ crate::on_both_backends!(
     a_caller_stalling_mid_body_gets_408_and_vidu_an_unfinished_request,
 );
 
+/// A streamed create that failed before Vidu had its last byte: 502 saying nothing was created, and its
+/// reservation released (not kept as unknown).
+async fn assert_nothing_created_and_released(app: &TestApp, token: &str, res: &RawResponse) {
+    assert_refused(res, 502, "UpstreamUnavailable");
+    let message = res.body["message"].as_str().unwrap();
+    assert!(message.contains("nothing was created"), "{message}");
+    crate::lifecycle::eventually("the reservation released", || async {
+        let (_, _, usage) = app.get("/gateway/v1/usage", token).await;
+        let totals = &usage["user"]["totals"];
+        (totals["credits_released"] == 55)
+            .then(|| assert_eq!(totals["credits_unknown"], 0, "{usage}"))
+    })
+    .await;
+}
+
 #[actix_web::test]
 async fn a_large_create_to_an_unreachable_vidu_is_502_nothing_created_and_released() {
     let port = closed_port();
@@ -436,16 +451,7 @@ async fn a_large_create_to_an_unreachable_vidu_is_502_nothing_created_and_releas
         .await;
     let token = app.token("alice", "video");
     let res = send(&app, &token, None, large(json!({}))).await;
-    assert_refused(&res, 502, "UpstreamUnavailable");
-    let message = res.body["message"].as_str().unwrap();
-    assert!(message.contains("nothing was created"), "{message}");
-    crate::lifecycle::eventually("the reservation released", || async {
-        let (_, _, usage) = app.get("/gateway/v1/usage", &token).await;
-        let totals = &usage["user"]["totals"];
-        (totals["credits_released"] == 55)
-            .then(|| assert_eq!(totals["credits_unknown"], 0, "{usage}"))
-    })
-    .await;
+    assert_nothing_created_and_released(&app, &token, &res).await;
 }
 
 #[actix_web::test]
@@ -503,14 +509,5 @@ async fn a_vidu_that_closes_the_connection_mid_body_created_nothing_and_the_crea
         closer.await.unwrap() > 0,
         "Vidu had the start of the request"
     );
-    assert_refused(&res, 502, "UpstreamUnavailable");
-    let message = res.body["message"].as_str().unwrap();
-    assert!(message.contains("nothing was created"), "{message}");
-    crate::lifecycle::eventually("the reservation released", || async {
-        let (_, _, usage) = app.get("/gateway/v1/usage", &token).await;
-        let totals = &usage["user"]["totals"];
-        (totals["credits_released"] == 55)
-            .then(|| assert_eq!(totals["credits_unknown"], 0, "{usage}"))
-    })
-    .await;
+    assert_nothing_created_and_released(&app, &token, &res).await;
 }
