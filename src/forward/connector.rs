@@ -4,7 +4,7 @@
 //! - **Liveness.** awc checks a pooled connection before reusing it by polling a read, but the runtime answers
 //!   that poll from the readiness it last saw, so a FIN or RST that reached the socket since its I/O driver last
 //!   ran looks like a live connection. A read the runtime would leave pending is therefore asked of the socket
-//!   itself (non-blocking, on a duplicate of its descriptor): a closed or reset connection shows at once, and awc
+//!   itself (one non-blocking `recv` on its descriptor): a closed or reset connection shows at once, and awc
 //!   drops it instead of writing a create to it.
 //! - **Bytes written.** [`counting_writes`] runs one exchange and reports how many bytes the kernel accepted on
 //!   its connection while it ran (awc writes HTTP/1.1 requests from the caller's own task, so every write polled
@@ -13,7 +13,6 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io::{self, IoSlice, Read};
-use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -73,15 +72,14 @@ fn count_written(n: usize) {
 pub struct Watched(TcpStream);
 
 impl Watched {
-    /// The read the runtime left pending, asked of the socket directly. `Pending` stands (the runtime registered
-    /// the waker) unless the socket has data, an end of stream or an error to report.
+    /// The read the runtime left pending, asked of the socket directly (one non-blocking `recv` through the
+    /// borrowed descriptor: the socket is non-blocking, and the read consumes what it returns as the runtime's
+    /// would). `Pending` stands (the runtime registered the waker) unless the socket has data, an end of stream
+    /// or an error to report.
     fn read_past_readiness(&self, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let Ok(fd) = self.0.as_fd().try_clone_to_owned() else {
-            return Poll::Pending;
-        };
-        // The duplicate shares the socket and its non-blocking mode; dropping it closes only the duplicate.
-        let socket = std::net::TcpStream::from(fd);
-        match (&socket).read(buf.initialize_unfilled()) {
+        let socket = socket2::SockRef::from(&self.0);
+        let mut socket: &socket2::Socket = &socket;
+        match socket.read(buf.initialize_unfilled()) {
             Ok(n) => {
                 buf.advance(n);
                 Poll::Ready(Ok(()))
