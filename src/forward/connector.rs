@@ -67,6 +67,9 @@ fn count_written(n: usize) {
     });
 }
 
+/// Most bytes one read past the runtime's readiness takes (a create's answer is a few hundred bytes).
+const PROBE_BYTES: usize = 4096;
+
 /// A TCP connection to Vidu (below TLS, when there is TLS).
 #[derive(Debug)]
 pub struct Watched(TcpStream);
@@ -79,7 +82,10 @@ impl Watched {
     fn read_past_readiness(&self, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let socket = socket2::SockRef::from(&self.0);
         let mut socket: &socket2::Socket = &socket;
-        match socket.read(buf.initialize_unfilled()) {
+        // Zeroed before the read (safe code reads into initialised memory only), so at most `PROBE_BYTES`: the
+        // caller's buffer is often a fresh 8 KiB or more, and what is left is read by the next poll.
+        let want = buf.remaining().min(PROBE_BYTES);
+        match socket.read(buf.initialize_unfilled_to(want)) {
             Ok(n) => {
                 buf.advance(n);
                 Poll::Ready(Ok(()))
@@ -249,5 +255,31 @@ mod tests {
             matches!(poll_read(&mut watched, &mut buf), Poll::Ready(Ok(0))),
             "end of stream"
         );
+    }
+
+    /// A read past the runtime's readiness takes at most `PROBE_BYTES` (it zeroes what it reads into); a longer
+    /// answer is read whole over the polls that follow.
+    #[actix_web::test]
+    async fn a_long_answer_read_past_readiness_arrives_whole() {
+        use std::io::Write;
+        let (tcp, mut server) = pair();
+        let mut watched = Watched(tcp);
+        let sent: Vec<u8> = (0..3 * PROBE_BYTES + 123).map(|i| (i % 251) as u8).collect();
+        server.write_all(&sent).unwrap();
+        server.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match poll_read(&mut watched, &mut buf) {
+                Poll::Ready(Ok(0)) => break,
+                Poll::Ready(Ok(n)) => {
+                    assert!(n <= PROBE_BYTES, "{n} bytes in one read past readiness");
+                    got.extend_from_slice(&buf[..n]);
+                }
+                Poll::Ready(Err(e)) => panic!("{e}"),
+                Poll::Pending => panic!("pending with data and an end of stream on the socket"),
+            }
+        }
+        assert_eq!(got, sent);
     }
 }
