@@ -332,6 +332,13 @@ if pass_on redis && ! grep -q 'EXTRA_SERVER_PIDS' "$H/bench.sh"; then
   die "could not add EXTRA_SERVER_PIDS to the staged harness (server_pids() changed in $HARNESS?)"
 fi
 
+# And per-thread CPU of each target process (name and utime+stime ticks of every thread, before and after each
+# measurement: raw/<scenario>.<target>.r<rep>.txt.threads0/1), so the summary can split the gateway's own CPU per
+# request between its worker and its ledger threads. Optional: without it the summary prints no split.
+sed -i 's|^run_one() {|thread_ticks() { local p t; for p in "$@"; do for t in /proc/$p/task/*; do printf "%s\\t%s\\n" "$(cat $t/comm)" "$(sed "s/.*) //" $t/stat \| awk "{print \\$12+\\$13}")"; done; done 2>/dev/null; }\nrun_one() {|' "$H/bench.sh"
+sed -i 's|^\(  u0=$(proc_ticks "$UP_WORKER"); f0=$(ticks_of $fp).*\)$|\1; thread_ticks $fp >"$raw.threads0"|; s|^\(  u1=$(proc_ticks "$UP_WORKER"); f1=$(ticks_of $fp).*\)$|\1; thread_ticks $fp >"$raw.threads1"|' "$H/bench.sh"
+grep -q 'raw.threads1' "$H/bench.sh" || log "note: could not add per-thread CPU to the staged harness (run_one() changed in $HARNESS?): no split of the gateway's CPU"
+
 harness() {         # kind, then VAR=value... for the harness; prints the results directory
   local kind=$1; shift
   local out="$SCRATCH/results/$kind"

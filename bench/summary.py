@@ -61,9 +61,27 @@ def read_run(kind, d, gw):
         except OSError:
             pass
         r = dict(r, p999_us=extra.get("p999_us", "nan"), p9999_us=extra.get("p9999_us", "nan"),
-                 err_status=extra.get("err_status", "0"))
+                 err_status=extra.get("err_status", "0"), threads=thread_split(raw, int(r["requests"])))
         out.setdefault((sc, r["target"]), []).append(r)
     return out
+
+
+def thread_split(raw, requests):
+    """CPU per request of each thread name of the target process over one measurement (run.sh's staged harness
+    writes every thread's name and utime+stime ticks before and after it), or {} when not recorded."""
+    def ticks(path):
+        out = {}
+        for line in open(path):
+            name, _, t = line.rstrip("\n").rpartition("\t")
+            if name and t.isdigit():
+                out[name] = out.get(name, 0) + int(t)
+        return out
+    try:
+        a, b = ticks(raw + ".threads0"), ticks(raw + ".threads1")
+    except OSError:
+        return {}
+    hz = os.sysconf("SC_CLK_TCK")
+    return {n: (b[n] - a.get(n, 0)) / hz * 1e6 / max(requests, 1) for n in b}
 
 
 def agg(rs):
@@ -73,7 +91,9 @@ def agg(rs):
                 p99=med(f("p99_us")), p999=med(f("p999_us")), hwm=max(f("hwm_front_kb")) / 1024,
                 front=med(f("front_cpu_us_req")), srv=med(f("srv_cpu_us_req")), err=int(sum(f("errors"))),
                 err_status=int(sum(f("err_status"))), foreign=max(f("foreign_pct")), n=len(rs),
-                requests=int(sum(f("requests"))), up=med(f("up_cpu_us_req")),
+                requests=int(sum(f("requests"))), up=med(f("up_cpu_us_req")), busy=med(f("cpu_server_pct")),
+                threads={n: med([r["threads"].get(n, 0.0) for r in rs])
+                         for n in sorted({n for r in rs for n in r["threads"]})},
                 # server CPU that is neither the target nor the mock: redis-server in the redis pass (plus the idle
                 # nginx workers, ~0)
                 other=med([float(r["srv_cpu_us_req"]) - float(r["front_cpu_us_req"]) - float(r["up_cpu_us_req"])
@@ -375,6 +395,28 @@ def main():
     if g and n:
         print(f"  {verdict(g['rps'] >= 0.7 * n['rps'])} small c=16: gateway >= 0.7x nginx req/s: gateway "
               f"{g['rps']:.0f} req/s ({cpu(g)}), nginx {n['rps']:.0f} req/s ({cpu(n)}): x{g['rps'] / n['rps']:.3f}")
+    # What these two bars leave the gateway per create, against its floor: the bare actix-web + awc proxy (same
+    # HTTP stack, nothing of the gateway's own) plus the ledger writer's CPU (the SQLite ledger, DESIGN §6).
+    f, mock = A.get((s, FLOOR)), A.get((s, "direct"))
+    if g and g.get("threads"):
+        th = g["threads"]
+        writer = sum(v for k, v in th.items() if k.startswith("ledger-"))
+        worker = sum(v for k, v in th.items() if not k.startswith("ledger-"))
+        print("          the gateway's own CPU per create by thread: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in sorted(th.items(), key=lambda kv: -kv[1]) if v >= 0.05)
+              + f" us (worker and the rest {worker:.1f}, ledger threads {writer:.1f})")
+        if f and mock:
+            checks = worker - f["front"]
+            for name, peer, k in (("haproxy_jwt", h, 1.0), ("nginx", n, 0.7)):
+                if not peer:
+                    continue
+                # Everything shares the servers' core with the mock: req/s = 1 / (own CPU + mock's CPU per request).
+                room = (peer["front"] + mock["front"]) / k - mock["front"]
+                left = room - f["front"] - writer
+                print(f"          the {k:.1f}x {name} bar leaves the gateway {room:.1f} us per create; the floor "
+                      f"{f['front']:.1f} (floor pass) + the ledger threads {writer:.1f} leave {left:.1f} us for "
+                      f"everything the gateway adds on its worker (auth, validation, pricing, policy, admission, "
+                      f"settlement, metrics), which costs {checks:.1f} us here (its worker less the floor)")
     for s in redis_scen:
         g, r = A[(s, gw)], A[(s, REDIS_GW)]
         print(f"  {verdict(r['rps'] >= 0.8 * g['rps'])} Redis backend >= 0.8x memory backend req/s "
@@ -404,6 +446,11 @@ def main():
         print(f"  {verdict(g['rps'] >= h['rps'])} 15 MiB c=4: gateway >= 1.0x haproxy_jwt req/s: gateway "
               f"{g['rps']:.1f} req/s ({g['front'] / 1000:.2f} ms/req), haproxy_jwt {h['rps']:.1f} req/s "
               f"({h['front'] / 1000:.2f} ms/req): x{g['rps'] / h['rps']:.3f}")
+        fl = A.get((s, FLOOR))
+        if fl:
+            print(f"          (the floor at 15 MiB c=4: {fl['rps']:.1f} req/s, {fl['front'] / 1000:.2f} ms/req, floor pass; "
+                  f"the gateway's CPU per create is {g['front'] / fl['front']:.3f}x the floor's, haproxy_jwt's "
+                  f"{h['front'] / fl['front']:.3f}x)")
     else:
         print(f"  {NA} 15 MiB c=4: gateway >= 1.0x haproxy_jwt req/s (needs the main pass with HAPROXY_JWT=1)")
     for s in big:
@@ -438,6 +485,8 @@ def main():
             print(f"  {verdict(ga - fa <= 0.5)} added p99 at ~half peak within 0.5 ms of the floor's at the same load: "
                   f"gateway {ga:+.3f} ms ({g['rps']:.0f} req/s, {cpu(g)}), floor {fa:+.3f} ms ({f['rps']:.0f} req/s, "
                   f"{cpu(f)}): {ga - fa:+.3f} ms (each against its own pass's direct; think time {a.delay_ms} ms/conn)")
+            print(f"          (the servers' core was {g['busy']:.0f}% busy under the gateway, {f['busy']:.0f}% under the "
+                  f"floor: the same arrivals queue behind {g['front'] / max(f['front'], 0.1):.1f}x the CPU per request)")
         else:
             print(f"  {NA} added p99 at ~half peak within 0.5 ms of the floor's (needs the half and half_floor passes)")
     if not half:
