@@ -75,11 +75,17 @@ pub struct Refused {
     pub error: Denial,
     /// The run the store refused, with why policy turned `off_peak` on; `None` when policy refused first.
     pub run: Option<(Run, Option<String>)>,
+    /// The rate limit that refused (its `RateLimit` headers say so), when a rate limit did.
+    pub rate: Option<RateStatus>,
 }
 
 impl From<Denial> for Refused {
     fn from(error: Denial) -> Self {
-        Self { error, run: None }
+        Self {
+            error,
+            run: None,
+            rate: None,
+        }
     }
 }
 
@@ -234,6 +240,7 @@ impl Prepared<'_> {
             Err(refusal) => Err(Refused {
                 error: refusal_error(&refusal, run.estimate),
                 run: Some((run, off_peak_applied)),
+                rate: refused_rate(&refusal),
             }),
         }
     }
@@ -466,6 +473,26 @@ pub fn unavailable(e: &StoreError) -> Denial {
 }
 
 /// The caller-facing error of a refusal.
+/// The rate limit that refused, as the `RateLimit` headers describe it: nothing left, back after `Retry-After`.
+fn refused_rate(r: &Refusal) -> Option<RateStatus> {
+    match r {
+        Refusal::Rate {
+            scope,
+            per_minute,
+            burst,
+            retry_after_secs,
+            ..
+        } => Some(RateStatus {
+            scope: *scope,
+            per_minute: *per_minute,
+            burst: *burst,
+            remaining: 0,
+            reset_secs: *retry_after_secs,
+        }),
+        _ => None,
+    }
+}
+
 pub fn refusal_error(r: &Refusal, estimate: u64) -> Denial {
     match r {
         // `Prepared::conclude` answers with the off-peak policy's own error.

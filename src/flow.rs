@@ -198,6 +198,7 @@ async fn admit_inner(
         .map_err(|e| Refused {
             error: unavailable(&e),
             run: prepared.expected_run().map(|run| (run, None)),
+            rate: None,
         })?;
     let decided = prepared.conclude(decision)?;
     let (set, remove) = changes(

@@ -264,7 +264,9 @@ mod tests {
         use std::io::Write;
         let (tcp, mut server) = pair();
         let mut watched = Watched(tcp);
-        let sent: Vec<u8> = (0..3 * PROBE_BYTES + 123).map(|i| (i % 251) as u8).collect();
+        let sent: Vec<u8> = (0..3 * PROBE_BYTES + 123)
+            .map(|i| (i % 251) as u8)
+            .collect();
         server.write_all(&sent).unwrap();
         server.shutdown(std::net::Shutdown::Write).unwrap();
         let mut got = Vec::new();

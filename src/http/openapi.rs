@@ -221,7 +221,7 @@ fn header_ref(name: &str) -> RefOr<Header> {
 }
 
 /// The headers every route shares (`components.headers`): the request id, and those of error answers.
-fn shared_headers() -> [(&'static str, Header); 3] {
+fn shared_headers() -> [(&'static str, Header); 5] {
     let text = |about: &str| {
         HeaderBuilder::new()
             .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
@@ -252,6 +252,19 @@ fn shared_headers() -> [(&'static str, Header); 3] {
             text(
                 "`Bearer`; with `error=\"invalid_token\", error_description=\"…\"` when a token was sent but \
                  does not verify (RFC 6750).",
+            ),
+        ),
+        (
+            "RateLimit-Policy",
+            text(
+                "On a 429 `TooManyRequests`: the rate limit that refused, `\"<scope>\";q=<per minute>;w=60` \
+                 (IETF draft-ietf-httpapi-ratelimit-headers).",
+            ),
+        ),
+        (
+            "RateLimit",
+            text(
+                "On a 429 `TooManyRequests`: `\"<scope>\";r=0;t=<seconds until a request is allowed again>`.",
             ),
         ),
     ]
@@ -335,6 +348,12 @@ fn error_response(status: u16) -> Response {
     for name in headers {
         let shown = shown_name(&name);
         response.headers.insert(shown.clone(), header_ref(&shown));
+    }
+    // Set by the edge on a rate limit's refusal (`http/responses.rs`), not by the error itself.
+    if status == 429 {
+        for name in ["RateLimit-Policy", "RateLimit"] {
+            response.headers.insert(name.into(), header_ref(name));
+        }
     }
     response
 }
@@ -667,6 +686,8 @@ mod tests {
         let doc = document(true);
         let responses = &doc["components"]["responses"];
         assert!(responses["Error429"]["headers"]["Retry-After"].is_object());
+        assert!(responses["Error429"]["headers"]["RateLimit"].is_object());
+        assert!(responses["Error429"]["headers"]["RateLimit-Policy"].is_object());
         assert!(responses["Error503"]["headers"]["Retry-After"].is_object());
         assert!(responses["Error409"]["headers"]["Retry-After"].is_object());
         assert!(responses["Error401"]["headers"]["WWW-Authenticate"].is_object());

@@ -11,7 +11,7 @@ use crate::flow::NotAdmitted;
 use crate::forward::upstream::UpstreamResponse;
 use crate::http::error::{GatewayError, PendingEnvelope, UpstreamBody};
 use crate::idempotency::{IN_FLIGHT_RETRY_AFTER_SECS, REPLAYED, Stopped};
-use crate::state::StoredAnswer;
+use crate::state::{RateStatus, StoredAnswer};
 
 pub static X_CREDITS_ESTIMATED: HeaderName = HeaderName::from_static("x-credits-estimated");
 pub static X_CREDITS_REMAINING: HeaderName = HeaderName::from_static("x-credits-remaining");
@@ -21,9 +21,9 @@ pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// A create not admitted, as the caller sees it: the error, and the estimate of the run the store refused.
 pub fn refused_response(not_admitted: NotAdmitted) -> HttpResponse {
-    let (error, run) = match not_admitted {
-        NotAdmitted::Invalid(r) => (GatewayError::Validation(r), None),
-        NotAdmitted::Refused(r) => (GatewayError::from(r.error), r.run),
+    let (error, run, rate) = match not_admitted {
+        NotAdmitted::Invalid(r) => (GatewayError::Validation(r), None, None),
+        NotAdmitted::Refused(r) => (GatewayError::from(r.error), r.run, r.rate),
     };
     let mut res = actix_web::ResponseError::error_response(&error);
     if let Some((run, _)) = run
@@ -31,7 +31,28 @@ pub fn refused_response(not_admitted: NotAdmitted) -> HttpResponse {
     {
         res.headers_mut().insert(X_CREDITS_ESTIMATED.clone(), v);
     }
+    if let Some(rate) = &rate {
+        for (name, value) in ratelimit_headers(rate) {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                res.headers_mut().insert(name.clone(), v);
+            }
+        }
+    }
     res
+}
+
+/// `RateLimit-Policy` and `RateLimit` (IETF draft-ietf-httpapi-ratelimit-headers) for one rate limit.
+fn ratelimit_headers(r: &RateStatus) -> [(&'static HeaderName, String); 2] {
+    [
+        (
+            &RATELIMIT_POLICY,
+            format!("\"{}\";q={};w=60", r.scope, r.per_minute),
+        ),
+        (
+            &RATELIMIT,
+            format!("\"{}\";r={};t={}", r.scope, r.remaining, r.reset_secs),
+        ),
+    ]
 }
 
 /// The headers of an admission-checked answer (computed before forwarding, set on whatever comes back).
@@ -62,14 +83,9 @@ pub fn admission_headers(decided: &Decided) -> Vec<(HeaderName, HeaderValue)> {
         put(&X_OFF_PEAK_APPLIED, ascii);
     }
     if let Some(r) = &grant.rate {
-        put(
-            &RATELIMIT_POLICY,
-            format!("\"{}\";q={};w=60", r.scope, r.per_minute),
-        );
-        put(
-            &RATELIMIT,
-            format!("\"{}\";r={};t={}", r.scope, r.remaining, r.reset_secs),
-        );
+        for (name, value) in ratelimit_headers(r) {
+            put(name, value);
+        }
     }
     h
 }

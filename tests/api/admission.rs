@@ -38,6 +38,12 @@ async fn the_request_past_the_burst_is_refused_with_retry_after_and_other_users_
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_envelope(status, &headers, &body, "TooManyRequests");
     assert_eq!(retry_after(&headers), 20, "one request per 20 s at 3/min");
+    // The refusing limit in the draft's headers too: nothing left, a token back in Retry-After's seconds.
+    assert_eq!(
+        header(&headers, "ratelimit-policy"),
+        Some("\"user\";q=3;w=60")
+    );
+    assert_eq!(header(&headers, "ratelimit"), Some("\"user\";r=0;t=20"));
     assert!(
         body["message"]
             .as_str()
